@@ -1,0 +1,30 @@
+# `make test` and `make demo` work on a fresh machine: they create .venv when it is missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test demo bench lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+demo: $(STAMP)
+	$(PY) -m jaxadv.demo
+
+bench: $(STAMP)
+	$(PY) benchmarks/estimators.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check jaxadv tests benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,445 @@
+"""Advantage estimators as pure functions of time-major arrays.
+
+Every per-step argument is ``[T, *B]``: ``T`` steps of any batch shape ``B`` (a
+single trajectory is ``B = ()``). Step ``t`` is the transition
+``(s_t, a_t, r_t, s_{t+1})`` and
+
+* ``rewards[t]`` is ``r_t``; ``values[t]`` is ``V(s_t)``;
+* ``next_values[t]`` is ``V(s_{t+1})`` — where the episode ended at ``t`` it is
+  the value of the *final* observation, not of the observation the environment
+  reset to;
+* ``terminated[t]``: the episode ended at ``t`` in a terminal state, so nothing
+  is bootstrapped: the discount is ``γ (1 − terminated_t)``;
+* ``truncated[t]``: the episode was cut at ``t`` (a time limit) and continues in
+  principle, so the return bootstraps from ``next_values[t]``.
+
+Termination *or* truncation cuts every multi-step trace, because step ``t + 1``
+belongs to the next episode. The end of the window (``t = T − 1``) is always a
+cut that bootstraps from ``next_values[T − 1]``.
+
+Numeric hyperparameters (``gamma``, ``lambda_``) are keyword-only and may be
+traced, so every estimator can be ``jax.vmap``-ed over them; ``n`` changes the
+computation's structure and must be a Python ``int``. The recursive estimators
+run a reverse :func:`jax.lax.scan` over axis 0. Flags may be bool, int or float.
+
+References: Sutton & Barto (2018), ch. 7 and 12; Schulman et al., "High-Dimensional
+Continuous Control Using Generalized Advantage Estimation" (2016); Shao et al.,
+"DeepSeekMath" (2024) for GRPO; Kool et al. (2019) / Ahmadian et al. (2024) for RLOO.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+__all__ = [
+    "discounted_returns",
+    "gae",
+    "group_relative",
+    "lambda_returns",
+    "leave_one_out",
+    "n_step_advantages",
+    "normalize",
+    "td_errors",
+]
+
+Array = jax.Array
+ArrayLike = Any
+
+_UNROLL = 1  # reverse scans are not unrolled: measured fastest on CPU (benchmarks/estimators.py)
+
+
+def _check_same_shape(**arrays: ArrayLike) -> tuple:
+    """Return the common shape of ``arrays`` (rank ≥ 1), or raise a ValueError naming them."""
+    shapes = {name: jnp.shape(a) for name, a in arrays.items()}
+    first_name, first = next(iter(shapes.items()))
+    if len(first) < 1:
+        raise ValueError(f"`{first_name}` must be time-major [T, *B] with rank >= 1, got shape {first}")
+    for name, shape in shapes.items():
+        if shape != first:
+            listing = ", ".join(f"{k}{v}" for k, v in shapes.items())
+            raise ValueError(
+                f"`{name}` has shape {shape} but `{first_name}` has shape {first}; "
+                f"all per-step arrays must share one [T, *B] shape ({listing})"
+            )
+        if shape[0] < 1:
+            raise ValueError(f"`{name}` has an empty time axis (shape {shape}); T must be >= 1")
+    return first
+
+
+def _check_unit_interval(name: str, value: ArrayLike) -> None:
+    """Reject a concrete ``value`` outside [0, 1]; traced values pass unchecked."""
+    if isinstance(value, (int, float)) and not 0.0 <= value <= 1.0:
+        raise ValueError(f"`{name}` must lie in [0, 1], got {value}")
+
+
+def _float(x: ArrayLike, dtype) -> Array:
+    return jnp.asarray(x).astype(dtype)
+
+
+def _dtype(*arrays: ArrayLike):
+    dtype = jnp.result_type(*arrays)
+    return dtype if jnp.issubdtype(dtype, jnp.floating) else jnp.float32
+
+
+def td_errors(
+    rewards: ArrayLike,
+    values: ArrayLike,
+    next_values: ArrayLike,
+    terminated: ArrayLike,
+    *,
+    gamma: ArrayLike,
+) -> Array:
+    """One-step temporal-difference errors.
+
+    ``δ_t = r_t + γ (1 − terminated_t) V(s_{t+1}) − V(s_t)``.
+
+    Args:
+      rewards: ``[T, *B]`` float rewards ``r_t``.
+      values: ``[T, *B]`` ``V(s_t)``.
+      next_values: ``[T, *B]`` ``V(s_{t+1})`` (the final observation's value where
+        the episode ended at ``t``).
+      terminated: ``[T, *B]`` flags; no bootstrap where set.
+      gamma: discount in [0, 1]; may be traced.
+
+    Returns:
+      ``[T, *B]`` TD errors ``δ_t``.
+
+    >>> import jax.numpy as jnp
+    >>> r, v, nv = jnp.array([1.0, 1.0]), jnp.array([0.5, 0.5]), jnp.array([0.5, 2.0])
+    >>> td_errors(r, v, nv, jnp.array([False, True]), gamma=0.5)
+    Array([0.75, 0.5 ], dtype=float32)
+    """
+    _check_same_shape(rewards=rewards, values=values, next_values=next_values, terminated=terminated)
+    _check_unit_interval("gamma", gamma)
+    dtype = _dtype(rewards, values, next_values)
+    discount = gamma * (1.0 - _float(terminated, dtype))
+    return _float(rewards, dtype) + discount * _float(next_values, dtype) - _float(values, dtype)
+
+
+def discounted_returns(
+    rewards: ArrayLike,
+    next_values: ArrayLike,
+    terminated: ArrayLike,
+    truncated: ArrayLike,
+    *,
+    gamma: ArrayLike,
+) -> Array:
+    """Discounted reward-to-go within each episode, bootstrapped at truncation.
+
+    ``G_t = r_t + γ (1 − terminated_t) · (truncated_t ? V(s_{t+1}) : G_{t+1})``,
+    with ``G_T = next_values[T − 1]`` (the end of the window is a truncation).
+    Pass ``next_values = 0`` for pure Monte Carlo returns that never bootstrap.
+
+    Args:
+      rewards: ``[T, *B]`` rewards.
+      next_values: ``[T, *B]`` ``V(s_{t+1})``; only read where a trace is cut by
+        truncation or by the end of the window.
+      terminated: ``[T, *B]`` flags: the return stops, nothing is bootstrapped.
+      truncated: ``[T, *B]`` flags: the return stops and bootstraps from ``next_values``.
+      gamma: discount in [0, 1]; may be traced.
+
+    Returns:
+      ``[T, *B]`` returns ``G_t``.
+
+    >>> import jax.numpy as jnp
+    >>> r, nv = jnp.ones(3), jnp.full(3, 10.0)
+    >>> no = jnp.zeros(3, bool)
+    >>> discounted_returns(r, nv, no, no.at[0].set(True), gamma=0.5)  # cut after step 0
+    Array([6., 4., 6.], dtype=float32)
+    """
+    _check_same_shape(
+        rewards=rewards, next_values=next_values, terminated=terminated, truncated=truncated
+    )
+    _check_unit_interval("gamma", gamma)
+    dtype = _dtype(rewards, next_values)
+    rewards, next_values = _float(rewards, dtype), _float(next_values, dtype)
+    discount = gamma * (1.0 - _float(terminated, dtype))
+    cut = _float(truncated, dtype)
+
+    def step(ret_next, xs):
+        r, d, c, nv = xs
+        ret = r + d * (c * nv + (1.0 - c) * ret_next)
+        return ret, ret
+
+    _, returns = jax.lax.scan(
+        step, next_values[-1], (rewards, discount, cut, next_values), reverse=True, unroll=_UNROLL
+    )
+    return returns
+
+
+def gae(
+    rewards: ArrayLike,
+    values: ArrayLike,
+    next_values: ArrayLike,
+    terminated: ArrayLike,
+    truncated: ArrayLike,
+    *,
+    gamma: ArrayLike,
+    lambda_: ArrayLike,
+) -> Array:
+    """Generalised advantage estimation, GAE(γ, λ).
+
+    ``A_t = δ_t + γ λ (1 − terminated_t)(1 − truncated_t) A_{t+1}``, ``A_T = 0``,
+    where ``δ_t`` is :func:`td_errors`. ``λ = 0`` gives ``δ_t``; ``λ = 1`` gives
+    ``discounted_returns − values`` (Schulman et al., 2016, eq. 16).
+
+    Args:
+      rewards: ``[T, *B]`` rewards.
+      values: ``[T, *B]`` ``V(s_t)``.
+      next_values: ``[T, *B]`` ``V(s_{t+1})`` (final observation's value at episode ends).
+      terminated: ``[T, *B]`` flags: no bootstrap, trace cut.
+      truncated: ``[T, *B]`` flags: bootstrap from ``next_values``, trace cut.
+      gamma: discount in [0, 1]; may be traced.
+      lambda_: trace decay in [0, 1]; may be traced.
+
+    Returns:
+      ``[T, *B]`` advantages ``A_t``.
+
+    >>> import jax, jax.numpy as jnp
+    >>> r, v = jnp.ones(3), jnp.zeros(3)
+    >>> no = jnp.zeros(3, bool)
+    >>> gae(r, v, v, no, no, gamma=0.5, lambda_=1.0)
+    Array([1.75, 1.5 , 1.  ], dtype=float32)
+    """
+    _check_same_shape(
+        rewards=rewards,
+        values=values,
+        next_values=next_values,
+        terminated=terminated,
+        truncated=truncated,
+    )
+    _check_unit_interval("gamma", gamma)
+    _check_unit_interval("lambda_", lambda_)
+    dtype = _dtype(rewards, values, next_values)
+    deltas = td_errors(rewards, values, next_values, terminated, gamma=gamma)
+    cont = (1.0 - _float(terminated, dtype)) * (1.0 - _float(truncated, dtype))
+    decay = gamma * lambda_ * cont
+
+    def step(adv_next, xs):
+        delta, k = xs
+        adv = delta + k * adv_next
+        return adv, adv
+
+    _, advantages = jax.lax.scan(
+        step, jnp.zeros_like(deltas[0]), (deltas, decay), reverse=True, unroll=_UNROLL
+    )
+    return advantages
+
+
+def lambda_returns(
+    rewards: ArrayLike,
+    values: ArrayLike,
+    next_values: ArrayLike,
+    terminated: ArrayLike,
+    truncated: ArrayLike,
+    *,
+    gamma: ArrayLike,
+    lambda_: ArrayLike,
+) -> Array:
+    """TD(λ) returns, the critic's regression targets: ``G^λ_t = A^{GAE}_t + V(s_t)``.
+
+    Equivalently ``G^λ_t = r_t + γ(1 − terminated_t)[(1 − λ c_t) V(s_{t+1}) + λ c_t G^λ_{t+1}]``
+    with ``c_t = 1 − truncated_t`` (Sutton & Barto, eq. 12.3). Arguments as for :func:`gae`.
+
+    Returns:
+      ``[T, *B]`` λ-returns.
+
+    >>> import jax.numpy as jnp
+    >>> r, v, no = jnp.ones(2), jnp.ones(2), jnp.zeros(2, bool)
+    >>> lambda_returns(r, v, v, no, no, gamma=0.5, lambda_=0.0)
+    Array([1.5, 1.5], dtype=float32)
+    """
+    advantages = gae(
+        rewards, values, next_values, terminated, truncated, gamma=gamma, lambda_=lambda_
+    )
+    return advantages + _float(values, advantages.dtype)
+
+
+def n_step_advantages(
+    rewards: ArrayLike,
+    values: ArrayLike,
+    next_values: ArrayLike,
+    terminated: ArrayLike,
+    truncated: ArrayLike,
+    *,
+    gamma: ArrayLike,
+    n: int,
+) -> Array:
+    """n-step advantages: the n-step return minus ``V(s_t)``.
+
+    ``A_t = Σ_{k<m} γ^k r_{t+k} + γ^m (1 − terminated_{t+m−1}) V(s_{t+m}) − V(s_t)``,
+    where ``m ≤ n`` stops early at the first termination, truncation or end of the
+    window; ``V(s_{t+m})`` is read from ``next_values[t + m − 1]``. ``n = 1`` gives
+    :func:`td_errors`; ``n ≥ T`` gives ``discounted_returns − values``
+    (Sutton & Barto, eq. 7.1).
+
+    Computed as one windowed sum over the ``n`` offsets (a ``lax.fori_loop`` of
+    ``[T, *B]`` vector ops), which benchmarked faster than a reverse scan that
+    carries the ``n`` partial returns (``benchmarks/estimators.py``).
+
+    Args:
+      rewards, values, next_values, terminated, truncated: ``[T, *B]``, as for :func:`gae`.
+      gamma: discount in [0, 1]; may be traced.
+      n: Python ``int >= 1``, the largest number of rewards summed.
+
+    Returns:
+      ``[T, *B]`` advantages.
+
+    >>> import jax.numpy as jnp
+    >>> r, v, no = jnp.ones(3), jnp.zeros(3), jnp.zeros(3, bool)
+    >>> n_step_advantages(r, v, v, no, no, gamma=0.5, n=2)
+    Array([1.5, 1.5, 1. ], dtype=float32)
+    """
+    shape = _check_same_shape(
+        rewards=rewards,
+        values=values,
+        next_values=next_values,
+        terminated=terminated,
+        truncated=truncated,
+    )
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"`n` must be a Python int >= 1, got {n!r}")
+    _check_unit_interval("gamma", gamma)
+    dtype = _dtype(rewards, values, next_values)
+    T = shape[0]
+    n = min(n, T)
+    term = _float(terminated, dtype)
+    # A step stops the trace if the episode ends there or the window ends there.
+    stop = jnp.maximum(term, _float(truncated, dtype)).at[-1].set(1.0)
+    # Pad each per-step stream with n − 1 dummy steps so that offset k is a slice.
+    pad = [(0, n - 1)] + [(0, 0)] * (len(shape) - 1)
+    streams = [
+        jnp.pad(x, pad)
+        for x in (_float(rewards, dtype), _float(next_values, dtype), term, stop)
+    ]
+
+    def add_offset(k, carry):
+        acc, weight = carry  # weight = γ^k while the trace from t is still alive, else 0
+        r, nv, te, st = (jax.lax.dynamic_slice_in_dim(x, k, T) for x in streams)
+        acc = acc + weight * r
+        ends = jnp.where(k == n - 1, 1.0, st)  # the trace ends here: bootstrap
+        acc = acc + weight * ends * gamma * (1.0 - te) * nv
+        return acc, weight * gamma * (1.0 - ends)
+
+    init = (jnp.zeros(shape, dtype), jnp.ones(shape, dtype))
+    returns, _ = jax.lax.fori_loop(0, n, add_offset, init)
+    return returns - _float(values, dtype)
+
+
+def normalize(advantages: ArrayLike, mask: ArrayLike | None = None, eps: float = 1e-8) -> Array:
+    """Standardise advantages over all (unmasked) entries: ``(A − mean) / (std + eps)``.
+
+    Mean and (population) standard deviation are taken over every entry where
+    ``mask`` is true; masked entries are returned as 0. A single entry, or a
+    constant batch, gives exactly 0, never NaN.
+
+    Args:
+      advantages: array of any shape.
+      mask: optional array of the same shape; true/1 marks real entries.
+      eps: added to the standard deviation.
+
+    Returns:
+      Array of the shape of ``advantages``.
+
+    >>> import jax.numpy as jnp
+    >>> normalize(jnp.array([1.0, 2.0, 3.0]))
+    Array([-1.2247448,  0.       ,  1.2247448], dtype=float32)
+    """
+    advantages = jnp.asarray(advantages)
+    dtype = _dtype(advantages)
+    advantages = advantages.astype(dtype)
+    if mask is None:
+        mask = jnp.ones_like(advantages)
+    elif jnp.shape(mask) != advantages.shape:
+        raise ValueError(
+            f"`mask` has shape {jnp.shape(mask)} but `advantages` has shape {advantages.shape}"
+        )
+    m = _float(mask, dtype)
+    count = jnp.maximum(m.sum(), 1.0)
+    mean = (m * advantages).sum() / count
+    centred = m * (advantages - mean)
+    std = jnp.sqrt((centred**2).sum() / count)
+    return centred / (std + eps)
+
+
+def _check_groups(rewards: ArrayLike, min_size: int, fn: str) -> Array:
+    rewards = jnp.asarray(rewards)
+    if rewards.ndim != 2:
+        raise ValueError(
+            f"`rewards` for {fn} must be [G, K] (G groups of K samples), got shape {rewards.shape}"
+        )
+    if rewards.shape[1] < min_size:
+        raise ValueError(
+            f"`rewards` for {fn} needs groups of at least {min_size} samples, "
+            f"got K = {rewards.shape[1]} (shape {rewards.shape})"
+        )
+    return rewards.astype(_dtype(rewards))
+
+
+def _centre(rewards: Array) -> Array:
+    """``r − mean(r)`` per group, computed around the group's first sample.
+
+    Subtracting a member first is exact for nearby floats, so rewards of size 1e6
+    keep their small differences and a constant group gives exact zeros.
+    """
+    shifted = rewards - rewards[:, :1]
+    return shifted - shifted.mean(axis=1, keepdims=True)
+
+
+def group_relative(
+    rewards: ArrayLike, *, normalize_std: bool = True, eps: ArrayLike = 1e-6
+) -> Array:
+    """Group-relative advantages (GRPO): ``A_{g,i} = (r_{g,i} − mean_g r) / (std_g r + eps)``.
+
+    Each row is a group of K samples for the same prompt; the group mean is the
+    baseline. ``std_g`` is the population standard deviation of the group. With
+    ``normalize_std=False`` (a structural switch) the advantage is ``r − mean_g r``
+    (as in "Dr. GRPO", which drops the std's difficulty bias). A group whose rewards
+    are all equal gets advantages of exactly 0.
+
+    Args:
+      rewards: ``[G, K]`` sequence-level rewards, K ≥ 1 samples per group.
+      normalize_std: divide by the group's standard deviation.
+      eps: added to the standard deviation; may be traced.
+
+    Returns:
+      ``[G, K]`` advantages, zero mean per group.
+
+    >>> import jax.numpy as jnp
+    >>> group_relative(jnp.array([[1.0, 0.0], [1.0, 1.0]]))
+    Array([[ 0.999998, -0.999998],
+           [ 0.      ,  0.      ]], dtype=float32)
+    """
+    rewards = _check_groups(rewards, 1, "group_relative")
+    centred = _centre(rewards)
+    if not normalize_std:
+        return centred
+    scale = jnp.sqrt((centred**2).mean(axis=1, keepdims=True)) + eps
+    return centred / jnp.where(scale > 0, scale, 1.0)  # a constant group stays 0 even at eps = 0
+
+
+def leave_one_out(rewards: ArrayLike) -> Array:
+    """Leave-one-out advantages (RLOO): each sample's baseline is the mean of the others.
+
+    ``A_{g,i} = r_{g,i} − (1 / (K − 1)) Σ_{j≠i} r_{g,j} = K / (K − 1) · (r_{g,i} − mean_g r)``.
+    The baseline excludes the sample itself, so the estimate stays unbiased; a group
+    whose rewards are all equal gets advantages of exactly 0.
+
+    Args:
+      rewards: ``[G, K]`` sequence-level rewards, K ≥ 2 samples per group.
+
+    Returns:
+      ``[G, K]`` advantages, zero mean per group.
+
+    >>> import jax.numpy as jnp
+    >>> leave_one_out(jnp.array([[1.0, 0.0, 0.0]]))
+    Array([[ 1. , -0.5, -0.5]], dtype=float32)
+    """
+    rewards = _check_groups(rewards, 2, "leave_one_out")
+    shifted = rewards - rewards[:, :1]  # exact for nearby floats; zeros for a constant group
+    others = (shifted.sum(axis=1, keepdims=True) - shifted) / (rewards.shape[1] - 1)
+    return shifted - others
+

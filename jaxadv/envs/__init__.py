@@ -1,0 +1,40 @@
+"""Environments: gymnax envs wrapped for training, and running normalisation statistics.
+
+* :func:`make` builds a registered gymnax environment with float32 (flattened)
+  observations and per-env episode statistics in ``info``; :func:`env_spec`
+  describes it as an :class:`EnvSpec` of Python values.
+* :mod:`jaxadv.envs.normalize`: batch-level running statistics shared by all
+  environments — observation normalisation and "NormalizeReward" reward scaling.
+"""
+
+from jaxadv.envs.normalize import (
+    RewardScaler,
+    RunningMeanStd,
+    normalize_obs,
+    reward_scaler_init,
+    reward_scaler_update,
+    running_mean_std_init,
+    running_mean_std_update,
+)
+from jaxadv.envs.registry import EnvSpec, env_spec, make
+from jaxadv.envs.wrappers import (
+    EpisodeStatisticsState,
+    EpisodeStatisticsWrapper,
+    FloatObservationWrapper,
+)
+
+__all__ = [
+    "EnvSpec",
+    "EpisodeStatisticsState",
+    "EpisodeStatisticsWrapper",
+    "FloatObservationWrapper",
+    "RewardScaler",
+    "RunningMeanStd",
+    "env_spec",
+    "make",
+    "normalize_obs",
+    "reward_scaler_init",
+    "reward_scaler_update",
+    "running_mean_std_init",
+    "running_mean_std_update",
+]
