@@ -12,7 +12,7 @@ README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 def test_readme_example_runs():
     text = README.read_text()
-    block = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    block = re.search(r"```python\n(.*?)```", text, re.DOTALL).group(1)
     namespace: dict = {}
     exec(compile(block, str(README), "exec"), namespace)
     adv = np.asarray(namespace["advantages"])

@@ -1,0 +1,184 @@
+"""Rollouts: ``lax.scan`` over ``T`` steps of ``N`` vmapped environments.
+
+One call returns a time-major :class:`Transition` ``[T, N, ...]``. Per step it
+runs actor and critic in one network call, samples actions and steps every
+environment; after the scan one batched critic call values every step's *final*
+observation (``info["final_observation"]``: the next observation, or the one the
+episode ended on before the automatic reset), which gives ``next_value``. The end
+of the window is a truncation for the estimators (they bootstrap from the last
+``next_value``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxadv import distributions as dist
+from jaxadv.envs import RewardScaler, RunningMeanStd, normalize_obs, reward_scaler_update
+
+__all__ = ["Policy", "Transition", "make_policy", "rollout"]
+
+
+class Transition(NamedTuple):
+    """One rollout, time-major: every leaf is ``[T, N, ...]``.
+
+    Attributes:
+      obs: ``[T, N, obs_dim]`` observations fed to the network (normalised if enabled).
+      action: ``[T, N]`` int32 (discrete) or ``[T, N, D]`` float32 (unclipped sample).
+      log_prob: ``[T, N]`` log π(a_t | s_t) under the acting parameters.
+      value: ``[T, N]`` V(s_t) (for a Q critic: Σ_a π(a|s_t) Q(s_t, a)).
+      q_value: ``[T, N]`` Q(s_t, a_t) for a Q critic, else equal to ``value``.
+      next_value: ``[T, N]`` V(s_{t+1}), of the final observation where the episode ended.
+      reward: ``[T, N]`` reward used for learning (scaled if enabled).
+      terminated: ``[T, N]`` bool.
+      truncated: ``[T, N]`` bool (time limits; the window's end is added by the estimators).
+      episode_return: ``[T, N]`` undiscounted return of the episode ending at t (raw reward).
+      episode_length: ``[T, N]`` its length.
+      episode_done: ``[T, N]`` bool, an episode ended at t.
+    """
+
+    obs: jax.Array
+    action: jax.Array
+    log_prob: jax.Array
+    value: jax.Array
+    q_value: jax.Array
+    next_value: jax.Array
+    reward: jax.Array
+    terminated: jax.Array
+    truncated: jax.Array
+    episode_return: jax.Array
+    episode_length: jax.Array
+    episode_done: jax.Array
+
+
+class Policy(NamedTuple):
+    """The action distribution's functions for one action space (no objects in the hot loop).
+
+    ``sample(key, policy) -> action``, ``log_prob(policy, action)``, ``entropy(policy)``;
+    ``to_env(action)`` maps a sampled action into the environment's bounds.
+    """
+
+    sample: Any
+    log_prob: Any
+    entropy: Any
+    to_env: Any
+
+
+def make_policy(discrete: bool, low: Any = None, high: Any = None) -> Policy:
+    """Categorical (``policy = logits``) or diagonal Gaussian (``policy = (mean, log_std)``).
+
+    >>> import jax, jax.numpy as jnp
+    >>> pol = make_policy(True)
+    >>> float(pol.log_prob(jnp.zeros(2), jnp.array(1)))  # log ½
+    -0.6931471824645996
+    """
+    if discrete:
+        return Policy(
+            sample=lambda key, logits: dist.categorical_sample(key, logits),
+            log_prob=dist.categorical_log_prob,
+            entropy=dist.categorical_entropy,
+            to_env=lambda a: a,
+        )
+    lo = None if low is None else jnp.asarray(low, jnp.float32)
+    hi = None if high is None else jnp.asarray(high, jnp.float32)
+    return Policy(
+        sample=lambda key, p: dist.gaussian_sample(key, p[0], p[1]),
+        log_prob=lambda p, a: dist.gaussian_log_prob(p[0], p[1], a),
+        entropy=lambda p: dist.gaussian_entropy(p[1]),
+        to_env=(lambda a: a) if lo is None else (lambda a: jnp.clip(a, lo, hi)),
+    )
+
+
+def _state_values(policy_out: Any, critic: jax.Array, q_critic: bool) -> jax.Array:
+    """V(s): the critic's output, or Σ_a π(a|s) Q(s, a) for a Q critic."""
+    if not q_critic:
+        return critic
+    return jnp.sum(jax.nn.softmax(policy_out, axis=-1) * critic, axis=-1)
+
+
+def rollout(
+    key: jax.Array,
+    params: Any,
+    env_state: Any,
+    obs: jax.Array,
+    obs_stats: RunningMeanStd | None,
+    reward_scaler: RewardScaler | None,
+    *,
+    apply_fn: Any,
+    policy: Policy,
+    env: Any,
+    env_params: Any,
+    num_steps: int,
+    gamma: Any = 0.99,
+    q_critic: bool = False,
+):
+    """Collect ``num_steps`` steps from ``N`` environments with the current policy.
+
+    Args:
+      key: PRNG key.
+      params: network parameters for ``apply_fn(params, obs) -> (policy, critic)``.
+      env_state: vmapped environment state ``[N]``.
+      obs: ``[N, obs_dim]`` raw current observations.
+      obs_stats: shared observation statistics (``None``: no normalisation); held fixed
+        during the rollout.
+      reward_scaler: reward-scaling state (``None``: raw rewards); updated per step.
+      apply_fn, policy, env, env_params: the network, action distribution and environment.
+      num_steps: T (static).
+      gamma: discount for the reward scaler's running return; may be traced.
+      q_critic: the critic outputs Q(s, ·).
+
+    Returns:
+      ``(env_state, obs, reward_scaler, transition, raw_obs)``: the carried state after
+      the last step, the :class:`Transition` ``[T, N, ...]``, and the raw (unnormalised)
+      observations ``[T, N, obs_dim]`` for updating the statistics.
+    """
+    num_envs = obs.shape[0]
+    norm = (lambda x: x) if obs_stats is None else (lambda x: normalize_obs(obs_stats, x))
+    step_envs = jax.vmap(env.step, in_axes=(0, 0, 0, None))
+
+    def step(carry, key):
+        env_state, obs, scaler = carry
+        key_act, key_env = jax.random.split(key)
+        x = norm(obs)
+        pi, critic = apply_fn(params, x)
+        action = policy.sample(key_act, pi)
+        log_prob = policy.log_prob(pi, action)
+        value = _state_values(pi, critic, q_critic)
+        q_value = (
+            jnp.take_along_axis(critic, action[:, None], axis=-1)[:, 0] if q_critic else value
+        )
+        next_obs, env_state, reward, terminated, truncated, info = step_envs(
+            jax.random.split(key_env, num_envs), env_state, policy.to_env(action), env_params
+        )
+        done = info["episode_done"]
+        if scaler is not None:
+            scaler, reward = reward_scaler_update(scaler, reward, done, gamma=gamma)
+        out = (
+            Transition(
+                obs=x,
+                action=action,
+                log_prob=log_prob,
+                value=value,
+                q_value=q_value,
+                next_value=jnp.zeros_like(value),  # filled in below
+                reward=reward,
+                terminated=terminated,
+                truncated=truncated,
+                episode_return=info["episode_return"],
+                episode_length=info["episode_length"],
+                episode_done=done,
+            ),
+            info["final_observation"],
+            obs,
+        )
+        return (env_state, next_obs, scaler), out
+
+    (env_state, obs, reward_scaler), (traj, final_obs, raw_obs) = jax.lax.scan(
+        step, (env_state, obs, reward_scaler), jax.random.split(key, num_steps)
+    )
+    pi, critic = apply_fn(params, norm(final_obs))
+    traj = traj._replace(next_value=_state_values(pi, critic, q_critic))
+    return env_state, obs, reward_scaler, traj, raw_obs
