@@ -33,7 +33,7 @@ def _orthonormal_columns(a: jax.Array) -> jax.Array:
     Equals the Q of a QR decomposition whose R has a positive diagonal, so a
     Gaussian ``a`` gives a Haar-distributed Q. Plain ``jnp`` ops in a ``fori_loop``.
     """
-    m, n = a.shape
+    n = a.shape[1]
     cols = jnp.arange(n)
 
     def body(j, q):
