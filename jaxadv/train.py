@@ -28,7 +28,6 @@ import difflib
 from typing import Any, Literal, NamedTuple
 
 import flax
-import gymnax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -41,6 +40,7 @@ from jaxadv.envs import (
     RunningMeanStd,
     env_spec,
     make,
+    registered_names,
     reward_scaler_init,
     running_mean_std_init,
     running_mean_std_update,
@@ -82,7 +82,7 @@ class TrainConfig:
     """Static settings: they fix array shapes or program structure; changing one recompiles."""
 
     env: str = "CartPole-v1"
-    """gymnax environment id (any of gymnax.registered_envs)."""
+    """environment id: any gymnax id, or a name added with jaxadv.envs.register."""
     algo: Literal["ppo", "a2c", "reinforce"] = "ppo"
     """algorithm: ppo (clipped ratio, epochs x minibatches), a2c, or reinforce."""
     estimator: Literal["gae", "td", "nstep", "mc", "qv"] | None = None
@@ -119,7 +119,7 @@ class TrainConfig:
     """divide rewards by the running std of the discounted return."""
 
     def __post_init__(self) -> None:
-        _choice("env", self.env, tuple(gymnax.registered_envs))
+        _choice("env", self.env, tuple(registered_names()))
         _choice("algo", self.algo, ALGOS)
         if self.estimator is None:
             object.__setattr__(self, "estimator", _DEFAULT_ESTIMATOR[self.algo])
@@ -188,8 +188,8 @@ class HParams:
         """Check concrete values (any leading sweep axes); traced values pass unchecked."""
         rules = {
             "lr": (lambda x: x > 0, "> 0"),
-            "gamma": (lambda x: (0 <= x) & (x <= 1), "in [0, 1]"),
-            "gae_lambda": (lambda x: (0 <= x) & (x <= 1), "in [0, 1]"),
+            "gamma": (lambda x: (x >= 0) & (x <= 1), "in [0, 1]"),
+            "gae_lambda": (lambda x: (x >= 0) & (x <= 1), "in [0, 1]"),
             "clip_eps": (lambda x: x > 0, "> 0"),
             "ent_coef": (lambda x: x >= 0, ">= 0"),
             "vf_coef": (lambda x: x >= 0, ">= 0"),

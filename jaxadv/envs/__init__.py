@@ -16,7 +16,7 @@ from jaxadv.envs.normalize import (
     running_mean_std_init,
     running_mean_std_update,
 )
-from jaxadv.envs.registry import EnvSpec, env_spec, make
+from jaxadv.envs.registry import EnvSpec, env_spec, make, register, registered_names
 from jaxadv.envs.wrappers import (
     EpisodeStatisticsState,
     EpisodeStatisticsWrapper,
@@ -33,6 +33,8 @@ __all__ = [
     "env_spec",
     "make",
     "normalize_obs",
+    "register",
+    "registered_names",
     "reward_scaler_init",
     "reward_scaler_update",
     "running_mean_std_init",

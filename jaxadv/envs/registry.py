@@ -11,7 +11,36 @@ from gymnax.environments import spaces
 
 from jaxadv.envs.wrappers import EpisodeStatisticsWrapper, FloatObservationWrapper
 
-__all__ = ["EnvSpec", "env_spec", "make"]
+__all__ = ["EnvSpec", "env_spec", "make", "register", "registered_names"]
+
+# Environments added with `register`: name -> factory(**kwargs) -> (gymnax-style env, params).
+_CUSTOM: dict[str, Any] = {}
+
+
+def register(name: str, factory: Any) -> None:
+    """Make a gymnax-compatible environment available to :func:`make` (and the trainer) by name.
+
+    ``factory(**env_kwargs) -> (env, env_params)`` must return an object with gymnax
+    1.x's ``reset``/``step``/``observation_space``/``action_space`` and its params.
+    Registering an existing name replaces it (gymnax's own ids cannot be replaced).
+
+    >>> import gymnax
+    >>> register("Doctest-env-v0", lambda: gymnax.make("Acrobot-v1"))
+    >>> "Doctest-env-v0" in registered_names()
+    True
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"`name` must be a non-empty string, got {name!r}")
+    if name in gymnax.registered_envs:
+        raise ValueError(f"`name` {name!r} is a gymnax id and cannot be re-registered")
+    if not callable(factory):
+        raise ValueError(f"`factory` must be callable, got {factory!r}")
+    _CUSTOM[name] = factory
+
+
+def registered_names() -> list[str]:
+    """Every name :func:`make` accepts: gymnax's ids, then those added with :func:`register`."""
+    return [*gymnax.registered_envs, *_CUSTOM]
 
 
 def make(name: str, *, flatten_obs: bool = True, **env_kwargs: Any) -> tuple[Any, Any]:
@@ -30,7 +59,8 @@ def make(name: str, *, flatten_obs: bool = True, **env_kwargs: Any) -> tuple[Any
       included.
 
     Args:
-      name: an id in ``gymnax.registered_envs`` (e.g. ``"CartPole-v1"``).
+      name: an id in ``gymnax.registered_envs`` (e.g. ``"CartPole-v1"``) or a name
+        added with :func:`register`.
       flatten_obs: flatten ``Box`` observations to 1-D; ``False`` keeps their shape
         (still float32), e.g. for a convolutional torso.
       **env_kwargs: passed to the gymnax environment's constructor.
@@ -51,7 +81,7 @@ def make(name: str, *, flatten_obs: bool = True, **env_kwargs: Any) -> tuple[Any
     >>> obs.shape, obs.dtype
     ((400,), dtype('float32'))
     """
-    valid = list(gymnax.registered_envs)
+    valid = registered_names()
     if not isinstance(name, str) or name not in valid:
         close = difflib.get_close_matches(str(name), valid, n=3, cutoff=0.5)
         hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
@@ -61,10 +91,11 @@ def make(name: str, *, flatten_obs: bool = True, **env_kwargs: Any) -> tuple[Any
         )
     if not isinstance(flatten_obs, bool):
         # house style: bad input is a ValueError naming the argument
-        raise ValueError(  # noqa: TRY004
+        raise ValueError(
             f"`flatten_obs` must be True or False, got {flatten_obs!r}"
         )
-    env, env_params = gymnax.make(name, **env_kwargs)
+    factory = _CUSTOM.get(name, lambda **kw: gymnax.make(name, **kw))
+    env, env_params = factory(**env_kwargs)
     env = EpisodeStatisticsWrapper(FloatObservationWrapper(env, flatten=flatten_obs))
     return env, env_params
 
@@ -124,7 +155,7 @@ def env_spec(env: Any, env_params: Any = None) -> EnvSpec:
     elif isinstance(obs_space, spaces.Box):
         obs_shape = tuple(int(d) for d in obs_space.shape)
     else:
-        raise ValueError(  # noqa: TRY004 -- an unsupported value of `env`, not a wrong type
+        raise ValueError(
             f"`env` has a {type(obs_space).__name__} observation space; "
             "env_spec supports Box and Discrete"
         )

@@ -106,7 +106,7 @@ class FloatObservationWrapper(_Wrapper):
         super().__init__(env)
         if not isinstance(flatten, bool):
             # house style: bad input is a ValueError naming the argument
-            raise ValueError(  # noqa: TRY004
+            raise ValueError(
                 f"`flatten` must be True or False, got {flatten!r}"
             )
         self._flatten = flatten
@@ -116,7 +116,7 @@ class FloatObservationWrapper(_Wrapper):
         elif isinstance(space, spaces.Box):
             self._num_categories = None
         else:
-            raise ValueError(  # noqa: TRY004 -- an unsupported value of `env`, not a wrong type
+            raise ValueError(
                 f"`env` {env.name} has a {type(space).__name__} observation space; "
                 "FloatObservationWrapper supports Box and Discrete observation spaces"
             )
