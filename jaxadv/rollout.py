@@ -57,27 +57,38 @@ class Transition(NamedTuple):
 class Policy(NamedTuple):
     """The action distribution's functions for one action space (no objects in the hot loop).
 
-    ``sample(key, policy) -> action``, ``log_prob(policy, action)``, ``entropy(policy)``;
-    ``to_env(action)`` maps a sampled action into the environment's bounds.
+    ``noise(key, batch_shape)`` draws the sampling noise for a whole batch at once
+    (Gumbel ``[*batch, A]`` or normal ``[*batch, D]``), ``sample(policy, noise) -> action``
+    turns one slice of it into actions (Gumbel-max or ``μ + σ ε``), so a rollout draws
+    all its randomness in one op before the scan. ``log_prob(policy, action)``,
+    ``entropy(policy)``; ``to_env(action)`` maps a sampled action into the env's bounds.
     """
 
+    noise: Any
     sample: Any
     log_prob: Any
     entropy: Any
     to_env: Any
 
 
-def make_policy(discrete: bool, low: Any = None, high: Any = None) -> Policy:
-    """Categorical (``policy = logits``) or diagonal Gaussian (``policy = (mean, log_std)``).
+def make_policy(discrete: bool, size: int, low: Any = None, high: Any = None) -> Policy:
+    """Categorical (``policy = logits [*B, A]``) or diagonal Gaussian (``(mean, log_std) [*B, D]``).
+
+    ``size`` is A (discrete) or D (continuous); ``low``/``high`` clip continuous actions
+    sent to the environment (the unclipped sample is what is scored).
 
     >>> import jax, jax.numpy as jnp
-    >>> pol = make_policy(True)
+    >>> pol = make_policy(True, 2)
     >>> float(pol.log_prob(jnp.zeros(2), jnp.array(1)))  # log ½
     -0.6931471824645996
+    >>> noise = pol.noise(jax.random.key(0), (3,))  # [3, 2] Gumbel noise
+    >>> pol.sample(jnp.array([0.0, -jnp.inf]), noise[0])  # only action 0 is allowed
+    Array(0, dtype=int32)
     """
     if discrete:
         return Policy(
-            sample=lambda key, logits: dist.categorical_sample(key, logits),
+            noise=lambda key, batch: jax.random.gumbel(key, (*batch, size)),
+            sample=lambda logits, g: jnp.argmax(logits + g, axis=-1).astype(jnp.int32),
             log_prob=dist.categorical_log_prob,
             entropy=dist.categorical_entropy,
             to_env=lambda a: a,
@@ -85,7 +96,8 @@ def make_policy(discrete: bool, low: Any = None, high: Any = None) -> Policy:
     lo = None if low is None else jnp.asarray(low, jnp.float32)
     hi = None if high is None else jnp.asarray(high, jnp.float32)
     return Policy(
-        sample=lambda key, p: dist.gaussian_sample(key, p[0], p[1]),
+        noise=lambda key, batch: jax.random.normal(key, (*batch, size)),
+        sample=lambda p, eps: p[0] + jnp.exp(p[1]) * eps,
         log_prob=lambda p, a: dist.gaussian_log_prob(p[0], p[1], a),
         entropy=lambda p: dist.gaussian_entropy(p[1]),
         to_env=(lambda a: a) if lo is None else (lambda a: jnp.clip(a, lo, hi)),
@@ -139,19 +151,19 @@ def rollout(
     norm = (lambda x: x) if obs_stats is None else (lambda x: normalize_obs(obs_stats, x))
     step_envs = jax.vmap(env.step, in_axes=(0, 0, 0, None))
 
-    def step(carry, key):
+    def step(carry, xs):
         env_state, obs, scaler = carry
-        key_act, key_env = jax.random.split(key)
+        noise, env_keys = xs
         x = norm(obs)
         pi, critic = apply_fn(params, x)
-        action = policy.sample(key_act, pi)
+        action = policy.sample(pi, noise)
         log_prob = policy.log_prob(pi, action)
         value = _state_values(pi, critic, q_critic)
         q_value = (
             jnp.take_along_axis(critic, action[:, None], axis=-1)[:, 0] if q_critic else value
         )
         next_obs, env_state, reward, terminated, truncated, info = step_envs(
-            jax.random.split(key_env, num_envs), env_state, policy.to_env(action), env_params
+            env_keys, env_state, policy.to_env(action), env_params
         )
         done = info["episode_done"]
         if scaler is not None:
@@ -176,8 +188,12 @@ def rollout(
         )
         return (env_state, next_obs, scaler), out
 
+    # All randomness for the window in two ops, outside the loop.
+    key_act, key_env = jax.random.split(key)
+    noise = policy.noise(key_act, (num_steps, num_envs))
+    env_keys = jax.random.split(key_env, (num_steps, num_envs))
     (env_state, obs, reward_scaler), (traj, final_obs, raw_obs) = jax.lax.scan(
-        step, (env_state, obs, reward_scaler), jax.random.split(key, num_steps)
+        step, (env_state, obs, reward_scaler), (noise, env_keys)
     )
     pi, critic = apply_fn(params, norm(final_obs))
     traj = traj._replace(next_value=_state_values(pi, critic, q_critic))
