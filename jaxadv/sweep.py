@@ -1,0 +1,295 @@
+"""Hyperparameter sweeps: every (point, seed) pair of a static group is one element of a vmap.
+
+``run_sweep(config, grid, seeds)`` expands ``grid`` — ``HParams`` or ``TrainConfig``
+field names mapped to value lists (grid product) or to distributions (random search)
+— into points, groups them by their static configuration (one compile per group), and
+trains each group as a single ``jax.vmap``-ed ``train`` over the flattened
+``points × seeds`` axis. That axis is sharded over all devices (``NamedSharding`` over
+a 1-D mesh, padded to a multiple of the device count) and, when it is larger than
+``max_parallel``, processed in equal chunks, each still one fused program. Under
+``jax.distributed.initialize`` the mesh spans every process's devices and every
+process receives the gathered results.
+
+Because ``gae(λ = 0)`` is the one-step TD estimator and ``gae(λ = 1)`` is the Monte Carlo
+return minus a baseline, a grid over ``gae_lambda`` sweeps the estimator family itself
+in one compile.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxadv.train import HParams, TrainConfig, make_train
+
+__all__ = ["LogUniform", "SweepResult", "Uniform", "expand_grid", "run_sweep"]
+
+_HPARAM_FIELDS = tuple(f.name for f in dataclasses.fields(HParams))
+_STATIC_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+
+
+class Uniform(NamedTuple):
+    """Random-search distribution: uniform on [low, high]."""
+
+    low: float
+    high: float
+
+    def sample(self, key: jax.Array, n: int) -> np.ndarray:
+        return np.asarray(jax.random.uniform(key, (n,), minval=self.low, maxval=self.high))
+
+
+class LogUniform(NamedTuple):
+    """Random-search distribution: log-uniform on [low, high] (both > 0)."""
+
+    low: float
+    high: float
+
+    def sample(self, key: jax.Array, n: int) -> np.ndarray:
+        lo, hi = math.log(self.low), math.log(self.high)
+        return np.exp(np.asarray(jax.random.uniform(key, (n,), minval=lo, maxval=hi)))
+
+
+_DISTRIBUTIONS = (Uniform, LogUniform)
+
+
+class SweepResult(NamedTuple):
+    """Results of a sweep, on the host.
+
+    Attributes:
+      points: one dict per point of the swept fields' values.
+      seeds: number of seeds per point.
+      returns: per point, ``[S, U]`` mean episodic return per update (NaN where no
+        episode ended); U may differ between static groups.
+      env_steps: per point, ``[U]`` env steps after each update (per seed).
+      final_return: ``[P, S]`` mean return over the last 10% of updates.
+      auc: ``[P, S]`` mean return over all updates (area under the learning curve
+        per env step, normalised by the steps).
+      compile_seconds, wall_seconds: totals over all groups.
+      devices, processes: how the sweep was spread.
+    """
+
+    points: list[dict[str, Any]]
+    seeds: int
+    returns: list[np.ndarray]
+    env_steps: list[np.ndarray]
+    final_return: np.ndarray
+    auc: np.ndarray
+    compile_seconds: float
+    wall_seconds: float
+    devices: int
+    processes: int
+
+
+def _check_value(field: str, value: Any) -> None:
+    if field in _HPARAM_FIELDS:
+        HParams(**{field: value}).validate()
+
+
+def expand_grid(
+    grid: Mapping[str, Sequence | Uniform | LogUniform],
+    *,
+    num_samples: int | None = None,
+    key: jax.Array | None = None,
+) -> list[dict[str, Any]]:
+    """The sweep's points: the product of the listed values, times random draws.
+
+    Lists are crossed (grid search); each distribution draws ``num_samples`` values,
+    drawn jointly per sample (random search), and crossed with the lists. Every value
+    is checked before anything compiles: unknown fields, empty lists and values
+    outside a field's domain raise a ``ValueError`` naming the field.
+
+    >>> expand_grid({"lr": [1e-3, 3e-4], "gae_lambda": [0.0, 1.0]})[1]
+    {'lr': 0.001, 'gae_lambda': 1.0}
+    """
+    if not grid:
+        raise ValueError("`grid` is empty: give at least one field with values to sweep")
+    lists, dists = {}, {}
+    for field, values in grid.items():
+        if field not in _HPARAM_FIELDS and field not in _STATIC_FIELDS:
+            raise ValueError(
+                f"`grid` field {field!r} is not a hyperparameter or config field; "
+                f"HParams fields: {list(_HPARAM_FIELDS)}; TrainConfig fields: {list(_STATIC_FIELDS)}"
+            )
+        if isinstance(values, _DISTRIBUTIONS):
+            if field not in _HPARAM_FIELDS:
+                raise ValueError(f"`grid` field {field!r} is static; give it a list, not a distribution")
+            for bound in values:
+                _check_value(field, bound)
+            if isinstance(values, LogUniform) and values.low <= 0:
+                raise ValueError(f"`grid` field {field!r}: LogUniform needs low > 0, got {values.low}")
+            dists[field] = values
+            continue
+        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+            values = [values]
+        if len(values) == 0:
+            raise ValueError(f"`grid` field {field!r} has an empty list of values")
+        for v in values:
+            _check_value(field, v)
+        lists[field] = list(values)
+    if dists and (num_samples is None or num_samples < 1):
+        raise ValueError("`num_samples` must be a positive int when the grid has distributions")
+    if not dists:
+        num_samples = 1
+    key = jax.random.key(0) if key is None else key
+    draws = {
+        field: dist.sample(k, num_samples)
+        for (field, dist), k in zip(dists.items(), jax.random.split(key, max(len(dists), 1)))
+    }
+    points = []
+    for combo in itertools.product(*lists.values()):
+        for i in range(num_samples):
+            point = dict(zip(lists, combo))
+            point.update({f: float(d[i]) for f, d in draws.items()})
+            points.append(point)
+    return points
+
+
+def _summaries(returns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Final return (last 10% of updates) and AUC (mean over all updates) per run."""
+    u = returns.shape[-1]
+    tail = returns[..., -max(1, u // 10):]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices give NaN
+        return np.nanmean(tail, axis=-1), np.nanmean(returns, axis=-1)
+
+
+def _stacked_hparams(points: list[dict[str, Any]], base: HParams) -> HParams:
+    values = {
+        f: np.asarray([p.get(f, getattr(base, f)) for p in points], np.float32)
+        for f in _HPARAM_FIELDS
+    }
+    return HParams(**values)
+
+
+def _put(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """A global array sharded along axis 0 built from the same host data on every process."""
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+
+def run_sweep(
+    config: TrainConfig,
+    grid: Mapping[str, Sequence | Uniform | LogUniform],
+    seeds: int,
+    *,
+    hparams: HParams | None = None,
+    key: jax.Array | None = None,
+    num_samples: int | None = None,
+    max_parallel: int | None = None,
+    devices: Sequence[jax.Device] | None = None,
+    on_chunk: Callable[[int, int], None] | None = None,
+) -> SweepResult:
+    """Train every point of ``grid`` with ``seeds`` seeds; one compile per static group.
+
+    Args:
+      config: the base static configuration; static fields in ``grid`` override it.
+      grid: field name → list of values, or → :class:`Uniform`/:class:`LogUniform`.
+      seeds: seeds per point; seed ``s`` uses ``jax.random.split(key, seeds)[s]`` for
+        every point (common random numbers across points).
+      hparams: base hyperparameters for the fields not swept.
+      key: PRNG key for the seeds (default ``jax.random.key(0)``); random-search draws
+        use ``jax.random.fold_in(key, 1)``.
+      num_samples: random-search draws per grid combination (needed with distributions).
+      max_parallel: most (point, seed) runs in one compiled call; default all of a group.
+      devices: devices of the 1-D mesh (default all, across processes).
+      on_chunk: called as ``on_chunk(done, total)`` after each chunk (progress).
+
+    Returns:
+      A :class:`SweepResult`; points keep the order of :func:`expand_grid`.
+    """
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"`seeds` must be a positive int, got {seeds!r}")
+    if max_parallel is not None and (
+        isinstance(max_parallel, bool) or not isinstance(max_parallel, int) or max_parallel < 1
+    ):
+        raise ValueError(f"`max_parallel` must be a positive int, got {max_parallel!r}")
+    key = jax.random.key(0) if key is None else key
+    base = (hparams or HParams()).validate()
+    points = expand_grid(grid, num_samples=num_samples, key=jax.random.fold_in(key, 1))
+    # Group by static configuration; building each TrainConfig validates it (no compile).
+    groups: dict[TrainConfig, list[int]] = {}
+    for i, point in enumerate(points):
+        static = {f: v for f, v in point.items() if f in _STATIC_FIELDS}
+        if "hidden" in static:
+            static["hidden"] = tuple(static["hidden"])
+        cfg = dataclasses.replace(config, **static)
+        groups.setdefault(cfg, []).append(i)
+
+    devices = list(jax.devices() if devices is None else devices)
+    mesh = Mesh(np.array(devices), ("sweep",))
+    sharding = NamedSharding(mesh, PartitionSpec("sweep"))
+    seed_keys = np.asarray(jax.random.key_data(jax.random.split(key, seeds)))
+    total = len(points) * seeds
+    returns: list[np.ndarray | None] = [None] * len(points)
+    env_steps: list[np.ndarray | None] = [None] * len(points)
+    compile_s, done = 0.0, 0
+    start = time.perf_counter()
+    for cfg, idx in groups.items():
+        n = len(idx) * seeds
+        chunk = min(n, max_parallel or n)
+        chunk = -(-chunk // len(devices)) * len(devices)  # a multiple of the device count
+        num_chunks = -(-n // chunk)
+        padded = num_chunks * chunk
+        # Flattened axis: element e is point idx[e // seeds] with seed e % seeds.
+        point_of = np.repeat(np.arange(len(idx)), seeds)
+        seed_of = np.tile(np.arange(seeds), len(idx))
+        pad = padded - n
+        point_of = np.concatenate([point_of, np.zeros(pad, int)])
+        seed_of = np.concatenate([seed_of, np.zeros(pad, int)])
+        hp_all = _stacked_hparams([points[idx[p]] for p in point_of], base)
+        keys_all = seed_keys[seed_of]
+
+        train = make_train(cfg)
+
+        def run_chunk(key_data, hp, train=train):
+            keys = jax.random.wrap_key_data(key_data)
+            _, metrics = jax.vmap(train)(keys, hp)
+            return metrics["episode_return"], metrics["env_steps"]
+
+        fn = jax.jit(run_chunk, in_shardings=(sharding, sharding), out_shardings=sharding)
+        outs_r, outs_s = [], []
+        compiled = None
+        for c in range(num_chunks):
+            sl = slice(c * chunk, (c + 1) * chunk)
+            args = (
+                _put(keys_all[sl], sharding),
+                jax.tree.map(lambda x, sl=sl: _put(x[sl], sharding), hp_all),
+            )
+            if compiled is None:
+                t0 = time.perf_counter()
+                compiled = fn.lower(*args).compile()
+                compile_s += time.perf_counter() - t0
+            r, s = compiled(*args)
+            outs_r.append(np.asarray(multihost_utils.process_allgather(r, tiled=True)))
+            outs_s.append(np.asarray(multihost_utils.process_allgather(s, tiled=True)))
+            done += min(chunk, n - c * chunk)
+            if on_chunk is not None:
+                on_chunk(done, total)
+        r_all = np.concatenate(outs_r)[:n].reshape(len(idx), seeds, -1)
+        s_all = np.concatenate(outs_s)[:n].reshape(len(idx), seeds, -1)
+        for j, p in enumerate(idx):
+            returns[p] = r_all[j]
+            env_steps[p] = s_all[j, 0]
+    final, auc = zip(*(_summaries(r) for r in returns))
+    return SweepResult(
+        points=points,
+        seeds=seeds,
+        returns=returns,
+        env_steps=env_steps,
+        final_return=np.stack(final),
+        auc=np.stack(auc),
+        compile_seconds=compile_s,
+        wall_seconds=time.perf_counter() - start,
+        devices=len(devices),
+        processes=jax.process_count(),
+    )
+
