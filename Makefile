@@ -18,7 +18,7 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 demo: $(STAMP)
-	$(PY) -m jaxadv.demo
+	$(VENV)/bin/jaxadv train --out runs/demo
 
 bench: $(STAMP)
 	$(PY) benchmarks/estimators.py
