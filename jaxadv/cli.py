@@ -40,7 +40,6 @@ from jaxadv.train import HParams, TrainConfig, TrainState, make_trainer
 
 __all__ = [
     "ChunkedRun",
-    "HParamsArgs",
     "TrainArgs",
     "chunk_sizes",
     "compile_chunked",
@@ -49,40 +48,13 @@ __all__ = [
     "train_command",
 ]
 
-_HP = HParams()
-
-
-@dataclasses.dataclass(frozen=True)
-class HParamsArgs:
-    """Numeric hyperparameters as typed flags; :meth:`to_hparams` gives the traced :class:`HParams`."""
-
-    lr: float = _HP.lr
-    """Adam learning rate (the start of the linear decay with --anneal-lr)."""
-    gamma: float = _HP.gamma
-    """discount factor γ."""
-    gae_lambda: float = _HP.gae_lambda
-    """GAE λ: 0 is the one-step TD error, 1 the Monte Carlo return."""
-    clip_eps: float = _HP.clip_eps
-    """ppo: clip range ε of the probability ratio (and of the value loss)."""
-    ent_coef: float = _HP.ent_coef
-    """weight of the entropy bonus."""
-    vf_coef: float = _HP.vf_coef
-    """weight of the value loss."""
-    max_grad_norm: float = _HP.max_grad_norm
-    """clip gradients to this global norm."""
-
-    def to_hparams(self) -> HParams:
-        """The same values as a validated :class:`HParams` (raises ``ValueError`` naming the field)."""
-        return HParams(**dataclasses.asdict(self)).validate()
-
-
 @dataclasses.dataclass(frozen=True)
 class TrainArgs:
     """Train one configuration on --seeds seeds at once; write config.json, metrics.csv,
     summary.json and returns.png under --out."""
 
     config: Annotated[TrainConfig, tyro.conf.arg(name="")]
-    hparams: Annotated[HParamsArgs, tyro.conf.arg(name="")]
+    hparams: Annotated[HParams, tyro.conf.arg(name="")]
     seed: int = 0
     """base seed; the seeds' keys are jax.random.split(jax.random.key(seed), seeds)."""
     seeds: int = 4
@@ -99,7 +71,7 @@ class TrainArgs:
             value = getattr(self, field)
             if value is not None and (isinstance(value, bool) or value < 1):
                 raise ValueError(f"`{field}` must be a positive integer, got {value!r}")
-        self.hparams.to_hparams()
+        self.hparams.validate()
 
 
 def default_chunk_updates(num_updates: int, target: int = 32) -> int:
@@ -221,7 +193,7 @@ def _drive(
 
 def train_command(args: TrainArgs) -> dict[str, Any]:
     """Run ``args`` in chunks with a progress bar; write the outputs; return the summary."""
-    config, hp = args.config, args.hparams.to_hparams()
+    config, hp = args.config, args.hparams.validate()
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     k = min(args.chunk_updates or default_chunk_updates(config.num_updates), config.num_updates)

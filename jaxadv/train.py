@@ -175,15 +175,25 @@ class TrainConfig:
 
 @flax.struct.dataclass
 class HParams:
-    """Numeric hyperparameters: a pytree of scalars, so ``train`` can be vmapped over them."""
+    """Numeric hyperparameters: a pytree of scalars, so ``train`` can be vmapped over them.
 
-    lr: Any = 2.5e-4
-    gamma: Any = 0.99
-    gae_lambda: Any = 0.95
-    clip_eps: Any = 0.2
-    ent_coef: Any = 0.01
-    vf_coef: Any = 0.5
-    max_grad_norm: Any = 0.5
+    Leaves are Python floats or arrays (with leading axes for a vmapped sweep).
+    """
+
+    lr: float = 2.5e-4
+    """Adam learning rate (the start of the linear decay with --anneal-lr)."""
+    gamma: float = 0.99
+    """discount factor γ."""
+    gae_lambda: float = 0.95
+    """GAE λ: 0 is the one-step TD error, 1 the Monte Carlo return."""
+    clip_eps: float = 0.2
+    """ppo: clip range ε of the probability ratio (and of the value loss)."""
+    ent_coef: float = 0.01
+    """weight of the entropy bonus."""
+    vf_coef: float = 0.5
+    """weight of the value loss."""
+    max_grad_norm: float = 0.5
+    """clip gradients to this global norm."""
 
     def validate(self) -> HParams:
         """Check concrete values (any leading sweep axes); traced values pass unchecked."""
@@ -424,7 +434,7 @@ def make_trainer(config: TrainConfig) -> Trainer:
             ),
             explained_variance=_explained_variance(traj.q_value if q_critic else traj.value,
                                                    targets),
-            env_steps=(state.update + 1).astype(jnp.float32) * config.batch_size,
+            env_steps=(state.update + 1) * config.batch_size,  # int32: exact to 2³¹ steps
         )
         new_state = TrainState(
             params=unravel(flat_params),
@@ -439,6 +449,7 @@ def make_trainer(config: TrainConfig) -> Trainer:
         return new_state, metrics
 
     def run(state: TrainState, hp: HParams, num_updates: int):
+        hp = hp.validate()
         return jax.lax.scan(lambda s, _: update(s, hp), state, None, length=num_updates)
 
     def train(key: jax.Array, hp: HParams):
