@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import numbers
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -92,6 +93,8 @@ class SweepResult(NamedTuple):
 
 def _check_value(field: str, value: Any) -> None:
     if field in _HPARAM_FIELDS:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise ValueError(f"`{field}` = {value!r} is not allowed; give a real number")
         HParams(**{field: value}).validate()
 
 
@@ -127,8 +130,12 @@ def expand_grid(
                 _check_value(field, bound)
             if isinstance(values, LogUniform) and values.low <= 0:
                 raise ValueError(f"`grid` field {field!r}: LogUniform needs low > 0, got {values.low}")
+            if not values.low <= values.high:
+                raise ValueError(f"`grid` field {field!r}: needs low <= high, got {values}")
             dists[field] = values
             continue
+        if isinstance(values, (np.ndarray, jax.Array)):
+            values = np.asarray(values).tolist()  # 1-D: a list of values; 0-D: one value
         if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
             values = [values]
         if len(values) == 0:
@@ -136,7 +143,11 @@ def expand_grid(
         for v in values:
             _check_value(field, v)
         lists[field] = list(values)
-    if dists and (num_samples is None or num_samples < 1):
+    if num_samples is not None and (
+        isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1
+    ):
+        raise ValueError(f"`num_samples` must be a positive int, got {num_samples!r}")
+    if dists and num_samples is None:
         raise ValueError("`num_samples` must be a positive int when the grid has distributions")
     if not dists:
         num_samples = 1
@@ -220,8 +231,13 @@ def run_sweep(
     for i, point in enumerate(points):
         static = {f: v for f, v in point.items() if f in _STATIC_FIELDS}
         if "hidden" in static:
+            if not isinstance(static["hidden"], (tuple, list)):
+                raise ValueError(
+                    "`grid` field 'hidden': each value is a tuple of layer widths, "
+                    f"e.g. [(64, 64), (128,)]; got {static['hidden']!r}"
+                )
             static["hidden"] = tuple(static["hidden"])
-        cfg = dataclasses.replace(config, **static)
+        cfg = config.replace(**static)
         groups.setdefault(cfg, []).append(i)
 
     devices = list(jax.devices() if devices is None else devices)

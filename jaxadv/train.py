@@ -133,6 +133,8 @@ class TrainConfig:
         for field in ("num_envs", "num_steps", "total_timesteps", "update_epochs",
                       "num_minibatches", "n_step"):
             _positive_int(field, getattr(self, field))
+        if not isinstance(self.hidden, (tuple, list)):
+            raise ValueError(f"`hidden` must be a tuple of layer widths, e.g. (64, 64); got {self.hidden!r}")
         object.__setattr__(self, "hidden", tuple(self.hidden))
         if not self.hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1
                                   for h in self.hidden):
@@ -156,6 +158,28 @@ class TrainConfig:
             raise ValueError(
                 f"`estimator` = 'qv' needs a discrete action space; `env` = {self.env!r} is continuous"
             )
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A validated copy with ``changes``; a new ``algo`` re-resolves its defaults.
+
+        ``estimator``, ``update_epochs`` and ``num_minibatches`` that this config left at
+        its algo's defaults (and that ``changes`` does not set) take the new algo's.
+
+        >>> TrainConfig(algo="ppo").replace(algo="reinforce").estimator
+        'mc'
+        """
+        algo = changes.get("algo", self.algo)
+        if algo != self.algo:
+            epochs, minibatches = _DEFAULT_EPOCHS[self.algo]
+            defaults = {
+                "estimator": _DEFAULT_ESTIMATOR[self.algo],
+                "update_epochs": epochs,
+                "num_minibatches": minibatches,
+            }
+            for field, default in defaults.items():
+                if field not in changes and getattr(self, field) == default:
+                    changes[field] = None
+        return dataclasses.replace(self, **changes)
 
     @property
     def batch_size(self) -> int:
