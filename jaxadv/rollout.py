@@ -100,7 +100,9 @@ def make_policy(discrete: bool, size: int, low: Any = None, high: Any = None) ->
         sample=lambda p, eps: p[0] + jnp.exp(p[1]) * eps,
         log_prob=lambda p, a: dist.gaussian_log_prob(p[0], p[1], a),
         entropy=lambda p: dist.gaussian_entropy(p[1]),
-        to_env=(lambda a: a) if lo is None else (lambda a: jnp.clip(a, lo, hi)),
+        to_env=(lambda a: a)
+        if lo is None
+        else (lambda a: jnp.clip(a, jnp.broadcast_to(lo, a.shape), jnp.broadcast_to(hi, a.shape))),
     )
 
 
@@ -149,11 +151,11 @@ def rollout(
     """
     num_envs = obs.shape[0]
     norm = (lambda x: x) if obs_stats is None else (lambda x: normalize_obs(obs_stats, x))
-    step_envs = jax.vmap(env.step, in_axes=(0, 0, 0, None))
+    step_envs = jax.vmap(env.step, in_axes=(0, 0, 0, None, 0))
 
     def step(carry, xs):
         env_state, obs, scaler = carry
-        noise, env_keys = xs
+        noise, env_keys, reset = xs
         x = norm(obs)
         pi, critic = apply_fn(params, x)
         action = policy.sample(pi, noise)
@@ -163,7 +165,7 @@ def rollout(
             jnp.take_along_axis(critic, action[:, None], axis=-1)[:, 0] if q_critic else value
         )
         next_obs, env_state, reward, terminated, truncated, info = step_envs(
-            env_keys, env_state, policy.to_env(action), env_params
+            env_keys, env_state, policy.to_env(action), env_params, reset
         )
         done = info["episode_done"]
         if scaler is not None:
@@ -188,12 +190,17 @@ def rollout(
         )
         return (env_state, next_obs, scaler), out
 
-    # All randomness for the window in two ops, outside the loop.
-    key_act, key_env = jax.random.split(key)
+    # All randomness of the window is drawn outside the loop, in a few batched ops:
+    # action noise, env keys, and the states each env would auto-reset to at each step
+    # (drawing a reset inside every step costs several times the step itself on CPU).
+    key_act, key_env, key_reset = jax.random.split(key, 3)
     noise = policy.noise(key_act, (num_steps, num_envs))
     env_keys = jax.random.split(key_env, (num_steps, num_envs))
+    resets = jax.vmap(jax.vmap(env.reset, in_axes=(0, None)), in_axes=(0, None))(
+        jax.random.split(key_reset, (num_steps, num_envs)), env_params
+    )
     (env_state, obs, reward_scaler), (traj, final_obs, raw_obs) = jax.lax.scan(
-        step, (env_state, obs, reward_scaler), (noise, env_keys)
+        step, (env_state, obs, reward_scaler), (noise, env_keys, resets)
     )
     pi, critic = apply_fn(params, norm(final_obs))
     traj = traj._replace(next_value=_state_values(pi, critic, q_critic))

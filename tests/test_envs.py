@@ -390,3 +390,27 @@ def test_public_names_have_docstrings():
     for name in envs.__all__:
         obj = getattr(envs, name)
         assert inspect.getdoc(obj), name
+
+
+def test_step_with_reset_drawn_ahead_matches_gymnax_semantics():
+    """With `reset` given, the env auto-resets to exactly that state; otherwise the step is gymnax's."""
+    env, params = make("CartPole-v1")
+    params = params.replace(max_steps_in_episode=3)  # truncation after 3 steps
+    raw, raw_params = gymnax.make("CartPole-v1")
+    raw_params = raw_params.replace(max_steps_in_episode=3)
+    obs, state = env.reset(jax.random.key(0), params)
+    reset = env.reset(jax.random.key(99), params)
+    raw_obs, raw_state = raw.reset(jax.random.key(0), raw_params)
+    for t in range(3):
+        key = jax.random.key(t + 1)
+        obs, state, r, term, trunc, info = env.step(key, state, 1, params, reset)
+        raw_obs, raw_state, raw_r, raw_term, raw_trunc, raw_info = raw.step(key, raw_state, 1, raw_params)
+        np.testing.assert_array_equal(info["final_observation"], raw_info["final_observation"])
+        assert (bool(term), bool(trunc), float(r)) == (bool(raw_term), bool(raw_trunc), float(raw_r))
+        if bool(term | trunc):
+            np.testing.assert_array_equal(obs, reset[0])  # the state drawn ahead, not gymnax's
+            assert int(state.env_state.time) == int(reset[1].env_state.time) == 0
+            assert float(info["episode_return"]) == t + 1 and bool(info["episode_done"])
+        else:
+            np.testing.assert_array_equal(obs, raw_obs)
+    assert bool(trunc)  # the third step hit the time limit
