@@ -6,9 +6,16 @@ fused update in chunks of ``--chunk-updates`` updates per compiled call (a
 ``lax.scan`` inside each call), shows progress between chunks and writes
 ``config.json``, ``metrics.csv``, ``summary.json`` and ``returns.png`` under ``--out``.
 
-Every flag is checked while the arguments are parsed — ``TrainConfig.__post_init__``,
-``HParams.validate`` and :class:`TrainArgs` — so a bad value is refused with
-``error: <message naming the field>`` and exit status 2 before anything compiles.
+``jaxadv sweep --grid.lr 1e-4 3e-4 1e-3 --grid.gae-lambda 0.8 0.95 1.0 --seeds 8`` trains
+every point of a grid (or ``--samples`` random draws) on every seed with
+:func:`~jaxadv.sweep.run_sweep` — one compile per static group, a progress bar over its
+chunks — and writes ``sweep.csv``, ``summary.json`` and ``sweep.png`` under ``--out``.
+
+Every flag is checked right after the arguments are parsed — ``TrainConfig.__post_init__``,
+``HParams.validate`` and the command's ``check()`` (:meth:`TrainArgs.check`,
+:meth:`SweepArgs.check`: every grid value and every static configuration it makes) — so
+a bad value is refused with ``error: <message naming the field>`` and exit status 2
+before anything compiles.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import pathlib
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import jax
 import numpy as np
@@ -31,22 +38,31 @@ from jaxadv.report import (
     MetricsWriter,
     forward_fill,
     plot_returns,
+    plot_sweep,
     seed_mean_std,
     summarize,
+    summarize_sweep,
     summary_table,
+    sweep_table,
     write_json,
+    write_sweep_csv,
 )
+from jaxadv.sweep import LogUniform, Uniform, expand_grid, run_sweep
 from jaxadv.train import HParams, TrainConfig, TrainState, make_trainer
 
 __all__ = [
     "ChunkedRun",
+    "Grid",
+    "SweepArgs",
     "TrainArgs",
     "chunk_sizes",
     "compile_chunked",
     "default_chunk_updates",
     "main",
+    "sweep_command",
     "train_command",
 ]
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainArgs:
@@ -66,12 +82,18 @@ class TrainArgs:
     quiet: bool = False
     """no progress bar and no summary table."""
 
-    def __post_init__(self) -> None:
-        for field in ("seeds", "chunk_updates"):
-            value = getattr(self, field)
-            if value is not None and (isinstance(value, bool) or value < 1):
-                raise ValueError(f"`{field}` must be a positive integer, got {value!r}")
+    def check(self) -> TrainArgs:
+        """Refuse a bad value with a ``ValueError`` naming the field; compiles nothing."""
+        _check_positive(self, "seeds", "chunk_updates")
         self.hparams.validate()
+        return self
+
+
+def _check_positive(args: Any, *fields: str) -> None:
+    for field in fields:
+        value = getattr(args, field)
+        if value is not None and (isinstance(value, bool) or value < 1):
+            raise ValueError(f"`{field}` must be a positive integer, got {value!r}")
 
 
 def default_chunk_updates(num_updates: int, target: int = 32) -> int:
@@ -142,17 +164,11 @@ def compile_chunked(
     return ChunkedRun(compiled_init, compiled_run, sizes, time.perf_counter() - start)
 
 
-def _progress(console: Console) -> Progress:
-    """A progress bar over env steps per seed, with steps/s (all seeds) and the latest return."""
+def _progress(console: Console, label: str, *columns: TextColumn) -> Progress:
+    """A progress bar: ``label``, the bar, ``columns``, elapsed and remaining time."""
     return Progress(
-        TextColumn("[bold]train"),
-        BarColumn(),
-        TextColumn("{task.completed:,.0f}/{task.total:,.0f} steps"),
-        TextColumn("{task.fields[sps]}"),
-        TextColumn("return {task.fields[ret]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
+        TextColumn(f"[bold]{label}"), BarColumn(), *columns, TimeElapsedColumn(),
+        TimeRemainingColumn(), console=console,
     )
 
 
@@ -169,7 +185,12 @@ def _drive(
     returns, episodes, done = [], [], 0
     latest = np.full((seeds, 1), np.nan)  # each seed's latest finished-episode return
     start = time.perf_counter()
-    with _progress(console) as progress:
+    columns = (  # env steps per seed, steps/s (all seeds), the latest return
+        TextColumn("{task.completed:,.0f}/{task.total:,.0f} steps"),
+        TextColumn("{task.fields[sps]}"),
+        TextColumn("return {task.fields[ret]}"),
+    )
+    with _progress(console, "train", *columns) as progress:
         task = progress.add_task("train", total=total, sps="", ret="–")
         for _, metrics in chunked.iterate(keys, hp):
             metrics = jax.device_get(metrics)  # waits for this chunk
@@ -193,7 +214,7 @@ def _drive(
 
 def train_command(args: TrainArgs) -> dict[str, Any]:
     """Run ``args`` in chunks with a progress bar; write the outputs; return the summary."""
-    config, hp = args.config, args.hparams.validate()
+    config, hp = args.check().config, args.hparams
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     k = min(args.chunk_updates or default_chunk_updates(config.num_updates), config.num_updates)
@@ -221,8 +242,167 @@ def train_command(args: TrainArgs) -> dict[str, Any]:
     return summary
 
 
+_HPARAM_FIELDS = tuple(f.name for f in dataclasses.fields(HParams))
+_STATIC_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+_Floats = Annotated[tuple[float, ...] | None, tyro.conf.arg(metavar="FLOAT [FLOAT ...]")]
+_Ints = Annotated[tuple[int, ...] | None, tyro.conf.arg(metavar="INT [INT ...]")]
+_HParamName = Literal["lr", "gamma", "gae_lambda", "clip_eps", "ent_coef", "vf_coef", "max_grad_norm"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    """Values to sweep: the product of every --grid.FIELD given, crossed in the order listed
+    here (with --samples, a float field takes LOW HIGH to draw from). A field left out is not
+    swept: its base flag applies."""
+
+    lr: _Floats = None
+    """learning rates (HParams.lr, > 0)."""
+    gamma: _Floats = None
+    """discount factors γ (in [0, 1])."""
+    gae_lambda: _Floats = None
+    """GAE λ values (in [0, 1]; 0 = one-step TD, 1 = Monte Carlo minus the baseline)."""
+    clip_eps: _Floats = None
+    """ppo clip ranges ε (> 0)."""
+    ent_coef: _Floats = None
+    """entropy-bonus weights (>= 0)."""
+    vf_coef: _Floats = None
+    """value-loss weights (>= 0)."""
+    max_grad_norm: _Floats = None
+    """gradient-norm clips (> 0)."""
+    num_envs: _Ints = None
+    """static: environments per run (each value compiles once)."""
+    num_steps: _Ints = None
+    """static: rollout windows T (each value compiles once)."""
+    estimator: Annotated[
+        tuple[Literal["gae", "td", "nstep", "mc", "qv"], ...] | None,
+        tyro.conf.arg(metavar="{gae,td,nstep,mc,qv} [...]"),
+    ] = None
+    """static: advantage estimators (each value compiles once)."""
+
+    def given(self) -> dict[str, tuple]:
+        """The fields given on the command line (``()`` for a flag given without values)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if getattr(self, f.name) is not None}
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepArgs:
+    """Train every point of --grid.* (or --samples random draws) on --seeds seeds, one
+    compile per static group; write sweep.csv, summary.json and sweep.png under --out."""
+
+    config: Annotated[TrainConfig, tyro.conf.arg(name="")]
+    hparams: Annotated[HParams, tyro.conf.arg(name="")]
+    grid: Grid = Grid()
+    samples: int | None = None
+    """random search: draw this many points; every float --grid.FIELD then takes two values LOW HIGH, drawn log-uniformly for the fields in --log-uniform and uniformly otherwise; --grid.num-envs/num-steps/estimator stay lists, crossed with the draws."""
+    log_uniform: tuple[_HParamName, ...] = ("lr",)
+    """with --samples: the fields drawn log-uniformly."""
+    seed: int = 0
+    """base seed: seed s of every point uses jax.random.split(jax.random.key(seed), seeds)[s]."""
+    seeds: int = 4
+    """seeds per point."""
+    max_parallel: int | None = None
+    """most runs (point × seed) in one compiled call; default: a static group at once."""
+    out: pathlib.Path = pathlib.Path("runs/sweep")
+    """output directory (created; files in it are overwritten)."""
+    quiet: bool = False
+    """no progress bar and no summary table."""
+
+    def check(self) -> SweepArgs:
+        """Refuse a bad value or grid with a ``ValueError`` naming the field; compiles nothing.
+
+        Checks the options, the base ``hparams``, every grid value (unknown field, empty
+        list, a value outside its field's domain: :func:`~jaxadv.sweep.expand_grid`) and
+        every static configuration the grid makes (``TrainConfig.__post_init__``).
+        """
+        _check_positive(self, "seeds", "max_parallel", "samples")
+        self.hparams.validate()
+        grid = self.grid_spec()
+        if not grid:
+            raise ValueError("`grid` is empty: give at least one --grid.FIELD with values to "
+                             "sweep, e.g. --grid.lr 1e-4 3e-4 1e-3")
+        if self.samples is not None and not any(
+            isinstance(v, Uniform | LogUniform) for v in grid.values()
+        ):
+            raise ValueError("`samples` needs a float --grid.FIELD given as LOW HIGH to draw from")
+        self.static_configs()  # every value checked, every static configuration built
+        return self
+
+    def grid_spec(self) -> dict[str, list | Uniform | LogUniform]:
+        """The ``grid`` of :func:`~jaxadv.sweep.run_sweep`: lists, or with ``samples`` a
+        :class:`~jaxadv.sweep.Uniform`/:class:`~jaxadv.sweep.LogUniform` per float field."""
+        spec: dict[str, list | Uniform | LogUniform] = {}
+        for field, values in self.grid.given().items():
+            if self.samples is None or field not in _HPARAM_FIELDS:
+                spec[field] = list(values)
+                continue
+            if len(values) != 2 or not values[0] < values[1]:
+                raise ValueError(f"`grid` field {field!r}: with `samples` give two values "
+                                 f"LOW HIGH with LOW < HIGH, got {list(values)}")
+            spec[field] = (LogUniform if field in self.log_uniform else Uniform)(*values)
+        return spec
+
+    def num_points(self) -> int:
+        """Points in the sweep: the product of the list lengths, times ``samples``."""
+        lists = [v for v in self.grid_spec().values() if isinstance(v, list)]
+        return math.prod(len(v) for v in lists) * (self.samples or 1)
+
+    def static_configs(self) -> list[TrainConfig]:
+        """The distinct static configurations, one compile each. Expanding the grid and
+        building each config checks every value; nothing is compiled."""
+        grid = self.grid_spec()
+        configs: list[TrainConfig] = []
+        for point in expand_grid(grid, num_samples=1 if self.samples else None):
+            static = {f: v for f, v in point.items() if f in _STATIC_FIELDS}
+            config = dataclasses.replace(self.config, **static)
+            if config not in configs:
+                configs.append(config)
+        return configs
+
+
+def _grid_json(grid: dict[str, list | Uniform | LogUniform]) -> dict[str, Any]:
+    """Lists as lists; a distribution as ``{"distribution", "low", "high"}``."""
+    return {
+        field: {"distribution": type(v).__name__, "low": v.low, "high": v.high}
+        if isinstance(v, Uniform | LogUniform) else v
+        for field, v in grid.items()
+    }
+
+
+def sweep_command(args: SweepArgs) -> dict[str, Any]:
+    """Run the sweep of ``args`` with a progress bar over its chunks; write the outputs;
+    return the summary (see :func:`~jaxadv.report.summarize_sweep`)."""
+    config, hp, grid = args.check().config, args.hparams, args.grid_spec()
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    err, console = Console(stderr=True, quiet=args.quiet), Console(quiet=args.quiet)
+    points, compiles = args.num_points(), len(args.static_configs())
+    runs = points * args.seeds
+    err.print(f"sweeping {config.algo} on {config.env}: {points} point(s) × {args.seeds} seed(s) "
+              f"= {runs} runs, {compiles} compile(s), {jax.device_count()} device(s) …")
+    with _progress(err, "sweep", TextColumn("{task.completed:,.0f}/{task.total:,.0f} runs")) as bar:
+        task = bar.add_task("sweep", total=runs)
+        result = run_sweep(
+            config, grid, args.seeds, hparams=hp, key=jax.random.key(args.seed),
+            num_samples=args.samples, max_parallel=args.max_parallel,
+            on_chunk=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    write_sweep_csv(out / "sweep.csv", result, hp)
+    summary = summarize_sweep(
+        result, config, hp, grid=_grid_json(grid), samples=args.samples,
+        log_uniform=args.log_uniform, seed=args.seed, max_parallel=args.max_parallel, out=out,
+    )
+    write_json(out / "summary.json", summary)
+    plot_sweep(out / "sweep.png", result,
+               f"{config.algo} · {config.env} · {points} point(s) × {args.seeds} seed(s)")
+    console.print(sweep_table(summary))
+    console.print(f"wrote sweep.csv, summary.json, sweep.png to {out}/")
+    return summary
+
+
 _COMMANDS: dict[str, tuple[type, Callable[[Any], Any]]] = {
     "train": (TrainArgs, train_command),
+    "sweep": (SweepArgs, sweep_command),
 }
 
 
@@ -239,9 +419,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             description="Advantage-function policy-gradient training as pure JAX functions.",
             args=argv,
         )
+        args.check()  # after parsing: tyro would draw its own box around a ValueError
     except SystemExit as exc:  # --help, or tyro's own message about a malformed flag
         return exc.code if isinstance(exc.code, int) else 1
-    except ValueError as exc:  # a config check, raised while tyro builds the dataclasses
+    except ValueError as exc:  # a config check: TrainConfig's own, or the command's check()
         print(f"error: {exc}", file=sys.stderr)
         return 2
     command = next(fn for cls, fn in _COMMANDS.values() if isinstance(args, cls))
