@@ -18,7 +18,11 @@ ppo         ``gae``                clipped ratio           4 × 4
 Estimators: ``mc`` (discounted returns minus the baseline), ``td`` (one-step TD
 error), ``nstep`` (n-step return minus V), ``gae`` (GAE(λ)) and ``qv`` — a critic
 with one output per discrete action trained by expected-SARSA targets
-``r + γ(1 − term) Σ_a' π(a'|s') Q(s', a')``, with ``A(s, a) = Q(s, a) − Σ_a' π(a'|s) Q(s, a')``.
+``r + γ(1 − term) Σ_a' π(a'|s') Q(s', a')``, with ``A(s, a) = Q(s, a) − Σ_a' π(a'|s) Q(s, a')``. Use ``qv`` with
+``scale_rewards=True``: Q is trained only for the actions taken, so while the values
+climb from 0 towards 1/(1 − γ) the rarer action's Q lags and its spurious negative
+advantage can collapse the policy (measured on CartPole: 25–75% of seeds without
+scaling, none of 16 with it).
 """
 
 from __future__ import annotations
@@ -108,8 +112,9 @@ class TrainConfig:
     """n of the nstep estimator."""
     baseline: bool = True
     """learn a critic (for reinforce: the baseline; without it A = return)."""
-    normalize_advantages: bool = True
-    """standardise advantages per minibatch."""
+    normalize_advantages: bool | None = None
+    """standardise advantages per minibatch; default on for ppo, off for a2c and reinforce
+    (whole-batch standardisation measured markedly worse for them on CartPole)."""
     clip_value_loss: bool = True
     """ppo: clip the value loss around the rollout's values by clip_eps."""
     anneal_lr: bool = True
@@ -130,6 +135,8 @@ class TrainConfig:
             object.__setattr__(self, "update_epochs", epochs)
         if self.num_minibatches is None:
             object.__setattr__(self, "num_minibatches", minibatches)
+        if self.normalize_advantages is None:
+            object.__setattr__(self, "normalize_advantages", self.algo == "ppo")
         for field in ("num_envs", "num_steps", "total_timesteps", "update_epochs",
                       "num_minibatches", "n_step"):
             _positive_int(field, getattr(self, field))
@@ -162,7 +169,8 @@ class TrainConfig:
     def replace(self, **changes: Any) -> TrainConfig:
         """A validated copy with ``changes``; a new ``algo`` re-resolves its defaults.
 
-        ``estimator``, ``update_epochs`` and ``num_minibatches`` that this config left at
+        ``estimator``, ``update_epochs``, ``num_minibatches`` and ``normalize_advantages``
+        that this config left at
         its algo's defaults (and that ``changes`` does not set) take the new algo's.
 
         >>> TrainConfig(algo="ppo").replace(algo="reinforce").estimator
@@ -175,6 +183,7 @@ class TrainConfig:
                 "estimator": _DEFAULT_ESTIMATOR[self.algo],
                 "update_epochs": epochs,
                 "num_minibatches": minibatches,
+                "normalize_advantages": self.algo == "ppo",
             }
             for field, default in defaults.items():
                 if field not in changes and getattr(self, field) == default:
@@ -274,8 +283,10 @@ class Trainer(NamedTuple):
 
 
 def _explained_variance(pred: jax.Array, target: jax.Array) -> jax.Array:
+    """``1 − Var[target − pred] / Var[target]``; 0 where the targets are (nearly) constant."""
     var = jnp.var(target)
-    return jnp.where(var > 0, 1.0 - jnp.var(target - pred) / jnp.where(var > 0, var, 1.0), 0.0)
+    ok = var > 1e-8 * (1.0 + jnp.mean(target**2))
+    return jnp.where(ok, 1.0 - jnp.var(target - pred) / jnp.where(ok, var, 1.0), 0.0)
 
 
 def make_trainer(config: TrainConfig) -> Trainer:
@@ -434,7 +445,7 @@ def make_trainer(config: TrainConfig) -> Trainer:
                 (_, metrics), grads = grad_fn(params, unravel, batch, hp)
                 updates, opt_state = opt.update(grads, opt_state, params)
                 params = params + updates
-                metrics["grad_norm"] = optax.global_norm(grads)
+                metrics["grad_norm"] = optax.tree.norm(grads)
                 return (params, opt_state), metrics
 
             return jax.lax.scan(minibatch, (params, opt_state), batches)
@@ -495,6 +506,6 @@ def make_train(config: TrainConfig):
     >>> config = TrainConfig(num_envs=2, num_steps=8, total_timesteps=32, hidden=(8,))
     >>> state, metrics = jax.jit(make_train(config))(jax.random.key(0), HParams())
     >>> metrics["env_steps"].tolist()
-    [16.0, 32.0]
+    [16, 32]
     """
     return make_trainer(config).train
