@@ -365,10 +365,11 @@ def make_trainer(config: TrainConfig) -> Trainer:
             )
         else:
             policy_loss = losses.policy_gradient_loss(log_prob, advantages)
-            log_ratio = jax.lax.stop_gradient(log_prob - traj.log_prob)
-            info = {
+            info = {  # approx_kl as PPO reports it: k3 of KL(π_old ‖ π) on the rollout's actions
                 "clip_fraction": jnp.zeros(()),
-                "approx_kl": jnp.mean(jnp.expm1(log_ratio) - log_ratio),
+                "approx_kl": losses.kl_penalty(
+                    jax.lax.stop_gradient(traj.log_prob), jax.lax.stop_gradient(log_prob)
+                ),
             }
         if q_critic:
             pred = jnp.take_along_axis(critic, traj.action[:, None], axis=-1)[:, 0]
@@ -395,6 +396,35 @@ def make_trainer(config: TrainConfig) -> Trainer:
         return jax.value_and_grad(lambda f: loss_fn(unravel(f), batch, hp), has_aux=True)(
             flat_params
         )
+
+    def optimise(flat_params, opt_state, unravel, data, key, hp: HParams):
+        """``update_epochs`` passes of ``num_minibatches`` shuffled minibatches over ``data``
+        (flattened ``[batch, ...]``): one gradient step each. Returns the parameters, the
+        optimiser state and per-step metrics ``[epochs, minibatches]``."""
+        opt = optimizer(hp)
+        mb = config.batch_size // config.num_minibatches
+
+        def minibatch(carry, batch):
+            params, opt_state = carry
+            (_, metrics), grads = grad_fn(params, unravel, batch, hp)
+            updates, opt_state = opt.update(grads, opt_state, params)
+            metrics["grad_norm"] = optax.tree.norm(grads)
+            return (params + updates, opt_state), metrics
+
+        def epoch(carry, key):
+            shuffled = data
+            if config.num_minibatches > 1:  # one gather per epoch, then contiguous slices
+                perm = jax.random.permutation(key, config.batch_size)
+                shuffled = jax.tree.map(lambda x: jnp.take(x, perm, axis=0), data)
+            batches = jax.tree.map(
+                lambda x: x.reshape(config.num_minibatches, mb, *x.shape[1:]), shuffled
+            )
+            return jax.lax.scan(minibatch, carry, batches)
+
+        (flat_params, opt_state), metrics = jax.lax.scan(
+            epoch, (flat_params, opt_state), jax.random.split(key, config.update_epochs)
+        )
+        return flat_params, opt_state, metrics
 
     def update(state: TrainState, hp: HParams) -> tuple[TrainState, dict]:
         key, key_roll, key_perm = jax.random.split(state.key, 3)
@@ -423,37 +453,11 @@ def make_trainer(config: TrainConfig) -> Trainer:
             lambda x: x.reshape(config.batch_size, *x.shape[2:]),
             (traj, advantages, targets),
         )
-        opt = optimizer(hp)
-        mb = config.batch_size // config.num_minibatches
         # The optimiser works on one flat parameter vector: a few fused ops per step
         # instead of several per parameter array (~30% faster minibatch steps on CPU).
         flat_params, unravel = ravel_pytree(state.params)
-
-        def epoch(carry, key):
-            params, opt_state = carry
-            if config.num_minibatches > 1:
-                perm = jax.random.permutation(key, config.batch_size)
-                data = jax.tree.map(lambda x: jnp.take(x, perm, axis=0), flat)
-            else:
-                data = flat
-            batches = jax.tree.map(
-                lambda x: x.reshape(config.num_minibatches, mb, *x.shape[1:]), data
-            )
-
-            def minibatch(carry, batch):
-                params, opt_state = carry
-                (_, metrics), grads = grad_fn(params, unravel, batch, hp)
-                updates, opt_state = opt.update(grads, opt_state, params)
-                params = params + updates
-                metrics["grad_norm"] = optax.tree.norm(grads)
-                return (params, opt_state), metrics
-
-            return jax.lax.scan(minibatch, (params, opt_state), batches)
-
-        (flat_params, opt_state), metrics = jax.lax.scan(
-            epoch,
-            (flat_params, state.opt_state),
-            jax.random.split(key_perm, config.update_epochs),
+        flat_params, opt_state, metrics = optimise(
+            flat_params, state.opt_state, unravel, flat, key_perm, hp
         )
         metrics = jax.tree.map(jnp.mean, metrics)
         done = traj.episode_done.astype(jnp.float32)
