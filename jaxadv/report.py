@@ -187,7 +187,9 @@ def final_returns(
     episode_return: np.ndarray, episodes: np.ndarray, fraction: float = 0.1
 ) -> np.ndarray:
     """Per seed, the mean return of the episodes that ended in the last ``fraction`` of
-    updates (at least one update): ``[seeds]``, NaN for a seed with none.
+    updates (at least one update): ``[seeds]``, NaN for a seed with none. The one
+    definition of a run's final return: ``jaxadv train``'s summary and
+    :func:`~jaxadv.sweep.run_sweep` both use it.
 
     >>> final_returns(np.array([[1.0, 2.0, np.nan, 4.0]]), np.array([[1, 1, 0, 3]]), 0.5)
     array([4.])
@@ -408,8 +410,9 @@ def write_sweep_csv(path: pathlib.Path, result: SweepResult, hparams: Any) -> No
     Columns: ``point`` (index into ``result.points``), ``seed`` (index among the seeds),
     the swept ``TrainConfig`` fields if any (e.g. ``num_envs``, ``estimator``), every
     ``HParams`` field (the point's value, or the base ``hparams`` value where it is not
-    swept), ``env_steps`` (of that run), ``final_return`` (mean return over the last 10%
-    of updates) and ``auc`` (mean return over all updates). A run with no finished
+    swept), ``env_steps`` (of that run), ``final_return`` (:func:`final_returns`: the mean
+    return of the episodes that ended in the last ``ceil(U / 10)`` of the U updates) and
+    ``auc`` (mean of the per-update returns over all updates). A run with no finished
     episode in the window reads ``nan``, which ``float()`` and pandas parse as NaN.
     """
     hp_fields = _hparam_fields()

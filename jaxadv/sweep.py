@@ -31,6 +31,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxadv.report import final_returns
 from jaxadv.train import HParams, TrainConfig, make_train
 
 __all__ = ["LogUniform", "SweepResult", "Uniform", "expand_grid", "run_sweep"]
@@ -71,10 +72,14 @@ class SweepResult(NamedTuple):
       seeds: number of seeds per point.
       returns: per point, ``[S, U]`` mean episodic return per update (NaN where no
         episode ended); U may differ between static groups.
+      episodes: per point, ``[S, U]`` number of episodes that ended in each update.
       env_steps: per point, ``[U]`` env steps after each update (per seed).
-      final_return: ``[P, S]`` mean return over the last 10% of updates.
-      auc: ``[P, S]`` mean return over all updates (area under the learning curve
-        per env step, normalised by the steps).
+      final_return: ``[P, S]`` mean return of the episodes that ended in the last
+        ``ceil(U / 10)`` updates (:func:`~jaxadv.report.final_returns`, as ``jaxadv
+        train`` reports it); NaN where none ended there.
+      auc: ``[P, S]`` mean of the per-update returns over all updates (area under the
+        learning curve per env step, normalised by the steps; updates with no
+        finished episode skipped).
       compile_seconds, wall_seconds: totals over all groups.
       devices, processes: how the sweep was spread.
     """
@@ -82,6 +87,7 @@ class SweepResult(NamedTuple):
     points: list[dict[str, Any]]
     seeds: int
     returns: list[np.ndarray]
+    episodes: list[np.ndarray]
     env_steps: list[np.ndarray]
     final_return: np.ndarray
     auc: np.ndarray
@@ -165,13 +171,13 @@ def expand_grid(
     return points
 
 
-def _summaries(returns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Final return (last 10% of updates) and AUC (mean over all updates) per run."""
-    u = returns.shape[-1]
-    tail = returns[..., -max(1, u // 10):]
+def _summaries(returns: np.ndarray, episodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per seed of one point (``[S, U]`` each): the final return
+    (:func:`~jaxadv.report.final_returns`) and the AUC (mean per-update return)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices give NaN
-        return np.nanmean(tail, axis=-1), np.nanmean(returns, axis=-1)
+        auc = np.nanmean(returns, axis=-1)
+    return final_returns(returns, episodes), auc
 
 
 def _stacked_hparams(points: list[dict[str, Any]], base: HParams) -> HParams:
@@ -246,6 +252,7 @@ def run_sweep(
     seed_keys = np.asarray(jax.random.key_data(jax.random.split(key, seeds)))
     total = len(points) * seeds
     returns: list[np.ndarray | None] = [None] * len(points)
+    episodes: list[np.ndarray | None] = [None] * len(points)
     env_steps: list[np.ndarray | None] = [None] * len(points)
     compile_s, done = 0.0, 0
     start = time.perf_counter()
@@ -269,10 +276,10 @@ def run_sweep(
         def run_chunk(key_data, hp, train=train):
             keys = jax.random.wrap_key_data(key_data)
             _, metrics = jax.vmap(train)(keys, hp)
-            return metrics["episode_return"], metrics["env_steps"]
+            return metrics["episode_return"], metrics["episodes"], metrics["env_steps"]
 
         fn = jax.jit(run_chunk, in_shardings=(sharding, sharding), out_shardings=sharding)
-        outs_r, outs_s = [], []
+        outs_r, outs_e, outs_s = [], [], []
         compiled = None
         for c in range(num_chunks):
             sl = slice(c * chunk, (c + 1) * chunk)
@@ -284,22 +291,26 @@ def run_sweep(
                 t0 = time.perf_counter()
                 compiled = fn.lower(*args).compile()
                 compile_s += time.perf_counter() - t0
-            r, s = compiled(*args)
+            r, e, s = compiled(*args)
             outs_r.append(np.asarray(multihost_utils.process_allgather(r, tiled=True)))
+            outs_e.append(np.asarray(multihost_utils.process_allgather(e, tiled=True)))
             outs_s.append(np.asarray(multihost_utils.process_allgather(s, tiled=True)))
             done += min(chunk, n - c * chunk)
             if on_chunk is not None:
                 on_chunk(done, total)
         r_all = np.concatenate(outs_r)[:n].reshape(len(idx), seeds, -1)
+        e_all = np.concatenate(outs_e)[:n].reshape(len(idx), seeds, -1)
         s_all = np.concatenate(outs_s)[:n].reshape(len(idx), seeds, -1)
         for j, p in enumerate(idx):
             returns[p] = r_all[j]
+            episodes[p] = e_all[j]
             env_steps[p] = s_all[j, 0]
-    final, auc = zip(*(_summaries(r) for r in returns))
+    final, auc = zip(*(_summaries(r, e) for r, e in zip(returns, episodes, strict=True)))
     return SweepResult(
         points=points,
         seeds=seeds,
         returns=returns,
+        episodes=episodes,
         env_steps=env_steps,
         final_return=np.stack(final),
         auc=np.stack(auc),

@@ -38,8 +38,9 @@ def save_result(result, out_dir: pathlib.Path) -> None:
     import numpy as np
 
     arrays = {"final_return": result.final_return, "auc": result.auc}
-    for i, (r, s) in enumerate(zip(result.returns, result.env_steps)):
+    for i, (r, e, s) in enumerate(zip(result.returns, result.episodes, result.env_steps)):
         arrays[f"returns_{i}"] = r
+        arrays[f"episodes_{i}"] = e
         arrays[f"env_steps_{i}"] = s
     np.savez(out_dir / "result.npz", **arrays)
     meta = {

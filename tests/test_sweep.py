@@ -54,13 +54,38 @@ def _assert_same_results(got, want) -> None:
     assert len(got["returns"]) == len(want.returns)
     for i, point in enumerate(want.points):
         np.testing.assert_array_equal(got["returns"][i], want.returns[i], err_msg=str(point))
+        np.testing.assert_array_equal(got["episodes"][i], want.episodes[i], err_msg=str(point))
         np.testing.assert_array_equal(got["env_steps"][i], want.env_steps[i], err_msg=str(point))
     np.testing.assert_array_equal(got["final_return"], want.final_return)
     np.testing.assert_array_equal(got["auc"], want.auc)
 
 
+RESULT_FIELDS = ("points", "returns", "episodes", "env_steps", "final_return", "auc")
+
+
 def _as_dict(result) -> dict:
-    return {k: getattr(result, k) for k in ("points", "returns", "env_steps", "final_return", "auc")}
+    return {k: getattr(result, k) for k in RESULT_FIELDS}
+
+
+def _final_return_oracle(returns: np.ndarray, episodes: np.ndarray) -> np.ndarray:
+    """Per seed, the mean return of the episodes that ended in the last ceil(U/10) updates:
+    each update's mean return weighted by its episode count (a plain loop).
+
+    E.g. U = 8: the last update only; U = 16: the last two, so returns (…, 10, 40) with
+    episodes (…, 1, 2) give (10·1 + 40·2) / 3 = 30.
+    """
+    seeds, num_updates = returns.shape
+    window = -(-num_updates // 10)  # ceil(U / 10), in integers
+    out = np.full(seeds, np.nan)
+    for s in range(seeds):
+        total, count = 0.0, 0.0
+        for t in range(num_updates - window, num_updates):
+            if episodes[s, t] > 0:
+                total += float(returns[s, t]) * float(episodes[s, t])
+                count += float(episodes[s, t])
+        if count > 0:
+            out[s] = total / count
+    return out
 
 
 # --- background processes: 4 forced CPU devices; two processes × 2 devices over gloo ---
@@ -110,6 +135,7 @@ def _load(out: pathlib.Path) -> dict:
     with np.load(out / "result.npz") as z:
         n = len(meta["points"])
         meta["returns"] = [z[f"returns_{i}"] for i in range(n)]
+        meta["episodes"] = [z[f"episodes_{i}"] for i in range(n)]
         meta["env_steps"] = [z[f"env_steps_{i}"] for i in range(n)]
         meta["final_return"], meta["auc"] = z["final_return"], z["auc"]
     return meta
@@ -158,7 +184,8 @@ def swept(workers):
 
 @pytest.fixture(scope="module")
 def alone():
-    """``alone(config, hparams)``: episode returns and env steps of running one point alone."""
+    """``alone(config, hparams)``: episode returns, episode counts and env steps of running
+    one point alone."""
     compiled = {}
     keys = jax.random.split(jax.random.key(SEED), SEEDS)
 
@@ -166,7 +193,7 @@ def alone():
         if config not in compiled:
             compiled[config] = jax.jit(jax.vmap(make_train(config), (0, None)))
         _, metrics = compiled[config](keys, hp)
-        return np.asarray(metrics["episode_return"]), np.asarray(metrics["env_steps"])
+        return tuple(np.asarray(metrics[k]) for k in ("episode_return", "episodes", "env_steps"))
 
     return run
 
@@ -176,11 +203,12 @@ def test_each_point_equals_running_it_alone_bitwise(swept, alone):
     assert result.points == expand_grid(GRID)
     assert result.seeds == SEEDS and (result.devices, result.processes) == (1, 1)
     num_updates = _config().num_updates
-    for point, returns, env_steps in zip(result.points, result.returns, result.env_steps,
-                                         strict=True):
-        want_returns, want_steps = alone(_config(), HParams(**point))
-        assert returns.shape == (SEEDS, num_updates)
+    for point, returns, episodes, env_steps in zip(result.points, result.returns,
+                                                   result.episodes, result.env_steps, strict=True):
+        want_returns, want_episodes, want_steps = alone(_config(), HParams(**point))
+        assert returns.shape == episodes.shape == (SEEDS, num_updates)
         np.testing.assert_array_equal(returns, want_returns, err_msg=str(point))
+        np.testing.assert_array_equal(episodes, want_episodes, err_msg=str(point))
         np.testing.assert_array_equal(env_steps, want_steps[0], err_msg=str(point))
     stacked = np.stack(result.returns)  # [P, S, U]
     assert np.isfinite(stacked).mean() > 0.5  # episodes ended: the comparison is not NaN vs NaN
@@ -188,10 +216,14 @@ def test_each_point_equals_running_it_alone_bitwise(swept, alone):
     curves = {tuple(p.values()): r for p, r in zip(result.points, result.returns, strict=True)}
     for lambda_ in GRID["gae_lambda"]:
         assert not np.array_equal(curves[lambda_, 3e-4], curves[lambda_, 1e-2], equal_nan=True)
-    tail = max(1, num_updates // 10)
+    # an update with episodes has a return, one without has NaN
+    counts = np.stack(result.episodes)
+    np.testing.assert_array_equal(np.isfinite(stacked), counts > 0)
+    want_final = np.stack([_final_return_oracle(r, e)
+                           for r, e in zip(result.returns, result.episodes, strict=True)])
+    np.testing.assert_allclose(result.final_return, want_final, rtol=1e-6)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # nanmean of an all-NaN tail
-        np.testing.assert_array_equal(result.final_return, np.nanmean(stacked[..., -tail:], -1))
+        warnings.simplefilter("ignore", RuntimeWarning)  # nanmean of an all-NaN run
         np.testing.assert_array_equal(result.auc, np.nanmean(stacked, -1))
 
 
@@ -230,7 +262,7 @@ def test_chunked_equals_fused(swept, grouped_and_chunked):
     result, _, progress = grouped_and_chunked
     # per group, 18 runs: 8 + 8 + a remainder of 2 (padded to 8)
     assert progress == [(8, 36), (16, 36), (18, 36), (26, 36), (34, 36), (36, 36)]
-    chunked = {k: [] for k in ("points", "returns", "env_steps", "final_return", "auc")}
+    chunked = {k: [] for k in RESULT_FIELDS}
     for i, point in enumerate(map(dict, result.points)):  # copies: the fixture is shared
         if point.pop("num_envs") == 2:  # the base config's group: the fused sweep's runs
             for k in chunked:
@@ -255,13 +287,14 @@ def test_static_fields_compile_per_group_and_equal_running_alone(grouped_and_chu
     result, configs, _ = grouped_and_chunked
     assert configs == [_config(num_envs=2), _config(num_envs=4)]  # one compile per group
     assert [p["num_envs"] for p in result.points[:4]] == [2, 4, 2, 4]  # groups interleave
-    for point, returns, env_steps in zip(result.points, result.returns, result.env_steps,
-                                         strict=True):
+    for point, returns, episodes, env_steps in zip(result.points, result.returns,
+                                                   result.episodes, result.env_steps, strict=True):
         num_envs = point["num_envs"]
-        assert returns.shape == (SEEDS, 256 // (num_envs * 16))
+        assert returns.shape == episodes.shape == (SEEDS, 256 // (num_envs * 16))
         hp = HParams(**{k: v for k, v in point.items() if k != "num_envs"})
-        want_returns, want_steps = alone(_config(num_envs=num_envs), hp)
+        want_returns, want_episodes, want_steps = alone(_config(num_envs=num_envs), hp)
         np.testing.assert_array_equal(returns, want_returns, err_msg=str(point))
+        np.testing.assert_array_equal(episodes, want_episodes, err_msg=str(point))
         np.testing.assert_array_equal(env_steps, want_steps[0], err_msg=str(point))
     np.testing.assert_array_equal(result.env_steps[1], [64.0, 128.0, 192.0, 256.0])
 
@@ -293,14 +326,17 @@ def test_random_search_draws_within_bounds_deterministically():
 
 
 def _stub_make_train(config: TrainConfig):
-    """``episode_return`` = [lr, λ, num_envs, uniform(key)…]: every input is visible."""
+    """``episode_return`` = [lr, λ, num_envs, uniform(key)…]: every input is visible;
+    ``episodes`` ∈ {0, 1, 2} at random, so the final return's weights matter."""
 
     def train(key, hp):
         u = config.num_updates
         head = jnp.stack([hp.lr, hp.gae_lambda, jnp.float32(config.num_envs)])
         returns = jnp.concatenate([head, jax.random.uniform(key, (u,))])
+        episodes = jax.random.randint(jax.random.fold_in(key, 1), (u + 3,), 0, 3)
         steps = jnp.arange(1, u + 1, dtype=jnp.float32) * config.batch_size
-        return None, {"episode_return": returns, "env_steps": steps}
+        return None, {"episode_return": returns, "episodes": episodes.astype(jnp.float32),
+                      "env_steps": steps}
 
     return train
 
@@ -321,16 +357,20 @@ def test_bookkeeping_with_stub_train(max_parallel, monkeypatch):
     per_call = np.diff([0] + [done for done, _ in progress])
     assert np.all(per_call > 0) and np.all(per_call <= (max_parallel or total))
     seed_keys = jax.random.split(key, seeds)  # seed s: the same key for every point
-    for point, returns, env_steps in zip(result.points, result.returns, result.env_steps,
-                                         strict=True):
+    for p, point in enumerate(result.points):
         config = _config(num_envs=point["num_envs"])
         hp = HParams(lr=np.float32(point["lr"]), gae_lambda=np.float32(point["gae_lambda"]))
-        want = [np.asarray(_stub_make_train(config)(k, hp)[1]["episode_return"])
-                for k in seed_keys]
-        np.testing.assert_array_equal(returns, np.stack(want), err_msg=str(point))
+        runs = [_stub_make_train(config)(k, hp)[1] for k in seed_keys]
+        want_returns = np.stack([np.asarray(m["episode_return"]) for m in runs])
+        want_episodes = np.stack([np.asarray(m["episodes"]) for m in runs])
+        np.testing.assert_array_equal(result.returns[p], want_returns, err_msg=str(point))
+        np.testing.assert_array_equal(result.episodes[p], want_episodes, err_msg=str(point))
         np.testing.assert_array_equal(
-            env_steps, np.arange(1, config.num_updates + 1) * config.batch_size
+            result.env_steps[p], np.arange(1, config.num_updates + 1) * config.batch_size
         )
+        # U = 11 (num_envs 2) and 7 (num_envs 4): the last 2 updates, and the last 1
+        np.testing.assert_allclose(result.final_return[p],
+                                   _final_return_oracle(want_returns, want_episodes), rtol=1e-6)
 
 
 # --- bad grids: refused with a ValueError naming the field, before anything compiles ---

@@ -122,8 +122,9 @@ def _stub_make_train(config: TrainConfig):
         u = config.num_updates
         score = hp.lr * 1e5 - 100.0 * (hp.gae_lambda - 0.9) ** 2 + jax.random.normal(key)
         returns = jnp.full((u,), score)
+        episodes = jnp.ones((u,), jnp.float32)  # one episode per update: final return = score
         steps = jnp.arange(1, u + 1, dtype=jnp.int32) * config.batch_size
-        return None, {"episode_return": returns, "env_steps": steps}
+        return None, {"episode_return": returns, "episodes": episodes, "env_steps": steps}
 
     return train
 
@@ -151,6 +152,11 @@ def test_best_point_is_the_known_best(stub, tmp_path, capsys):
     want = sweep_module.run_sweep(config, {"lr": [1e-4, 3e-4], "gae_lambda": [0.0, 0.9, 1.0]}, 3,
                                   key=jax.random.key(0))
     np.testing.assert_allclose(finals, want.final_return, rtol=1e-6)
+    # one episode per update, all returning the stub's score: the final return is the score
+    noise = [float(jax.random.normal(k)) for k in jax.random.split(jax.random.key(0), 3)]
+    scores = [[np.float32(p["lr"]) * 1e5 - 100.0 * (np.float32(p["gae_lambda"]) - 0.9) ** 2 + n
+               for n in noise] for p in want.points]
+    np.testing.assert_allclose(finals, scores, rtol=1e-5, atol=1e-4)
     lo, hi = summary["best"]["final_return_ci95_low"], summary["best"]["final_return_ci95_high"]
     assert lo < summary["best"]["final_return_mean"] < hi
     printed = capsys.readouterr()
@@ -202,8 +208,10 @@ def test_nan_returns_are_written_as_nan(tmp_path):
     """A run with no finished episode: ``nan`` in sweep.csv, ``null`` in summary.json."""
     points = [{"lr": 1e-3}, {"lr": 1e-2}]
     final = np.array([[np.nan, np.nan], [5.0, np.nan]])
-    result = SweepResult(points, 2, [np.full((2, 3), np.nan)] * 2, [np.arange(1, 4) * 8] * 2,
-                         final, final, 1.0, 2.0, 1, 1)
+    result = SweepResult(points=points, seeds=2, returns=[np.full((2, 3), np.nan)] * 2,
+                         episodes=[np.zeros((2, 3))] * 2, env_steps=[np.arange(1, 4) * 8] * 2,
+                         final_return=final, auc=final, compile_seconds=1.0, wall_seconds=2.0,
+                         devices=1, processes=1)
     report.write_sweep_csv(tmp_path / "sweep.csv", result, HParams())
     _, rows = _read_csv(tmp_path / "sweep.csv")
     assert [r["final_return"] for r in rows] == ["nan", "nan", "5", "nan"]
