@@ -5,6 +5,8 @@
   describes it as an :class:`EnvSpec` of Python values.
 * :mod:`jaxadv.envs.normalize`: batch-level running statistics shared by all
   environments — observation normalisation and "NormalizeReward" reward scaling.
+* :mod:`jaxadv.envs.tabular`: any :class:`~jaxadv.exact.TabularMDP` as a gymnax
+  environment, registered as ``"Tabular-v0"``.
 """
 
 from jaxadv.envs.normalize import (
@@ -17,6 +19,7 @@ from jaxadv.envs.normalize import (
     running_mean_std_update,
 )
 from jaxadv.envs.registry import EnvSpec, env_spec, make, register, registered_names
+from jaxadv.envs.tabular import TabularEnv, make_tabular
 from jaxadv.envs.wrappers import (
     EpisodeStatisticsState,
     EpisodeStatisticsWrapper,
@@ -30,8 +33,10 @@ __all__ = [
     "FloatObservationWrapper",
     "RewardScaler",
     "RunningMeanStd",
+    "TabularEnv",
     "env_spec",
     "make",
+    "make_tabular",
     "normalize_obs",
     "register",
     "registered_names",
@@ -40,3 +45,5 @@ __all__ = [
     "running_mean_std_init",
     "running_mean_std_update",
 ]
+
+register("Tabular-v0", make_tabular)
