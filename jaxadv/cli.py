@@ -5,6 +5,13 @@ one :class:`~jaxadv.train.TrainConfig` on several seeds at once (``vmap``), driv
 fused update in chunks of ``--chunk-updates`` updates per compiled call (a
 ``lax.scan`` inside each call), shows progress between chunks and writes
 ``config.json``, ``metrics.csv``, ``summary.json`` and ``returns.png`` under ``--out``.
+Between calls it saves checkpoints with orbax under ``--out/checkpoints/`` (see
+:mod:`jaxadv.checkpoint`); ``jaxadv train --resume runs/cartpole`` continues a run from
+its latest good one, bit for bit as if it had not stopped. Ctrl-C (SIGINT) or SIGTERM
+finishes the call in flight, saves, prints the command that resumes and exits with
+128 + the signal number (130, 143); a second one quits at once. A NaN or ±inf in the
+loss, the gradient or the parameters (the ``nonfinite`` metric) stops the run at the end
+of the call in which it appeared, keeping the last finite state as a checkpoint.
 
 ``jaxadv sweep --grid.lr 1e-4 3e-4 1e-3 --grid.gae-lambda 0.8 0.95 1.0 --seeds 8`` trains
 every point of a grid (or ``--samples`` random draws) on every seed with
@@ -21,9 +28,17 @@ before anything compiles.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import json
 import math
+import os
 import pathlib
+import shlex
+import shutil
+import signal
+import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Annotated, Any, Literal
@@ -31,9 +46,11 @@ from typing import Annotated, Any, Literal
 import jax
 import numpy as np
 import tyro
+from jax.experimental import checkify
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from jaxadv.checkpoint import CheckpointError, CheckpointStore, checkpoint_steps
 from jaxadv.report import (
     MetricsWriter,
     forward_fill,
@@ -48,17 +65,20 @@ from jaxadv.report import (
     write_sweep_csv,
 )
 from jaxadv.sweep import LogUniform, Uniform, expand_grid, run_sweep
-from jaxadv.train import HParams, TrainConfig, TrainState, make_trainer
+from jaxadv.train import NONFINITE, HParams, TrainConfig, TrainState, make_trainer
+from jaxadv.variance_cli import VarianceArgs, variance_command
 
 __all__ = [
     "ChunkedRun",
     "Grid",
+    "RunStopped",
     "SweepArgs",
     "TrainArgs",
     "chunk_sizes",
     "compile_chunked",
     "default_chunk_updates",
     "main",
+    "resume_args",
     "sweep_command",
     "train_command",
 ]
@@ -67,7 +87,7 @@ __all__ = [
 @dataclasses.dataclass(frozen=True)
 class TrainArgs:
     """Train one configuration on --seeds seeds at once; write config.json, metrics.csv,
-    summary.json and returns.png under --out."""
+    summary.json, returns.png and checkpoints/ under --out (--resume DIR continues a run)."""
 
     config: Annotated[TrainConfig, tyro.conf.arg(name="")]
     hparams: Annotated[HParams, tyro.conf.arg(name="")]
@@ -79,14 +99,104 @@ class TrainArgs:
     """output directory (created; files in it are overwritten)."""
     chunk_updates: int | None = None
     """updates per compiled call; default: about 32 calls per run, all of one length if possible."""
+    resume: pathlib.Path | None = None
+    """continue the run in this directory (an earlier --out) from its latest good checkpoint, with the settings in its config.json; a flag that would change a TrainConfig or HParams field, --seed or --seeds is refused."""
+    checkpoint_every: int | None = None
+    """updates between checkpoints, rounded up to whole calls; one is also written at the end and on Ctrl-C/SIGTERM; default: about 8 per run."""
+    keep_checkpoints: int = 2
+    """how many of the latest checkpoints to keep under --out/checkpoints."""
+    debug_nans: bool = False
+    """diagnostic rerun (e.g. with --resume after a non-finite stop): compile each call with jax.experimental.checkify NaN checks and report the first operation that makes a NaN, with its source line (slower)."""
     quiet: bool = False
     """no progress bar and no summary table."""
 
     def check(self) -> TrainArgs:
-        """Refuse a bad value with a ``ValueError`` naming the field; compiles nothing."""
-        _check_positive(self, "seeds", "chunk_updates")
+        """Refuse a bad value with a ``ValueError`` naming the field; compiles nothing.
+
+        With ``resume``: the directory must hold a ``config.json`` and a checkpoint, and
+        no static (:class:`TrainConfig`) or :class:`HParams` field, ``seed`` or ``seeds``
+        may differ from it. Without: ``out`` must not hold an unfinished run's checkpoints.
+        """
+        _check_positive(self, "seeds", "chunk_updates", "checkpoint_every", "keep_checkpoints")
         self.hparams.validate()
+        if self.resume is None:
+            _check_fresh_out(self.out)
+            return self
+        stored = _stored_args(self.resume)
+        for field, old, new in _changes(stored, self):
+            raise ValueError(
+                f"`{field}` = {new!r} would change the run being resumed, which has "
+                f"{field} = {old!r} (in {self.resume / 'config.json'}); a resumed run keeps its "
+                f"settings: leave the flag out, or start a new run with another --out"
+            )
+        if self.out.resolve() != self.resume.resolve():
+            raise ValueError(f"`out` = {str(self.out)!r}: --resume continues the run in its own "
+                             f"directory {str(self.resume)!r}; leave --out out")
+        if not checkpoint_steps(self.resume / "checkpoints"):
+            raise ValueError(f"`resume`: {self.resume / 'checkpoints'} holds no checkpoint to "
+                             "resume from")
         return self
+
+
+def _stored_args(run_dir: pathlib.Path) -> TrainArgs:
+    """The :class:`TrainArgs` that ``run_dir/config.json`` records (``out``, ``resume``: run_dir)."""
+    path = run_dir / "config.json"
+    try:
+        data = json.loads(path.read_text())
+        run = data["run"]
+        return TrainArgs(
+            config=TrainConfig(**data["train_config"]), hparams=HParams(**data["hparams"]),
+            seed=run["seed"], seeds=run["seeds"], out=run_dir, chunk_updates=run["chunk_updates"],
+            resume=run_dir, checkpoint_every=run.get("checkpoint_every"),
+            keep_checkpoints=run.get("keep_checkpoints", 2),
+        )
+    except FileNotFoundError:
+        raise ValueError(f"`resume`: {path} not found; --resume takes the --out directory of "
+                         "an earlier `jaxadv train`") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"`resume`: {path} does not describe a train run ({exc})") from None
+
+
+def _changes(stored: TrainArgs, args: TrainArgs) -> Iterator[tuple[str, Any, Any]]:
+    """``(field, stored value, new value)`` for each setting a resumed run may not change."""
+    for f in dataclasses.fields(TrainConfig):
+        if getattr(stored.config, f.name) != getattr(args.config, f.name):
+            yield f.name, getattr(stored.config, f.name), getattr(args.config, f.name)
+    for f in dataclasses.fields(HParams):
+        if getattr(stored.hparams, f.name) != getattr(args.hparams, f.name):
+            yield f.name, getattr(stored.hparams, f.name), getattr(args.hparams, f.name)
+    for name in ("seed", "seeds"):
+        if getattr(stored, name) != getattr(args, name):
+            yield name, getattr(stored, name), getattr(args, name)
+
+
+def _check_fresh_out(out: pathlib.Path) -> None:
+    """Refuse to start over in a directory whose checkpoints belong to an unfinished run."""
+    steps = checkpoint_steps(out / "checkpoints")
+    if not steps:
+        return
+    try:
+        total = _stored_args(out).config.num_updates
+    except ValueError:
+        total = None
+    if total is None or steps[-1] < total:
+        of = f" of {total}" if total else ""
+        raise ValueError(
+            f"`out`: {out} holds checkpoints of an unfinished run (update {steps[-1]}{of}); "
+            f"continue it with `jaxadv train --resume {shlex.quote(str(out))}`, or remove "
+            f"{out / 'checkpoints'} to start over"
+        )
+
+
+def resume_args(run_dir: pathlib.Path, argv: Sequence[str] = ()) -> TrainArgs:
+    """The :class:`TrainArgs` to resume the run in ``run_dir``: its ``config.json``, with the
+    ``jaxadv train`` flags in ``argv`` parsed on top (a flag that changes a recorded setting
+    is refused by :meth:`TrainArgs.check`; ``--quiet``, ``--chunk-updates``,
+    ``--checkpoint-every``, ``--keep-checkpoints`` and ``--debug-nans`` may change).
+    """
+    run_dir = pathlib.Path(run_dir)
+    return tyro.cli(TrainArgs, args=list(argv), default=_stored_args(run_dir),
+                    prog="jaxadv train")
 
 
 def _check_positive(args: Any, *fields: str) -> None:
@@ -137,31 +247,64 @@ class ChunkedRun:
     sizes: list[int]
     compile_seconds: float
 
-    def iterate(self, keys: jax.Array, hp: HParams) -> Iterator[tuple[TrainState, dict]]:
-        """Yield ``(state, metrics)`` after each call; the states equal ``vmap(train)``'s."""
-        state = self.init(keys, hp)
+    def iterate(
+        self, keys: jax.Array, hp: HParams, state: TrainState | None = None
+    ) -> Iterator[tuple[TrainState, dict]]:
+        """Yield ``(state, metrics)`` after each call; the states equal ``vmap(train)``'s.
+
+        ``state``: where to start (a restored checkpoint); default ``init(keys, hp)``.
+        """
+        if state is None:
+            state = self.init(keys, hp)
         for k in self.sizes:
             state, metrics = self.run[k](state, hp)
             yield state, metrics
 
 
 def compile_chunked(
-    config: TrainConfig, hp: HParams, keys: jax.Array, chunk_updates: int
+    config: TrainConfig, hp: HParams, keys: jax.Array, chunk_updates: int, *,
+    start: int = 0, debug_nans: bool = False,
 ) -> ChunkedRun:
     """Compile ``vmap(init)`` and ``vmap(run)`` for each distinct chunk length, timing it.
 
     ``run`` is :meth:`Trainer.run` — a ``lax.scan`` over ``k`` updates — so each call is
     one fused program, and chaining the calls gives the same numbers as ``make_train``.
+    ``start``: updates already done (a resumed run); the calls cover the rest.
+    ``debug_nans``: each call is checkified (``checkify.nan_checks``) and raises
+    ``FloatingPointError`` naming the first operation that made a NaN.
     """
     trainer = make_trainer(config)
-    sizes = chunk_sizes(config.num_updates, min(chunk_updates, config.num_updates))
+    sizes = chunk_sizes(config.num_updates - start, min(chunk_updates, config.num_updates))
     init = jax.jit(jax.vmap(trainer.init, (0, None)))
-    run = jax.jit(jax.vmap(trainer.run, (0, None, None)), static_argnums=2)
-    start = time.perf_counter()
+    run_fn = jax.vmap(trainer.run, (0, None, None))
+    if debug_nans:
+        run_fn = checkify.checkify(run_fn, errors=checkify.nan_checks)
+    run = jax.jit(run_fn, static_argnums=2)
+    t0 = time.perf_counter()
     state = jax.eval_shape(init, keys, hp)
     compiled_init = init.lower(keys, hp).compile()
     compiled_run = {k: run.lower(state, hp, k).compile() for k in sorted(set(sizes))}
-    return ChunkedRun(compiled_init, compiled_run, sizes, time.perf_counter() - start)
+    if debug_nans:
+        compiled_run = {k: _raising_nans(c) for k, c in compiled_run.items()}
+    return ChunkedRun(compiled_init, compiled_run, sizes, time.perf_counter() - t0)
+
+
+def _raising_nans(compiled: Callable) -> Callable:
+    """Wrap a checkified call: return its outputs, or raise ``FloatingPointError``."""
+
+    def call(state: TrainState, hp: HParams) -> tuple[TrainState, dict]:
+        error, out = compiled(state, hp)
+        exc = error.get_exception()
+        if exc is not None:
+            frames = [line.strip() for line in str(exc.traceback_info).splitlines()
+                      if f"{os.sep}jaxadv{os.sep}" in line]  # innermost first
+            where = ", called from ".join(
+                line[line.rindex(f"{os.sep}jaxadv{os.sep}") + 1:] for line in frames[:3]
+            )
+            raise FloatingPointError(f"{exc}".rstrip(".") + (f" at {where}" if where else ""))
+        return out
+
+    return call
 
 
 def _progress(console: Console, label: str, *columns: TextColumn) -> Progress:
@@ -172,73 +315,266 @@ def _progress(console: Console, label: str, *columns: TextColumn) -> Progress:
     )
 
 
-def _drive(
-    chunked: ChunkedRun, keys: jax.Array, hp: HParams, batch_size: int,
-    writer: MetricsWriter, console: Console,
-) -> tuple[np.ndarray, np.ndarray, float]:
-    """Run every chunk, appending metrics and updating the progress bar after each.
+class RunStopped(Exception):
+    """The run stopped before its end: interrupted, non-finite values, or nothing to resume.
 
-    Returns ``episode_return`` and ``episodes``, each ``[seeds, num_updates]``, and the
-    seconds spent (compile excluded: ``chunked`` is compiled already).
+    ``str(exc)`` says why and how to go on; ``status`` is the exit status :func:`main`
+    returns (130 / 143 after SIGINT / SIGTERM, 1 after non-finite values, 2 for an error).
     """
-    seeds, total = keys.shape[0], sum(chunked.sizes) * batch_size
-    returns, episodes, done = [], [], 0
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
+class _Interrupts:
+    """SIGINT and SIGTERM while training: the first asks the driver to stop after the call
+    in flight (``signum`` is set); a second ends the process at once with status 128 +
+    the signal. Checkpoints are only ever renamed into place, so the last one stays good.
+
+    A watcher thread reads the signal numbers that Python's C-level handler writes to a
+    wakeup socket, so the second signal acts even while the main thread waits on XLA.
+    Outside the main thread (where signals cannot be caught) it does nothing.
+    """
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.signum: int | None = None
+        self._installed = False
+
+    def __enter__(self) -> _Interrupts:
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        self._reader, self._writer = socket.socketpair()
+        self._writer.setblocking(False)
+        self._old_fd = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
+        self._old = {s: signal.signal(s, lambda *_: None) for s in (signal.SIGINT, signal.SIGTERM)}
+        self._thread = threading.Thread(target=self._watch, name="jaxadv-signals", daemon=True)
+        self._thread.start()
+        self._installed = True
+        return self
+
+    def _watch(self) -> None:
+        while True:
+            try:
+                data = self._reader.recv(64)
+            except OSError:
+                return
+            if not data:
+                return
+            for signum in data:
+                if signum not in (signal.SIGINT, signal.SIGTERM):
+                    continue
+                if self.signum is None:
+                    self.signum = signum
+                    self.console.print(f"{signal.Signals(signum).name}: stopping after the call "
+                                       "in flight to save a checkpoint; again to quit at once")
+                else:
+                    os.write(2, b"\nquitting at once; the last finished checkpoint is intact\n")
+                    os._exit(128 + signum)
+
+    def __exit__(self, *exc: object) -> None:
+        if not self._installed:
+            return
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
+        signal.set_wakeup_fd(self._old_fd)
+        self._writer.close()  # the watcher's recv returns b""
+        self._thread.join(timeout=5)
+        self._reader.close()
+
+
+@dataclasses.dataclass
+class _Saver:
+    """Checkpoints for the driver: ``every`` updates apart (at call ends) and on demand."""
+
+    store: CheckpointStore
+    every: int
+    config: dict[str, Any]
+    last: int  # the update of the latest checkpoint (0: none)
+
+    def due(self, done: int) -> bool:
+        return done - self.last >= self.every
+
+    def save(self, done: int, state: TrainState, history: dict[str, np.ndarray],
+             seconds: float) -> None:
+        if done > self.last:
+            self.store.save(done, state, history, train_seconds=seconds, config=self.config)
+            self.last = done
+
+
+def _extend(history: dict[str, np.ndarray], metrics: dict[str, np.ndarray],
+            wall_seconds: float) -> dict[str, np.ndarray]:
+    """``history`` with one call's ``metrics`` (``[seeds, k]`` each) and its wall time."""
+    k = np.shape(metrics["episode_return"])[1]
+    new = {**{n: np.asarray(v) for n, v in metrics.items()},
+           "wall_seconds": np.full(k, wall_seconds)}
+    if not history:
+        return new
+    return {n: np.concatenate([history[n], v], axis=-1) for n, v in new.items()}
+
+
+def _replay(writer: MetricsWriter, history: dict[str, np.ndarray]) -> None:
+    """Rewrite ``metrics.csv`` rows from a checkpoint's ``history``, one group per call."""
+    if not history:
+        return
+    wall = history["wall_seconds"]
+    metrics = {n: v for n, v in history.items() if n != "wall_seconds"}
+    cuts = [0, *(int(c) + 1 for c in np.flatnonzero(np.diff(wall) != 0)), len(wall)]
+    for i, j in itertools.pairwise(cuts):
+        writer.append({n: v[:, i:j] for n, v in metrics.items()}, i + 1, float(wall[i]))
+
+
+def _nonfinite_message(flags: np.ndarray, first_update: int) -> str:
+    """Which quantity went non-finite at which update, for which seeds: ``flags [seeds, k]``."""
+    bad = flags != 0
+    col = int(np.argmax(bad.any(axis=0)))
+    seeds = np.flatnonzero(bad[:, col])
+    what = [name for i, name in enumerate(NONFINITE) if any(flags[s, col] >> i & 1 for s in seeds)]
+    return (f"non-finite {' and '.join(what)} (NaN or inf) at update {first_update + col}, "
+            f"seed(s) {', '.join(map(str, seeds))}")
+
+
+def _drive(
+    chunked: ChunkedRun, keys: jax.Array, hp: HParams, config: TrainConfig,
+    writer: MetricsWriter, console: Console, *, state: TrainState | None,
+    history: dict[str, np.ndarray], saver: _Saver, train_seconds: float, out: pathlib.Path,
+) -> tuple[dict[str, np.ndarray], float]:
+    """Run every chunk, appending metrics, updating the progress bar and saving checkpoints.
+
+    Starts from ``state`` after the updates in ``history`` (a resumed run; ``None``: from
+    ``init``), ``train_seconds`` already spent. Returns the whole ``history`` (each metric
+    ``[seeds, num_updates]``, ``wall_seconds``) and the training seconds (compile excluded).
+    Raises :class:`RunStopped` after a signal or on non-finite values, having saved the
+    last finite state.
+    """
+    seeds, batch_size = keys.shape[0], config.batch_size
+    total = config.num_updates * batch_size
+    done = start = len(history["wall_seconds"]) if history else 0
     latest = np.full((seeds, 1), np.nan)  # each seed's latest finished-episode return
-    start = time.perf_counter()
+    if history:
+        latest = forward_fill(np.asarray(history["episode_return"], np.float64))[:, -1:]
+    t0 = time.perf_counter()
+    seconds = lambda: train_seconds + time.perf_counter() - t0
     columns = (  # env steps per seed, steps/s (all seeds), the latest return
         TextColumn("{task.completed:,.0f}/{task.total:,.0f} steps"),
         TextColumn("{task.fields[sps]}"),
         TextColumn("return {task.fields[ret]}"),
     )
-    with _progress(console, "train", *columns) as progress:
-        task = progress.add_task("train", total=total, sps="", ret="–")
-        for _, metrics in chunked.iterate(keys, hp):
-            metrics = jax.device_get(metrics)  # waits for this chunk
-            elapsed = time.perf_counter() - start
-            writer.append(metrics, done + 1, elapsed)
+    with _Interrupts(console) as interrupts, _progress(console, "train", *columns) as progress:
+        task = progress.add_task("train", total=total, completed=done * batch_size, sps="",
+                                 ret="–")
+        chunks = chunked.iterate(keys, hp, state)
+        while True:
+            try:
+                new_state, metrics = next(chunks)
+                metrics = jax.device_get(metrics)  # waits for this chunk
+            except StopIteration:
+                break
+            except FloatingPointError as exc:  # --debug-nans: checkify found a NaN
+                saver.save(done, state, history, seconds())
+                raise RunStopped(_nonfinite_stop(str(exc), saver, out, found=True), 1) from None
+            k, now = np.shape(metrics["episode_return"])[1], seconds()
+            writer.append(metrics, done + 1, now)
+            if np.any(metrics["nonfinite"]):  # keep the last finite state, not this one
+                saver.save(done, state, history, seconds())
+                raise RunStopped(_nonfinite_stop(
+                    _nonfinite_message(np.asarray(metrics["nonfinite"]), done + 1),
+                    saver, out), 1)
+            state, history, done = new_state, _extend(history, metrics, now), done + k
             chunk_returns = np.asarray(metrics["episode_return"], np.float64)  # [seeds, k]
-            returns.append(chunk_returns)
-            episodes.append(np.asarray(metrics["episodes"]))
-            done += chunk_returns.shape[1]
             latest = forward_fill(np.concatenate([latest, chunk_returns], axis=1))[:, -1:]
             mean_return = seed_mean_std(latest)[0][0]
+            elapsed = time.perf_counter() - t0
             progress.update(
                 task,
                 completed=done * batch_size,
-                sps=f"{done * batch_size * seeds / elapsed:,.0f} steps/s",
+                sps=f"{(done - start) * batch_size * seeds / elapsed:,.0f} steps/s",
                 ret="–" if np.isnan(mean_return) else f"{mean_return:.1f}",
             )
-    seconds = time.perf_counter() - start
-    return np.concatenate(returns, axis=1), np.concatenate(episodes, axis=1), seconds
+            if interrupts.signum or saver.due(done) or done == config.num_updates:
+                saver.save(done, state, history, seconds())
+            if interrupts.signum and done < config.num_updates:
+                name = signal.Signals(interrupts.signum).name
+                raise RunStopped(
+                    f"{name}: stopped after update {done} of {config.num_updates}; saved "
+                    f"checkpoint {saver.store.directory / str(done)} and metrics.csv\n"
+                    f"resume with: jaxadv train --resume {shlex.quote(str(out))}",
+                    128 + interrupts.signum,
+                )
+    return history, seconds()
+
+
+def _nonfinite_stop(what: str, saver: _Saver, out: pathlib.Path, found: bool = False) -> str:
+    """The message of a run stopped by non-finite values (``found``: by --debug-nans)."""
+    if saver.last:
+        kept = (f"The last finite state, after update {saver.last}, is checkpoint "
+                f"{saver.store.directory / str(saver.last)}")
+        if not found:
+            kept += (f"; rerun from it with `jaxadv train --resume {shlex.quote(str(out))} "
+                     "--debug-nans` to find the operation")
+    else:
+        kept = "No checkpoint was written before it"
+        if not found:
+            kept += "; rerun the same command with --debug-nans to find the operation"
+    return f"error: {what}; training stopped. {kept}."
 
 
 def train_command(args: TrainArgs) -> dict[str, Any]:
-    """Run ``args`` in chunks with a progress bar; write the outputs; return the summary."""
+    """Run ``args`` in chunks with a progress bar, saving checkpoints; write the outputs;
+    return the summary. Raises :class:`RunStopped` when interrupted, on non-finite
+    values, or with no usable checkpoint to resume."""
     config, hp = args.check().config, args.hparams
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     k = min(args.chunk_updates or default_chunk_updates(config.num_updates), config.num_updates)
-    run_options = {"seed": args.seed, "seeds": args.seeds, "chunk_updates": k, "out": out}
+    every = args.checkpoint_every or max(1, math.ceil(config.num_updates / 8))
+    run_options = {"seed": args.seed, "seeds": args.seeds, "chunk_updates": k, "out": out,
+                   "checkpoint_every": args.checkpoint_every,
+                   "keep_checkpoints": args.keep_checkpoints}
+    if args.resume is None:  # a finished run's checkpoints (check() refuses an unfinished one)
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
     write_json(out / "config.json", {"train_config": config, "hparams": hp, "run": run_options})
 
     err, console = Console(stderr=True, quiet=args.quiet), Console(quiet=args.quiet)
+    warn = lambda message: print(message, file=sys.stderr)  # even with --quiet; not wrapped
     keys = jax.random.split(jax.random.key(args.seed), args.seeds)
-    err.print(f"compiling {config.algo} on {config.env}: {args.seeds} seed(s), "
-              f"{config.num_updates} updates, {k} per call …")
-    chunked = compile_chunked(config, hp, keys, k)
-    err.print(f"compiled in {chunked.compile_seconds:.1f} s")
-    with MetricsWriter(out / "metrics.csv", config.batch_size) as writer:
-        returns, episodes, train_seconds = _drive(chunked, keys, hp, config.batch_size, writer, err)
+    with CheckpointStore(out / "checkpoints", args.keep_checkpoints) as store:
+        state, history, seconds = None, {}, 0.0
+        if args.resume is not None:
+            abstract = jax.eval_shape(jax.vmap(make_trainer(config).init, (0, None)), keys, hp)
+            try:
+                checkpoint = store.restore(abstract, warn=warn)
+            except CheckpointError as exc:
+                raise RunStopped(f"error: {exc}", 2) from None
+            state, history = checkpoint.state, checkpoint.history
+            seconds = checkpoint.train_seconds
+            err.print(f"resuming {out} after update {checkpoint.step} of {config.num_updates}")
+        start = len(history["wall_seconds"]) if history else 0
+        err.print(f"compiling {config.algo} on {config.env}: {args.seeds} seed(s), "
+                  f"{config.num_updates} updates, {k} per call"
+                  f"{', with NaN checks' if args.debug_nans else ''} …")
+        chunked = compile_chunked(config, hp, keys, k, start=start, debug_nans=args.debug_nans)
+        err.print(f"compiled in {chunked.compile_seconds:.1f} s")
+        saver = _Saver(store, every, json.loads((out / "config.json").read_text()), start)
+        with MetricsWriter(out / "metrics.csv", config.batch_size) as writer:
+            _replay(writer, history)
+            history, train_seconds = _drive(
+                chunked, keys, hp, config, writer, err, state=state, history=history,
+                saver=saver, train_seconds=seconds, out=out,
+            )
 
+    returns = np.asarray(history["episode_return"], np.float64)
+    episodes = np.asarray(history["episodes"])
     summary = summarize(config, returns, episodes, seed=args.seed, seeds=args.seeds, chunk_updates=k,
                         train_seconds=train_seconds, compile_seconds=chunked.compile_seconds)
-    summary["num_calls"] = len(chunked.sizes)
+    summary["num_calls"] = len(chunk_sizes(config.num_updates, k))
     write_json(out / "summary.json", summary)
     steps = np.arange(1, config.num_updates + 1) * config.batch_size
     plot_returns(out / "returns.png", steps, returns, episodes,
                  f"{config.algo} · {config.env} · {args.seeds} seed(s)")
     console.print(summary_table(summary))
-    console.print(f"wrote config.json, metrics.csv, summary.json, returns.png to {out}/")
+    console.print(f"wrote config.json, metrics.csv, summary.json, returns.png, checkpoints/ to {out}/")
     return summary
 
 
@@ -403,6 +739,7 @@ def sweep_command(args: SweepArgs) -> dict[str, Any]:
 _COMMANDS: dict[str, tuple[type, Callable[[Any], Any]]] = {
     "train": (TrainArgs, train_command),
     "sweep": (SweepArgs, sweep_command),
+    "variance": (VarianceArgs, variance_command),
 }
 
 
@@ -419,6 +756,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             description="Advantage-function policy-gradient training as pure JAX functions.",
             args=argv,
         )
+        if isinstance(args, TrainArgs) and args.resume is not None:  # the run's own settings
+            args = resume_args(args.resume, _train_flags(argv))         # under the flags given
         args.check()  # after parsing: tyro would draw its own box around a ValueError
     except SystemExit as exc:  # --help, or tyro's own message about a malformed flag
         return exc.code if isinstance(exc.code, int) else 1
@@ -426,8 +765,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     command = next(fn for cls, fn in _COMMANDS.values() if isinstance(args, cls))
-    command(args)
+    try:
+        command(args)
+    except RunStopped as stop:  # interrupted, non-finite values, nothing usable to resume
+        print(stop, file=sys.stderr)
+        return stop.status
     return 0
+
+
+def _train_flags(argv: Sequence[str] | None) -> list[str]:
+    """The flags after ``train`` in ``argv`` (default ``sys.argv[1:]``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return argv[argv.index("train") + 1:] if "train" in argv else argv
 
 
 if __name__ == "__main__":

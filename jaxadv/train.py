@@ -56,6 +56,7 @@ from jaxadv.rollout import Transition, make_policy, rollout
 __all__ = [
     "ALGOS",
     "ESTIMATORS",
+    "NONFINITE",
     "HParams",
     "TrainConfig",
     "TrainState",
@@ -68,6 +69,9 @@ ALGOS = ("ppo", "a2c", "reinforce")
 ESTIMATORS = ("gae", "td", "nstep", "mc", "qv")
 _DEFAULT_ESTIMATOR = {"ppo": "gae", "a2c": "gae", "reinforce": "mc"}
 _DEFAULT_EPOCHS = {"ppo": (4, 4), "a2c": (1, 1), "reinforce": (1, 1)}
+NONFINITE = ("loss", "grad", "params")
+"""What the ``nonfinite`` metric checks: bit ``i`` (value ``2**i``) is set when
+``NONFINITE[i]`` held a NaN or ±inf at the update's first optimiser step that had one."""
 
 
 def _choice(field: str, value: Any, allowed: tuple) -> None:
@@ -272,7 +276,8 @@ class Trainer(NamedTuple):
     ``init(key, hp) -> TrainState``; ``update(state, hp) -> (state, metrics)`` (one
     update); ``run(state, hp, num_updates) -> (state, metrics[num_updates])`` (a
     ``lax.scan``; ``num_updates`` static); ``train(key, hp)`` = ``run(init(key, hp), hp,
-    config.num_updates)``.
+    config.num_updates)``. ``network`` (:class:`~jaxadv.networks.Network`), ``policy``
+    (:class:`~jaxadv.rollout.Policy`), ``env`` and ``env_params`` are the pieces they use.
     """
 
     config: TrainConfig
@@ -280,6 +285,20 @@ class Trainer(NamedTuple):
     update: Any
     run: Any
     train: Any
+    network: Any = None
+    policy: Any = None
+    env: Any = None
+    env_params: Any = None
+
+
+def _nonfinite_flags(loss: jax.Array, grads: jax.Array, params: jax.Array) -> jax.Array:
+    """Bit ``i`` set where ``NONFINITE[i]`` holds a NaN or ±inf: an int32 scalar.
+
+    ``loss`` is the minibatch's total loss, ``grads`` its gradient and ``params`` the flat
+    parameter vector after the optimiser step: three reductions, no host sync.
+    """
+    bad = (~jnp.isfinite(loss), ~jnp.all(jnp.isfinite(grads)), ~jnp.all(jnp.isfinite(params)))
+    return sum(b.astype(jnp.int32) << i for i, b in enumerate(bad))
 
 
 def _explained_variance(pred: jax.Array, target: jax.Array) -> jax.Array:
@@ -406,10 +425,12 @@ def make_trainer(config: TrainConfig) -> Trainer:
 
         def minibatch(carry, batch):
             params, opt_state = carry
-            (_, metrics), grads = grad_fn(params, unravel, batch, hp)
+            (loss, metrics), grads = grad_fn(params, unravel, batch, hp)
             updates, opt_state = opt.update(grads, opt_state, params)
             metrics["grad_norm"] = optax.tree.norm(grads)
-            return (params + updates, opt_state), metrics
+            params = params + updates
+            metrics["nonfinite"] = _nonfinite_flags(loss, grads, params)
+            return (params, opt_state), metrics
 
         def epoch(carry, key):
             shuffled = data
@@ -459,7 +480,9 @@ def make_trainer(config: TrainConfig) -> Trainer:
         flat_params, opt_state, metrics = optimise(
             flat_params, state.opt_state, unravel, flat, key_perm, hp
         )
+        flags = metrics.pop("nonfinite").reshape(-1)  # [epochs * minibatches], in step order
         metrics = jax.tree.map(jnp.mean, metrics)
+        metrics["nonfinite"] = flags[jnp.argmax(flags > 0)]  # the first bad step's flags, or 0
         done = traj.episode_done.astype(jnp.float32)
         episodes = done.sum()
         safe = jnp.maximum(episodes, 1.0)
@@ -495,7 +518,8 @@ def make_trainer(config: TrainConfig) -> Trainer:
         hp = hp.validate()
         return run(init(key, hp), hp, config.num_updates)
 
-    return Trainer(config=config, init=init, update=update, run=run, train=train)
+    return Trainer(config=config, init=init, update=update, run=run, train=train,
+                   network=network, policy=policy, env=env, env_params=env_params)
 
 
 def make_train(config: TrainConfig):
@@ -504,7 +528,10 @@ def make_train(config: TrainConfig):
     ``metrics`` maps names to ``[num_updates]`` arrays: ``episode_return`` and
     ``episode_length`` (mean over episodes finished during the update, NaN if none),
     ``episodes``, ``env_steps``, ``policy_loss``, ``value_loss``, ``entropy``,
-    ``approx_kl``, ``clip_fraction``, ``explained_variance``, ``grad_norm``.
+    ``approx_kl``, ``clip_fraction``, ``explained_variance``, ``grad_norm``, and
+    ``nonfinite`` (int32: 0 while the total loss, its gradient and the parameters after each
+    optimiser step are all finite; else the bit flags of :data:`NONFINITE` at the update's
+    first step that was not).
 
     >>> import jax
     >>> config = TrainConfig(num_envs=2, num_steps=8, total_timesteps=32, hidden=(8,))

@@ -43,7 +43,7 @@ from jax.flatten_util import ravel_pytree
 
 from jaxadv import advantages as adv
 from jaxadv import exact
-from jaxadv.envs import make
+from jaxadv.envs import make, normalize_obs
 from jaxadv.rollout import Policy, make_policy, rollout
 
 __all__ = [
@@ -57,6 +57,7 @@ __all__ = [
     "parse_critic",
     "parse_estimator",
     "sample_gradients",
+    "train_state_report",
 ]
 
 ESTIMATOR_NAMES = ("mc", "mcb", "td", "nstep", "gae")
@@ -248,7 +249,7 @@ def gradient_statistics(estimates: Any, reference: Any, *, confidence: float = 0
       ``√(4 bᵀΣb/M + 2 tr(Σ²)/(M(M−1)))`` with plug-in ``Σ`` and ``b``;
       ``bias``: ``√max(bias_sq, 0)`` and ``bias_lo``/``bias_hi`` the normal interval
       ``bias_sq ± z·se`` mapped through ``√max(·, 0)`` (``bias_lo = 0``: no detectable
-      bias); ``rel_bias = bias / ‖g‖``;
+      bias); ``rel_bias = bias / ‖g‖``, and ``rel_bias_lo``/``rel_bias_hi`` likewise;
     * ``variance``: ``tr Σ`` (unbiased, ``M − 1`` denominator);
     * ``mse``: ``E‖ĝ − g‖² = ‖b‖² + tr Σ`` (the mean of ``‖x_m‖²``);
     * ``cosine``: mean ``cos(ĝ_m, g)``; ``pairwise_cosine``: mean ``cos(ĝ_m, ĝ_k)``, ``m ≠ k``;
@@ -293,13 +294,16 @@ def gradient_statistics(estimates: Any, reference: Any, *, confidence: float = 0
     mean = x_hat.mean(0)
     signal = float(mean @ mean) - variance / m
     bias = math.sqrt(max(bias_sq, 0.0))
+    lo, hi = math.sqrt(max(bias_sq - z * se, 0.0)), math.sqrt(max(bias_sq + z * se, 0.0))
     return {
         "bias": bias,
-        "bias_lo": math.sqrt(max(bias_sq - z * se, 0.0)),
-        "bias_hi": math.sqrt(max(bias_sq + z * se, 0.0)),
+        "bias_lo": lo,
+        "bias_hi": hi,
         "bias_sq": float(bias_sq),
         "bias_sq_se": se,
         "rel_bias": bias / g_norm if g_norm > 0 else math.nan,
+        "rel_bias_lo": lo / g_norm if g_norm > 0 else math.nan,
+        "rel_bias_hi": hi / g_norm if g_norm > 0 else math.nan,
         "variance": variance,
         "mse": float(sq.mean()),
         "cosine": float(np.mean(inner / np.where(est_norm > 0, est_norm * g_norm, np.inf))),
@@ -307,6 +311,7 @@ def gradient_statistics(estimates: Any, reference: Any, *, confidence: float = 0
         "p_ascent": float(np.mean(inner > 0)),
         "snr": signal / variance if variance > 0 else math.inf,
         "num_estimates": m,
+        "confidence": confidence,
     }
 
 
@@ -533,4 +538,63 @@ def network_report(
             "reference_trajectories": ref_size * ref_batches,
             "reference_env_steps": float(np.sum(np.asarray(ref.env_steps))),
             "horizon": horizon, "num_batches": num_batches}
+    return rows, info
+
+
+def train_state_report(
+    key: jax.Array,
+    trainer: Any,
+    params: Any,
+    *,
+    gamma: float,
+    obs_stats: Any = None,
+    critic: str = "network",
+    estimators: Sequence[str | Estimator],
+    batch_sizes: Sequence[int],
+    num_batches: int = 100,
+    reference_factor: int = 100,
+    horizon: int | None = None,
+    confidence: float = 0.95,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """:func:`network_report` for the actor-critic of a :func:`jaxadv.train.make_trainer`
+    run: ``params`` (one seed's ``TrainState.params``, e.g. a mid-training checkpoint).
+
+    Args:
+      trainer: :func:`~jaxadv.train.make_trainer`'s result (network, policy, env).
+      params: the network parameters.
+      gamma: the objective's discount (the run's ``HParams.gamma``).
+      obs_stats: the run's observation statistics where it normalised observations.
+      critic: ``"network"`` (the run's own critic, ``V`` or ``Σ_a π Q`` for a Q critic)
+        or ``"zero"``.
+      horizon: trajectory window (default: the environment's time limit).
+      others: as for :func:`network_report`.
+    """
+    config = trainer.config
+    if critic not in ("network", "zero"):
+        raise ValueError(f"`critic` must be 'network' or 'zero' for a trained network, got {critic!r}")
+    if critic == "network" and config.scale_rewards:
+        raise ValueError("`critic` 'network' was trained on scaled rewards (scale_rewards=True); "
+                         "its values do not match raw returns: use critic='zero'")
+    if config.normalize_obs and obs_stats is None:
+        raise ValueError("the run normalised observations: pass its `obs_stats`")
+    norm = (lambda x: x) if obs_stats is None else (lambda x: normalize_obs(obs_stats, x))
+    apply = lambda p, x: trainer.network.apply(p, norm(x))
+    q_critic = config.estimator == "qv"
+
+    def critic_fn(p, x):
+        if critic == "zero":
+            return jnp.zeros(x.shape[:-1])
+        pi, c = apply(p, x)
+        return jnp.sum(jax.nn.softmax(pi, axis=-1) * c, axis=-1) if q_critic else c
+
+    if horizon is None:
+        horizon = int(trainer.env_params.max_steps_in_episode)
+    rows, info = network_report(
+        key, params, policy_fn=lambda p, x: apply(p, x)[0], critic_fn=critic_fn,
+        critic_params=params, env=trainer.env, env_params=trainer.env_params,
+        policy=trainer.policy, gamma=gamma, horizon=horizon, estimators=estimators,
+        batch_sizes=batch_sizes, num_batches=num_batches, reference_factor=reference_factor,
+        confidence=confidence)
+    for row in rows:
+        row["critic"] = critic
     return rows, info

@@ -23,15 +23,18 @@ def test_train_writes_outputs(tmp_path, capsys):
     argv = ["train", *TINY, "--seeds", "2", "--seed", "3", "--chunk-updates", "4", "--out", str(out)]
     assert cli.main(argv) == 0
     assert {p.name for p in out.iterdir()} == {
-        "config.json", "metrics.csv", "summary.json", "returns.png"
+        "config.json", "metrics.csv", "summary.json", "returns.png", "checkpoints"
     }
+    # default --checkpoint-every: ceil(16 / 8) = 2 updates, rounded up to calls of 4
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["12", "16"]
 
     config = json.loads((out / "config.json").read_text())
     assert config["train_config"]["num_envs"] == 2
     assert config["train_config"]["update_epochs"] == 4  # ppo default filled in
     assert config["hparams"] == {f.name: getattr(HParams(), f.name)
                                  for f in dataclasses.fields(HParams)}
-    assert config["run"] == {"seed": 3, "seeds": 2, "chunk_updates": 4, "out": str(out)}
+    assert config["run"] == {"seed": 3, "seeds": 2, "chunk_updates": 4, "out": str(out),
+                             "checkpoint_every": None, "keep_checkpoints": 2}
     assert TrainConfig(**config["train_config"]) == TrainConfig(
         num_envs=2, num_steps=8, total_timesteps=256, hidden=(8,)
     )
@@ -42,7 +45,7 @@ def test_train_writes_outputs(tmp_path, capsys):
     assert len(rows) == num_updates * 2
     for column in ("seed", "update", "env_steps", "episode_return", "episode_length",
                    "policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction",
-                   "explained_variance", "wall_seconds"):
+                   "explained_variance", "nonfinite", "wall_seconds"):
         assert column in rows[0], column
     for seed in ("0", "1"):
         seed_rows = [r for r in rows if r["seed"] == seed]
@@ -155,7 +158,9 @@ def test_help_lists_field_docs(capsys):
     assert cli.main(["train", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     for doc in ("steps per environment per update", "passes over each rollout",
-                "discount factor", "--gae-lambda", "--chunk-updates", "--seeds", "--out"):
+                "discount factor", "--gae-lambda", "--chunk-updates", "--seeds", "--out",
+                "--resume", "latest good checkpoint", "--checkpoint-every",
+                "--keep-checkpoints", "--debug-nans"):
         assert doc in text, doc
     assert cli.main(["--help"]) == 0
     assert "train" in capsys.readouterr().out

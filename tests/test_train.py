@@ -348,7 +348,8 @@ def test_train_returns_state_and_per_update_metrics():
     assert jax.tree.structure(shapes[0]) == jax.tree.structure(state)
     assert set(shapes[1]) >= {"episode_return", "episode_length", "episodes", "env_steps",
                               "policy_loss", "value_loss", "entropy", "approx_kl",
-                              "clip_fraction", "explained_variance", "grad_norm"}
+                              "clip_fraction", "explained_variance", "grad_norm", "nonfinite"}
+    assert shapes[1]["nonfinite"].dtype == jnp.int32
     assert all(v.shape == (SMALL.num_updates,) for v in shapes[1].values())
 
 

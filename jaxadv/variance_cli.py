@@ -1,0 +1,344 @@
+"""``jaxadv variance``: estimator bias and variance on a tabular MDP or a real environment.
+
+``jaxadv variance --mdp random --states 8 --actions 3 --estimators mc td gae:0.9 gae:0.95
+nstep:5 --batch-sizes 16 64 256 --critic noisy:0.2 --out runs/var`` measures every
+estimator × critic × batch size with :func:`jaxadv.variance.mdp_report` against the exact
+gradient; ``--env CartPole-v1`` measures a mid-training policy — from a ``jaxadv train``
+run's checkpoint (``--checkpoint runs/x``) or trained here for ``--train-timesteps`` — with
+:func:`jaxadv.variance.train_state_report` against a reference batch ``--reference-factor``
+times larger than the largest ``N``. Writes ``variance.csv`` (one row per critic,
+estimator and ``N``), ``summary.json`` and ``variance.png`` (bias², variance and MSE vs λ;
+cosine to the true gradient vs ``N``) under ``--out``, and prints a table at the largest ``N``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import pathlib
+import time
+from typing import TYPE_CHECKING, Any, Literal
+
+import jax
+import numpy as np
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from jaxadv import exact, variance
+from jaxadv.checkpoint import CheckpointStore
+from jaxadv.envs import registered_names
+from jaxadv.report import _platform, write_json
+from jaxadv.train import HParams, TrainConfig, make_trainer
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = ["VarianceArgs", "plot_variance", "variance_command"]
+
+_DEFAULT_ESTIMATORS = ("mc", "mcb", "td", "nstep:5", "gae:0.5", "gae:0.8", "gae:0.9", "gae:0.95",
+                       "gae:0.99", "gae:0.95:unweighted")
+
+
+@dataclasses.dataclass(frozen=True)
+class VarianceArgs:
+    """Bias, variance, MSE and cosine of policy-gradient estimators against the true gradient;
+    write variance.csv, summary.json and variance.png under --out."""
+
+    mdp: Literal["random", "chain"] = "random"
+    """tabular MDP (ignored with --env): random (Dirichlet transitions, N(offset, 1) rewards) or a chain of --states states."""
+    states: int = 8
+    """number of states S of the MDP."""
+    actions: int = 3
+    """number of actions A of the random MDP (the chain has 2)."""
+    gamma: float = 0.9
+    """discount of the MDP's objective (with --env: the trained run's gamma)."""
+    termination: float = 0.1
+    """random MDP: probability of ending the episode at each step."""
+    reward_offset: float = 0.0
+    """random MDP: mean of the rewards (a large offset is what a baseline removes)."""
+    policy_scale: float = 1.0
+    """random MDP: the policy's logits are N(0, policy_scale²) per state and action."""
+    env: str | None = None
+    """measure on this registered environment instead of an MDP (e.g. CartPole-v1), for a policy taken mid-training."""
+    checkpoint: pathlib.Path | None = None
+    """with --env: a `jaxadv train` run directory; its latest checkpoint's first seed is the policy."""
+    train_timesteps: int = 50_000
+    """with --env and no --checkpoint: train default PPO for this many env steps first."""
+    estimators: tuple[str, ...] = _DEFAULT_ESTIMATORS
+    """mc, mcb (mc with the critic as baseline), td, nstep:N, gae:LAMBDA; add :unweighted to drop the γ^t state weighting."""
+    batch_sizes: tuple[int, ...] = (16, 64, 256)
+    """trajectories per gradient estimate, N."""
+    critic: tuple[str, ...] | None = None
+    """MDP: exact (default), zero, noisy:SIGMA (exact + noise of relative size SIGMA), fitted:K (regression on K separate trajectories). --env: network (default, the run's own critic) or zero."""
+    num_batches: int = 200
+    """independent estimates per N (M) from which bias and variance are measured."""
+    reference_factor: int = 100
+    """with --env: the reference gradient uses reference_factor × max(batch_sizes) trajectories."""
+    horizon: int | None = None
+    """steps per trajectory; default: where the discounted tail drops below 1e-4 (MDP) or the env's time limit."""
+    confidence: float = 0.95
+    """of the bias interval."""
+    seed: int = 0
+    """PRNG seed for the MDP, the policy and the samples."""
+    out: pathlib.Path = pathlib.Path("runs/variance")
+    """output directory (created; files in it are overwritten)."""
+    quiet: bool = False
+    """no table."""
+
+    @property
+    def critics(self) -> tuple[str, ...]:
+        """``critic``, or the default of the mode: ``exact`` (MDP) or ``network`` (--env)."""
+        if self.critic is not None:
+            return self.critic
+        return ("exact",) if self.env is None else ("network",)
+
+    def check(self) -> VarianceArgs:
+        """Refuse a bad value with a ``ValueError`` naming the field; compiles nothing."""
+        for name in ("states", "actions", "num_batches", "reference_factor", "train_timesteps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}")
+        if self.num_batches < 3:
+            raise ValueError(f"`num_batches` must be >= 3 to estimate a variance, got {self.num_batches}")
+        if self.horizon is not None and self.horizon < 1:
+            raise ValueError(f"`horizon` must be an integer >= 1, got {self.horizon}")
+        if not self.batch_sizes or any(n < 1 for n in self.batch_sizes):
+            raise ValueError(f"`batch_sizes` must be integers >= 1, got {list(self.batch_sizes)}")
+        if not 0.0 <= self.gamma < 1.0:
+            raise ValueError(f"`gamma` must lie in [0, 1), got {self.gamma}")
+        if not 0.0 <= self.termination < 1.0:
+            raise ValueError(f"`termination` must lie in [0, 1), got {self.termination}")
+        if not 0.0 < self.confidence < 1.0:
+            raise ValueError(f"`confidence` must lie in (0, 1), got {self.confidence}")
+        if not math.isfinite(self.reward_offset) or not math.isfinite(self.policy_scale):
+            raise ValueError("`reward_offset` and `policy_scale` must be finite")
+        if not self.estimators:
+            raise ValueError("`estimators` must name at least one estimator")
+        for text in self.estimators:
+            variance.parse_estimator(text)
+        if self.critic is not None and not self.critic:
+            raise ValueError("`critic` must name at least one critic")
+        if self.env is None:
+            for text in self.critics:
+                variance.parse_critic(text)
+            if self.checkpoint is not None:
+                raise ValueError("`checkpoint` needs --env (the MDP's policy is random)")
+            return self
+        if self.env not in registered_names():
+            TrainConfig(env=self.env)  # raises the registry's message naming valid envs
+        for text in self.critics:
+            if text not in ("network", "zero"):
+                raise ValueError(f"`critic` {text!r}: with --env the critic is 'network' or 'zero'")
+        if self.checkpoint is not None and not (self.checkpoint / "config.json").is_file():
+            raise ValueError(f"`checkpoint` {self.checkpoint} holds no config.json of a `jaxadv train` run")
+        return self
+
+
+def _mdp(args: VarianceArgs) -> tuple[exact.TabularMDP, jax.Array]:
+    key_mdp, key_policy = jax.random.split(jax.random.key(args.seed))
+    if args.mdp == "chain":
+        mdp, actions = exact.chain_mdp(args.states, gamma=args.gamma), 2
+    else:
+        mdp = exact.random_mdp(key_mdp, args.states, args.actions, gamma=args.gamma,
+                               termination=args.termination, reward_offset=args.reward_offset)
+        actions = args.actions
+    return mdp, args.policy_scale * jax.random.normal(key_policy, (args.states, actions))
+
+
+def _trained(args: VarianceArgs, console: Console) -> tuple[Any, Any, Any, float, dict]:
+    """``(trainer, params, obs_stats, gamma, about)`` of the policy to measure."""
+    if args.checkpoint is None:
+        config, hp = TrainConfig(env=args.env, total_timesteps=args.train_timesteps), HParams()
+        trainer = make_trainer(config)
+        console.print(f"training ppo on {args.env} for {config.num_updates * config.batch_size:,} steps …")
+        state, metrics = jax.jit(trainer.train)(jax.random.key(args.seed), hp)
+        returns = np.asarray(metrics["episode_return"])
+        about = {"source": "trained here", "env_steps": config.num_updates * config.batch_size,
+                 "return_last_updates": float(np.nanmean(returns[-max(1, len(returns) // 10):]))}
+        return trainer, state.params, state.obs_stats, hp.gamma, about
+    stored = json.loads((args.checkpoint / "config.json").read_text())
+    config = TrainConfig(**_tuples(stored["train_config"]))
+    hp = HParams(**stored["hparams"])
+    seeds = int(stored["run"]["seeds"])
+    trainer = make_trainer(config)
+    keys = jax.random.split(jax.random.key(int(stored["run"]["seed"])), seeds)
+    abstract = jax.eval_shape(jax.vmap(trainer.init, (0, None)), keys, hp)
+    with CheckpointStore(args.checkpoint / "checkpoints") as store:
+        ckpt = store.restore(abstract, warn=console.print)
+    first = jax.tree.map(lambda x: x[0], ckpt.state)
+    about = {"source": str(args.checkpoint), "update": int(first.update),
+             "env_steps": int(first.update) * config.batch_size}
+    if config.env != args.env:
+        raise ValueError(f"`env` {args.env!r} differs from the checkpoint's env {config.env!r}")
+    return trainer, first.params, first.obs_stats, hp.gamma, about
+
+
+def _tuples(fields: dict[str, Any]) -> dict[str, Any]:
+    """JSON lists back to the tuples a frozen dataclass holds."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+
+
+def variance_command(args: VarianceArgs) -> dict[str, Any]:
+    """Measure, write the outputs and return the summary."""
+    args = args.check()
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    console = Console(stderr=True, quiet=args.quiet)
+    key = jax.random.key(args.seed + 1)
+    start = time.perf_counter()
+    with console.status("sampling gradient estimates (one compile per critic) …"):
+        if args.env is None:
+            mdp, logits = _mdp(args)
+            rows, info = variance.mdp_report(
+                key, mdp, logits, estimators=args.estimators, batch_sizes=args.batch_sizes,
+                critics=args.critics, num_batches=args.num_batches, horizon=args.horizon,
+                confidence=args.confidence)
+            about = {"mdp": args.mdp, "states": args.states, "gamma": args.gamma,
+                     "objective": float(exact.objective(mdp, logits))}
+        else:
+            trainer, params, obs_stats, gamma, about = _trained(args, console)
+            rows, info = [], {}
+            for critic in args.critics:
+                r, info = variance.train_state_report(
+                    key, trainer, params, gamma=gamma, obs_stats=obs_stats, critic=critic,
+                    estimators=args.estimators, batch_sizes=args.batch_sizes,
+                    num_batches=args.num_batches, reference_factor=args.reference_factor,
+                    horizon=args.horizon, confidence=args.confidence)
+                rows += r
+            info.pop("reference", None)
+    seconds = time.perf_counter() - start
+    write_csv(out / "variance.csv", rows)
+    summary = {"args": dataclasses.asdict(args), "policy": about, **info,
+               "seconds": seconds, **_platform(), **best_lambda(rows), **weighting_bias(rows)}
+    write_json(out / "summary.json", summary)
+    plot_variance(out / "variance.png", rows, title=args.env or f"{args.mdp} MDP, S={args.states}")
+    if not args.quiet:
+        Console(width=max(Console().width, 110)).print(variance_table(rows))
+    console.print(f"wrote variance.csv, summary.json, variance.png to {out}/ ({seconds:.1f} s)")
+    return summary
+
+
+# ----------------------------------------------------------------- outputs
+
+_COLUMNS = ("critic", "estimator", "batch_size", "env_steps", "bias", "bias_lo", "bias_hi", "rel_bias",
+            "rel_bias_lo", "rel_bias_hi",
+            "bias_sq", "bias_sq_se", "variance", "mse", "cosine", "pairwise_cosine", "p_ascent",
+            "snr", "num_estimates", "confidence")
+
+
+def write_csv(path: pathlib.Path, rows: list[dict[str, Any]]) -> None:
+    """One row per critic, estimator and batch size (the columns of :func:`gradient_statistics`)."""
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _lambda(label: str) -> float | None:
+    """λ of an estimator on the GAE axis (td = 0, mcb = 1), or ``None``."""
+    est = variance.parse_estimator(label)
+    if not est.weighted:
+        return None
+    return {"td": 0.0, "mcb": 1.0}.get(est.name, est.param if est.name == "gae" else None)
+
+
+def best_lambda(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per critic, the λ (GAE, with td = 0 and mcb = 1) of least MSE at the largest N."""
+    n_max = max(r["batch_size"] for r in rows)
+    best: dict[str, Any] = {}
+    for r in rows:
+        lam = _lambda(r["estimator"])
+        if r["batch_size"] != n_max or lam is None:
+            continue
+        if r["critic"] not in best or r["mse"] < best[r["critic"]]["mse"]:
+            best[r["critic"]] = {"lambda": lam, "mse": r["mse"], "batch_size": n_max}
+    return {"best_lambda": best}
+
+
+def weighting_bias(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every unweighted estimator's relative bias next to its γ^t-weighted twin (largest N)."""
+    n_max = max(r["batch_size"] for r in rows)
+    at = {(r["critic"], r["estimator"]): r for r in rows if r["batch_size"] == n_max}
+    out = []
+    for (critic, label), r in at.items():
+        est = variance.parse_estimator(label)
+        if not est.weighted:
+            twin = at.get((critic, est._replace(weighted=True).label))
+            out.append({"critic": critic, "estimator": label, "rel_bias": r["rel_bias"],
+                        "rel_bias_interval": [r["rel_bias_lo"], r["rel_bias_hi"]],
+                        "cosine": r["cosine"],
+                        "weighted_rel_bias": twin["rel_bias"] if twin else None})
+    return {"gamma_weighting": out}
+
+
+def variance_table(rows: list[dict[str, Any]]) -> Table:
+    """A rich table of every estimator at the largest N."""
+    n_max = max(r["batch_size"] for r in rows)
+    table = Table(title=f"policy-gradient estimators, N = {n_max} trajectories", box=box.SIMPLE_HEAD)
+    for name in ("critic", "estimator", "‖b‖/‖g‖", f"{_pct(rows)} CI", "tr Cov", "MSE", "cos", "P(ascent)", "SNR"):
+        table.add_column(name, justify="left" if name in ("critic", "estimator") else "right", no_wrap=True)
+    for r in rows:
+        if r["batch_size"] != n_max:
+            continue
+        table.add_row(r["critic"], r["estimator"], f"{r['rel_bias']:.3f}",
+                      f"{r['rel_bias_lo']:.3f}–{r['rel_bias_hi']:.3f}",
+                      f"{r['variance']:.4g}", f"{r['mse']:.4g}", f"{r['cosine']:.3f}",
+                      f"{r['p_ascent']:.2f}", f"{r['snr']:.3g}")
+    return table
+
+
+def _pct(rows: list[dict[str, Any]]) -> str:
+    return f"{100 * rows[0].get('confidence', 0.95):g}%"
+
+
+def plot_variance(path: pathlib.Path | None, rows: list[dict[str, Any]], title: str) -> Figure:
+    """2×2 panels: bias² (with its interval), variance and MSE vs λ — one line per critic,
+    at the largest N, where td is λ = 0 and mcb λ = 1 — and the mean cosine to the true
+    gradient vs N, one line per estimator (first critic). Saved to ``path`` unless ``None``;
+    returns the (pyplot-free) figure."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11.0, 8.0), layout="constrained")
+    axes = fig.subplots(2, 2).ravel()
+    n_max = max(r["batch_size"] for r in rows)
+    critics = list(dict.fromkeys(r["critic"] for r in rows))
+    titles = {"bias_sq": "bias² ‖E ĝ − g‖²", "variance": "variance tr Cov ĝ", "mse": "MSE E‖ĝ − g‖²"}
+    for name, ax in zip(titles, axes[:3]):
+        for critic in critics:
+            pts = sorted((_lambda(r["estimator"]), r) for r in rows
+                         if r["critic"] == critic and r["batch_size"] == n_max
+                         and _lambda(r["estimator"]) is not None)
+            if not pts:
+                continue
+            lam = [p[0] for p in pts]
+            if name == "bias_sq":  # the interval's ends, squared; the point clipped at 0
+                y = np.array([max(p[1]["bias_sq"], 0.0) for p in pts])
+                lo = y - np.array([p[1]["bias_lo"] ** 2 for p in pts])
+                hi = np.array([p[1]["bias_hi"] ** 2 for p in pts]) - y
+                ax.errorbar(lam, y, yerr=[np.maximum(lo, 0), np.maximum(hi, 0)], marker="o",
+                            capsize=3, label=critic)
+            else:
+                ax.plot(lam, [p[1][name] for p in pts], marker="o", label=critic)
+        ax.set_xlabel("λ  (td = 0, mcb = 1)")
+        ax.set_title(f"{titles[name]}  (N = {n_max})")
+        if name != "bias_sq":
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    ax = axes[3]
+    for label in dict.fromkeys(r["estimator"] for r in rows):
+        pts = sorted((r["batch_size"], r["cosine"]) for r in rows
+                     if r["critic"] == critics[0] and r["estimator"] == label)
+        ax.plot(*zip(*pts), marker="o", label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("batch size N (trajectories)")
+    ax.set_title(f"mean cos(ĝ, g)  (critic {critics[0]})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="x-small", ncol=2)
+    fig.suptitle(title)
+    if path is not None:
+        fig.savefig(path, dpi=100)
+    return fig
