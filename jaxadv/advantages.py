@@ -42,6 +42,7 @@ __all__ = [
     "leave_one_out",
     "n_step_advantages",
     "normalize",
+    "sequence_advantages",
     "td_errors",
 ]
 
@@ -439,3 +440,63 @@ def leave_one_out(rewards: ArrayLike) -> Array:
     others = (shifted.sum(axis=1, keepdims=True) - shifted) / (rewards.shape[1] - 1)
     return shifted - others
 
+
+
+SEQUENCE_ESTIMATORS = ("grpo", "drgrpo", "rloo", "batchmean", "rfpp", "remax")
+
+
+def sequence_advantages(
+    estimator: str,
+    returns: ArrayLike,
+    *,
+    group_size: int = 1,
+    greedy_returns: ArrayLike | None = None,
+    eps: ArrayLike = 1e-6,
+) -> Array:
+    """One advantage per response from the responses' returns, by a critic-free baseline.
+
+    ``returns [N]`` holds ``N = G · K`` responses, ordered group by group (the ``K =
+    group_size`` samples of a prompt are adjacent):
+
+    * ``"grpo"``: :func:`group_relative` (std-normalised); ``"drgrpo"``: without the std;
+    * ``"rloo"``: :func:`leave_one_out`;
+    * ``"batchmean"``: ``R − mean(R)`` over the whole batch (REINFORCE with a mean baseline);
+    * ``"rfpp"``: ``(R − mean(R)) / (std(R) + eps)`` over the whole batch (REINFORCE++'s
+      global normalisation);
+    * ``"remax"``: ``R − R_greedy``, with ``greedy_returns [N]`` the return of the greedy
+      response to the same prompt (ReMax).
+
+    Args:
+      estimator: one of :data:`SEQUENCE_ESTIMATORS` (static).
+      returns: ``[N]`` sequence-level returns.
+      group_size: ``K`` (static); must divide ``N``.
+      greedy_returns: ``[N]``, for ``"remax"`` only.
+      eps: stabiliser of the std normalisations; may be traced.
+
+    Returns:
+      ``[N]`` advantages, to broadcast over each response's tokens.
+
+    >>> import jax.numpy as jnp
+    >>> sequence_advantages("rloo", jnp.array([1.0, 0.0, 0.0, 2.0]), group_size=2)
+    Array([ 1., -1., -2.,  2.], dtype=float32)
+    """
+    if estimator not in SEQUENCE_ESTIMATORS:
+        raise ValueError(f"`estimator` must be one of {SEQUENCE_ESTIMATORS}, got {estimator!r}")
+    returns = jnp.asarray(returns)
+    if returns.ndim != 1:
+        raise ValueError(f"`returns` must be [N], got shape {returns.shape}")
+    if not isinstance(group_size, int) or group_size < 1 or returns.shape[0] % group_size:
+        raise ValueError(f"`group_size` must be a positive int dividing N = {returns.shape[0]}, got {group_size!r}")
+    if (estimator == "remax") != (greedy_returns is not None):
+        raise ValueError("`greedy_returns` is required for 'remax' and only for it")
+    grouped = returns.reshape(-1, group_size)
+    if estimator in ("grpo", "drgrpo"):
+        return group_relative(grouped, normalize_std=estimator == "grpo", eps=eps).reshape(-1)
+    if estimator == "rloo":
+        return leave_one_out(grouped).reshape(-1)
+    if estimator == "remax":
+        return returns - jnp.asarray(greedy_returns, returns.dtype)
+    centred = returns - jnp.mean(returns)
+    if estimator == "rfpp":
+        return centred / (jnp.std(returns) + eps)
+    return centred

@@ -64,6 +64,7 @@ from jaxadv.report import (
     write_json,
     write_sweep_csv,
 )
+from jaxadv.sequence_cli import SequenceArgs, sequence_command
 from jaxadv.sweep import LogUniform, Uniform, expand_grid, run_sweep
 from jaxadv.train import NONFINITE, HParams, TrainConfig, TrainState, make_trainer
 from jaxadv.variance_cli import VarianceArgs, variance_command
@@ -582,7 +583,8 @@ _HPARAM_FIELDS = tuple(f.name for f in dataclasses.fields(HParams))
 _STATIC_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 _Floats = Annotated[tuple[float, ...] | None, tyro.conf.arg(metavar="FLOAT [FLOAT ...]")]
 _Ints = Annotated[tuple[int, ...] | None, tyro.conf.arg(metavar="INT [INT ...]")]
-_HParamName = Literal["lr", "gamma", "gae_lambda", "clip_eps", "ent_coef", "vf_coef", "max_grad_norm"]
+_HParamName = Literal["lr", "gamma", "gae_lambda", "clip_eps", "ent_coef", "vf_coef", "max_grad_norm",
+                      "kl_coef"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -605,6 +607,8 @@ class Grid:
     """value-loss weights (>= 0)."""
     max_grad_norm: _Floats = None
     """gradient-norm clips (> 0)."""
+    kl_coef: _Floats = None
+    """KL-penalty weights (>= 0; with --kl loss or reward)."""
     num_envs: _Ints = None
     """static: environments per run (each value compiles once)."""
     num_steps: _Ints = None
@@ -740,6 +744,7 @@ _COMMANDS: dict[str, tuple[type, Callable[[Any], Any]]] = {
     "train": (TrainArgs, train_command),
     "sweep": (SweepArgs, sweep_command),
     "variance": (VarianceArgs, variance_command),
+    "sequence": (SequenceArgs, sequence_command),
 }
 
 

@@ -24,10 +24,12 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = [
     "TabularMDP",
     "chain_mdp",
+    "gridworld_mdp",
     "objective",
     "policy_gradient",
     "random_mdp",
@@ -164,3 +166,51 @@ def chain_mdp(length: int, *, gamma: float = 0.99) -> TabularMDP:
     p = p.at[s, 1, s].set(1.0)
     r = jnp.stack([jnp.ones(length), jnp.zeros(length)], axis=-1)
     return TabularMDP(p, r, jnp.zeros(length).at[0].set(1.0), gamma)
+
+
+def gridworld_mdp(
+    width: int,
+    height: int,
+    *,
+    slip: float = 0.1,
+    goal_reward: float = 1.0,
+    step_reward: float = 0.0,
+    gamma: float = 0.95,
+) -> TabularMDP:
+    """A ``width × height`` grid: start in the top-left cell, the episode ends on entering the
+    bottom-right one with ``goal_reward``. Actions 0–3 move up, down, left, right (into a
+    wall: stay); with probability ``slip`` the move goes in a uniformly random direction
+    instead. Every step also pays ``step_reward``. State ``s = row · width + col``.
+
+    >>> mdp = gridworld_mdp(3, 1, slip=0.0, gamma=0.5)  # a corridor: right, right, goal
+    >>> import jax.numpy as jnp
+    >>> v = values(mdp, jnp.array([[-50.0, -50, -50, 0]] * 3))[0]  # always right
+    >>> [round(float(x), 4) for x in v]    # the goal pays on entering: V = (γ·1, 1, 0)
+    [0.5, 1.0, 0.0]
+    """
+    if width < 1 or height < 1 or width * height < 2:
+        raise ValueError(f"`width` × `height` must be at least 2 cells, got {width} × {height}")
+    if not 0.0 <= slip <= 1.0:
+        raise ValueError(f"`slip` must lie in [0, 1], got {slip}")
+    num = width * height
+    goal = num - 1
+    moves = ((-1, 0), (1, 0), (0, -1), (0, 1))
+    p = np.zeros((num, 4, num))
+    r = np.full((num, 4), float(step_reward))
+    for s in range(num):
+        row, col = divmod(s, width)
+        for a in range(4):
+            for d, (dr, dc) in enumerate(moves):
+                prob = (1.0 - slip) * (d == a) + slip / 4
+                nr, nc = row + dr, col + dc
+                nxt = nr * width + nc if 0 <= nr < height and 0 <= nc < width else s
+                if nxt == goal:
+                    r[s, a] += prob * goal_reward  # entering the goal ends the episode
+                else:
+                    p[s, a, nxt] += prob
+    p[goal] = 0.0  # never occupied after the start; ends at once if it is
+    r[goal] = 0.0
+    mu = np.zeros(num)
+    mu[0] = 1.0
+    return TabularMDP(jnp.asarray(p, jnp.float32), jnp.asarray(r, jnp.float32),
+                      jnp.asarray(mu, jnp.float32), gamma)

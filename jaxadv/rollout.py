@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from jaxadv import distributions as dist
 from jaxadv.envs import RewardScaler, RunningMeanStd, normalize_obs, reward_scaler_update
 
-__all__ = ["Policy", "Transition", "make_policy", "rollout"]
+__all__ = ["Policy", "Transition", "first_episode_mask", "group_resets", "make_policy", "rollout"]
 
 
 class Transition(NamedTuple):
@@ -38,6 +38,8 @@ class Transition(NamedTuple):
       episode_return: ``[T, N]`` undiscounted return of the episode ending at t (raw reward).
       episode_length: ``[T, N]`` its length.
       episode_done: ``[T, N]`` bool, an episode ended at t.
+      extras: ``{name: [T, N]}`` of the ``info`` entries asked for with ``info_keys``
+        (e.g. a sequence task's ``exact_match``), else ``None``.
     """
 
     obs: jax.Array
@@ -52,6 +54,7 @@ class Transition(NamedTuple):
     episode_return: jax.Array
     episode_length: jax.Array
     episode_done: jax.Array
+    extras: Any = None
 
 
 class Policy(NamedTuple):
@@ -128,6 +131,8 @@ def rollout(
     num_steps: int,
     gamma: Any = 0.99,
     q_critic: bool = False,
+    greedy: bool = False,
+    info_keys: tuple[str, ...] = (),
 ):
     """Collect ``num_steps`` steps from ``N`` environments with the current policy.
 
@@ -143,6 +148,8 @@ def rollout(
       num_steps: T (static).
       gamma: discount for the reward scaler's running return; may be traced.
       q_critic: the critic outputs Q(s, ·).
+      greedy: act with the most likely action (zero sampling noise), e.g. ReMax's baseline.
+      info_keys: ``info`` entries to keep in ``Transition.extras``.
 
     Returns:
       ``(env_state, obs, reward_scaler, transition, raw_obs)``: the carried state after
@@ -184,6 +191,7 @@ def rollout(
                 episode_return=info["episode_return"],
                 episode_length=info["episode_length"],
                 episode_done=done,
+                extras={k: info[k] for k in info_keys} if info_keys else None,
             ),
             info["final_observation"],
             obs,
@@ -195,6 +203,8 @@ def rollout(
     # (drawing a reset inside every step costs several times the step itself on CPU).
     key_act, key_env, key_reset = jax.random.split(key, 3)
     noise = policy.noise(key_act, (num_steps, num_envs))
+    if greedy:
+        noise = jnp.zeros_like(noise)
     env_keys = jax.random.split(key_env, (num_steps, num_envs))
     resets = jax.vmap(jax.vmap(env.reset, in_axes=(0, None)), in_axes=(0, None))(
         jax.random.split(key_reset, (num_steps, num_envs)), env_params
@@ -205,3 +215,24 @@ def rollout(
     pi, critic = apply_fn(params, norm(final_obs))
     traj = traj._replace(next_value=_state_values(pi, critic, q_critic))
     return env_state, obs, reward_scaler, traj, raw_obs
+
+
+def group_resets(key: jax.Array, env: Any, env_params: Any, num_envs: int, group_size: int = 1):
+    """``(obs [N, ...], env_state [N])``: fresh episodes for ``N = num_envs`` environments,
+    identical within each of the ``N / group_size`` consecutive groups (one prompt, ``K``
+    samples: the groups of GRPO and RLOO)."""
+    if num_envs % group_size:
+        raise ValueError(f"`group_size` = {group_size} must divide `num_envs` = {num_envs}")
+    keys = jax.random.split(key, num_envs // group_size)[jnp.arange(num_envs) // group_size]
+    return jax.vmap(env.reset, in_axes=(0, None))(keys, env_params)
+
+
+def first_episode_mask(episode_done: jax.Array) -> jax.Array:
+    """``[T, N]`` float32: 1 on each env's steps up to and including its first episode end.
+
+    >>> import jax.numpy as jnp
+    >>> first_episode_mask(jnp.array([[False], [True], [False], [True]]))[:, 0]
+    Array([1., 1., 0., 0.], dtype=float32)
+    """
+    done = episode_done.astype(jnp.float32)
+    return jnp.cumprod(jnp.concatenate([jnp.ones_like(done[:1]), 1.0 - done[:-1]]), axis=0)

@@ -29,17 +29,19 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from typing import Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
 import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import tyro
 from jax.flatten_util import ravel_pytree
 
 from jaxadv import advantages as adv
 from jaxadv import losses
+from jaxadv.advantages import SEQUENCE_ESTIMATORS
 from jaxadv.envs import (
     RewardScaler,
     RunningMeanStd,
@@ -51,12 +53,15 @@ from jaxadv.envs import (
     running_mean_std_update,
 )
 from jaxadv.networks import make_network
-from jaxadv.rollout import Transition, make_policy, rollout
+from jaxadv.rollout import Transition, first_episode_mask, group_resets, make_policy, rollout
+from jaxadv.transformer import last_position, make_transformer
+from jaxadv.warm_start import supervised_warm_start
 
 __all__ = [
     "ALGOS",
     "ESTIMATORS",
     "NONFINITE",
+    "SEQUENCE_ESTIMATORS",
     "HParams",
     "TrainConfig",
     "TrainState",
@@ -66,7 +71,9 @@ __all__ = [
 ]
 
 ALGOS = ("ppo", "a2c", "reinforce")
-ESTIMATORS = ("gae", "td", "nstep", "mc", "qv")
+ESTIMATORS = ("gae", "td", "nstep", "mc", "qv", *SEQUENCE_ESTIMATORS)
+"""``SEQUENCE_ESTIMATORS`` (:func:`jaxadv.advantages.sequence_advantages`) give one
+advantage per episode, broadcast to its steps; they need ``episodic=True``."""
 _DEFAULT_ESTIMATOR = {"ppo": "gae", "a2c": "gae", "reinforce": "mc"}
 _DEFAULT_EPOCHS = {"ppo": (4, 4), "a2c": (1, 1), "reinforce": (1, 1)}
 NONFINITE = ("loss", "grad", "params")
@@ -86,6 +93,18 @@ def _positive_int(field: str, value: Any) -> None:
         raise ValueError(f"`{field}` must be a positive integer, got {value!r}")
 
 
+def _pairs(kwargs: Any) -> tuple[tuple[str, Any], ...]:
+    """``env_kwargs`` as a sorted, hashable tuple of ``(name, value)`` pairs (from a dict,
+    pairs, or JSON lists)."""
+    items = kwargs.items() if isinstance(kwargs, dict) else kwargs
+    try:
+        pairs = tuple(sorted((str(k), v) for k, v in items))
+        hash(pairs)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"`env_kwargs` must be (name, value) pairs of hashable values, got {kwargs!r}") from exc
+    return pairs
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Static settings: they fix array shapes or program structure; changing one recompiles."""
@@ -94,8 +113,8 @@ class TrainConfig:
     """environment id: any gymnax id, or a name added with jaxadv.envs.register."""
     algo: Literal["ppo", "a2c", "reinforce"] = "ppo"
     """algorithm: ppo (clipped ratio, epochs x minibatches), a2c, or reinforce."""
-    estimator: Literal["gae", "td", "nstep", "mc", "qv"] | None = None
-    """advantage estimator; default: gae for ppo and a2c, mc for reinforce."""
+    estimator: Literal["gae", "td", "nstep", "mc", "qv", "grpo", "drgrpo", "rloo", "batchmean", "rfpp", "remax"] | None = None
+    """advantage estimator; default: gae for ppo and a2c, mc for reinforce. The sequence-level ones (grpo, drgrpo, rloo, batchmean, rfpp, remax) need --episodic."""
     num_envs: int = 4
     """environments stepped in parallel (vmap)."""
     num_steps: int = 128
@@ -127,6 +146,32 @@ class TrainConfig:
     """standardise observations with running statistics shared by all envs."""
     scale_rewards: bool = False
     """divide rewards by the running std of the discounted return."""
+    env_kwargs: Annotated[tuple[tuple[str, Any], ...], tyro.conf.Suppress] = ()
+    """keyword arguments of the environment's constructor, as (name, value) pairs."""
+    network: Literal["mlp", "transformer"] = "mlp"
+    """mlp (actor-critic MLPs of --hidden) or transformer (causal, over a token observation: envs with vocab_size and tokens.pad, e.g. Sequence-v0)."""
+    layers: int = 2
+    """transformer: blocks."""
+    width: int = 64
+    """transformer: model width."""
+    heads: int = 4
+    """transformer: attention heads."""
+    episodic: bool = False
+    """every update starts each env on a fresh episode and learns from that episode only (steps after it ends are masked); num_steps should cover the longest episode."""
+    group_size: int = 1
+    """with --episodic: envs per prompt; groups of group_size envs start from the same reset (GRPO/RLOO groups). num_envs must be a multiple."""
+    loss_reduction: Literal["token", "sequence", "constant"] = "token"
+    """with --episodic: average the per-step losses over all tokens, per sequence then over sequences, or divide by a constant (num_steps x envs)."""
+    kl: Literal["none", "loss", "reward"] = "none"
+    """KL penalty against a frozen reference (the initial policy): none, in the loss, or subtracted from the rewards (per step, k1), weighted by kl_coef."""
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    """estimator of KL(pi || ref) in the loss."""
+    warm_start_steps: int = 0
+    """supervised warm start before RL: Adam steps of teacher-forced cross-entropy on correct responses (envs with demonstration(), transformer network); the warm-started policy is also the KL reference."""
+    warm_start_prompts: int = 256
+    """the warm start's fixed pool of prompts with their correct responses."""
+    warm_start_lr: float = 1e-3
+    """the warm start's Adam learning rate."""
 
     def __post_init__(self) -> None:
         _choice("env", self.env, tuple(registered_names()))
@@ -151,6 +196,36 @@ class TrainConfig:
                                   for h in self.hidden):
             raise ValueError(f"`hidden` must be a non-empty tuple of positive ints, got {self.hidden!r}")
         _choice("activation", self.activation, ("tanh", "relu"))
+        object.__setattr__(self, "env_kwargs", _pairs(self.env_kwargs))
+        _choice("network", self.network, ("mlp", "transformer"))
+        _choice("loss_reduction", self.loss_reduction, ("token", "sequence", "constant"))
+        _choice("kl", self.kl, ("none", "loss", "reward"))
+        _choice("kl_estimator", self.kl_estimator, ("k1", "k2", "k3"))
+        for field in ("layers", "width", "heads", "group_size", "warm_start_prompts"):
+            _positive_int(field, getattr(self, field))
+        if isinstance(self.warm_start_steps, bool) or not isinstance(self.warm_start_steps, int) \
+                or self.warm_start_steps < 0:
+            raise ValueError(f"`warm_start_steps` must be an integer >= 0, got {self.warm_start_steps!r}")
+        if not self.warm_start_lr > 0:
+            raise ValueError(f"`warm_start_lr` must be > 0, got {self.warm_start_lr!r}")
+        if self.width % self.heads:
+            raise ValueError(f"`heads` = {self.heads} must divide `width` = {self.width}")
+        if self.num_envs % self.group_size:
+            raise ValueError(f"`group_size` = {self.group_size} must divide `num_envs` = {self.num_envs}")
+        if not self.episodic and (self.group_size > 1 or self.estimator in SEQUENCE_ESTIMATORS
+                                  or self.loss_reduction != "token"):
+            raise ValueError(
+                "`episodic` must be True for group_size > 1, a sequence-level estimator "
+                f"({', '.join(SEQUENCE_ESTIMATORS)}) or a loss_reduction other than 'token'"
+            )
+        if self.estimator in ("grpo", "drgrpo", "rloo") and self.group_size < 2:
+            raise ValueError(f"`estimator` = {self.estimator!r} compares samples within a group: "
+                             f"`group_size` must be >= 2, got {self.group_size}")
+        if self.episodic and self.num_envs % self.num_minibatches:
+            raise ValueError(
+                f"`num_minibatches` = {self.num_minibatches} must divide `num_envs` = "
+                f"{self.num_envs}: with --episodic a minibatch holds whole episodes"
+            )
         if self.batch_size % self.num_minibatches:
             raise ValueError(
                 f"`num_minibatches` = {self.num_minibatches} must divide the batch "
@@ -169,6 +244,18 @@ class TrainConfig:
             raise ValueError(
                 f"`estimator` = 'qv' needs a discrete action space; `env` = {self.env!r} is continuous"
             )
+        if self.warm_start_steps and self.network != "transformer":
+            raise ValueError("`warm_start_steps` > 0 needs `network` = 'transformer' (teacher forcing)")
+        if self.network == "transformer":
+            raw = make(self.env, **dict(self.env_kwargs))[0].unwrapped
+            if not (hasattr(raw, "vocab_size") and hasattr(getattr(raw, "tokens", None), "pad")):
+                raise ValueError(f"`network` = 'transformer' needs a token environment (with "
+                                 f"vocab_size and tokens.pad, e.g. Sequence-v0); `env` = {self.env!r} is not one")
+            if self.warm_start_steps and not hasattr(raw, "demonstration"):
+                raise ValueError(f"`warm_start_steps` needs an env with demonstration(); `env` = {self.env!r} has none")
+            if self.normalize_obs or self.estimator == "qv" or not self.spec.discrete:
+                raise ValueError("`network` = 'transformer' reads token ids: it needs a discrete "
+                                 "action space, normalize_obs = False and an estimator other than 'qv'")
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A validated copy with ``changes``; a new ``algo`` re-resolves its defaults.
@@ -207,7 +294,7 @@ class TrainConfig:
     @property
     def spec(self):
         """The environment's :class:`jaxadv.envs.EnvSpec`."""
-        return env_spec(*make(self.env))
+        return env_spec(*make(self.env, **dict(self.env_kwargs)))
 
 
 @flax.struct.dataclass
@@ -231,6 +318,8 @@ class HParams:
     """weight of the value loss."""
     max_grad_norm: float = 0.5
     """clip gradients to this global norm."""
+    kl_coef: float = 0.0
+    """weight of the KL penalty against the reference policy (with --kl loss or reward)."""
 
     def validate(self) -> HParams:
         """Check concrete values (any leading sweep axes); traced values pass unchecked."""
@@ -242,6 +331,7 @@ class HParams:
             "ent_coef": (lambda x: x >= 0, ">= 0"),
             "vf_coef": (lambda x: x >= 0, ">= 0"),
             "max_grad_norm": (lambda x: x > 0, "> 0"),
+            "kl_coef": (lambda x: x >= 0, ">= 0"),
         }
         for field, (ok, allowed) in rules.items():
             value = getattr(self, field)
@@ -268,6 +358,8 @@ class TrainState(NamedTuple):
     reward_scaler: RewardScaler
     key: jax.Array
     update: jax.Array
+    ref_params: Any = None
+    """the frozen reference policy's parameters (``kl`` ≠ ``"none"``), else ``None``."""
 
 
 class Trainer(NamedTuple):
@@ -310,17 +402,27 @@ def _explained_variance(pred: jax.Array, target: jax.Array) -> jax.Array:
 
 def make_trainer(config: TrainConfig) -> Trainer:
     """Build the pure ``init``, ``update``, ``run`` and ``train`` functions for ``config``."""
-    env, env_params = make(config.env)
+    env, env_params = make(config.env, **dict(config.env_kwargs))
     spec = env_spec(env, env_params)
     q_critic = config.estimator == "qv"
-    network = make_network(
-        spec.num_actions if spec.discrete else spec.action_dim,
-        discrete=spec.discrete,
-        hidden=config.hidden,
-        activation=config.activation,
-        shared_torso=config.shared_torso,
-        q_critic=q_critic,
-    )
+    sequence_level = config.estimator in SEQUENCE_ESTIMATORS
+    if config.network == "transformer":
+        raw = env.unwrapped
+        network = make_transformer(
+            raw.vocab_size, spec.obs_dim, spec.num_actions, pad=raw.tokens.pad,
+            layers=config.layers, width=config.width, heads=config.heads,
+            value_head=config.baseline and not sequence_level,
+        )
+    else:
+        network = make_network(
+            spec.num_actions if spec.discrete else spec.action_dim,
+            discrete=spec.discrete,
+            hidden=config.hidden,
+            activation=config.activation,
+            shared_torso=config.shared_torso,
+            q_critic=q_critic,
+        )
+    info_keys = tuple(getattr(env.unwrapped, "metric_keys", ()))
     policy = make_policy(
         spec.discrete,
         spec.num_actions if spec.discrete else spec.action_dim,
@@ -328,7 +430,7 @@ def make_trainer(config: TrainConfig) -> Trainer:
         spec.action_high,
     )
     num_opt_steps = config.num_updates * config.update_epochs * config.num_minibatches
-    use_critic = config.baseline
+    use_critic = config.baseline and not sequence_level
 
     def optimizer(hp: HParams) -> optax.GradientTransformation:
         lr = optax.linear_schedule(hp.lr, 0.0, num_opt_steps) if config.anneal_lr else hp.lr
@@ -342,7 +444,13 @@ def make_trainer(config: TrainConfig) -> Trainer:
             jax.random.split(key_env, config.num_envs), env_params
         )
         params = network.init(key_net, obs[0])
+        if config.warm_start_steps:
+            params, _ = supervised_warm_start(
+                jax.random.fold_in(key_net, 1), params, apply_all=network.apply_all, env=env,
+                env_params=env_params, steps=config.warm_start_steps,
+                num_prompts=config.warm_start_prompts, lr=config.warm_start_lr)
         return TrainState(
+            ref_params=params if config.kl != "none" else None,
             params=params,
             opt_state=optimizer(hp).init(ravel_pytree(params)[0]),
             env_state=env_state,
@@ -353,9 +461,14 @@ def make_trainer(config: TrainConfig) -> Trainer:
             update=jnp.zeros((), jnp.int32),
         )
 
-    def estimate(traj: Transition, hp: HParams) -> tuple[jax.Array, jax.Array]:
+    def estimate(traj: Transition, hp: HParams, mask=None, greedy_returns=None):
         """Advantages and critic targets ``[T, N]`` for the configured estimator."""
         r, term, trunc = traj.reward, traj.terminated, traj.truncated
+        if sequence_level:  # the episode's return, on each of its steps
+            a = adv.sequence_advantages(config.estimator, jnp.sum(mask * r, axis=0),
+                                        group_size=config.group_size, greedy_returns=greedy_returns)
+            a = jnp.broadcast_to(a, r.shape)
+            return a, jnp.zeros_like(a)
         v = traj.value if use_critic else jnp.zeros_like(traj.value)
         nv = traj.next_value if use_critic else jnp.zeros_like(traj.next_value)
         if config.estimator == "qv":
@@ -371,23 +484,40 @@ def make_trainer(config: TrainConfig) -> Trainer:
             a = adv.discounted_returns(r, nv, term, trunc, gamma=hp.gamma) - v
         return a, a + v
 
+    teacher_forced = config.episodic and config.network == "transformer"
+
+    def outputs(params, obs: jax.Array, mask: jax.Array | None):
+        """``(policy, critic)`` at every step of ``obs [T, B, ...]``. A causal transformer on
+        episodes does it in one teacher-forced pass over each episode's last observation,
+        which holds every earlier step's tokens (T× fewer token evaluations)."""
+        if not teacher_forced:
+            return network.apply(params, obs)
+        last = jnp.maximum(jnp.sum(mask, axis=0).astype(jnp.int32) - 1, 0)  # [B]
+        final = jnp.take_along_axis(obs, last[None, :, None], axis=0)[0]  # [B, L]
+        logits, values = network.apply_all(params, final)  # [B, L, A], [B, L]
+        pos = last_position(obs, env.unwrapped.tokens.pad)  # [T, B]
+        lanes = jnp.arange(obs.shape[1])[None, :]
+        return logits[lanes, pos], values[lanes, pos]
+
     def loss_fn(params, batch, hp: HParams):
-        traj, advantages, targets = batch
-        pi, critic = network.apply(params, traj.obs)
+        traj, advantages, targets, mask, ref_log_prob = batch
+        red = {"reduction": config.loss_reduction}
+        pi, critic = outputs(params, traj.obs, mask)
         log_prob = policy.log_prob(pi, traj.action)
-        entropy = policy.entropy(pi).mean()
+        entropy = policy.entropy(pi)
+        entropy = entropy.mean() if mask is None else losses.masked_mean(entropy, mask, **red)
         if config.normalize_advantages:
-            advantages = adv.normalize(advantages)
+            advantages = adv.normalize(advantages, mask)
         if config.algo == "ppo":
             policy_loss, info = losses.ppo_clip_loss(
-                log_prob, traj.log_prob, advantages, clip_eps=hp.clip_eps
+                log_prob, traj.log_prob, advantages, mask, clip_eps=hp.clip_eps, **red
             )
         else:
-            policy_loss = losses.policy_gradient_loss(log_prob, advantages)
+            policy_loss = losses.policy_gradient_loss(log_prob, advantages, mask, **red)
             info = {  # approx_kl as PPO reports it: k3 of KL(π_old ‖ π) on the rollout's actions
                 "clip_fraction": jnp.zeros(()),
                 "approx_kl": losses.kl_penalty(
-                    jax.lax.stop_gradient(traj.log_prob), jax.lax.stop_gradient(log_prob)
+                    jax.lax.stop_gradient(traj.log_prob), jax.lax.stop_gradient(log_prob), mask
                 ),
             }
         if q_critic:
@@ -398,10 +528,13 @@ def make_trainer(config: TrainConfig) -> Trainer:
         if not use_critic:
             value_loss = jnp.zeros(())
         elif config.algo == "ppo" and config.clip_value_loss:
-            value_loss = losses.value_loss(pred, targets, old_values=old, clip_eps=hp.clip_eps)
+            value_loss = losses.value_loss(pred, targets, mask, old_values=old, clip_eps=hp.clip_eps, **red)
         else:
-            value_loss = losses.value_loss(pred, targets)
+            value_loss = losses.value_loss(pred, targets, mask, **red)
         total = policy_loss + hp.vf_coef * value_loss - hp.ent_coef * entropy
+        if config.kl == "loss":
+            total = total + hp.kl_coef * losses.kl_penalty(
+                log_prob, ref_log_prob, mask, estimator=config.kl_estimator, **red)
         metrics = {
             "policy_loss": policy_loss,
             "value_loss": value_loss,
@@ -421,7 +554,9 @@ def make_trainer(config: TrainConfig) -> Trainer:
         (flattened ``[batch, ...]``): one gradient step each. Returns the parameters, the
         optimiser state and per-step metrics ``[epochs, minibatches]``."""
         opt = optimizer(hp)
-        mb = config.batch_size // config.num_minibatches
+        # flat: [batch, ...] steps; episodic: time-major [T, N, ...], split along the envs
+        axis, size = (1, config.num_envs) if config.episodic else (0, config.batch_size)
+        mb = size // config.num_minibatches
 
         def minibatch(carry, batch):
             params, opt_state = carry
@@ -435,12 +570,14 @@ def make_trainer(config: TrainConfig) -> Trainer:
         def epoch(carry, key):
             shuffled = data
             if config.num_minibatches > 1:  # one gather per epoch, then contiguous slices
-                perm = jax.random.permutation(key, config.batch_size)
-                shuffled = jax.tree.map(lambda x: jnp.take(x, perm, axis=0), data)
-            batches = jax.tree.map(
-                lambda x: x.reshape(config.num_minibatches, mb, *x.shape[1:]), shuffled
-            )
-            return jax.lax.scan(minibatch, carry, batches)
+                perm = jax.random.permutation(key, size)
+                shuffled = jax.tree.map(lambda x: jnp.take(x, perm, axis=axis), data)
+            if config.episodic:
+                split = lambda x: jnp.moveaxis(
+                    x.reshape(x.shape[0], config.num_minibatches, mb, *x.shape[2:]), 1, 0)
+            else:
+                split = lambda x: x.reshape(config.num_minibatches, mb, *x.shape[1:])
+            return jax.lax.scan(minibatch, carry, jax.tree.map(split, shuffled))
 
         (flat_params, opt_state), metrics = jax.lax.scan(
             epoch, (flat_params, opt_state), jax.random.split(key, config.update_epochs)
@@ -449,11 +586,16 @@ def make_trainer(config: TrainConfig) -> Trainer:
 
     def update(state: TrainState, hp: HParams) -> tuple[TrainState, dict]:
         key, key_roll, key_perm = jax.random.split(state.key, 3)
-        env_state, obs, scaler, traj, raw_obs = rollout(
-            key_roll,
-            state.params,
-            state.env_state,
-            state.obs,
+        env_state, obs = state.env_state, state.obs
+        if config.episodic:
+            key, key_reset, key_greedy = jax.random.split(key, 3)
+            obs, env_state = group_resets(key_reset, env, env_params, config.num_envs,
+                                          config.group_size)
+        collect = lambda key, params, **kw: rollout(
+            key,
+            params,
+            env_state,
+            obs,
             state.obs_stats if config.normalize_obs else None,
             state.reward_scaler if config.scale_rewards else None,
             apply_fn=network.apply,
@@ -463,27 +605,41 @@ def make_trainer(config: TrainConfig) -> Trainer:
             num_steps=config.num_steps,
             gamma=hp.gamma,
             q_critic=q_critic,
+            **kw,
         )
+        env_state, obs, scaler, traj, raw_obs = collect(key_roll, state.params, info_keys=info_keys)
+        mask = first_episode_mask(traj.episode_done) if config.episodic else None
+        ref_log_prob = None
+        if config.kl != "none":
+            ref_logits = outputs(state.ref_params, traj.obs, mask)[0]
+            ref_log_prob = policy.log_prob(ref_logits, traj.action)
+            if config.kl == "reward":  # the per-step k1 estimate, as RLHF pipelines do
+                traj = traj._replace(reward=traj.reward - hp.kl_coef * (traj.log_prob - ref_log_prob))
+        greedy_returns = None
+        if config.estimator == "remax":
+            greedy = collect(key_greedy, state.params, greedy=True)[3]
+            greedy_returns = jnp.sum(first_episode_mask(greedy.episode_done) * greedy.reward, axis=0)
         obs_stats = (
             running_mean_std_update(state.obs_stats, raw_obs)
             if config.normalize_obs
             else state.obs_stats
         )
-        advantages, targets = estimate(traj, hp)
-        flat = jax.tree.map(
-            lambda x: x.reshape(config.batch_size, *x.shape[2:]),
-            (traj, advantages, targets),
-        )
+        advantages, targets = estimate(traj, hp, mask, greedy_returns)
+        data = (traj._replace(extras=None), advantages, targets, mask, ref_log_prob)
+        if not config.episodic:  # steps are independent: one flat batch
+            data = jax.tree.map(lambda x: x.reshape(config.batch_size, *x.shape[2:]), data)
         # The optimiser works on one flat parameter vector: a few fused ops per step
         # instead of several per parameter array (~30% faster minibatch steps on CPU).
         flat_params, unravel = ravel_pytree(state.params)
         flat_params, opt_state, metrics = optimise(
-            flat_params, state.opt_state, unravel, flat, key_perm, hp
+            flat_params, state.opt_state, unravel, data, key_perm, hp
         )
         flags = metrics.pop("nonfinite").reshape(-1)  # [epochs * minibatches], in step order
         metrics = jax.tree.map(jnp.mean, metrics)
         metrics["nonfinite"] = flags[jnp.argmax(flags > 0)]  # the first bad step's flags, or 0
         done = traj.episode_done.astype(jnp.float32)
+        if mask is not None:
+            done = done * mask
         episodes = done.sum()
         safe = jnp.maximum(episodes, 1.0)
         metrics.update(
@@ -495,9 +651,13 @@ def make_trainer(config: TrainConfig) -> Trainer:
                 episodes > 0, (traj.episode_length * done).sum() / safe, jnp.nan
             ),
             explained_variance=_explained_variance(traj.q_value if q_critic else traj.value,
-                                                   targets),
+                                                   targets) if use_critic or q_critic else jnp.zeros(()),
             env_steps=(state.update + 1) * config.batch_size,  # int32: exact to 2³¹ steps
         )
+        for name, value in (traj.extras or {}).items():  # e.g. exact_match: mean over episodes
+            metrics[name] = jnp.where(episodes > 0, (value * done).sum() / safe, jnp.nan)
+        if config.kl != "none":  # k3 estimate of KL(π ‖ π_ref) on the rollout's steps
+            metrics["kl_ref"] = losses.kl_penalty(traj.log_prob, ref_log_prob, mask)
         new_state = TrainState(
             params=unravel(flat_params),
             opt_state=opt_state,
@@ -507,6 +667,7 @@ def make_trainer(config: TrainConfig) -> Trainer:
             reward_scaler=scaler if config.scale_rewards else state.reward_scaler,
             key=key,
             update=state.update + 1,
+            ref_params=state.ref_params,
         )
         return new_state, metrics
 

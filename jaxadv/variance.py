@@ -44,7 +44,7 @@ from jax.flatten_util import ravel_pytree
 from jaxadv import advantages as adv
 from jaxadv import exact
 from jaxadv.envs import make, normalize_obs
-from jaxadv.rollout import Policy, make_policy, rollout
+from jaxadv.rollout import Policy, first_episode_mask, make_policy, rollout
 
 __all__ = [
     "ESTIMATOR_NAMES",
@@ -212,8 +212,7 @@ def sample_gradients(
             key_roll, flat, state, obs, None, None, apply_fn=apply_fn, policy=policy,
             env=env, env_params=env_params, num_steps=horizon,
         )
-        done = traj.episode_done.astype(jnp.float32)
-        alive = jnp.cumprod(jnp.concatenate([jnp.ones_like(done[:1]), 1.0 - done[:-1]]), axis=0)
+        alive = first_episode_mask(traj.episode_done)
         coef = []
         for est in estimators:
             a = estimator_advantages(est, traj.reward, traj.value, traj.next_value,
@@ -401,8 +400,7 @@ def critic_values(
                           env_params=env_params, num_steps=horizon)
     ret = adv.discounted_returns(traj.reward, jnp.zeros_like(traj.reward), traj.terminated,
                                  traj.truncated, gamma=mdp.gamma)  # [T, K]
-    done = traj.episode_done.astype(jnp.float32)
-    alive = jnp.cumprod(jnp.concatenate([jnp.ones_like(done[:1]), 1.0 - done[:-1]]), axis=0)
+    alive = first_episode_mask(traj.episode_done)
     counts = jnp.einsum("tk,tks->s", alive, traj.obs)
     sums = jnp.einsum("tk,tks->s", alive * ret, traj.obs)
     overall = jnp.sum(sums) / jnp.maximum(jnp.sum(counts), 1.0)

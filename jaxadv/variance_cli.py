@@ -22,16 +22,19 @@ import time
 from typing import TYPE_CHECKING, Any, Literal
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from jaxadv import exact, variance
+from jaxadv import exact, sequence_exact, variance
 from jaxadv.checkpoint import CheckpointStore
 from jaxadv.envs import registered_names
+from jaxadv.envs.sequence import SequenceTask
 from jaxadv.report import _platform, write_json
 from jaxadv.train import HParams, TrainConfig, make_trainer
+from jaxadv.transformer import make_transformer
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -47,12 +50,12 @@ class VarianceArgs:
     """Bias, variance, MSE and cosine of policy-gradient estimators against the true gradient;
     write variance.csv, summary.json and variance.png under --out."""
 
-    mdp: Literal["random", "chain"] = "random"
-    """tabular MDP (ignored with --env): random (Dirichlet transitions, N(offset, 1) rewards) or a chain of --states states."""
+    mdp: Literal["random", "chain", "gridworld"] = "random"
+    """tabular MDP (ignored with --env): random (Dirichlet transitions, N(offset, 1) rewards), a chain of --states states, or a square gridworld of --states cells (slip 0.1, goal reward 1)."""
     states: int = 8
     """number of states S of the MDP."""
     actions: int = 3
-    """number of actions A of the random MDP (the chain has 2)."""
+    """number of actions A of the random MDP (the chain has 2, the gridworld 4)."""
     gamma: float = 0.9
     """discount of the MDP's objective (with --env: the trained run's gamma)."""
     termination: float = 0.1
@@ -61,6 +64,26 @@ class VarianceArgs:
     """random MDP: mean of the rewards (a large offset is what a baseline removes)."""
     policy_scale: float = 1.0
     """random MDP: the policy's logits are N(0, policy_scale²) per state and action."""
+    sequence: Literal["reverse", "sort", "add"] | None = None
+    """measure the sequence estimators (grpo, drgrpo, rloo, batchmean, rfpp, remax, gae, reinforce) x loss reductions on a tiny token task of this kind, against the exact gradient from enumerating every response (--num-digits, --prompt-length, --response-length, ...; a random 1-layer transformer policy)."""
+    num_digits: int = 2
+    """--sequence: digit vocabulary (responses: digits + EOS)."""
+    prompt_length: int = 3
+    """--sequence: prompt digits (most)."""
+    min_prompt_length: int | None = 1
+    """--sequence: least prompt digits: prompts of varying difficulty."""
+    response_length: int | None = None
+    """--sequence: most response digits (default: target + 1)."""
+    reward: Literal["exact", "partial"] = "partial"
+    """--sequence: exact-match or partial-credit reward."""
+    length_penalty: float = 0.3
+    """--sequence: reward minus length_penalty x response length / response_length (reward correlates with length)."""
+    prompts: int = 4
+    """--sequence: the fixed prompts the objective averages over."""
+    group_size: int = 4
+    """--sequence: samples per prompt K; each batch size N is N / K prompts x K samples."""
+    reductions: tuple[Literal["token", "sequence", "constant"], ...] = ("token", "sequence", "constant")
+    """--sequence: loss aggregations to compare."""
     env: str | None = None
     """measure on this registered environment instead of an MDP (e.g. CartPole-v1), for a policy taken mid-training."""
     checkpoint: pathlib.Path | None = None
@@ -87,6 +110,39 @@ class VarianceArgs:
     """output directory (created; files in it are overwritten)."""
     quiet: bool = False
     """no table."""
+
+    @property
+    def sequence_estimators(self) -> tuple[str, ...]:
+        """``estimators``, or every sequence estimator when left at the MDP default."""
+        if self.estimators == _DEFAULT_ESTIMATORS:
+            return sequence_exact.ESTIMATORS
+        return self.estimators
+
+    def sequence_env(self) -> SequenceTask:
+        return SequenceTask(self.sequence, num_digits=self.num_digits, prompt_length=self.prompt_length,
+                            min_prompt_length=self.min_prompt_length, response_length=self.response_length,
+                            reward=self.reward, length_penalty=self.length_penalty)
+
+    def _check_sequence(self) -> VarianceArgs:
+        if self.env is not None:
+            raise ValueError("`sequence` and `env` exclude each other")
+        for text in self.sequence_estimators:
+            if text not in sequence_exact.ESTIMATORS:
+                raise ValueError(f"estimator {text!r}: with --sequence choose from {', '.join(sequence_exact.ESTIMATORS)}")
+        if not self.reductions:
+            raise ValueError("`reductions` must name at least one reduction")
+        for name in ("prompts", "group_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be an integer >= 1, got {getattr(self, name)}")
+        for n in self.batch_sizes:
+            if n % self.group_size:
+                raise ValueError(f"`batch_sizes` {n} must be a multiple of `group_size` = {self.group_size}")
+        env = self.sequence_env()
+        count = sum(env.num_digits**k for k in range(env.response_length)) + env.num_digits**env.response_length
+        if count > 20_000:
+            raise ValueError(f"`num_digits`/`response_length` give {count:,} responses to enumerate; "
+                             "keep it under 20,000 (e.g. --num-digits 2 --prompt-length 3)")
+        return self
 
     @property
     def critics(self) -> tuple[str, ...]:
@@ -117,8 +173,13 @@ class VarianceArgs:
             raise ValueError("`reward_offset` and `policy_scale` must be finite")
         if not self.estimators:
             raise ValueError("`estimators` must name at least one estimator")
+        if self.sequence is not None:
+            return self._check_sequence()
         for text in self.estimators:
             variance.parse_estimator(text)
+        side = math.isqrt(self.states)
+        if self.mdp == "gridworld" and (side * side != self.states or side < 2):
+            raise ValueError(f"`states` must be a square number >= 4 for the gridworld, got {self.states}")
         if self.critic is not None and not self.critic:
             raise ValueError("`critic` must name at least one critic")
         if self.env is None:
@@ -141,6 +202,9 @@ def _mdp(args: VarianceArgs) -> tuple[exact.TabularMDP, jax.Array]:
     key_mdp, key_policy = jax.random.split(jax.random.key(args.seed))
     if args.mdp == "chain":
         mdp, actions = exact.chain_mdp(args.states, gamma=args.gamma), 2
+    elif args.mdp == "gridworld":
+        side = math.isqrt(args.states)
+        mdp, actions = exact.gridworld_mdp(side, side, gamma=args.gamma), 4
     else:
         mdp = exact.random_mdp(key_mdp, args.states, args.actions, gamma=args.gamma,
                                termination=args.termination, reward_offset=args.reward_offset)
@@ -190,7 +254,10 @@ def variance_command(args: VarianceArgs) -> dict[str, Any]:
     key = jax.random.key(args.seed + 1)
     start = time.perf_counter()
     with console.status("sampling gradient estimates (one compile per critic) …"):
-        if args.env is None:
+        if args.sequence is not None:
+            rows, info = _sequence_rows(args)
+            about = {"sequence": args.sequence, "objective": info["objective"]}
+        elif args.env is None:
             mdp, logits = _mdp(args)
             rows, info = variance.mdp_report(
                 key, mdp, logits, estimators=args.estimators, batch_sizes=args.batch_sizes,
@@ -211,22 +278,29 @@ def variance_command(args: VarianceArgs) -> dict[str, Any]:
             info.pop("reference", None)
     seconds = time.perf_counter() - start
     write_csv(out / "variance.csv", rows)
-    summary = {"args": dataclasses.asdict(args), "policy": about, **info,
-               "seconds": seconds, **_platform(), **best_lambda(rows), **weighting_bias(rows)}
+    summary = {"args": dataclasses.asdict(args), "policy": about, **info, "seconds": seconds, **_platform()}
+    if args.sequence is None:
+        summary.update(**best_lambda(rows), **weighting_bias(rows))
+        plot_variance(out / "variance.png", rows, title=args.env or f"{args.mdp} MDP, S={args.states}")
+    else:
+        summary["biased"] = [f"{r['estimator']}/{r['reduction']}" for r in rows
+                             if r["batch_size"] == max(args.batch_sizes) and r["rel_bias_lo"] > 0]
+        plot_sequence_variance(out / "variance.png", rows, title=f"{args.sequence}: exact gradient")
     write_json(out / "summary.json", summary)
-    plot_variance(out / "variance.png", rows, title=args.env or f"{args.mdp} MDP, S={args.states}")
     if not args.quiet:
-        Console(width=max(Console().width, 110)).print(variance_table(rows))
+        table = variance_table(rows) if args.sequence is None else sequence_table(rows)
+        Console(width=max(Console().width, 110)).print(table)
     console.print(f"wrote variance.csv, summary.json, variance.png to {out}/ ({seconds:.1f} s)")
     return summary
 
 
 # ----------------------------------------------------------------- outputs
 
-_COLUMNS = ("critic", "estimator", "batch_size", "env_steps", "bias", "bias_lo", "bias_hi", "rel_bias",
+_COLUMNS = ("critic", "estimator", "reduction", "prompts", "group_size", "batch_size", "env_steps", "bias", "bias_lo", "bias_hi", "rel_bias",
             "rel_bias_lo", "rel_bias_hi",
             "bias_sq", "bias_sq_se", "variance", "mse", "cosine", "pairwise_cosine", "p_ascent",
-            "snr", "num_estimates", "confidence")
+            "snr", "num_estimates", "confidence", "unbiased_in_theory", "rel_perp_bias",
+            "rel_perp_bias_lo", "rel_perp_bias_hi", "mean_scale")
 
 
 def write_csv(path: pathlib.Path, rows: list[dict[str, Any]]) -> None:
@@ -342,3 +416,72 @@ def plot_variance(path: pathlib.Path | None, rows: list[dict[str, Any]], title: 
     if path is not None:
         fig.savefig(path, dpi=100)
     return fig
+
+
+# ----------------------------------------------------------------- sequences
+
+
+def _sequence_rows(args: VarianceArgs) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """:func:`jaxadv.sequence_exact.sequence_report` for a random 1-layer transformer whose
+    policy head is scaled by ``30 · policy_scale`` (its init is nearly uniform)."""
+    env = args.sequence_env()
+    net = make_transformer(env.vocab_size, env.obs_length, env.num_actions, pad=env.tokens.pad,
+                           layers=1, width=8, heads=2, value_head=False)
+    key_net, key_prompts, key = jax.random.split(jax.random.key(args.seed), 3)
+    params = jax.jit(net.init)(key_net, jnp.zeros(env.obs_length))
+    head = lambda path: "policy_head" in jax.tree_util.keystr(path)
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, x: x * 30.0 * args.policy_scale if head(path) else x, params)
+    prompts = sequence_exact.make_prompts(key_prompts, env, args.prompts)
+    shapes = [(n // args.group_size, args.group_size) for n in args.batch_sizes]
+    rows, info = sequence_exact.sequence_report(
+        key, params, net.apply_all, env, prompts, estimators=args.sequence_estimators,
+        reductions=args.reductions, shapes=shapes, num_batches=args.num_batches,
+        confidence=args.confidence)
+    for r in rows:
+        r["critic"] = "exact" if r["estimator"] == "gae" else "none"
+    return rows, info
+
+
+def sequence_table(rows: list[dict[str, Any]]) -> Table:
+    """Every estimator × reduction at the largest N."""
+    n_max = max(r["batch_size"] for r in rows)
+    k = rows[0]["group_size"]
+    table = Table(title=f"sequence estimators vs the exact gradient, N = {n_max} ({n_max // k} prompts × {k})",
+                  box=box.SIMPLE_HEAD)
+    for name in ("estimator", "reduction", "‖b‖/‖g‖", f"{_pct(rows)} CI", "⊥ bias", "tr Cov", "MSE", "cos"):
+        table.add_column(name, justify="left" if name in ("estimator", "reduction") else "right", no_wrap=True)
+    for r in rows:
+        if r["batch_size"] == n_max:
+            table.add_row(r["estimator"], r["reduction"], f"{r['rel_bias']:.3f}",
+                          f"{r['rel_bias_lo']:.3f}–{r['rel_bias_hi']:.3f}", f"{r['rel_perp_bias']:.3f}",
+                          f"{r['variance']:.4g}", f"{r['mse']:.4g}", f"{r['cosine']:.3f}")
+    return table
+
+
+def plot_sequence_variance(path: pathlib.Path, rows: list[dict[str, Any]], title: str) -> None:
+    """Relative bias (with its interval) and MSE of each estimator, one marker per reduction,
+    at the largest N."""
+    from matplotlib.figure import Figure
+
+    n_max = max(r["batch_size"] for r in rows)
+    fig = Figure(figsize=(11.0, 4.0), layout="constrained")
+    axes = fig.subplots(1, 2)
+    names = list(dict.fromkeys(r["estimator"] for r in rows))
+    reductions = list(dict.fromkeys(r["reduction"] for r in rows))
+    for j, red in enumerate(reductions):
+        pts = [next(r for r in rows if (r["estimator"], r["reduction"], r["batch_size"]) == (e, red, n_max))
+               for e in names]
+        x = np.arange(len(names)) + (j - (len(reductions) - 1) / 2) * 0.2
+        y = np.array([r["rel_bias"] for r in pts])
+        err = [y - [r["rel_bias_lo"] for r in pts], np.array([r["rel_bias_hi"] for r in pts]) - y]
+        axes[0].errorbar(x, y, yerr=np.maximum(err, 0), fmt="o", capsize=3, label=red)
+        axes[1].plot(x, [r["mse"] for r in pts], "o", label=red)
+    for ax, label in zip(axes, ("relative bias ‖E ĝ − g‖/‖g‖", "MSE E‖ĝ − g‖²")):
+        ax.set_xticks(range(len(names)), names, rotation=30)
+        ax.set_title(f"{label}  (N = {n_max})")
+        ax.grid(alpha=0.3)
+        ax.legend(title="reduction", fontsize="small")
+    axes[1].set_yscale("log")
+    fig.suptitle(title)
+    fig.savefig(path, dpi=100)

@@ -93,3 +93,28 @@ def test_bad_shapes_name_the_argument():
         exact.values(mdp._replace(rewards=jnp.zeros((2, 2))), jnp.zeros((3, 2)))
     with pytest.raises(ValueError, match="termination"):
         exact.random_mdp(jax.random.key(0), 3, 2, termination=1.0)
+
+
+def test_gridworld_mass_and_values_match_numpy():
+    mdp = exact.gridworld_mdp(3, 3, slip=0.2, goal_reward=1.0, step_reward=-0.1, gamma=0.9)
+    p, r = np.asarray(mdp.transitions, np.float64), np.asarray(mdp.rewards, np.float64)
+    # every non-goal (s, a): the mass that stays on the grid plus the mass entering the goal is 1
+    goal = 8
+    entering = (r[:goal] + 0.1) / 1.0  # the expected goal reward is P(enter goal)
+    np.testing.assert_allclose(p[:goal].sum(-1) + entering, 1.0, atol=1e-6)
+    assert p[goal].sum() == 0.0
+    # from the cell left of the goal, "right" enters it with 1 − slip + slip/4
+    assert entering[7, 3] == pytest.approx(0.8 + 0.05)
+    with jax.enable_x64(True):
+        mdp64 = exact.TabularMDP(*(jnp.asarray(x, jnp.float64) for x in mdp[:3]), mdp.gamma)
+        logits = jax.random.normal(jax.random.key(3), (9, 4), jnp.float64)
+        v_ref, _, _, grad_ref = _numpy_reference(mdp64, logits)
+        np.testing.assert_allclose(exact.values(mdp64, logits)[0], v_ref, atol=1e-10)
+        np.testing.assert_allclose(exact.policy_gradient(mdp64, logits), grad_ref, atol=1e-9)
+
+
+def test_gridworld_rejects_bad_sizes():
+    with pytest.raises(ValueError, match="width"):
+        exact.gridworld_mdp(1, 1)
+    with pytest.raises(ValueError, match="slip"):
+        exact.gridworld_mdp(2, 2, slip=1.5)

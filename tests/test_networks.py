@@ -1,29 +1,12 @@
 """Actor-critic networks: the LAPACK-free orthogonal initialiser and the (init, apply) pair."""
 
 import jax
-import jax.extend as jex
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _lapack import LAPACK_PRIMITIVES, primitive_names
 
 from jaxadv.networks import make_network, orthogonal
-
-# Primitives that lower to LAPACK custom calls on CPU (DESIGN.md, "Known hazard").
-LAPACK_PRIMITIVES = {
-    "qr", "householder_product", "geqrf", "geqp3", "orgqr", "lu", "lu_pivots_to_permutation",
-    "triangular_solve", "cholesky", "eig", "eigh", "svd", "schur", "hessenberg", "tridiagonal",
-    "tridiagonal_solve",
-}
-
-
-def primitive_names(jaxpr) -> set[str]:
-    """Every primitive in ``jaxpr`` and in the jaxprs nested in its equations (scan, jit, cond...)."""
-    names = set()
-    for eqn in jaxpr.eqns:
-        names.add(eqn.primitive.name)
-        for sub in jex.core.jaxprs_in_params(eqn.params):
-            names |= primitive_names(sub)
-    return names
 
 
 def test_primitive_walker_finds_qr_in_flax_orthogonal():

@@ -5,7 +5,6 @@ import json
 import struct
 
 import jax
-import numpy as np
 import pytest
 
 from jaxadv import cli, exact, variance
@@ -83,39 +82,16 @@ def test_env_mode_measures_a_trained_policy(tmp_path):
     assert float(zero_td["rel_bias_lo"]) > 0
 
 
-@pytest.fixture
-def no_compile(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("compiled before refusing bad input")
-
-    monkeypatch.setattr(jax, "jit", refuse)
-
-
-@pytest.mark.parametrize(
-    "flags, field",
-    [
-        (["--estimators", "gae:2"], "gae:2"),
-        (["--estimators", "vtrace"], "vtrace"),
-        (["--estimators", "nstep:0"], "nstep:0"),
-        (["--critic", "noisy:-1"], "noisy:-1"),
-        (["--critic", "fitted:0"], "fitted:0"),
-        (["--critic", "network"], "network"),
-        (["--batch-sizes", "0"], "batch_sizes"),
-        (["--num-batches", "2"], "num_batches"),
-        (["--gamma", "1.5"], "gamma"),
-        (["--termination", "1.0"], "termination"),
-        (["--states", "0"], "states"),
-        (["--confidence", "1.0"], "confidence"),
-        (["--horizon", "0"], "horizon"),
-        (["--env", "CartPol-v1"], "CartPol-v1"),
-        (["--env", "CartPole-v1", "--critic", "exact"], "critic"),
-        (["--checkpoint", "/nonexistent"], "checkpoint"),
-        (["--env", "CartPole-v1", "--checkpoint", "/nonexistent"], "checkpoint"),
-    ],
-)
-def test_bad_variance_input_refused_before_compiling(flags, field, no_compile, capsys, tmp_path):
-    assert cli.main(["variance", *flags, "--out", str(tmp_path)]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error:") and field in err
-    assert not (tmp_path / "variance.csv").exists()
-    np.testing.assert_equal(len(list(tmp_path.iterdir())), 0)
+def test_sequence_mode_reports_estimators_against_the_exact_gradient(tmp_path):
+    argv = ["variance", "--sequence", "reverse", "--estimators", "rloo", "grpo", "--reductions", "constant",
+            "sequence", "--batch-sizes", "8", "--group-size", "4", "--num-batches", "200",
+            "--out", str(tmp_path), "--quiet"]
+    assert cli.main(argv) == 0
+    rows = {(r["estimator"], r["reduction"]): r for r in _read_csv(tmp_path / "variance.csv")}
+    assert set(rows) == {(e, red) for e in ("rloo", "grpo") for red in ("constant", "sequence")}
+    assert rows["rloo", "constant"]["unbiased_in_theory"] == "True"
+    assert float(rows["rloo", "constant"]["rel_bias_lo"]) == 0.0  # unbiased: the interval holds 0
+    assert float(rows["grpo", "constant"]["rel_bias_lo"]) > 0.0  # std normalisation: biased
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert "grpo/constant" in summary["biased"] and "rloo/constant" not in summary["biased"]
+    assert _png_size(tmp_path / "variance.png")[0] > 500

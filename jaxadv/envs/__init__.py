@@ -19,6 +19,7 @@ from jaxadv.envs.normalize import (
     running_mean_std_update,
 )
 from jaxadv.envs.registry import EnvSpec, env_spec, make, register, registered_names
+from jaxadv.envs.sequence import make_sequence
 from jaxadv.envs.tabular import TabularEnv, make_tabular
 from jaxadv.envs.wrappers import (
     EpisodeStatisticsState,
@@ -47,3 +48,4 @@ __all__ = [
 ]
 
 register("Tabular-v0", make_tabular)
+register("Sequence-v0", make_sequence)

@@ -1,0 +1,232 @@
+"""``jaxadv sequence``: language-model-style RL on a token-by-token task, through the one trainer.
+
+``jaxadv sequence --task reverse --estimator grpo --group-size 8 --prompts-per-update 64
+--out runs/seq`` builds a :class:`~jaxadv.train.TrainConfig` for the ``Sequence-v0``
+environment (:mod:`jaxadv.envs.sequence`) with a causal transformer policy
+(:mod:`jaxadv.transformer`), ``episodic=True`` and groups of ``--group-size`` samples per
+prompt, and runs it with ``jaxadv train``'s driver — the same fused update, progress bar,
+checkpoints, ``config.json``, ``metrics.csv`` (with ``exact_match``, ``response_length``
+and, with a KL penalty, ``kl_ref``) and ``summary.json`` — then adds ``reward.png``
+(mean reward and exact-match rate vs samples) and prints sample generations of the
+initial (after the optional supervised warm start) and the final policy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from rich.console import Console
+
+from jaxadv.checkpoint import CheckpointStore
+from jaxadv.envs.sequence import SequenceTask
+from jaxadv.report import write_json
+from jaxadv.rollout import rollout
+from jaxadv.train import HParams, TrainConfig, make_trainer
+
+__all__ = ["SequenceArgs", "generate", "plot_sequence", "sequence_command"]
+
+
+@dataclasses.dataclass(frozen=True)
+class SequenceArgs:
+    """Train a transformer policy on a token-by-token task with sequence-level rewards;
+    write config.json, metrics.csv, summary.json and reward.png under --out."""
+
+    task: Literal["reverse", "sort", "add"] = "reverse"
+    """what the response must be: the prompt reversed, sorted, or the sum of its two numbers."""
+    num_digits: int = 10
+    """digit vocabulary D (and the base of add); the policy writes a digit or EOS."""
+    prompt_length: int = 5
+    """digits per prompt (add: two numbers of prompt_length / 2 digits)."""
+    min_prompt_length: int | None = None
+    """draw each prompt's length from [min_prompt_length, prompt_length] (reverse, sort)."""
+    response_length: int | None = None
+    """most digits a response may have; default: the target's length + 1."""
+    reward: Literal["exact", "partial"] = "partial"
+    """exact: 1 for the exact answer, else 0; partial: the fraction of correct positions."""
+    length_penalty: float = 0.0
+    """subtract length_penalty x (response length / response_length)."""
+    estimator: Literal["grpo", "drgrpo", "rloo", "batchmean", "rfpp", "remax", "gae"] = "grpo"
+    """grpo, drgrpo (no std), rloo, batchmean (REINFORCE, batch-mean baseline), rfpp (REINFORCE++ global normalisation), remax (greedy baseline) or gae (token-level, with a value head)."""
+    algo: Literal["ppo", "reinforce"] = "ppo"
+    """ppo (clipped ratio, epochs x minibatches) or reinforce (one plain policy-gradient step)."""
+    group_size: int = 8
+    """samples per prompt (K)."""
+    prompts_per_update: int = 64
+    """prompts per update (G); an update generates G x K responses."""
+    total_samples: int = 40_960
+    """responses generated in the whole run."""
+    update_epochs: int = 2
+    """ppo: passes over each batch of responses."""
+    num_minibatches: int = 4
+    """ppo: minibatches per pass (of whole responses)."""
+    loss_reduction: Literal["token", "sequence", "constant"] = "token"
+    """average the per-token losses over all tokens, per response then over responses, or by a constant."""
+    layers: int = 2
+    """transformer blocks."""
+    width: int = 64
+    """transformer width."""
+    heads: int = 4
+    """attention heads."""
+    lr: float = 1e-3
+    """Adam learning rate."""
+    gamma: float = 1.0
+    """discount (token-level gae)."""
+    gae_lambda: float = 1.0
+    """GAE λ (token-level gae)."""
+    ent_coef: float = 0.0
+    """entropy bonus weight."""
+    clip_eps: float = 0.2
+    """ppo clip range."""
+    kl: Literal["none", "loss", "reward"] = "none"
+    """KL penalty against the initial policy: none, in the loss, or in the reward."""
+    kl_coef: float = 0.0
+    """its weight."""
+    warm_start_steps: int = 0
+    """supervised warm start first: Adam steps of teacher-forced cross-entropy on correct responses (0: none); the warm-started policy is the KL reference."""
+    warm_start_prompts: int = 256
+    """the warm start's pool of prompts (a fraction of all of them)."""
+    seed: int = 0
+    """base seed."""
+    seeds: int = 1
+    """independent runs, vmapped."""
+    samples_shown: int = 4
+    """sample generations printed before and after training."""
+    out: pathlib.Path = pathlib.Path("runs/sequence")
+    """output directory."""
+    chunk_updates: int | None = None
+    """updates per compiled call; default: about 32 calls."""
+    quiet: bool = False
+    """no progress bar, table or samples."""
+
+    def env_kwargs(self) -> dict[str, Any]:
+        return {"task": self.task, "num_digits": self.num_digits, "prompt_length": self.prompt_length,
+                "min_prompt_length": self.min_prompt_length, "response_length": self.response_length,
+                "reward": self.reward, "length_penalty": self.length_penalty}
+
+    def check(self) -> SequenceArgs:
+        """Refuse a bad value with a ``ValueError`` naming the field; compiles nothing."""
+        for name in ("group_size", "prompts_per_update", "total_samples", "samples_shown"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < (0 if name == "samples_shown" else 1):
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
+        self.env()  # the task's own checks, naming their argument
+        _ = (self.config, self.hparams)  # TrainConfig's and HParams' checks
+        return self
+
+    def env(self) -> SequenceTask:
+        return SequenceTask(**self.env_kwargs())
+
+    @property
+    def config(self) -> TrainConfig:
+        env = self.env()
+        num_envs = self.prompts_per_update * self.group_size
+        if self.total_samples < num_envs:
+            raise ValueError(f"`total_samples` = {self.total_samples} is less than one update's "
+                             f"prompts_per_update x group_size = {num_envs}")
+        updates = self.total_samples // num_envs
+        return TrainConfig(
+            env="Sequence-v0", env_kwargs=self.env_kwargs(), algo=self.algo, estimator=self.estimator,
+            num_envs=num_envs, num_steps=env.response_length,
+            total_timesteps=updates * num_envs * env.response_length,
+            update_epochs=self.update_epochs if self.algo == "ppo" else 1,
+            num_minibatches=self.num_minibatches if self.algo == "ppo" else 1,
+            network="transformer", layers=self.layers, width=self.width, heads=self.heads,
+            episodic=True, group_size=self.group_size, loss_reduction=self.loss_reduction,
+            kl=self.kl, anneal_lr=False, warm_start_steps=self.warm_start_steps,
+            warm_start_prompts=self.warm_start_prompts, normalize_advantages=self.estimator == "gae",
+            clip_value_loss=False,
+        )
+
+    @property
+    def hparams(self) -> HParams:
+        return HParams(lr=self.lr, gamma=self.gamma, gae_lambda=self.gae_lambda, ent_coef=self.ent_coef,
+                       clip_eps=self.clip_eps, kl_coef=self.kl_coef).validate()
+
+
+def generate(trainer: Any, params: Any, key: jax.Array, num: int, *, greedy: bool = False) -> list[str]:
+    """Decode ``num`` responses of the policy ``params`` to fresh prompts, e.g. ``'31415 → 51413<eos>'``."""
+    env, env_params = trainer.env, trainer.env_params
+    config = trainer.config
+
+    @jax.jit
+    def sample(key):
+        key_reset, key_roll = jax.random.split(key)
+        obs, state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(key_reset, num), env_params)
+        *_, traj, _ = rollout(key_roll, params, state, obs, None, None, apply_fn=trainer.network.apply,
+                              policy=trainer.policy, env=env, env_params=env_params,
+                              num_steps=config.num_steps, greedy=greedy, info_keys=("final_observation",))
+        first = jnp.argmax(traj.episode_done, axis=0)  # each env's first episode end
+        return traj.extras["final_observation"][first, jnp.arange(num)]
+
+    return [env.unwrapped.decode(row) for row in np.asarray(sample(key))]
+
+
+def plot_sequence(path: pathlib.Path, samples: np.ndarray, reward: np.ndarray, exact: np.ndarray,
+                  title: str) -> None:
+    """Mean reward and exact-match rate vs responses generated; mean ± std over seeds."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10.0, 3.8), layout="constrained")
+    for ax, values, label in zip(fig.subplots(1, 2), (reward, exact), ("mean reward", "exact-match rate")):
+        mean, std = np.nanmean(values, axis=0), np.nanstd(values, axis=0)
+        ax.plot(samples, mean)
+        ax.fill_between(samples, mean - std, mean + std, alpha=0.25)
+        ax.set_xlabel("responses generated")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.savefig(path, dpi=100)
+
+
+def sequence_command(args: SequenceArgs) -> dict[str, Any]:
+    """Show samples, train with ``jaxadv train``'s driver, write ``reward.png``, show samples."""
+    from jaxadv.cli import TrainArgs, train_command
+
+    args = args.check()
+    config, hp = args.config, args.hparams
+    console = Console(quiet=args.quiet or args.samples_shown == 0)
+    trainer = make_trainer(config)
+    key_show = jax.random.key(args.seed + 1)
+    if args.samples_shown:
+        params = jax.jit(trainer.init)(jax.random.split(jax.random.key(args.seed), args.seeds)[0], hp).params
+        console.print("[bold]before RL[/bold] (seed 0, sampled):")
+        for text in generate(trainer, params, key_show, args.samples_shown):
+            console.print(f"  {text}")
+    summary = train_command(TrainArgs(config=config, hparams=hp, seed=args.seed, seeds=args.seeds,
+                                      out=args.out, chunk_updates=args.chunk_updates, quiet=args.quiet))
+    metrics = _read_metrics(args.out / "metrics.csv", args.seeds)
+    samples = np.arange(1, metrics["episode_return"].shape[1] + 1) * config.num_envs
+    plot_sequence(args.out / "reward.png", samples, metrics["episode_return"], metrics["exact_match"],
+                  f"{args.estimator} · {args.task} · {args.seeds} seed(s)")
+    summary["final_exact_match"] = float(np.nanmean(metrics["exact_match"][:, -max(1, samples.size // 10):]))
+    summary["samples"] = int(samples[-1])
+    write_json(args.out / "summary.json", summary)
+    if args.samples_shown:
+        abstract = jax.eval_shape(jax.vmap(trainer.init, (0, None)),
+                                  jax.random.split(jax.random.key(args.seed), args.seeds), hp)
+        with CheckpointStore(args.out / "checkpoints") as store:
+            final = jax.tree.map(lambda x: x[0], store.restore(abstract).state.params)
+        console.print("[bold]after RL[/bold] (seed 0, sampled):")
+        for text in generate(trainer, final, key_show, args.samples_shown):
+            console.print(f"  {text}")
+    console.print(f"final exact-match rate {summary['final_exact_match']:.3f} after {summary['samples']:,} "
+                  f"responses; wrote reward.png to {args.out}/")
+    return summary
+
+
+def _read_metrics(path: pathlib.Path, seeds: int) -> dict[str, np.ndarray]:
+    """``metrics.csv`` columns as ``[seeds, updates]`` arrays."""
+    import csv
+
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    out = {}
+    for name in ("episode_return", "exact_match"):
+        values = np.array([float(r[name]) for r in rows])
+        out[name] = values.reshape(-1, seeds).T  # rows are update-major, seed-minor
+    return out
