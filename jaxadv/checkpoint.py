@@ -1,4 +1,5 @@
-"""Checkpoints of a ``jaxadv train`` run, written with orbax: arrays and JSON, no pickle.
+"""Checkpoints of a ``jaxadv train`` run, written with orbax, and the finished chunks of a
+``jaxadv sweep``: arrays and JSON, no pickle.
 
 ``<out>/checkpoints/<update>/`` holds three items:
 
@@ -14,12 +15,19 @@ Orbax writes a checkpoint into a temporary directory and renames it when it is c
 so one cut short (a crash, a second Ctrl-C) is never listed; the digests catch one that
 was truncated or garbled afterwards, and :meth:`CheckpointStore.restore` then falls back
 to the one before. Host-side only: nothing here is traced.
+
+A sweep's chunks (:class:`SweepChunks`) are a few small arrays each, so they are plain
+NumPy ``.npz`` files (``allow_pickle=False``) beside a JSON manifest, each written to a
+temporary name and renamed into place, with the same SHA-256 check on the way back.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
+import json
+import os
 import pathlib
 import shutil
 from collections.abc import Callable
@@ -29,7 +37,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["Checkpoint", "CheckpointError", "CheckpointStore", "checkpoint_steps"]
+from jaxadv.sweep import ChunkId, ChunkResult
+
+__all__ = ["Checkpoint", "CheckpointError", "CheckpointStore", "SweepChunks", "checkpoint_steps"]
 
 _FORMAT = 1
 
@@ -219,3 +229,130 @@ class CheckpointStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _write_atomic(path: pathlib.Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file renamed into place: a reader
+    (or a crash) sees the old file or the whole new one, never part of it."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class SweepChunks:
+    """The finished chunks of one ``jaxadv sweep``, in ``directory`` (``<out>/chunks``).
+
+    ``manifest.json`` holds the sweep's ``settings`` (what a resumed sweep may not
+    change), the ``devices`` its chunks were cut for, ``complete`` (all its outputs
+    written) and, per chunk file, its :class:`~jaxadv.sweep.ChunkId` and SHA-256. A chunk
+    file ``group<g>-runs<start>-<stop>.npz`` holds the :class:`~jaxadv.sweep.ChunkResult`.
+    A chunk is written before the manifest that lists it, each renamed into place, so a
+    crash at any point leaves a manifest whose chunks are complete (or detectably not).
+
+    ``write=False`` (every process but the first of a multi-process sweep) reads and
+    never writes: one process writes, and all of them read the same files, which must
+    then be on a filesystem they share.
+    """
+
+    FORMAT = 1
+
+    def __init__(self, directory: pathlib.Path, *, write: bool = True):
+        self.directory = pathlib.Path(directory)
+        self.write = write
+        self.manifest: dict[str, Any] | None = None
+
+    @property
+    def path(self) -> pathlib.Path:
+        """The manifest's path."""
+        return self.directory / "manifest.json"
+
+    def read(self) -> dict[str, Any] | None:
+        """The manifest on disk (also kept as :attr:`manifest`); ``None`` if there is none.
+
+        Raises ``ValueError`` if it cannot be read or is not a sweep's manifest.
+        """
+        try:
+            manifest = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{self.path} is unreadable ({exc})") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != self.FORMAT or not all(
+            k in manifest for k in ("settings", "devices", "complete", "chunks")
+        ):
+            raise ValueError(f"{self.path} is not the manifest of a jaxadv sweep")
+        self.manifest = manifest
+        return manifest
+
+    def start(self, settings: dict[str, Any], devices: int) -> None:
+        """Begin a sweep: remove what ``directory`` held, write an empty manifest."""
+        self.manifest = {"format": self.FORMAT, "settings": settings, "devices": devices,
+                         "complete": False, "chunks": {}}
+        if self.write:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            self.directory.mkdir(parents=True)
+            self._write_manifest()
+
+    def load(self, settings: dict[str, Any], devices: int,
+             warn: Callable[[str], Any] = print) -> dict[ChunkId, ChunkResult]:
+        """Resume: the saved chunks that read back intact, by id; the manifest then records
+        ``settings`` and ``devices`` (of the sweep that goes on) and is not complete.
+
+        A chunk whose file is missing, fails its SHA-256 or does not load is reported
+        through ``warn`` and left out (its runs are computed again).
+        """
+        manifest = self.manifest or self.read()
+        if manifest is None:
+            raise ValueError(f"{self.path} not found")
+        chunks: dict[ChunkId, ChunkResult] = {}
+        for name, entry in list(manifest["chunks"].items()):
+            try:
+                chunk_id = ChunkId(int(entry["group"]), int(entry["start"]), int(entry["stop"]))
+                chunks[chunk_id] = self._load_chunk(name, entry, chunk_id)
+            except Exception as exc:  # missing, truncated, garbled: recompute it
+                reason = " ".join(str(exc).split())[:200]
+                warn(f"warning: chunk {self.directory / name} is unusable "
+                     f"({type(exc).__name__}: {reason}); computing its runs again")
+                del manifest["chunks"][name]
+        manifest.update(settings=settings, devices=devices, complete=False)
+        if self.write:
+            self._write_manifest()
+        return chunks
+
+    def _load_chunk(self, name: str, entry: dict[str, Any], chunk_id: ChunkId) -> ChunkResult:
+        data = (self.directory / name).read_bytes()
+        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise ValueError("SHA-256 does not match the manifest")
+        with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+            result = ChunkResult(**{k: arrays[k] for k in ChunkResult._fields})
+        rows = chunk_id.stop - chunk_id.start
+        if any(np.ndim(a) == 0 or len(a) != rows for a in result[:3]):
+            raise ValueError(f"expected {rows} rows per array")
+        return result._replace(seconds=float(result.seconds),
+                               compile_seconds=float(result.compile_seconds))
+
+    def save(self, chunk_id: ChunkId, result: ChunkResult) -> None:
+        """Write one finished chunk, then the manifest that lists it (with ``write=False``:
+        only list it in :attr:`manifest`)."""
+        name = f"group{chunk_id.group}-runs{chunk_id.start}-{chunk_id.stop}.npz"
+        buffer = io.BytesIO()
+        np.savez(buffer, **{k: np.asarray(v) for k, v in result._asdict().items()})
+        data = buffer.getvalue()
+        if self.write:
+            _write_atomic(self.directory / name, data)
+        self.manifest["chunks"][name] = {**chunk_id._asdict(),
+                                         "sha256": hashlib.sha256(data).hexdigest()}
+        if self.write:
+            self._write_manifest()
+
+    def finish(self) -> None:
+        """Mark the sweep complete (its outputs are written)."""
+        self.manifest["complete"] = True
+        if self.write:
+            self._write_manifest()
+
+    def _write_manifest(self) -> None:
+        _write_atomic(self.path, (json.dumps(self.manifest, indent=1) + "\n").encode())

@@ -17,6 +17,10 @@ of the call in which it appeared, keeping the last finite state as a checkpoint.
 every point of a grid (or ``--samples`` random draws) on every seed with
 :func:`~jaxadv.sweep.run_sweep` — one compile per static group, a progress bar over its
 chunks — and writes ``sweep.csv``, ``summary.json`` and ``sweep.png`` under ``--out``.
+Each chunk's results are saved under ``--out/chunks/`` as soon as it finishes
+(:class:`~jaxadv.checkpoint.SweepChunks`); ``jaxadv sweep --resume runs/sweep`` computes
+only the chunks that are missing and writes the same files, bit for bit, as a sweep that
+never stopped. Ctrl-C and SIGTERM finish and save the chunk in flight, as for ``train``.
 
 Every flag is checked right after the arguments are parsed — ``TrainConfig.__post_init__``,
 ``HParams.validate`` and the command's ``check()`` (:meth:`TrainArgs.check`,
@@ -50,7 +54,7 @@ from jax.experimental import checkify
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from jaxadv.checkpoint import CheckpointError, CheckpointStore, checkpoint_steps
+from jaxadv.checkpoint import CheckpointError, CheckpointStore, SweepChunks, checkpoint_steps
 from jaxadv.report import (
     MetricsWriter,
     forward_fill,
@@ -65,7 +69,7 @@ from jaxadv.report import (
     write_sweep_csv,
 )
 from jaxadv.sequence_cli import SequenceArgs, sequence_command
-from jaxadv.sweep import LogUniform, Uniform, expand_grid, run_sweep
+from jaxadv.sweep import ChunkId, ChunkResult, LogUniform, Uniform, expand_grid, run_sweep
 from jaxadv.train import NONFINITE, HParams, TrainConfig, TrainState, make_trainer
 from jaxadv.variance_cli import VarianceArgs, variance_command
 
@@ -160,15 +164,18 @@ def _stored_args(run_dir: pathlib.Path) -> TrainArgs:
 
 def _changes(stored: TrainArgs, args: TrainArgs) -> Iterator[tuple[str, Any, Any]]:
     """``(field, stored value, new value)`` for each setting a resumed run may not change."""
-    for f in dataclasses.fields(TrainConfig):
-        if getattr(stored.config, f.name) != getattr(args.config, f.name):
-            yield f.name, getattr(stored.config, f.name), getattr(args.config, f.name)
-    for f in dataclasses.fields(HParams):
-        if getattr(stored.hparams, f.name) != getattr(args.hparams, f.name):
-            yield f.name, getattr(stored.hparams, f.name), getattr(args.hparams, f.name)
-    for name in ("seed", "seeds"):
-        if getattr(stored, name) != getattr(args, name):
-            yield name, getattr(stored, name), getattr(args, name)
+    yield from _field_changes(stored.config, args.config)
+    yield from _field_changes(stored.hparams, args.hparams)
+    yield from _field_changes(stored, args, names=("seed", "seeds"))
+
+
+def _field_changes(old: Any, new: Any, names: Sequence[str] = (),
+                   prefix: str = "") -> Iterator[tuple[str, Any, Any]]:
+    """``(prefix + name, old value, new value)`` for each of ``names`` (default: every field
+    of the dataclass ``old``) that differs between ``old`` and ``new``."""
+    for name in names or [f.name for f in dataclasses.fields(old)]:
+        if getattr(old, name) != getattr(new, name):
+            yield prefix + name, getattr(old, name), getattr(new, name)
 
 
 def _check_fresh_out(out: pathlib.Path) -> None:
@@ -329,19 +336,23 @@ class RunStopped(Exception):
 
 
 class _Interrupts:
-    """SIGINT and SIGTERM while training: the first asks the driver to stop after the call
-    in flight (``signum`` is set); a second ends the process at once with status 128 +
-    the signal. Checkpoints are only ever renamed into place, so the last one stays good.
+    """SIGINT and SIGTERM while training or sweeping: the first asks the driver to stop after
+    the call in flight (``signum`` is set); a second ends the process at once with status
+    128 + the signal. Checkpoints and sweep chunks are only ever renamed into place, so the
+    last one stays good. ``stopping`` and ``intact`` word the two messages.
 
     A watcher thread reads the signal numbers that Python's C-level handler writes to a
     wakeup socket, so the second signal acts even while the main thread waits on XLA.
     Outside the main thread (where signals cannot be caught) it does nothing.
     """
 
-    def __init__(self, console: Console):
+    def __init__(self, console: Console, *,
+                 stopping: str = "the call in flight to save a checkpoint",
+                 intact: str = "the last finished checkpoint is intact"):
         self.console = console
         self.signum: int | None = None
         self._installed = False
+        self._stopping, self._intact = stopping, intact
 
     def __enter__(self) -> _Interrupts:
         if threading.current_thread() is not threading.main_thread():
@@ -368,10 +379,10 @@ class _Interrupts:
                     continue
                 if self.signum is None:
                     self.signum = signum
-                    self.console.print(f"{signal.Signals(signum).name}: stopping after the call "
-                                       "in flight to save a checkpoint; again to quit at once")
+                    self.console.print(f"{signal.Signals(signum).name}: stopping after "
+                                       f"{self._stopping}; again to quit at once")
                 else:
-                    os.write(2, b"\nquitting at once; the last finished checkpoint is intact\n")
+                    os.write(2, f"\nquitting at once; {self._intact}\n".encode())
                     os._exit(128 + signum)
 
     def __exit__(self, *exc: object) -> None:
@@ -628,7 +639,8 @@ class Grid:
 @dataclasses.dataclass(frozen=True)
 class SweepArgs:
     """Train every point of --grid.* (or --samples random draws) on --seeds seeds, one
-    compile per static group; write sweep.csv, summary.json and sweep.png under --out."""
+    compile per static group; write sweep.csv, summary.json and sweep.png under --out,
+    saving each finished chunk under --out/chunks (--resume DIR continues a sweep)."""
 
     config: Annotated[TrainConfig, tyro.conf.arg(name="")]
     hparams: Annotated[HParams, tyro.conf.arg(name="")]
@@ -644,7 +656,9 @@ class SweepArgs:
     max_parallel: int | None = None
     """most runs (point × seed) in one compiled call; default: a static group at once."""
     out: pathlib.Path = pathlib.Path("runs/sweep")
-    """output directory (created; files in it are overwritten)."""
+    """output directory (created; files in it are overwritten; each finished chunk is saved under OUT/chunks)."""
+    resume: pathlib.Path | None = None
+    """continue the sweep in this directory (an earlier --out), with the settings in its chunks/manifest.json: the chunks saved there are not computed again; a flag that would change the grid, a TrainConfig or HParams field, --samples, --log-uniform, --seed or --seeds is refused (--max-parallel and --quiet may change)."""
     quiet: bool = False
     """no progress bar and no summary table."""
 
@@ -653,7 +667,10 @@ class SweepArgs:
 
         Checks the options, the base ``hparams``, every grid value (unknown field, empty
         list, a value outside its field's domain: :func:`~jaxadv.sweep.expand_grid`) and
-        every static configuration the grid makes (``TrainConfig.__post_init__``).
+        every static configuration the grid makes (``TrainConfig.__post_init__``). With
+        ``resume``: the directory must hold a sweep's ``chunks/manifest.json`` and nothing
+        but ``max_parallel`` and ``quiet`` may differ from it. Without: ``out`` must not
+        hold an unfinished sweep.
         """
         _check_positive(self, "seeds", "max_parallel", "samples")
         self.hparams.validate()
@@ -666,7 +683,32 @@ class SweepArgs:
         ):
             raise ValueError("`samples` needs a float --grid.FIELD given as LOW HIGH to draw from")
         self.static_configs()  # every value checked, every static configuration built
+        if self.resume is None:
+            _check_fresh_sweep(self.out)
+            return self
+        stored = _stored_sweep_args(self.resume)
+        for field, old, new in _sweep_changes(stored, self):
+            raise ValueError(
+                f"`{field}` = {new!r} would change the sweep being resumed, which has "
+                f"{field} = {old!r} (in {self.resume / 'chunks' / 'manifest.json'}); a resumed "
+                "sweep keeps its settings: leave the flag out, or start a new sweep with "
+                "another --out"
+            )
+        if self.out.resolve() != self.resume.resolve():
+            raise ValueError(f"`out` = {str(self.out)!r}: --resume continues the sweep in its "
+                             f"own directory {str(self.resume)!r}; leave --out out")
         return self
+
+    def settings(self) -> dict[str, Any]:
+        """What ``chunks/manifest.json`` records: every setting but ``out``, ``resume`` and
+        ``quiet`` (JSON values)."""
+        return json.loads(json.dumps({
+            "train_config": dataclasses.asdict(self.config),
+            "hparams": dataclasses.asdict(self.hparams),
+            "grid": self.grid.given(), "samples": self.samples,
+            "log_uniform": self.log_uniform, "seed": self.seed, "seeds": self.seeds,
+            "max_parallel": self.max_parallel,
+        }))
 
     def grid_spec(self) -> dict[str, list | Uniform | LogUniform]:
         """The ``grid`` of :func:`~jaxadv.sweep.run_sweep`: lists, or with ``samples`` a
@@ -709,34 +751,149 @@ def _grid_json(grid: dict[str, list | Uniform | LogUniform]) -> dict[str, Any]:
     }
 
 
+def _stored_sweep_args(run_dir: pathlib.Path) -> SweepArgs:
+    """The :class:`SweepArgs` that ``run_dir/chunks/manifest.json`` records (``out``,
+    ``resume``: run_dir)."""
+    store = SweepChunks(run_dir / "chunks", write=False)
+    try:
+        manifest = store.read()
+    except ValueError as exc:
+        raise ValueError(f"`resume`: {exc}") from None
+    if manifest is None:
+        raise ValueError(f"`resume`: {store.path} not found; --resume takes the --out "
+                         "directory of an earlier `jaxadv sweep`")
+    try:
+        s = manifest["settings"]
+        return SweepArgs(
+            config=TrainConfig(**s["train_config"]), hparams=HParams(**s["hparams"]),
+            grid=Grid(**{field: tuple(values) for field, values in s["grid"].items()}),
+            samples=s["samples"], log_uniform=tuple(s["log_uniform"]), seed=s["seed"],
+            seeds=s["seeds"], max_parallel=s["max_parallel"], out=run_dir, resume=run_dir,
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"`resume`: {store.path} does not describe a sweep ({exc})") from None
+
+
+def _sweep_changes(stored: SweepArgs, args: SweepArgs) -> Iterator[tuple[str, Any, Any]]:
+    """``(field, stored value, new value)`` for each setting a resumed sweep may not change."""
+    yield from _field_changes(stored.config, args.config)
+    yield from _field_changes(stored.hparams, args.hparams)
+    yield from _field_changes(stored.grid, args.grid, prefix="grid.")
+    yield from _field_changes(stored, args, names=("samples", "log_uniform", "seed", "seeds"))
+
+
+def _check_fresh_sweep(out: pathlib.Path) -> None:
+    """Refuse to start over in a directory holding the chunks of an unfinished sweep."""
+    chunks = out / "chunks"
+    try:
+        manifest = SweepChunks(chunks, write=False).read()
+    except ValueError as exc:
+        raise ValueError(f"`out`: {exc}; remove {chunks} to start a new sweep there") from None
+    if manifest is not None and not manifest["complete"]:
+        raise ValueError(
+            f"`out`: {out} holds an unfinished sweep ({len(manifest['chunks'])} chunk(s) "
+            f"saved); continue it with `jaxadv sweep --resume {shlex.quote(str(out))}`, or "
+            f"remove {chunks} to start over"
+        )
+
+
+def _sweep_resume_args(run_dir: pathlib.Path, argv: Sequence[str] = ()) -> SweepArgs:
+    """The :class:`SweepArgs` to resume the sweep in ``run_dir``: its manifest's settings,
+    with the ``jaxadv sweep`` flags in ``argv`` parsed on top (checked by
+    :meth:`SweepArgs.check`)."""
+    return tyro.cli(SweepArgs, args=list(argv), default=_stored_sweep_args(pathlib.Path(run_dir)),
+                    prog="jaxadv sweep")
+
+
+class _SweepStopped(Exception):
+    """Raised from ``run_sweep``'s ``on_result`` to stop after a signal, the chunk saved."""
+
+
 def sweep_command(args: SweepArgs) -> dict[str, Any]:
-    """Run the sweep of ``args`` with a progress bar over its chunks; write the outputs;
-    return the summary (see :func:`~jaxadv.report.summarize_sweep`)."""
+    """Run the sweep of ``args`` with a progress bar over its chunks, saving each finished
+    chunk under ``--out/chunks`` (:class:`~jaxadv.checkpoint.SweepChunks`); write the
+    outputs; return the summary (see :func:`~jaxadv.report.summarize_sweep`).
+
+    With ``resume``, the saved chunks are read back (one that is missing or damaged is
+    computed again, with a warning) and only the others are computed; the outputs equal an
+    uninterrupted sweep's. After SIGINT/SIGTERM the chunk in flight is finished and saved
+    and :class:`RunStopped` (status 130/143) says how to resume. Under
+    ``jax.distributed`` only process 0 writes files; every process reads the chunks of a
+    resumed sweep, so ``--out`` must be on a filesystem they share, and a signal must
+    reach every process (as a job scheduler sends it).
+    """
     config, hp, grid = args.check().config, args.hparams, args.grid_spec()
     out = args.out
-    out.mkdir(parents=True, exist_ok=True)
+    writer = jax.process_index() == 0
+    if writer:
+        out.mkdir(parents=True, exist_ok=True)
     err, console = Console(stderr=True, quiet=args.quiet), Console(quiet=args.quiet)
+    warn = lambda message: print(message, file=sys.stderr)  # even with --quiet; not wrapped
     points, compiles = args.num_points(), len(args.static_configs())
     runs = points * args.seeds
+    store = SweepChunks(out / "chunks", write=writer)
+    saved: dict[ChunkId, ChunkResult] = {}
+    if args.resume is None:  # a finished sweep's chunks (check() refuses an unfinished one)
+        store.start(args.settings(), jax.device_count())
+    else:
+        before = store.read()
+        cut = (before["settings"]["max_parallel"], before["devices"])
+        if cut != (args.max_parallel, jax.device_count()):
+            warn(f"warning: the saved chunks were cut for --max-parallel {cut[0]} on {cut[1]} "
+                 f"device(s), this sweep cuts for {args.max_parallel} on {jax.device_count()}: "
+                 "the runs of saved chunks that no longer line up are computed again")
+        saved = store.load(args.settings(), jax.device_count(), warn=warn)
+        err.print(f"resuming {out}: {len(saved)} chunk(s) saved, "
+                  f"{sum(c.stop - c.start for c in saved)} of {runs} runs")
     err.print(f"sweeping {config.algo} on {config.env}: {points} point(s) × {args.seeds} seed(s) "
               f"= {runs} runs, {compiles} compile(s), {jax.device_count()} device(s) …")
-    with _progress(err, "sweep", TextColumn("{task.completed:,.0f}/{task.total:,.0f} runs")) as bar:
+    computed: list[ChunkId] = []
+    progress = {"done": 0}  # runs done, saved chunks included
+    interrupts = _Interrupts(err, stopping="the chunk in flight to save it",
+                             intact="the chunks saved so far are intact")
+    bar = _progress(err, "sweep", TextColumn("{task.completed:,.0f}/{task.total:,.0f} runs"))
+    with interrupts, bar:
         task = bar.add_task("sweep", total=runs)
-        result = run_sweep(
-            config, grid, args.seeds, hparams=hp, key=jax.random.key(args.seed),
-            num_samples=args.samples, max_parallel=args.max_parallel,
-            on_chunk=lambda done, total: bar.update(task, completed=done, total=total),
-        )
-    write_sweep_csv(out / "sweep.csv", result, hp)
+
+        def on_chunk(done: int, total: int) -> None:
+            progress["done"] = done
+            bar.update(task, completed=done, total=total)
+
+        def on_result(chunk_id: ChunkId, result: ChunkResult) -> None:
+            store.save(chunk_id, result)
+            computed.append(chunk_id)
+            if interrupts.signum and progress["done"] < runs:
+                raise _SweepStopped
+
+        try:
+            result = run_sweep(
+                config, grid, args.seeds, hparams=hp, key=jax.random.key(args.seed),
+                num_samples=args.samples, max_parallel=args.max_parallel,
+                on_chunk=on_chunk, saved=saved, on_result=on_result,
+            )
+        except _SweepStopped:
+            name = signal.Signals(interrupts.signum).name
+            raise RunStopped(
+                f"{name}: stopped after {progress['done']} of {runs} runs; saved "
+                f"{len(store.manifest['chunks'])} chunk(s) in {store.directory}\n"
+                f"resume with: jaxadv sweep --resume {shlex.quote(str(out))}",
+                128 + interrupts.signum,
+            ) from None
+    if args.resume is not None:
+        err.print(f"computed {len(computed)} chunk(s), "
+                  f"{sum(c.stop - c.start for c in computed)} of {runs} runs")
     summary = summarize_sweep(
         result, config, hp, grid=_grid_json(grid), samples=args.samples,
         log_uniform=args.log_uniform, seed=args.seed, max_parallel=args.max_parallel, out=out,
     )
-    write_json(out / "summary.json", summary)
-    plot_sweep(out / "sweep.png", result,
-               f"{config.algo} · {config.env} · {points} point(s) × {args.seeds} seed(s)")
+    if writer:
+        write_sweep_csv(out / "sweep.csv", result, hp)
+        write_json(out / "summary.json", summary)
+        plot_sweep(out / "sweep.png", result,
+                   f"{config.algo} · {config.env} · {points} point(s) × {args.seeds} seed(s)")
+    store.finish()
     console.print(sweep_table(summary))
-    console.print(f"wrote sweep.csv, summary.json, sweep.png to {out}/")
+    console.print(f"wrote sweep.csv, summary.json, sweep.png, chunks/ to {out}/")
     return summary
 
 
@@ -762,7 +919,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             args=argv,
         )
         if isinstance(args, TrainArgs) and args.resume is not None:  # the run's own settings
-            args = resume_args(args.resume, _train_flags(argv))         # under the flags given
+            args = resume_args(args.resume, _flags_after(argv, "train"))  # under the flags given
+        elif isinstance(args, SweepArgs) and args.resume is not None:  # likewise, a sweep's
+            args = _sweep_resume_args(args.resume, _flags_after(argv, "sweep"))
         args.check()  # after parsing: tyro would draw its own box around a ValueError
     except SystemExit as exc:  # --help, or tyro's own message about a malformed flag
         return exc.code if isinstance(exc.code, int) else 1
@@ -778,10 +937,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _train_flags(argv: Sequence[str] | None) -> list[str]:
-    """The flags after ``train`` in ``argv`` (default ``sys.argv[1:]``)."""
+def _flags_after(argv: Sequence[str] | None, command: str) -> list[str]:
+    """The flags after ``command`` in ``argv`` (default ``sys.argv[1:]``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    return argv[argv.index("train") + 1:] if "train" in argv else argv
+    return argv[argv.index(command) + 1:] if command in argv else argv
 
 
 if __name__ == "__main__":

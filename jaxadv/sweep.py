@@ -10,6 +10,12 @@ a 1-D mesh, padded to a multiple of the device count) and, when it is larger tha
 ``jax.distributed.initialize`` the mesh spans every process's devices and every
 process receives the gathered results.
 
+Each chunk is named by a :class:`ChunkId` (its group and its runs); ``on_result`` sees
+each chunk's :class:`ChunkResult` as soon as it is computed, and ``saved`` hands back the
+chunks of an earlier, interrupted sweep, which are then not computed again — how
+``jaxadv sweep --resume`` continues a sweep. A run's results do not depend on the chunk
+it ran in, so a resumed sweep equals an uninterrupted one bit for bit.
+
 Because ``gae(λ = 0)`` is the one-step TD estimator and ``gae(λ = 1)`` is the Monte Carlo
 return minus a baseline, a grid over ``gae_lambda`` sweeps the estimator family itself
 in one compile.
@@ -34,7 +40,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxadv.report import final_returns
 from jaxadv.train import HParams, TrainConfig, make_train
 
-__all__ = ["LogUniform", "SweepResult", "Uniform", "expand_grid", "run_sweep"]
+__all__ = ["ChunkId", "ChunkResult", "LogUniform", "SweepResult", "Uniform", "expand_grid",
+           "run_sweep"]
 
 _HPARAM_FIELDS = tuple(f.name for f in dataclasses.fields(HParams))
 _STATIC_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
@@ -64,6 +71,43 @@ class LogUniform(NamedTuple):
 _DISTRIBUTIONS = (Uniform, LogUniform)
 
 
+class ChunkId(NamedTuple):
+    """The runs one compiled call of :func:`run_sweep` trains: ``[start, stop)`` of static
+    group ``group``'s flattened ``points × seeds`` axis.
+
+    Groups are numbered in order of first appearance among the points; run ``e`` of a
+    group is its point ``e // seeds`` with seed ``e % seeds``. The bounds follow from the
+    grid, ``seeds``, ``max_parallel`` and the device count, nothing else.
+
+    >>> ChunkId(group=0, start=6, stop=9)
+    ChunkId(group=0, start=6, stop=9)
+    """
+
+    group: int
+    start: int
+    stop: int
+
+
+class ChunkResult(NamedTuple):
+    """One chunk's results on the host, one row per run (``[stop − start, U]`` each), and
+    what its call cost.
+
+    Attributes:
+      returns: ``episode_return`` of each run and update (NaN where no episode ended).
+      episodes: ``episodes``: episodes that ended in each update.
+      env_steps: ``env_steps`` after each update.
+      seconds: wall seconds of the call, its compile included.
+      compile_seconds: seconds compiling the group's program for it (0 but for the first
+        chunk of a group that was computed).
+    """
+
+    returns: np.ndarray
+    episodes: np.ndarray
+    env_steps: np.ndarray
+    seconds: float = 0.0
+    compile_seconds: float = 0.0
+
+
 class SweepResult(NamedTuple):
     """Results of a sweep, on the host.
 
@@ -80,7 +124,8 @@ class SweepResult(NamedTuple):
       auc: ``[P, S]`` mean of the per-update returns over all updates (area under the
         learning curve per env step, normalised by the steps; updates with no
         finished episode skipped).
-      compile_seconds, wall_seconds: totals over all groups.
+      compile_seconds, wall_seconds: totals over all groups (a chunk passed in as
+        ``saved`` counts its own :attr:`ChunkResult.seconds` and ``compile_seconds``).
       devices, processes: how the sweep was spread.
     """
 
@@ -193,6 +238,20 @@ def _put(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
     return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
 
 
+def _compile(config: TrainConfig, sharding: NamedSharding, args: tuple) -> Callable:
+    """``vmap(make_train(config))`` over the sweep axis, compiled for ``args``; returns
+    ``(episode_return, episodes, env_steps)``, each ``[runs, U]``."""
+    train = make_train(config)
+
+    def run_chunk(key_data, hp):
+        keys = jax.random.wrap_key_data(key_data)
+        _, metrics = jax.vmap(train)(keys, hp)
+        return metrics["episode_return"], metrics["episodes"], metrics["env_steps"]
+
+    fn = jax.jit(run_chunk, in_shardings=(sharding, sharding), out_shardings=sharding)
+    return fn.lower(*args).compile()
+
+
 def run_sweep(
     config: TrainConfig,
     grid: Mapping[str, Sequence | Uniform | LogUniform],
@@ -204,6 +263,8 @@ def run_sweep(
     max_parallel: int | None = None,
     devices: Sequence[jax.Device] | None = None,
     on_chunk: Callable[[int, int], None] | None = None,
+    saved: Mapping[ChunkId, ChunkResult] | None = None,
+    on_result: Callable[[ChunkId, ChunkResult], None] | None = None,
 ) -> SweepResult:
     """Train every point of ``grid`` with ``seeds`` seeds; one compile per static group.
 
@@ -218,7 +279,16 @@ def run_sweep(
       num_samples: random-search draws per grid combination (needed with distributions).
       max_parallel: most (point, seed) runs in one compiled call; default all of a group.
       devices: devices of the 1-D mesh (default all, across processes).
-      on_chunk: called as ``on_chunk(done, total)`` after each chunk (progress).
+      on_chunk: called as ``on_chunk(done, total)`` after each chunk, saved ones
+        included (progress, in runs).
+      saved: chunks already computed (an interrupted sweep's): a chunk whose
+        :class:`ChunkId` is here is not computed, its rows (checked to be
+        ``stop − start``) are used as they are, and a group whose chunks are all here is
+        not even compiled. Ids that are not chunks of this sweep (cut for another
+        ``max_parallel`` or device count) are ignored: their runs are computed.
+      on_result: called as ``on_result(chunk_id, result)`` after each computed chunk
+        (not the ``saved`` ones), on every process, with the gathered results — to save
+        them as they come. An exception it raises stops the sweep there and propagates.
 
     Returns:
       A :class:`SweepResult`; points keep the order of :func:`expand_grid`.
@@ -254,9 +324,10 @@ def run_sweep(
     returns: list[np.ndarray | None] = [None] * len(points)
     episodes: list[np.ndarray | None] = [None] * len(points)
     env_steps: list[np.ndarray | None] = [None] * len(points)
-    compile_s, done = 0.0, 0
+    saved = dict(saved or {})
+    compile_s, saved_s, done = 0.0, 0.0, 0
     start = time.perf_counter()
-    for cfg, idx in groups.items():
+    for group, (cfg, idx) in enumerate(groups.items()):
         n = len(idx) * seeds
         chunk = min(n, max_parallel or n)
         chunk = -(-chunk // len(devices)) * len(devices)  # a multiple of the device count
@@ -270,37 +341,49 @@ def run_sweep(
         seed_of = np.concatenate([seed_of, np.zeros(pad, int)])
         hp_all = _stacked_hparams([points[idx[p]] for p in point_of], base)
         keys_all = seed_keys[seed_of]
-
-        train = make_train(cfg)
-
-        def run_chunk(key_data, hp, train=train):
-            keys = jax.random.wrap_key_data(key_data)
-            _, metrics = jax.vmap(train)(keys, hp)
-            return metrics["episode_return"], metrics["episodes"], metrics["env_steps"]
-
-        fn = jax.jit(run_chunk, in_shardings=(sharding, sharding), out_shardings=sharding)
-        outs_r, outs_e, outs_s = [], [], []
-        compiled = None
+        compiled = None  # built for the first chunk to compute: none if all are saved
+        parts: list[ChunkResult] = []
         for c in range(num_chunks):
-            sl = slice(c * chunk, (c + 1) * chunk)
-            args = (
-                _put(keys_all[sl], sharding),
-                jax.tree.map(lambda x, sl=sl: _put(x[sl], sharding), hp_all),
-            )
-            if compiled is None:
+            chunk_id = ChunkId(group, c * chunk, min((c + 1) * chunk, n))
+            rows = chunk_id.stop - chunk_id.start
+            part = saved.get(chunk_id)
+            computed = part is None
+            if not computed:
+                got = [np.shape(a)[0] if np.ndim(a) else None for a in part[:3]]
+                if got != [rows] * 3:
+                    raise ValueError(f"`saved`: chunk {chunk_id} holds {got} rows of returns, "
+                                     f"episodes and env_steps; expected {rows} each")
+                saved_s += part.seconds
+                compile_s += part.compile_seconds
+            else:
                 t0 = time.perf_counter()
-                compiled = fn.lower(*args).compile()
-                compile_s += time.perf_counter() - t0
-            r, e, s = compiled(*args)
-            outs_r.append(np.asarray(multihost_utils.process_allgather(r, tiled=True)))
-            outs_e.append(np.asarray(multihost_utils.process_allgather(e, tiled=True)))
-            outs_s.append(np.asarray(multihost_utils.process_allgather(s, tiled=True)))
-            done += min(chunk, n - c * chunk)
+                sl = slice(c * chunk, (c + 1) * chunk)
+                args = (
+                    _put(keys_all[sl], sharding),
+                    jax.tree.map(lambda x, sl=sl: _put(x[sl], sharding), hp_all),
+                )
+                chunk_compile_s = 0.0
+                if compiled is None:
+                    t_compile = time.perf_counter()
+                    compiled = _compile(cfg, sharding, args)
+                    chunk_compile_s = time.perf_counter() - t_compile
+                    compile_s += chunk_compile_s
+                gathered = [
+                    np.asarray(multihost_utils.process_allgather(x, tiled=True))[:rows]
+                    for x in compiled(*args)
+                ]
+                part = ChunkResult(*gathered, seconds=time.perf_counter() - t0,
+                                   compile_seconds=chunk_compile_s)
+            parts.append(part)
+            done += rows
             if on_chunk is not None:
                 on_chunk(done, total)
-        r_all = np.concatenate(outs_r)[:n].reshape(len(idx), seeds, -1)
-        e_all = np.concatenate(outs_e)[:n].reshape(len(idx), seeds, -1)
-        s_all = np.concatenate(outs_s)[:n].reshape(len(idx), seeds, -1)
+            if on_result is not None and computed:
+                on_result(chunk_id, part)
+        r_all, e_all, s_all = (
+            np.concatenate([np.asarray(p[k]) for p in parts]).reshape(len(idx), seeds, -1)
+            for k in range(3)
+        )
         for j, p in enumerate(idx):
             returns[p] = r_all[j]
             episodes[p] = e_all[j]
@@ -315,7 +398,7 @@ def run_sweep(
         final_return=np.stack(final),
         auc=np.stack(auc),
         compile_seconds=compile_s,
-        wall_seconds=time.perf_counter() - start,
+        wall_seconds=time.perf_counter() - start + saved_s,
         devices=len(devices),
         processes=jax.process_count(),
     )

@@ -27,6 +27,7 @@ CASES = [
     (["sweep", "--max-parallel", "0", "--grid.lr", "1e-3"], "max_parallel"),
     (["sweep", "--grid.lr"], "lr"),
     (["sweep", "--samples", "4", "--grid.lr", "1e-3"], "lr"),
+    (["sweep", "--resume", "/nonexistent"], "resume"),
     # variance
     (["variance", "--estimators", "gae:2"], "gae:2"),
     (["variance", "--estimators", "vtrace"], "vtrace"),

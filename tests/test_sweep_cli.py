@@ -65,7 +65,11 @@ def real_sweep(tmp_path_factory):
 
 def test_real_sweep_writes_the_three_files(real_sweep):
     out, _ = real_sweep
-    assert {p.name for p in out.iterdir()} == {"sweep.csv", "summary.json", "sweep.png"}
+    assert {p.name for p in out.iterdir()} == {"sweep.csv", "summary.json", "sweep.png", "chunks"}
+    # 8 runs in calls of at most 3: the finished chunks, saved for --resume
+    assert sorted(p.name for p in (out / "chunks").iterdir()) == [
+        "group0-runs0-3.npz", "group0-runs3-6.npz", "group0-runs6-8.npz", "manifest.json"]
+    assert json.loads((out / "chunks" / "manifest.json").read_text())["complete"] is True
 
     columns, rows = _read_csv(out / "sweep.csv")
     assert columns == ["point", "seed", *HP_FIELDS, "env_steps", "final_return", "auc"]
@@ -250,8 +254,8 @@ def test_grid_has_a_flag_for_every_hparam(capsys):
     text = capsys.readouterr().out
     for name in [*HP_FIELDS, "num_envs", "num_steps", "estimator"]:
         assert "--grid." + name.replace("_", "-") in text, name
-    for flag in ("--seeds", "--seed", "--samples", "--max-parallel", "--out", "--quiet",
-                 "--num-envs", "--lr"):
+    for flag in ("--seeds", "--seed", "--samples", "--max-parallel", "--out", "--resume",
+                 "--quiet", "--num-envs", "--lr"):
         assert flag in text, flag
     assert cli.main(["--help"]) == 0
     assert "sweep" in capsys.readouterr().out
