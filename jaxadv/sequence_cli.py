@@ -74,6 +74,8 @@ class SequenceArgs:
     """attention heads."""
     lr: float = 1e-3
     """Adam learning rate."""
+    temperature: float = 1.0
+    """sampling temperature: the policy is softmax(logits / temperature), in rollouts and in the loss."""
     gamma: float = 1.0
     """discount (token-level gae)."""
     gae_lambda: float = 1.0
@@ -138,6 +140,7 @@ class SequenceArgs:
             network="transformer", layers=self.layers, width=self.width, heads=self.heads,
             episodic=True, group_size=self.group_size, loss_reduction=self.loss_reduction,
             kl=self.kl, anneal_lr=False, warm_start_steps=self.warm_start_steps,
+            temperature=self.temperature,
             warm_start_prompts=self.warm_start_prompts, normalize_advantages=self.estimator == "gae",
             clip_value_loss=False,
         )

@@ -166,6 +166,8 @@ class TrainConfig:
     """KL penalty against a frozen reference (the initial policy): none, in the loss, or subtracted from the rewards (per step, k1), weighted by kl_coef."""
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
     """estimator of KL(pi || ref) in the loss."""
+    temperature: float = 1.0
+    """sample from softmax(logits / temperature) — and learn that distribution's log-probabilities, as LM-RL pipelines do (discrete actions)."""
     warm_start_steps: int = 0
     """supervised warm start before RL: Adam steps of teacher-forced cross-entropy on correct responses (envs with demonstration(), transformer network); the warm-started policy is also the KL reference."""
     warm_start_prompts: int = 256
@@ -206,6 +208,10 @@ class TrainConfig:
         if isinstance(self.warm_start_steps, bool) or not isinstance(self.warm_start_steps, int) \
                 or self.warm_start_steps < 0:
             raise ValueError(f"`warm_start_steps` must be an integer >= 0, got {self.warm_start_steps!r}")
+        if not (isinstance(self.temperature, int | float) and 0 < self.temperature < float("inf")):
+            raise ValueError(f"`temperature` must be a number > 0, got {self.temperature!r}")
+        if self.temperature != 1.0 and not self.spec.discrete:
+            raise ValueError(f"`temperature` = {self.temperature} needs discrete actions; `env` = {self.env!r} is continuous")
         if not self.warm_start_lr > 0:
             raise ValueError(f"`warm_start_lr` must be > 0, got {self.warm_start_lr!r}")
         if self.width % self.heads:
@@ -393,6 +399,15 @@ def _nonfinite_flags(loss: jax.Array, grads: jax.Array, params: jax.Array) -> ja
     return sum(b.astype(jnp.int32) << i for i, b in enumerate(bad))
 
 
+def _tempered(network: Any, temperature: float) -> Any:
+    """``network`` with its logits divided by ``temperature`` (``apply`` and any ``apply_all``)."""
+    scale = lambda out: (out[0] / temperature, out[1])
+    changes = {"apply": lambda params, obs: scale(network.apply(params, obs))}
+    if hasattr(network, "apply_all"):
+        changes["apply_all"] = lambda params, tokens: scale(network.apply_all(params, tokens))
+    return network._replace(**changes)
+
+
 def _explained_variance(pred: jax.Array, target: jax.Array) -> jax.Array:
     """``1 − Var[target − pred] / Var[target]``; 0 where the targets are (nearly) constant."""
     var = jnp.var(target)
@@ -422,6 +437,8 @@ def make_trainer(config: TrainConfig) -> Trainer:
             shared_torso=config.shared_torso,
             q_critic=q_critic,
         )
+    if config.temperature != 1.0:  # the policy *is* softmax(logits / τ): sampled and learned
+        network = _tempered(network, config.temperature)
     info_keys = tuple(getattr(env.unwrapped, "metric_keys", ()))
     policy = make_policy(
         spec.discrete,

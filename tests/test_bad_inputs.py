@@ -60,6 +60,8 @@ CASES = [
     (["sequence", "--width", "30"], "heads"),
     (["sequence", "--num-minibatches", "3"], "num_minibatches"),
     (["sequence", "--warm-start-prompts", "0"], "warm_start_prompts"),
+    (["sequence", "--temperature", "0"], "temperature"),
+    (["train", "--env", "Pendulum-v1", "--temperature", "2"], "temperature"),
 ]
 
 

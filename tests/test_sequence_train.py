@@ -157,3 +157,17 @@ def test_sequence_command_writes_outputs_and_samples(tmp_path, capsys):
     assert {"exact_match", "response_length", "entropy", "episode_return"} <= set(header)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["samples"] == 96 and 0.0 <= summary["final_exact_match"] <= 1.0
+
+
+def test_temperature_divides_the_logits_that_are_sampled_and_learned():
+    from jaxadv.train import make_trainer
+
+    base, hot = make_trainer(_config()), make_trainer(_config(temperature=2.5))
+    params = jax.jit(base.init)(jax.random.key(0), HP).params
+    obs = jax.jit(base.init)(jax.random.key(1), HP).obs
+    np.testing.assert_allclose(hot.network.apply(params, obs)[0], base.network.apply(params, obs)[0] / 2.5,
+                               rtol=1e-6)
+    np.testing.assert_allclose(hot.network.apply_all(params, obs)[0],
+                               base.network.apply_all(params, obs)[0] / 2.5, rtol=1e-6)
+    with pytest.raises(ValueError, match="temperature"):
+        _config(temperature=0.0)
