@@ -376,15 +376,6 @@ def test_bookkeeping_with_stub_train(max_parallel, monkeypatch):
 # --- bad grids: refused with a ValueError naming the field, before anything compiles ---
 
 
-@pytest.fixture
-def no_compile(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("compiled (or built a train function) while validating the sweep")
-
-    monkeypatch.setattr(sweep_module, "make_train", refuse)
-    monkeypatch.setattr(jax, "jit", refuse)
-
-
 BAD = [
     ("unknown field", {"grid": {"lr": [1e-3], "lrr": [1e-3]}}, "lrr"),
     ("empty grid", {"grid": {}}, "grid"),

@@ -286,12 +286,7 @@ def test_grid_has_a_flag_for_every_hparam(capsys):
         (["--grid.lr", "1e-3", "--gamma", "1.5"], ["`gamma`", "[0, 1]"]),
     ],
 )
-def test_bad_grids_exit_2_before_compiling(flags, words, monkeypatch, capsys, tmp_path):
-    def refuse(*args, **kwargs):
-        raise AssertionError("compiled (or built a train function) while validating the sweep")
-
-    monkeypatch.setattr(jax, "jit", refuse)
-    monkeypatch.setattr(sweep_module, "make_train", refuse)
+def test_bad_grids_exit_2_before_compiling(flags, words, no_compile, capsys, tmp_path):
     start = time.perf_counter()
     assert cli.main(["sweep", *TINY, *flags, "--out", str(tmp_path / "run")]) == 2
     assert time.perf_counter() - start < 5
