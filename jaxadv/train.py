@@ -136,7 +136,7 @@ class TrainConfig:
     baseline: bool = True
     """learn a critic (for reinforce: the baseline; without it A = return)."""
     normalize_advantages: bool | None = None
-    """standardise advantages per minibatch; default on for ppo, off for a2c and reinforce
+    """standardise advantages per minibatch; default on for ppo (except the sequence-level estimators, which set their own scale), off for a2c and reinforce
     (whole-batch standardisation measured markedly worse for them on CartPole)."""
     clip_value_loss: bool = True
     """ppo: clip the value loss around the rollout's values by clip_eps."""
@@ -186,8 +186,9 @@ class TrainConfig:
             object.__setattr__(self, "update_epochs", epochs)
         if self.num_minibatches is None:
             object.__setattr__(self, "num_minibatches", minibatches)
-        if self.normalize_advantages is None:
-            object.__setattr__(self, "normalize_advantages", self.algo == "ppo")
+        if self.normalize_advantages is None:  # sequence estimators set their own scale
+            object.__setattr__(self, "normalize_advantages",
+                               self.algo == "ppo" and self.estimator not in SEQUENCE_ESTIMATORS)
         for field in ("num_envs", "num_steps", "total_timesteps", "update_epochs",
                       "num_minibatches", "n_step"):
             _positive_int(field, getattr(self, field))
@@ -257,6 +258,9 @@ class TrainConfig:
             if not (hasattr(raw, "vocab_size") and hasattr(getattr(raw, "tokens", None), "pad")):
                 raise ValueError(f"`network` = 'transformer' needs a token environment (with "
                                  f"vocab_size and tokens.pad, e.g. Sequence-v0); `env` = {self.env!r} is not one")
+            if self.episodic and self.num_steps < getattr(raw, "response_length", 0):
+                raise ValueError(f"`num_steps` = {self.num_steps} is shorter than the longest response "
+                                 f"({raw.response_length} tokens): episodes would be cut unscored")
             if self.warm_start_steps and not hasattr(raw, "demonstration"):
                 raise ValueError(f"`warm_start_steps` needs an env with demonstration(); `env` = {self.env!r} has none")
             if self.normalize_obs or self.estimator == "qv" or not self.spec.discrete:
@@ -280,7 +284,7 @@ class TrainConfig:
                 "estimator": _DEFAULT_ESTIMATOR[self.algo],
                 "update_epochs": epochs,
                 "num_minibatches": minibatches,
-                "normalize_advantages": self.algo == "ppo",
+                "normalize_advantages": self.algo == "ppo" and self.estimator not in SEQUENCE_ESTIMATORS,
             }
             for field, default in defaults.items():
                 if field not in changes and getattr(self, field) == default:
@@ -437,6 +441,7 @@ def make_trainer(config: TrainConfig) -> Trainer:
             shared_torso=config.shared_torso,
             q_critic=q_critic,
         )
+    base_network = network  # the warm start fits demonstrations at τ = 1
     if config.temperature != 1.0:  # the policy *is* softmax(logits / τ): sampled and learned
         network = _tempered(network, config.temperature)
     info_keys = tuple(getattr(env.unwrapped, "metric_keys", ()))
@@ -463,7 +468,7 @@ def make_trainer(config: TrainConfig) -> Trainer:
         params = network.init(key_net, obs[0])
         if config.warm_start_steps:
             params, _ = supervised_warm_start(
-                jax.random.fold_in(key_net, 1), params, apply_all=network.apply_all, env=env,
+                jax.random.fold_in(key_net, 1), params, apply_all=base_network.apply_all, env=env,
                 env_params=env_params, steps=config.warm_start_steps,
                 num_prompts=config.warm_start_prompts, lr=config.warm_start_lr)
         return TrainState(
@@ -538,7 +543,7 @@ def make_trainer(config: TrainConfig) -> Trainer:
                 ),
             }
         if q_critic:
-            pred = jnp.take_along_axis(critic, traj.action[:, None], axis=-1)[:, 0]
+            pred = jnp.take_along_axis(critic, traj.action[..., None], axis=-1)[..., 0]
             old = traj.q_value
         else:
             pred, old = critic, traj.value
@@ -603,16 +608,16 @@ def make_trainer(config: TrainConfig) -> Trainer:
 
     def update(state: TrainState, hp: HParams) -> tuple[TrainState, dict]:
         key, key_roll, key_perm = jax.random.split(state.key, 3)
-        env_state, obs = state.env_state, state.obs
+        start_state, start_obs = state.env_state, state.obs
         if config.episodic:
             key, key_reset, key_greedy = jax.random.split(key, 3)
-            obs, env_state = group_resets(key_reset, env, env_params, config.num_envs,
-                                          config.group_size)
-        collect = lambda key, params, **kw: rollout(
+            start_obs, start_state = group_resets(key_reset, env, env_params, config.num_envs,
+                                                  config.group_size)
+        collect = lambda key, params, **kw: rollout(  # both rollouts start from the same state
             key,
             params,
-            env_state,
-            obs,
+            start_state,
+            start_obs,
             state.obs_stats if config.normalize_obs else None,
             state.reward_scaler if config.scale_rewards else None,
             apply_fn=network.apply,

@@ -137,6 +137,7 @@ def test_kl_to_the_reference_starts_at_zero_and_grows():
     (dict(loss_reduction="median"), "loss_reduction"),
     (dict(kl="both"), "kl"),
     (dict(env_kwargs={"task": "copy"}), "task"),
+    (dict(num_steps=3), "num_steps"),
 ])
 def test_bad_sequence_configs_are_refused(kw, field):
     with pytest.raises(ValueError, match=field):
@@ -171,3 +172,16 @@ def test_temperature_divides_the_logits_that_are_sampled_and_learned():
                                base.network.apply_all(params, obs)[0] / 2.5, rtol=1e-6)
     with pytest.raises(ValueError, match="temperature"):
         _config(temperature=0.0)
+
+
+def test_sequence_estimators_are_not_renormalised_by_default():
+    assert not _config(estimator="drgrpo").normalize_advantages
+    assert _config(estimator="gae", baseline=True).normalize_advantages  # token-level: as for ppo
+
+
+def test_remax_baseline_answers_the_same_prompts():
+    """At a temperature near 0 sampling is greedy, so R − R_greedy is exactly 0 — unless the
+    greedy rollout answered other prompts — and nothing moves."""
+    config = _config(estimator="remax", temperature=1e-6, total_timesteps=128 * 4 * 3)
+    _, metrics = jax.jit(make_train(config))(jax.random.key(2), HP)
+    np.testing.assert_array_equal(metrics["grad_norm"], 0.0)
