@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _processes import interrupt_when
 from rich.console import Console
 
 from jaxadv import cli, envs
@@ -79,17 +80,8 @@ def test_sigint_then_resume_equals_an_uninterrupted_run_bitwise(tmp_path):
     config = _config(24 * 16, algo="ppo")  # 24 updates, calls of 4, a checkpoint after each
     cmd = [sys.executable, "-m", "jaxadv.cli", "train", *TINY, "--total-timesteps", "384",
            "--chunk-updates", "4", "--checkpoint-every", "4", "--out", str(out), "--quiet"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 90
-        while len(checkpoint_steps(out / "checkpoints")) < 2 and proc.poll() is None:
-            assert time.monotonic() < deadline, "no checkpoint within 90 s"
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    assert proc.returncode == 130, err
+    status, err = interrupt_when(cmd, lambda: len(checkpoint_steps(out / "checkpoints")) >= 2, within=90)
+    assert status == 130, err
     stopped = checkpoint_steps(out / "checkpoints")[-1]
     assert 8 <= stopped < 24, err
     assert f"SIGINT: stopped after update {stopped} of 24" in err

@@ -14,10 +14,10 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
+from _processes import interrupt_when
 from _sweep_resume_worker import stub_make_train
 
 from jaxadv import cli
@@ -129,18 +129,9 @@ def _copy(src, tmp_path):
 def test_sigint_then_resume_equals_an_uninterrupted_sweep(finished, tmp_path):
     out = tmp_path / "out"
     # 0.5 s per chunk, inside the compiled call: SIGINT lands while a chunk is in flight
-    proc = subprocess.Popen([*WORKER, "0.5", *SWEEP, "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while len(_chunk_files(out)) < 2 and proc.poll() is None:
-            assert time.monotonic() < deadline, "no 2 chunks within 60 s"
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    assert proc.returncode == 130, err
+    status, err = interrupt_when([*WORKER, "0.5", *SWEEP, "--out", str(out)],
+                                 lambda: len(_chunk_files(out)) >= 2, within=60)
+    assert status == 130, err
     saved = _chunk_files(out)
     assert 2 <= len(saved) < 6, err  # the chunk in flight was finished and saved
     manifest = _manifest(out)

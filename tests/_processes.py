@@ -1,0 +1,22 @@
+"""Subprocess helpers shared by the interrupt tests."""
+
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+
+
+def interrupt_when(cmd: Sequence[str], ready: Callable[[], bool], *, within: float) -> tuple[int, str]:
+    """Start ``cmd``, send SIGINT once ``ready()`` holds (failing if it does not within
+    ``within`` seconds), and return ``(exit status, stderr)``; the process is always killed."""
+    proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + within
+        while not ready() and proc.poll() is None:
+            assert time.monotonic() < deadline, f"not ready within {within} s"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    return proc.returncode, err
