@@ -210,7 +210,7 @@ def rollout(
         jax.random.split(key_reset, (num_steps, num_envs)), env_params
     )
     (env_state, obs, reward_scaler), (traj, final_obs, raw_obs) = jax.lax.scan(
-        step, (env_state, obs, reward_scaler), (noise, env_keys, resets)
+        step, (env_state, obs, reward_scaler), (noise, env_keys, resets), unroll=2
     )
     pi, critic = apply_fn(params, norm(final_obs))
     traj = traj._replace(next_value=_state_values(pi, critic, q_critic))

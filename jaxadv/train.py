@@ -393,14 +393,53 @@ class Trainer(NamedTuple):
     env_params: Any = None
 
 
-def _nonfinite_flags(loss: jax.Array, grads: jax.Array, params: jax.Array) -> jax.Array:
+def _nonfinite_flags(loss: jax.Array, grad_norm: jax.Array, params: jax.Array) -> jax.Array:
     """Bit ``i`` set where ``NONFINITE[i]`` holds a NaN or ±inf: an int32 scalar.
 
-    ``loss`` is the minibatch's total loss, ``grads`` its gradient and ``params`` the flat
-    parameter vector after the optimiser step: three reductions, no host sync.
+    ``loss`` is the minibatch's total loss, ``grad_norm`` its gradient's global norm (NaN or
+    inf exactly when a gradient entry is, barring a norm beyond 3e38) and ``params`` the flat
+    parameter vector after the optimiser step; ``params * 0`` sums to NaN exactly when an
+    entry is not finite. One reduction beyond the norm the optimiser computes anyway.
     """
-    bad = (~jnp.isfinite(loss), ~jnp.all(jnp.isfinite(grads)), ~jnp.all(jnp.isfinite(params)))
+    bad = (~jnp.isfinite(loss), ~jnp.isfinite(grad_norm), jnp.isnan(jnp.sum(params * 0.0)))
     return sum(b.astype(jnp.int32) << i for i, b in enumerate(bad))
+
+
+def permutations(key: jax.Array, num: int, size: int, *, key_bits: int = 32) -> jax.Array:
+    """``[num, size]`` int32: independent, exactly uniform random permutations of ``range(size)``.
+
+    Each row is the ranks of ``size`` i.i.d. random keys, found with single-operand sorts
+    and binary searches only: on CPU these run 3–7× faster than the key–value sort of
+    ``jax.random.permutation`` (512 items: 23 vs 69 µs; 8192: 0.4 vs 2.8 ms). Keys that
+    tie are redrawn (a ``while_loop`` that rarely runs: P(tie) ≈ size²/2³³). Every step
+    treats the items alike, so the ranks are exchangeable, hence uniform.
+    ``key_bits < 32`` keeps only that many random bits per key, so tests can force ties.
+
+    >>> import jax, numpy as np
+    >>> p = permutations(jax.random.key(0), 3, 10)
+    >>> p.shape, bool(np.all(np.sort(np.asarray(p), axis=1) == np.arange(10)))
+    ((3, 10), True)
+    """
+    if not 1 <= key_bits <= 32 or size > 2**key_bits:  # the loop could never finish
+        raise ValueError(f"`key_bits` = {key_bits} cannot give {size} distinct keys")
+    draw = lambda k, shape: jax.random.bits(k, shape, jnp.uint32) >> (32 - key_bits)
+    key, key_first = jax.random.split(key)
+    rank = jax.vmap(jnp.searchsorted)  # rows of sorted keys, rows of queries
+
+    def tied(carry):
+        sorted_keys = carry[2]
+        return jnp.any(sorted_keys[:, 1:] == sorted_keys[:, :-1])
+
+    def redraw(carry):
+        i, keys, sorted_keys = carry
+        count = jax.vmap(lambda s, k: jnp.searchsorted(s, k, side="right"))(sorted_keys, keys)
+        dup = count - rank(sorted_keys, keys) > 1
+        keys = jnp.where(dup, draw(jax.random.fold_in(key, i), keys.shape), keys)
+        return i + 1, keys, jnp.sort(keys, axis=1)
+
+    keys = draw(key_first, (num, size))
+    _, keys, sorted_keys = jax.lax.while_loop(tied, redraw, (0, keys, jnp.sort(keys, axis=1)))
+    return rank(sorted_keys, keys).astype(jnp.int32)
 
 
 def _tempered(network: Any, temperature: float) -> Any:
@@ -586,13 +625,12 @@ def make_trainer(config: TrainConfig) -> Trainer:
             updates, opt_state = opt.update(grads, opt_state, params)
             metrics["grad_norm"] = optax.tree.norm(grads)
             params = params + updates
-            metrics["nonfinite"] = _nonfinite_flags(loss, grads, params)
+            metrics["nonfinite"] = _nonfinite_flags(loss, metrics["grad_norm"], params)
             return (params, opt_state), metrics
 
-        def epoch(carry, key):
+        def epoch(carry, perm):
             shuffled = data
             if config.num_minibatches > 1:  # one gather per epoch, then contiguous slices
-                perm = jax.random.permutation(key, size)
                 shuffled = jax.tree.map(lambda x: jnp.take(x, perm, axis=axis), data)
             if config.episodic:
                 split = lambda x: jnp.moveaxis(
@@ -602,7 +640,7 @@ def make_trainer(config: TrainConfig) -> Trainer:
             return jax.lax.scan(minibatch, carry, jax.tree.map(split, shuffled))
 
         (flat_params, opt_state), metrics = jax.lax.scan(
-            epoch, (flat_params, opt_state), jax.random.split(key, config.update_epochs)
+            epoch, (flat_params, opt_state), permutations(key, config.update_epochs, size)
         )
         return flat_params, opt_state, metrics
 
