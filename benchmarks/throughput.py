@@ -1,15 +1,18 @@
-"""Training throughput of the fused trainer against the same run's raw env-stepping ceiling.
+"""Training throughput of the fused trainer against a reference PPO and the raw env-stepping
+ceiling, all measured in the same run.
 
 Configuration (the one the most-copied fused JAX PPO is measured at): CartPole-v1,
 128 steps × ``num_envs``, 4 epochs × 4 minibatches, 64×64 tanh MLP, 5×10⁵ steps
 (or 4 updates, whichever is more). For each ``num_envs`` it prints training env
-steps/s (compile excluded), the raw ceiling — gymnax stepping with a policy forward
-pass and action sampling at the same ``num_envs``, nothing stored or learned — the
-ratio of the two, compile seconds and the compiled program's memory (arguments +
-outputs + temporaries, from XLA's memory analysis). The last row trains 16 seeds
-vmapped at 4 envs each.
+steps/s (compile excluded); the same for ``reference_ppo.py``, a PPO written the way
+that implementation is (truncation as termination), and the ratio; the raw ceiling —
+gymnax stepping with a policy forward pass and action sampling at the same
+``num_envs``, nothing stored or learned — and the ratio to it; compile seconds and
+the compiled program's memory (arguments + outputs + temporaries, from XLA's memory
+analysis). The last row trains 16 seeds vmapped at 4 envs each.
 
-Run: ``.venv/bin/python benchmarks/throughput.py [--sizes 4 64 ...] [--single-thread]``.
+Run: ``.venv/bin/python benchmarks/throughput.py [--sizes 4 64 ...] [--single-thread]
+[--no-reference]``.
 ``--single-thread`` sets ``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false`` before JAX
 starts: at these sizes XLA's intra-op thread pool costs more than it brings.
 """
@@ -27,6 +30,8 @@ parser.add_argument("--sizes", type=int, nargs="+", default=[4, 64, 512, 2048, 8
 parser.add_argument("--total-timesteps", type=int, default=500_000)
 parser.add_argument("--seeds", type=int, default=16, help="seeds for the vmapped row (0: skip)")
 parser.add_argument("--single-thread", action="store_true")
+parser.add_argument("--no-reference", dest="reference", action="store_false",
+                    help="skip the reference PPO (reference_ppo.py) column")
 ARGS = parser.parse_args()
 if ARGS.single_thread:
     os.environ["XLA_FLAGS"] = (
@@ -38,6 +43,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from jaxadv.networks import make_network  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from reference_ppo import make_reference_train  # noqa: E402
 from jaxadv.train import HParams, TrainConfig, make_train  # noqa: E402
 
 
@@ -104,22 +112,36 @@ def train_speed(num_envs: int, seeds: int = 0):
     return steps / seconds, compile_s, _memory_mb(compiled), steps
 
 
+def reference_speed(num_envs: int, seeds: int = 0) -> float:
+    """Env steps/s of ``reference_ppo.py`` (the most-copied PPO's structure) at ``num_envs``."""
+    total = max(ARGS.total_timesteps, 4 * num_envs * 128)
+    train = make_reference_train(num_envs, total)
+    if seeds:
+        fn, key = jax.vmap(train), jax.random.split(jax.random.key(0), seeds)
+    else:
+        fn, key = train, jax.random.key(0)
+    _, seconds, _ = _timed(fn, key)
+    return (total // (num_envs * 128)) * num_envs * 128 * max(seeds, 1) / seconds
+
+
 def main() -> None:
     print(
         f"# jax {jax.__version__} on {jax.devices()[0].device_kind} ({platform.machine()}, "
         f"{os.cpu_count()} cores); XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}"
     )
     print()
-    print("| num_envs | seeds | train steps/s | ceiling steps/s | train ÷ ceiling | compile s | memory MB |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+    print("| num_envs | seeds | train steps/s | reference steps/s | train ÷ reference "
+          "| ceiling steps/s | train ÷ ceiling | compile s | memory MB |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     rows = [(n, 0) for n in ARGS.sizes] + ([(4, ARGS.seeds)] if ARGS.seeds else [])
     for num_envs, seeds in rows:
         speed, compile_s, mem, _ = train_speed(num_envs, seeds)
         # the ceiling of the vmapped row: all seeds' envs stepped together
         top = ceiling(num_envs * max(seeds, 1), 128)
+        ref = reference_speed(num_envs, seeds) if ARGS.reference else float("nan")
         print(
-            f"| {num_envs} | {max(seeds, 1)} | {speed:,.0f} | {top:,.0f} | {speed / top:.2f} "
-            f"| {compile_s:.1f} | {mem:.0f} |",
+            f"| {num_envs} | {max(seeds, 1)} | {speed:,.0f} | {ref:,.0f} | {speed / ref:.2f} "
+            f"| {top:,.0f} | {speed / top:.2f} | {compile_s:.1f} | {mem:.0f} |",
             flush=True,
         )
     sys.stdout.flush()
