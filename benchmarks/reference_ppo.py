@@ -117,9 +117,9 @@ def make_reference_train(num_envs: int, total_timesteps: int):
                 rng, key = jax.random.split(rng)
                 size = num_envs * NUM_STEPS
                 perm = jax.random.permutation(key, size)
-                flat = jax.tree.map(lambda x: x.reshape((size,) + x.shape[2:]), batch)
+                flat = jax.tree.map(lambda x: x.reshape((size, *x.shape[2:])), batch)
                 shuffled = jax.tree.map(lambda x: jnp.take(x, perm, axis=0), flat)
-                mbs = jax.tree.map(lambda x: x.reshape((MINIBATCHES, minibatch) + x.shape[1:]), shuffled)
+                mbs = jax.tree.map(lambda x: x.reshape((MINIBATCHES, minibatch, *x.shape[1:])), shuffled)
                 state, loss = jax.lax.scan(minibatch_step, state, mbs)
                 return (state, rng), loss
 

@@ -30,6 +30,7 @@ parser.add_argument("--sizes", type=int, nargs="+", default=[4, 64, 512, 2048, 8
 parser.add_argument("--total-timesteps", type=int, default=500_000)
 parser.add_argument("--seeds", type=int, default=16, help="seeds for the vmapped row (0: skip)")
 parser.add_argument("--single-thread", action="store_true")
+parser.add_argument("--repeats", type=int, default=5, help="timed runs of each program")
 parser.add_argument("--no-reference", dest="reference", action="store_false",
                     help="skip the reference PPO (reference_ppo.py) column")
 ARGS = parser.parse_args()
@@ -41,11 +42,13 @@ if ARGS.single_thread:
 import gymnax  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 
 from jaxadv.networks import make_network  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from reference_ppo import make_reference_train  # noqa: E402
+
 from jaxadv.train import HParams, TrainConfig, make_train  # noqa: E402
 
 
@@ -57,19 +60,24 @@ def _memory_mb(compiled) -> float:
     return total / 2**20
 
 
-def _timed(fn, *args):
-    """(compile seconds, run seconds, compiled) for a jitted ``fn`` at ``args``."""
+def _compiled(fn, *args):
+    """(compile seconds, compiled, args) for a jitted ``fn``, after one warm-up call."""
     start = time.perf_counter()
     compiled = jax.jit(fn).lower(*args).compile()
     compile_s = time.perf_counter() - start
     jax.block_until_ready(compiled(*args))  # warm-up run: allocator, caches
+    return compile_s, compiled, args
+
+
+def _seconds(job) -> float:
+    _, compiled, args = job
     start = time.perf_counter()
     jax.block_until_ready(compiled(*args))
-    return compile_s, time.perf_counter() - start, compiled
+    return time.perf_counter() - start
 
 
 def ceiling(num_envs: int, num_steps: int):
-    """Raw gymnax stepping with a policy forward pass and sampling: env steps/s."""
+    """Raw gymnax stepping with a policy forward pass and sampling, compiled."""
     env, env_params = gymnax.make("CartPole-v1")
     net = make_network(env.num_actions)
     params = net.init(jax.random.key(0), jnp.zeros(env.observation_space(env_params).shape))
@@ -91,43 +99,31 @@ def ceiling(num_envs: int, num_steps: int):
 
         return jax.lax.scan(step, (obs, state), jax.random.split(key, num_steps))[1].sum()
 
-    _, seconds, _ = _timed(run, jax.random.key(1))
-    return num_envs * num_steps / seconds
+    return _compiled(run, jax.random.key(1))
 
 
-def train_speed(num_envs: int, seeds: int = 0):
-    """(env steps/s, compile s, memory MB, env steps) of training at ``num_envs``."""
-    batch = num_envs * 128
-    total = max(ARGS.total_timesteps, 4 * batch)
-    config = TrainConfig(num_envs=num_envs, total_timesteps=total)
+def _seed_keys(seeds: int):
+    return jax.random.split(jax.random.key(0), seeds) if seeds else jax.random.key(0)
+
+
+def train_job(num_envs: int, seeds: int = 0):
+    """jaxadv's ``train`` at ``num_envs`` (vmapped over ``seeds`` if > 0), compiled."""
+    config = TrainConfig(num_envs=num_envs, total_timesteps=max(ARGS.total_timesteps, 4 * num_envs * 128))
     train = make_train(config)
-    hp = HParams()
-    if seeds:
-        fn = jax.vmap(train, (0, None))
-        key = jax.random.split(jax.random.key(0), seeds)
-    else:
-        fn, key = train, jax.random.key(0)
-    compile_s, seconds, compiled = _timed(fn, key, hp)
-    steps = config.num_updates * config.batch_size * max(seeds, 1)
-    return steps / seconds, compile_s, _memory_mb(compiled), steps
+    return _compiled(jax.vmap(train, (0, None)) if seeds else train, _seed_keys(seeds), HParams())
 
 
-def reference_speed(num_envs: int, seeds: int = 0) -> float:
-    """Env steps/s of ``reference_ppo.py`` (the most-copied PPO's structure) at ``num_envs``."""
-    total = max(ARGS.total_timesteps, 4 * num_envs * 128)
-    train = make_reference_train(num_envs, total)
-    if seeds:
-        fn, key = jax.vmap(train), jax.random.split(jax.random.key(0), seeds)
-    else:
-        fn, key = train, jax.random.key(0)
-    _, seconds, _ = _timed(fn, key)
-    return (total // (num_envs * 128)) * num_envs * 128 * max(seeds, 1) / seconds
+def reference_job(num_envs: int, seeds: int = 0):
+    """``reference_ppo.py`` (the most-copied PPO's structure) at ``num_envs``, compiled."""
+    train = make_reference_train(num_envs, max(ARGS.total_timesteps, 4 * num_envs * 128))
+    return _compiled(jax.vmap(train) if seeds else train, _seed_keys(seeds))
 
 
 def main() -> None:
     print(
         f"# jax {jax.__version__} on {jax.devices()[0].device_kind} ({platform.machine()}, "
-        f"{os.cpu_count()} cores); XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}"
+        f"{os.cpu_count()} cores); XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; "
+        f"median of {ARGS.repeats} interleaved runs"
     )
     print()
     print("| num_envs | seeds | train steps/s | reference steps/s | train ÷ reference "
@@ -135,13 +131,25 @@ def main() -> None:
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     rows = [(n, 0) for n in ARGS.sizes] + ([(4, ARGS.seeds)] if ARGS.seeds else [])
     for num_envs, seeds in rows:
-        speed, compile_s, mem, _ = train_speed(num_envs, seeds)
-        # the ceiling of the vmapped row: all seeds' envs stepped together
-        top = ceiling(num_envs * max(seeds, 1), 128)
-        ref = reference_speed(num_envs, seeds) if ARGS.reference else float("nan")
+        total = max(ARGS.total_timesteps, 4 * num_envs * 128)
+        steps = total // (num_envs * 128) * num_envs * 128 * max(seeds, 1)
+        jobs = {"train": train_job(num_envs, seeds),
+                # the ceiling of the vmapped row: all seeds' envs stepped together
+                "ceiling": ceiling(num_envs * max(seeds, 1), 128)}
+        if ARGS.reference:
+            jobs["reference"] = reference_job(num_envs, seeds)
+        times = {name: [] for name in jobs}
+        for _ in range(ARGS.repeats):  # interleaved, so a slow spell of the machine hits all
+            for name, job in jobs.items():
+                times[name].append(_seconds(job))
+        med = {name: float(np.median(t)) for name, t in times.items()}
+        speed = steps / med["train"]
+        top = num_envs * max(seeds, 1) * 128 / med["ceiling"]
+        ref = steps / med["reference"] if ARGS.reference else float("nan")
+        compile_s, compiled, _ = jobs["train"]
         print(
             f"| {num_envs} | {max(seeds, 1)} | {speed:,.0f} | {ref:,.0f} | {speed / ref:.2f} "
-            f"| {top:,.0f} | {speed / top:.2f} | {compile_s:.1f} | {mem:.0f} |",
+            f"| {top:,.0f} | {speed / top:.2f} | {compile_s:.1f} | {_memory_mb(compiled):.0f} |",
             flush=True,
         )
     sys.stdout.flush()

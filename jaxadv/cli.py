@@ -32,6 +32,7 @@ before anything compiles.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import json
 import math
@@ -285,8 +286,10 @@ def compile_chunked(
     sizes = chunk_sizes(config.num_updates - start, min(chunk_updates, config.num_updates))
     init = jax.jit(jax.vmap(trainer.init, (0, None)))
     run_fn = jax.vmap(trainer.run, (0, None, None))
-    if debug_nans:
-        run_fn = checkify.checkify(run_fn, errors=checkify.nan_checks)
+    if debug_nans:  # vmap of checkify: checkify cannot take the batched loops of vmap
+        run_fn = lambda state, hp, k: jax.vmap(checkify.checkify(
+            functools.partial(trainer.run, num_updates=k), errors=checkify.nan_checks),
+            (0, None))(state, hp)
     run = jax.jit(run_fn, static_argnums=2)
     t0 = time.perf_counter()
     state = jax.eval_shape(init, keys, hp)
@@ -303,13 +306,17 @@ def _raising_nans(compiled: Callable) -> Callable:
     def call(state: TrainState, hp: HParams) -> tuple[TrainState, dict]:
         error, out = compiled(state, hp)
         exc = error.get_exception()
+        seeds = ""
+        if exc is not None and hasattr(exc, "error_mapping"):  # one error per seed
+            seeds = f" (seed(s) {', '.join(str(i[0]) for i in exc.error_mapping)})"
+            exc = next(iter(exc.error_mapping.values()))
         if exc is not None:
             frames = [line.strip() for line in str(exc.traceback_info).splitlines()
                       if f"{os.sep}jaxadv{os.sep}" in line]  # innermost first
             where = ", called from ".join(
                 line[line.rindex(f"{os.sep}jaxadv{os.sep}") + 1:] for line in frames[:3]
             )
-            raise FloatingPointError(f"{exc}".rstrip(".") + (f" at {where}" if where else ""))
+            raise FloatingPointError(f"{exc}".rstrip(".") + (f" at {where}" if where else "") + seeds)
         return out
 
     return call

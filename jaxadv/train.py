@@ -405,41 +405,30 @@ def _nonfinite_flags(loss: jax.Array, grad_norm: jax.Array, params: jax.Array) -
     return sum(b.astype(jnp.int32) << i for i, b in enumerate(bad))
 
 
-def permutations(key: jax.Array, num: int, size: int, *, key_bits: int = 32) -> jax.Array:
-    """``[num, size]`` int32: independent, exactly uniform random permutations of ``range(size)``.
+def permutations(key: jax.Array, num: int, size: int) -> jax.Array:
+    """``[num, size]`` int32: independent random permutations of ``range(size)``.
 
-    Each row is the ranks of ``size`` i.i.d. random keys, found with single-operand sorts
-    and binary searches only: on CPU these run 3–7× faster than the key–value sort of
-    ``jax.random.permutation`` (512 items: 23 vs 69 µs; 8192: 0.4 vs 2.8 ms). Keys that
-    tie are redrawn (a ``while_loop`` that rarely runs: P(tie) ≈ size²/2³³). Every step
-    treats the items alike, so the ranks are exchangeable, hence uniform.
-    ``key_bits < 32`` keeps only that many random bits per key, so tests can force ties.
+    Items are ordered by i.i.d. 32-bit random keys, equal keys in index order: one round
+    of ``jax.random.permutation``'s algorithm. A tie has probability ≈ size²/2³³ (3·10⁻⁵
+    for 512 items, 0.008 for 8192) and only fixes the order of the tied items. The round
+    uses single-operand sorts only — each key's rank packed above the item's index in one
+    32-bit word — which on CPU run several times faster than the key–value sort of
+    ``jax.random.permutation`` (512 items: 35 vs 69 µs; 8192: 1.1 vs 2.8 ms). Beyond 2¹⁶
+    items, where rank and index no longer fit in one word, it calls
+    ``jax.random.permutation``.
 
     >>> import jax, numpy as np
     >>> p = permutations(jax.random.key(0), 3, 10)
     >>> p.shape, bool(np.all(np.sort(np.asarray(p), axis=1) == np.arange(10)))
     ((3, 10), True)
     """
-    if not 1 <= key_bits <= 32 or size > 2**key_bits:  # the loop could never finish
-        raise ValueError(f"`key_bits` = {key_bits} cannot give {size} distinct keys")
-    draw = lambda k, shape: jax.random.bits(k, shape, jnp.uint32) >> (32 - key_bits)
-    key, key_first = jax.random.split(key)
-    rank = jax.vmap(jnp.searchsorted)  # rows of sorted keys, rows of queries
-
-    def tied(carry):
-        sorted_keys = carry[2]
-        return jnp.any(sorted_keys[:, 1:] == sorted_keys[:, :-1])
-
-    def redraw(carry):
-        i, keys, sorted_keys = carry
-        count = jax.vmap(lambda s, k: jnp.searchsorted(s, k, side="right"))(sorted_keys, keys)
-        dup = count - rank(sorted_keys, keys) > 1
-        keys = jnp.where(dup, draw(jax.random.fold_in(key, i), keys.shape), keys)
-        return i + 1, keys, jnp.sort(keys, axis=1)
-
-    keys = draw(key_first, (num, size))
-    _, keys, sorted_keys = jax.lax.while_loop(tied, redraw, (0, keys, jnp.sort(keys, axis=1)))
-    return rank(sorted_keys, keys).astype(jnp.int32)
+    if size > 2**16:
+        return jax.vmap(lambda k: jax.random.permutation(k, size))(jax.random.split(key, num))
+    low = max(size - 1, 1).bit_length()  # bits of an index
+    index = jnp.arange(size, dtype=jnp.uint32)[None, :]
+    keys = jax.random.bits(key, (num, size), jnp.uint32)
+    rank = jax.vmap(jnp.searchsorted)(jnp.sort(keys, axis=1), keys).astype(jnp.uint32)
+    return (jnp.sort(rank << low | index, axis=1) & ((1 << low) - 1)).astype(jnp.int32)
 
 
 def _tempered(network: Any, temperature: float) -> Any:
