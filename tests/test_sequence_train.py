@@ -96,7 +96,7 @@ HP = HParams(lr=3e-3, gamma=1.0, gae_lambda=1.0, ent_coef=0.0)
 
 @pytest.fixture(scope="module")
 def grpo_run():
-    config = _config()
+    config = _config(total_timesteps=128 * 4 * 30)  # 30 updates: seeds 0 and 2 reach 0.97
     return config, jax.jit(make_train(config))(jax.random.key(0), HP)
 
 
