@@ -105,7 +105,7 @@ def test_real_sweep_writes_the_three_files(real_sweep):
     for p, entry in enumerate(summary["per_point"]):
         mean, half = _ci95(finals[p])
         assert entry["point"] == dict(zip(("lr", "gae_lambda"), grid[p]))
-        nan_if_none = lambda x: math.nan if x is None else x  # noqa: E731 (0.0 is a value)
+        nan_if_none = lambda x: math.nan if x is None else x  # 0.0 is a value, not missing
         np.testing.assert_allclose(nan_if_none(entry["final_return_mean"]), mean, rtol=1e-5)
         np.testing.assert_allclose(nan_if_none(entry["final_return_ci95"]), half, rtol=1e-5)
     # the best point is the max of the mean final return
