@@ -129,12 +129,7 @@ class TrainArgs:
             _check_fresh_out(self.out)
             return self
         stored = _stored_args(self.resume)
-        for field, old, new in _changes(stored, self):
-            raise ValueError(
-                f"`{field}` = {new!r} would change the run being resumed, which has "
-                f"{field} = {old!r} (in {self.resume / 'config.json'}); a resumed run keeps its "
-                f"settings: leave the flag out, or start a new run with another --out"
-            )
+        _refuse_changes(_changes(stored, self), "run", self.resume / "config.json")
         if self.out.resolve() != self.resume.resolve():
             raise ValueError(f"`out` = {str(self.out)!r}: --resume continues the run in its own "
                              f"directory {str(self.resume)!r}; leave --out out")
@@ -161,6 +156,17 @@ def _stored_args(run_dir: pathlib.Path) -> TrainArgs:
                          "an earlier `jaxadv train`") from None
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"`resume`: {path} does not describe a train run ({exc})") from None
+
+
+def _refuse_changes(changes: Iterator[tuple[str, Any, Any]], what: str, where: pathlib.Path) -> None:
+    """Raise a ValueError naming the first ``(field, old, new)`` that would change the resumed
+    ``what`` ("run" or "sweep") stored in ``where``."""
+    for field, old, new in changes:
+        raise ValueError(
+            f"`{field}` = {new!r} would change the {what} being resumed, which has "
+            f"{field} = {old!r} (in {where}); a resumed {what} keeps its settings: leave the "
+            f"flag out, or start a new {what} with another --out"
+        )
 
 
 def _changes(stored: TrainArgs, args: TrainArgs) -> Iterator[tuple[str, Any, Any]]:
@@ -694,13 +700,8 @@ class SweepArgs:
             _check_fresh_sweep(self.out)
             return self
         stored = _stored_sweep_args(self.resume)
-        for field, old, new in _sweep_changes(stored, self):
-            raise ValueError(
-                f"`{field}` = {new!r} would change the sweep being resumed, which has "
-                f"{field} = {old!r} (in {self.resume / 'chunks' / 'manifest.json'}); a resumed "
-                "sweep keeps its settings: leave the flag out, or start a new sweep with "
-                "another --out"
-            )
+        _refuse_changes(_sweep_changes(stored, self), "sweep",
+                        self.resume / "chunks" / "manifest.json")
         if self.out.resolve() != self.resume.resolve():
             raise ValueError(f"`out` = {str(self.out)!r}: --resume continues the sweep in its "
                              f"own directory {str(self.resume)!r}; leave --out out")

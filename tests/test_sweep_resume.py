@@ -95,25 +95,27 @@ def spy(monkeypatch):
     return calls
 
 
+def _stub_sweep(out, exit_code: int, interrupts=None):
+    """Run SWEEP into ``out`` on the stub trainer (and ``interrupts`` as ``cli._Interrupts``)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sweep_module, "make_train", stub_make_train())
+        if interrupts is not None:
+            mp.setattr(cli, "_Interrupts", interrupts)
+        assert cli.main([*SWEEP, "--quiet", "--out", str(out)]) == exit_code
+    return out
+
+
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """An uninterrupted sweep (the reference)."""
-    out = tmp_path_factory.mktemp("finished") / "out"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(sweep_module, "make_train", stub_make_train())
-        assert cli.main([*SWEEP, "--quiet", "--out", str(out)]) == 0
-    return out
+    return _stub_sweep(tmp_path_factory.mktemp("finished") / "out", 0)
 
 
 @pytest.fixture(scope="module")
 def unfinished(tmp_path_factory):
     """A sweep stopped by SIGTERM after its first chunk (``_Signalled``)."""
-    out = tmp_path_factory.mktemp("unfinished") / "out"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(sweep_module, "make_train", stub_make_train())
-        mp.setattr(cli, "_Interrupts", _Signalled)
-        assert cli.main([*SWEEP, "--quiet", "--out", str(out)]) == 128 + signal.SIGTERM
-    return out
+    return _stub_sweep(tmp_path_factory.mktemp("unfinished") / "out", 128 + signal.SIGTERM,
+                       _Signalled)
 
 
 def _copy(src, tmp_path):
