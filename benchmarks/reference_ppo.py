@@ -2,7 +2,9 @@
 
 Same structure as that single-file implementation, so its speed can be measured in the
 same run as jaxadv's: a flax ``TrainState``; separate 64×64 tanh actor and critic MLPs
-with orthogonal init, evaluated together; ``distrax.Categorical`` for sampling, log-probs
+with orthogonal init (jaxadv's LAPACK-free initialiser of the same distribution: flax's
+QR-based one deadlocks jaxlib 0.10 when vmapped over seeds, DESIGN.md "Known hazard"),
+evaluated together; ``distrax.Categorical`` for sampling, log-probs
 and entropy; one env key per env per step with the auto-reset drawn inside ``env.step``;
 GAE as a reverse ``lax.scan`` (``unroll=16``); per epoch a ``jax.random.permutation`` of
 the flat batch, then a scan over minibatches with the clipped PPO loss, clipped value
@@ -25,6 +27,8 @@ import numpy as np
 import optax
 from flax.training.train_state import TrainState
 
+from jaxadv.networks import orthogonal
+
 NUM_STEPS, EPOCHS, MINIBATCHES = 128, 4, 4
 GAMMA, LAMBDA, CLIP, ENT, VF, MAX_NORM, LR = 0.99, 0.95, 0.2, 0.01, 0.5, 0.5, 2.5e-4
 
@@ -34,7 +38,7 @@ class ActorCritic(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        dense = lambda n, s: nn.Dense(n, kernel_init=nn.initializers.orthogonal(s),
+        dense = lambda n, s: nn.Dense(n, kernel_init=orthogonal(s),
                                       bias_init=nn.initializers.constant(0.0))
         a = nn.tanh(dense(64, np.sqrt(2))(x))
         a = nn.tanh(dense(64, np.sqrt(2))(a))

@@ -9,7 +9,13 @@ that implementation is (truncation as termination), and the ratio; the raw ceili
 gymnax stepping with a policy forward pass and action sampling at the same
 ``num_envs``, nothing stored or learned — and the ratio to it; compile seconds and
 the compiled program's memory (arguments + outputs + temporaries, from XLA's memory
-analysis). The last row trains 16 seeds vmapped at 4 envs each.
+analysis). The last rows train 4 and 16 seeds vmapped at 4 envs each.
+
+The ``cli`` column runs the same configuration through ``jaxadv train``'s driver
+(:func:`jaxadv.driver.drive`: the default chunks of updates per compiled call, metrics.csv,
+progress and checkpoints, into a temporary directory) and reports the ``steps_per_second``
+of its summary, interleaved with the other programs. Its compile seconds are given for the
+first run (an empty persistent compilation cache) and for the runs after it (cached).
 
 Run: ``.venv/bin/python benchmarks/throughput.py [--sizes 4 64 ...] [--single-thread]
 [--no-reference]``.
@@ -21,18 +27,23 @@ from __future__ import annotations
 
 import argparse
 import os
+import pathlib
 import platform
 import sys
+import tempfile
 import time
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
 parser.add_argument("--sizes", type=int, nargs="+", default=[4, 64, 512, 2048, 8192])
 parser.add_argument("--total-timesteps", type=int, default=500_000)
-parser.add_argument("--seeds", type=int, default=16, help="seeds for the vmapped row (0: skip)")
+parser.add_argument("--seeds", type=int, nargs="*", default=[4, 16],
+                    help="seeds of the vmapped rows at 4 envs (none: skip)")
 parser.add_argument("--single-thread", action="store_true")
 parser.add_argument("--repeats", type=int, default=5, help="timed runs of each program")
 parser.add_argument("--no-reference", dest="reference", action="store_false",
                     help="skip the reference PPO (reference_ppo.py) column")
+parser.add_argument("--no-cli", dest="cli", action="store_false",
+                    help="skip the jaxadv train driver (cli) column")
 ARGS = parser.parse_args()
 if ARGS.single_thread:
     os.environ["XLA_FLAGS"] = (
@@ -49,6 +60,7 @@ from jaxadv.networks import make_network  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from reference_ppo import make_reference_train  # noqa: E402
 
+from jaxadv.driver import RunOptions, drive, enable_compile_cache  # noqa: E402
 from jaxadv.train import HParams, TrainConfig, make_train  # noqa: E402
 
 
@@ -106,10 +118,13 @@ def _seed_keys(seeds: int):
     return jax.random.split(jax.random.key(0), seeds) if seeds else jax.random.key(0)
 
 
+def _config(num_envs: int) -> TrainConfig:
+    return TrainConfig(num_envs=num_envs, total_timesteps=max(ARGS.total_timesteps, 4 * num_envs * 128))
+
+
 def train_job(num_envs: int, seeds: int = 0):
     """jaxadv's ``train`` at ``num_envs`` (vmapped over ``seeds`` if > 0), compiled."""
-    config = TrainConfig(num_envs=num_envs, total_timesteps=max(ARGS.total_timesteps, 4 * num_envs * 128))
-    train = make_train(config)
+    train = make_train(_config(num_envs))
     return _compiled(jax.vmap(train, (0, None)) if seeds else train, _seed_keys(seeds), HParams())
 
 
@@ -119,17 +134,27 @@ def reference_job(num_envs: int, seeds: int = 0):
     return _compiled(jax.vmap(train) if seeds else train, _seed_keys(seeds))
 
 
+def cli_run(num_envs: int, seeds: int, out: pathlib.Path) -> dict:
+    """One run of ``jaxadv train``'s driver (default chunks and checkpoints): its summary."""
+    options = RunOptions(out=out, seeds=max(seeds, 1), quiet=True)
+    return drive(_config(num_envs), HParams(), options).summary
+
+
 def main() -> None:
+    scratch = pathlib.Path(tempfile.mkdtemp(prefix="jaxadv-throughput-"))
+    enable_compile_cache(scratch / "xla")  # empty: the first compile of each program is real
     print(
         f"# jax {jax.__version__} on {jax.devices()[0].device_kind} ({platform.machine()}, "
         f"{os.cpu_count()} cores); XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; "
         f"median of {ARGS.repeats} interleaved runs"
     )
     print()
-    print("| num_envs | seeds | train steps/s | reference steps/s | train ÷ reference "
-          "| ceiling steps/s | train ÷ ceiling | compile s | memory MB |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    rows = [(n, 0) for n in ARGS.sizes] + ([(4, ARGS.seeds)] if ARGS.seeds else [])
+    print("| num_envs | seeds | train steps/s | cli steps/s | cli ÷ train | reference steps/s "
+          "| train ÷ ref | cli ÷ ref | ceiling steps/s | train ÷ ceiling | compile s: train "
+          "| cli (first, cached) | reference | memory MB |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    rows = [(n, 0) for n in ARGS.sizes] + [(4, s) for s in ARGS.seeds]
+    nan = float("nan")
     for num_envs, seeds in rows:
         total = max(ARGS.total_timesteps, 4 * num_envs * 128)
         steps = total // (num_envs * 128) * num_envs * 128 * max(seeds, 1)
@@ -139,17 +164,26 @@ def main() -> None:
         if ARGS.reference:
             jobs["reference"] = reference_job(num_envs, seeds)
         times = {name: [] for name in jobs}
-        for _ in range(ARGS.repeats):  # interleaved, so a slow spell of the machine hits all
+        cli = []
+        for i in range(ARGS.repeats):  # interleaved, so a slow spell of the machine hits all
             for name, job in jobs.items():
                 times[name].append(_seconds(job))
+            if ARGS.cli:
+                cli.append(cli_run(num_envs, seeds, scratch / f"run-{num_envs}-{seeds}-{i}"))
         med = {name: float(np.median(t)) for name, t in times.items()}
         speed = steps / med["train"]
         top = num_envs * max(seeds, 1) * 128 / med["ceiling"]
-        ref = steps / med["reference"] if ARGS.reference else float("nan")
+        ref = steps / med["reference"] if ARGS.reference else nan
+        cli_speed = float(np.median([c["steps_per_second"] for c in cli])) if cli else nan
+        first = cli[0]["compile_seconds"] if cli else nan
+        cached = float(np.median([c["compile_seconds"] for c in cli[1:]])) if len(cli) > 1 else nan
         compile_s, compiled, _ = jobs["train"]
+        ref_compile = jobs["reference"][0] if ARGS.reference else nan
         print(
-            f"| {num_envs} | {max(seeds, 1)} | {speed:,.0f} | {ref:,.0f} | {speed / ref:.2f} "
-            f"| {top:,.0f} | {speed / top:.2f} | {compile_s:.1f} | {_memory_mb(compiled):.0f} |",
+            f"| {num_envs} | {max(seeds, 1)} | {speed:,.0f} | {cli_speed:,.0f} | {cli_speed / speed:.2f} "
+            f"| {ref:,.0f} | {speed / ref:.2f} | {cli_speed / ref:.2f} | {top:,.0f} | {speed / top:.2f} "
+            f"| {compile_s:.1f} | {first:.1f}, {cached:.1f} | {ref_compile:.1f} "
+            f"| {_memory_mb(compiled):.0f} |",
             flush=True,
         )
     sys.stdout.flush()

@@ -31,15 +31,21 @@ import os
 import pathlib
 import shutil
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxadv.sweep import ChunkId, ChunkResult
-
-__all__ = ["Checkpoint", "CheckpointError", "CheckpointStore", "SweepChunks", "checkpoint_steps"]
+__all__ = [
+    "Checkpoint",
+    "CheckpointError",
+    "CheckpointStore",
+    "ChunkId",
+    "ChunkResult",
+    "SweepChunks",
+    "checkpoint_steps",
+]
 
 _FORMAT = 1
 
@@ -242,13 +248,50 @@ def _write_atomic(path: pathlib.Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+class ChunkId(NamedTuple):
+    """The runs one compiled call of :func:`~jaxadv.sweep.run_sweep` trains: ``[start, stop)`` of static
+    group ``group``'s flattened ``points × seeds`` axis.
+
+    Groups are numbered in order of first appearance among the points; run ``e`` of a
+    group is its point ``e // seeds`` with seed ``e % seeds``. The bounds follow from the
+    grid, ``seeds``, ``max_parallel`` and the device count, nothing else.
+
+    >>> ChunkId(group=0, start=6, stop=9)
+    ChunkId(group=0, start=6, stop=9)
+    """
+
+    group: int
+    start: int
+    stop: int
+
+
+class ChunkResult(NamedTuple):
+    """One chunk's results on the host, one row per run (``[stop − start, U]`` each), and
+    what its call cost.
+
+    Attributes:
+      returns: ``episode_return`` of each run and update (NaN where no episode ended).
+      episodes: ``episodes``: episodes that ended in each update.
+      env_steps: ``env_steps`` after each update.
+      seconds: wall seconds of the call, its compile included.
+      compile_seconds: seconds compiling the group's program for it (0 but for the first
+        chunk of a group that was computed).
+    """
+
+    returns: np.ndarray
+    episodes: np.ndarray
+    env_steps: np.ndarray
+    seconds: float = 0.0
+    compile_seconds: float = 0.0
+
+
 class SweepChunks:
     """The finished chunks of one ``jaxadv sweep``, in ``directory`` (``<out>/chunks``).
 
     ``manifest.json`` holds the sweep's ``settings`` (what a resumed sweep may not
     change), the ``devices`` its chunks were cut for, ``complete`` (all its outputs
-    written) and, per chunk file, its :class:`~jaxadv.sweep.ChunkId` and SHA-256. A chunk
-    file ``group<g>-runs<start>-<stop>.npz`` holds the :class:`~jaxadv.sweep.ChunkResult`.
+    written) and, per chunk file, its :class:`ChunkId` and SHA-256. A chunk
+    file ``group<g>-runs<start>-<stop>.npz`` holds the :class:`ChunkResult`.
     A chunk is written before the manifest that lists it, each renamed into place, so a
     crash at any point leaves a manifest whose chunks are complete (or detectably not).
 

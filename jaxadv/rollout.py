@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from jaxadv import distributions as dist
 from jaxadv.envs import RewardScaler, RunningMeanStd, normalize_obs, reward_scaler_update
 
-__all__ = ["Policy", "Transition", "first_episode_mask", "group_resets", "make_policy", "rollout"]
+__all__ = ["Policy", "Rollout", "Transition", "first_episode_mask", "group_resets", "make_policy", "rollout"]
 
 
 class Transition(NamedTuple):
@@ -116,6 +116,25 @@ def _state_values(policy_out: Any, critic: jax.Array, q_critic: bool) -> jax.Arr
     return jnp.sum(jax.nn.softmax(policy_out, axis=-1) * critic, axis=-1)
 
 
+class Rollout(NamedTuple):
+    """What :func:`rollout` returns.
+
+    Attributes:
+      env_state: the vmapped environment state ``[N]`` after the last step.
+      obs: ``[N, obs_dim]`` raw observations after the last step (where the next window starts).
+      reward_scaler: the reward scaler after the window (``None`` without scaling).
+      traj: the :class:`Transition` ``[T, N, ...]``.
+      raw_obs: ``[T, N, obs_dim]`` the unnormalised observations of each step, for updating
+        the observation statistics.
+    """
+
+    env_state: Any
+    obs: jax.Array
+    reward_scaler: RewardScaler | None
+    traj: Transition
+    raw_obs: jax.Array
+
+
 def rollout(
     key: jax.Array,
     params: Any,
@@ -133,7 +152,7 @@ def rollout(
     q_critic: bool = False,
     greedy: bool = False,
     info_keys: tuple[str, ...] = (),
-):
+) -> Rollout:
     """Collect ``num_steps`` steps from ``N`` environments with the current policy.
 
     Args:
@@ -152,9 +171,8 @@ def rollout(
       info_keys: ``info`` entries to keep in ``Transition.extras``.
 
     Returns:
-      ``(env_state, obs, reward_scaler, transition, raw_obs)``: the carried state after
-      the last step, the :class:`Transition` ``[T, N, ...]``, and the raw (unnormalised)
-      observations ``[T, N, obs_dim]`` for updating the statistics.
+      a :class:`Rollout`: the carried state after the last step, the :class:`Transition`
+      ``[T, N, ...]`` and the raw observations.
     """
     num_envs = obs.shape[0]
     norm = (lambda x: x) if obs_stats is None else (lambda x: normalize_obs(obs_stats, x))
@@ -214,7 +232,7 @@ def rollout(
     )
     pi, critic = apply_fn(params, norm(final_obs))
     traj = traj._replace(next_value=_state_values(pi, critic, q_critic))
-    return env_state, obs, reward_scaler, traj, raw_obs
+    return Rollout(env_state, obs, reward_scaler, traj, raw_obs)
 
 
 def group_resets(key: jax.Array, env: Any, env_params: Any, num_envs: int, group_size: int = 1):

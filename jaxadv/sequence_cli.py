@@ -22,11 +22,11 @@ import jax.numpy as jnp
 import numpy as np
 from rich.console import Console
 
-from jaxadv.checkpoint import CheckpointStore
+from jaxadv.driver import drive
 from jaxadv.envs.sequence import SequenceTask
-from jaxadv.report import write_json
 from jaxadv.rollout import rollout
 from jaxadv.train import HParams, TrainConfig, make_trainer
+from jaxadv.train_cli import TrainArgs, run_options, write_run_outputs
 
 __all__ = ["SequenceArgs", "generate", "plot_sequence", "sequence_command"]
 
@@ -160,9 +160,9 @@ def generate(trainer: Any, params: Any, key: jax.Array, num: int, *, greedy: boo
     def sample(key):
         key_reset, key_roll = jax.random.split(key)
         obs, state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(key_reset, num), env_params)
-        *_, traj, _ = rollout(key_roll, params, state, obs, None, None, apply_fn=trainer.network.apply,
+        traj = rollout(key_roll, params, state, obs, None, None, apply_fn=trainer.network.apply,
                               policy=trainer.policy, env=env, env_params=env_params,
-                              num_steps=config.num_steps, greedy=greedy, info_keys=("final_observation",))
+                              num_steps=config.num_steps, greedy=greedy, info_keys=("final_observation",)).traj
         first = jnp.argmax(traj.episode_done, axis=0)  # each env's first episode end
         return traj.extras["final_observation"][first, jnp.arange(num)]
 
@@ -187,8 +187,8 @@ def plot_sequence(path: pathlib.Path, samples: np.ndarray, reward: np.ndarray, e
 
 
 def sequence_command(args: SequenceArgs) -> dict[str, Any]:
-    """Show samples, train with ``jaxadv train``'s driver, write ``reward.png``, show samples."""
-    from jaxadv.cli import TrainArgs, train_command
+    """Show samples, train with :func:`~jaxadv.driver.drive`, write ``reward.png`` and the
+    outputs of ``jaxadv train``, show samples."""
 
     args = args.check()
     config, hp = args.config, args.hparams
@@ -200,36 +200,22 @@ def sequence_command(args: SequenceArgs) -> dict[str, Any]:
         console.print("[bold]before RL[/bold] (seed 0, sampled):")
         for text in generate(trainer, params, key_show, args.samples_shown):
             console.print(f"  {text}")
-    summary = train_command(TrainArgs(config=config, hparams=hp, seed=args.seed, seeds=args.seeds,
-                                      out=args.out, chunk_updates=args.chunk_updates, quiet=args.quiet))
-    metrics = _read_metrics(args.out / "metrics.csv", args.seeds)
-    samples = np.arange(1, metrics["episode_return"].shape[1] + 1) * config.num_envs
-    plot_sequence(args.out / "reward.png", samples, metrics["episode_return"], metrics["exact_match"],
-                  f"{args.estimator} · {args.task} · {args.seeds} seed(s)")
-    summary["final_exact_match"] = float(np.nanmean(metrics["exact_match"][:, -max(1, samples.size // 10):]))
+    train_args = TrainArgs(config=config, hparams=hp, seed=args.seed, seeds=args.seeds, out=args.out,
+                           chunk_updates=args.chunk_updates, quiet=args.quiet).check()
+    result = drive(config, hp, run_options(train_args))
+    history, summary = result.history, result.summary
+    samples = np.arange(1, config.num_updates + 1) * config.num_envs
+    exact = np.asarray(history["exact_match"], np.float64)
+    plot_sequence(args.out / "reward.png", samples, np.asarray(history["episode_return"], np.float64),
+                  exact, f"{args.estimator} · {args.task} · {args.seeds} seed(s)")
+    summary["final_exact_match"] = float(np.nanmean(exact[:, -max(1, samples.size // 10):]))
     summary["samples"] = int(samples[-1])
-    write_json(args.out / "summary.json", summary)
+    write_run_outputs(result, args.out, quiet=args.quiet)
     if args.samples_shown:
-        abstract = jax.eval_shape(jax.vmap(trainer.init, (0, None)),
-                                  jax.random.split(jax.random.key(args.seed), args.seeds), hp)
-        with CheckpointStore(args.out / "checkpoints") as store:
-            final = jax.tree.map(lambda x: x[0], store.restore(abstract).state.params)
+        final = jax.tree.map(lambda x: x[0], result.state.params)
         console.print("[bold]after RL[/bold] (seed 0, sampled):")
         for text in generate(trainer, final, key_show, args.samples_shown):
             console.print(f"  {text}")
     console.print(f"final exact-match rate {summary['final_exact_match']:.3f} after {summary['samples']:,} "
                   f"responses; wrote reward.png to {args.out}/")
     return summary
-
-
-def _read_metrics(path: pathlib.Path, seeds: int) -> dict[str, np.ndarray]:
-    """``metrics.csv`` columns as ``[seeds, updates]`` arrays."""
-    import csv
-
-    with path.open() as f:
-        rows = list(csv.DictReader(f))
-    out = {}
-    for name in ("episode_return", "exact_match"):
-        values = np.array([float(r[name]) for r in rows])
-        out[name] = values.reshape(-1, seeds).T  # rows are update-major, seed-minor
-    return out

@@ -10,7 +10,7 @@ a 1-D mesh, padded to a multiple of the device count) and, when it is larger tha
 ``jax.distributed.initialize`` the mesh spans every process's devices and every
 process receives the gathered results.
 
-Each chunk is named by a :class:`ChunkId` (its group and its runs); ``on_result`` sees
+Each chunk is named by a :class:`~jaxadv.checkpoint.ChunkId` (its group and its runs); ``on_result`` sees
 each chunk's :class:`ChunkResult` as soon as it is computed, and ``saved`` hands back the
 chunks of an earlier, interrupted sweep, which are then not computed again — how
 ``jaxadv sweep --resume`` continues a sweep. A run's results do not depend on the chunk
@@ -37,7 +37,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxadv.report import final_returns
+from jaxadv.checkpoint import ChunkId, ChunkResult
+from jaxadv.stats import final_returns
 from jaxadv.train import HParams, TrainConfig, make_train
 
 __all__ = ["ChunkId", "ChunkResult", "LogUniform", "SweepResult", "Uniform", "expand_grid",
@@ -71,43 +72,6 @@ class LogUniform(NamedTuple):
 _DISTRIBUTIONS = (Uniform, LogUniform)
 
 
-class ChunkId(NamedTuple):
-    """The runs one compiled call of :func:`run_sweep` trains: ``[start, stop)`` of static
-    group ``group``'s flattened ``points × seeds`` axis.
-
-    Groups are numbered in order of first appearance among the points; run ``e`` of a
-    group is its point ``e // seeds`` with seed ``e % seeds``. The bounds follow from the
-    grid, ``seeds``, ``max_parallel`` and the device count, nothing else.
-
-    >>> ChunkId(group=0, start=6, stop=9)
-    ChunkId(group=0, start=6, stop=9)
-    """
-
-    group: int
-    start: int
-    stop: int
-
-
-class ChunkResult(NamedTuple):
-    """One chunk's results on the host, one row per run (``[stop − start, U]`` each), and
-    what its call cost.
-
-    Attributes:
-      returns: ``episode_return`` of each run and update (NaN where no episode ended).
-      episodes: ``episodes``: episodes that ended in each update.
-      env_steps: ``env_steps`` after each update.
-      seconds: wall seconds of the call, its compile included.
-      compile_seconds: seconds compiling the group's program for it (0 but for the first
-        chunk of a group that was computed).
-    """
-
-    returns: np.ndarray
-    episodes: np.ndarray
-    env_steps: np.ndarray
-    seconds: float = 0.0
-    compile_seconds: float = 0.0
-
-
 class SweepResult(NamedTuple):
     """Results of a sweep, on the host.
 
@@ -119,7 +83,7 @@ class SweepResult(NamedTuple):
       episodes: per point, ``[S, U]`` number of episodes that ended in each update.
       env_steps: per point, ``[U]`` env steps after each update (per seed).
       final_return: ``[P, S]`` mean return of the episodes that ended in the last
-        ``ceil(U / 10)`` updates (:func:`~jaxadv.report.final_returns`, as ``jaxadv
+        ``ceil(U / 10)`` updates (:func:`~jaxadv.stats.final_returns`, as ``jaxadv
         train`` reports it); NaN where none ended there.
       auc: ``[P, S]`` mean of the per-update returns over all updates (area under the
         learning curve per env step, normalised by the steps; updates with no
@@ -218,7 +182,7 @@ def expand_grid(
 
 def _summaries(returns: np.ndarray, episodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per seed of one point (``[S, U]`` each): the final return
-    (:func:`~jaxadv.report.final_returns`) and the AUC (mean per-update return)."""
+    (:func:`~jaxadv.stats.final_returns`) and the AUC (mean per-update return)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices give NaN
         auc = np.nanmean(returns, axis=-1)
@@ -282,7 +246,7 @@ def run_sweep(
       on_chunk: called as ``on_chunk(done, total)`` after each chunk, saved ones
         included (progress, in runs).
       saved: chunks already computed (an interrupted sweep's): a chunk whose
-        :class:`ChunkId` is here is not computed, its rows (checked to be
+        :class:`~jaxadv.checkpoint.ChunkId` is here is not computed, its rows (checked to be
         ``stop − start``) are used as they are, and a group whose chunks are all here is
         not even compiled. Ids that are not chunks of this sweep (cut for another
         ``max_parallel`` or device count) are ignored: their runs are computed.

@@ -656,7 +656,8 @@ def make_trainer(config: TrainConfig) -> Trainer:
             q_critic=q_critic,
             **kw,
         )
-        env_state, obs, scaler, traj, raw_obs = collect(key_roll, state.params, info_keys=info_keys)
+        collected = collect(key_roll, state.params, info_keys=info_keys)
+        traj = collected.traj
         mask = first_episode_mask(traj.episode_done) if config.episodic else None
         ref_log_prob = None
         if config.kl != "none":
@@ -666,10 +667,10 @@ def make_trainer(config: TrainConfig) -> Trainer:
                 traj = traj._replace(reward=traj.reward - hp.kl_coef * (traj.log_prob - ref_log_prob))
         greedy_returns = None
         if config.estimator == "remax":
-            greedy = collect(key_greedy, state.params, greedy=True)[3]
+            greedy = collect(key_greedy, state.params, greedy=True).traj
             greedy_returns = jnp.sum(first_episode_mask(greedy.episode_done) * greedy.reward, axis=0)
         obs_stats = (
-            running_mean_std_update(state.obs_stats, raw_obs)
+            running_mean_std_update(state.obs_stats, collected.raw_obs)
             if config.normalize_obs
             else state.obs_stats
         )
@@ -710,10 +711,10 @@ def make_trainer(config: TrainConfig) -> Trainer:
         new_state = TrainState(
             params=unravel(flat_params),
             opt_state=opt_state,
-            env_state=env_state,
-            obs=obs,
+            env_state=collected.env_state,
+            obs=collected.obs,
             obs_stats=obs_stats,
-            reward_scaler=scaler if config.scale_rewards else state.reward_scaler,
+            reward_scaler=collected.reward_scaler if config.scale_rewards else state.reward_scaler,
             key=key,
             update=state.update + 1,
             ref_params=state.ref_params,

@@ -208,10 +208,10 @@ def sample_gradients(
     def one_batch(key):
         key_reset, key_roll = jax.random.split(key)
         obs, state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(key_reset, n_max), env_params)
-        *_, traj, _ = rollout(
+        traj = rollout(
             key_roll, flat, state, obs, None, None, apply_fn=apply_fn, policy=policy,
             env=env, env_params=env_params, num_steps=horizon,
-        )
+        ).traj
         alive = first_episode_mask(traj.episode_done)
         coef = []
         for est in estimators:
@@ -395,9 +395,9 @@ def critic_values(
     key_reset, key_roll = jax.random.split(key)
     obs, state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(key_reset, arg), env_params)
     apply_fn = lambda p, x: (policy_fn(p, x), critic_fn(jnp.zeros_like(v), x))
-    *_, traj, _ = rollout(key_roll, logits, state, obs, None, None, apply_fn=apply_fn,
+    traj = rollout(key_roll, logits, state, obs, None, None, apply_fn=apply_fn,
                           policy=make_policy(True, logits.shape[1]), env=env,
-                          env_params=env_params, num_steps=horizon)
+                          env_params=env_params, num_steps=horizon).traj
     ret = adv.discounted_returns(traj.reward, jnp.zeros_like(traj.reward), traj.terminated,
                                  traj.truncated, gamma=mdp.gamma)  # [T, K]
     alive = first_episode_mask(traj.episode_done)

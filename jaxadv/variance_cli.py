@@ -32,7 +32,7 @@ from jaxadv import exact, sequence_exact, variance
 from jaxadv.checkpoint import CheckpointStore
 from jaxadv.envs import registered_names
 from jaxadv.envs.sequence import SequenceTask
-from jaxadv.report import _platform, write_json
+from jaxadv.report import platform_info, write_json
 from jaxadv.train import HParams, TrainConfig, make_trainer
 from jaxadv.transformer import make_transformer
 
@@ -278,7 +278,7 @@ def variance_command(args: VarianceArgs) -> dict[str, Any]:
             info.pop("reference", None)
     seconds = time.perf_counter() - start
     write_csv(out / "variance.csv", rows)
-    summary = {"args": dataclasses.asdict(args), "policy": about, **info, "seconds": seconds, **_platform()}
+    summary = {"args": dataclasses.asdict(args), "policy": about, **info, "seconds": seconds, **platform_info()}
     if args.sequence is None:
         summary.update(**best_lambda(rows), **weighting_bias(rows))
         plot_variance(out / "variance.png", rows, title=args.env or f"{args.mdp} MDP, S={args.states}")

@@ -17,7 +17,7 @@ import pytest
 from _processes import interrupt_when
 from rich.console import Console
 
-from jaxadv import cli, envs
+from jaxadv import cli, driver, envs
 from jaxadv.checkpoint import CheckpointError, CheckpointStore, checkpoint_steps
 from jaxadv.train import HParams, TrainConfig, make_train, make_trainer
 
@@ -127,7 +127,7 @@ def test_second_signal_quits_at_once_while_the_main_thread_waits(monkeypatch):
     exits = []
     monkeypatch.setattr(os, "_exit", exits.append)  # the watcher thread's exit, recorded
     previous = signal.getsignal(signal.SIGINT)
-    with cli._Interrupts(Console(quiet=True)) as interrupts:
+    with driver.Interrupts(Console(quiet=True)) as interrupts:
         os.kill(os.getpid(), signal.SIGINT)  # no KeyboardInterrupt: the driver is asked to stop
         deadline = time.monotonic() + 10
         while interrupts.signum is None and time.monotonic() < deadline:

@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from jaxadv import cli, report
+from jaxadv import cli, report, sweep_cli
+from jaxadv import stats as jstats
 from jaxadv import sweep as sweep_module
 from jaxadv.sweep import SweepResult, expand_grid
 from jaxadv.train import HParams, TrainConfig
@@ -234,10 +235,10 @@ def test_nan_returns_are_written_as_nan(tmp_path):
 
 def test_t_quantile_and_ci_match_scipy():
     for df in [*range(1, 60), 100, 1000, 10**6]:
-        np.testing.assert_allclose(report.t_quantile_975(df), stats.t.ppf(0.975, df), rtol=2e-6)
+        np.testing.assert_allclose(jstats.t_quantile_975(df), stats.t.ppf(0.975, df), rtol=2e-6)
     values = np.random.default_rng(0).normal(size=(7, 5))
     values[0, 1] = values[1, 1] = np.nan
-    mean, half, count = report.mean_ci95(values)
+    mean, half, count = jstats.mean_ci95(values)
     for j in range(5):
         want_mean, want_half = _ci95(values[:, j])
         np.testing.assert_allclose([mean[j], half[j]], [want_mean, want_half], rtol=1e-6)
@@ -248,9 +249,9 @@ def test_t_quantile_and_ci_match_scipy():
 
 
 def test_grid_has_a_flag_for_every_hparam(capsys):
-    grid_fields = {f.name for f in dataclasses.fields(cli.Grid)}
+    grid_fields = {f.name for f in dataclasses.fields(sweep_cli.Grid)}
     assert set(HP_FIELDS) <= grid_fields
-    assert list(typing.get_args(cli._HParamName)) == HP_FIELDS  # --log-uniform's choices
+    assert list(typing.get_args(sweep_cli._HParamName)) == HP_FIELDS  # --log-uniform's choices
     assert cli.main(["sweep", "--help"]) == 0
     text = capsys.readouterr().out
     for name in [*HP_FIELDS, "num_envs", "num_steps", "estimator"]:

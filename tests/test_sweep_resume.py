@@ -20,7 +20,7 @@ import pytest
 from _processes import interrupt_when
 from _sweep_resume_worker import stub_make_train
 
-from jaxadv import cli
+from jaxadv import cli, sweep_cli
 from jaxadv import sweep as sweep_module
 from jaxadv.checkpoint import SweepChunks
 from jaxadv.sweep import ChunkId, ChunkResult, run_sweep
@@ -56,7 +56,7 @@ def _assert_same_outputs(out, want) -> None:
 
 
 class _Signalled:
-    """Stands in for ``cli._Interrupts``: a SIGTERM arrived before the first chunk, so the
+    """Stands in for ``sweep_cli.Interrupts``: a SIGTERM arrived before the first chunk, so the
     sweep stops after the first chunk it computes."""
 
     signum = signal.SIGTERM
@@ -91,16 +91,16 @@ def spy(monkeypatch):
 
         return run_sweep(*args, on_result=record, **kwargs)
 
-    monkeypatch.setattr(cli, "run_sweep", spying_run_sweep)
+    monkeypatch.setattr(sweep_cli, "run_sweep", spying_run_sweep)
     return calls
 
 
 def _stub_sweep(out, exit_code: int, interrupts=None):
-    """Run SWEEP into ``out`` on the stub trainer (and ``interrupts`` as ``cli._Interrupts``)."""
+    """Run SWEEP into ``out`` on the stub trainer (and ``interrupts`` as ``sweep_cli.Interrupts``)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(sweep_module, "make_train", stub_make_train())
         if interrupts is not None:
-            mp.setattr(cli, "_Interrupts", interrupts)
+            mp.setattr(sweep_cli, "Interrupts", interrupts)
         assert cli.main([*SWEEP, "--quiet", "--out", str(out)]) == exit_code
     return out
 

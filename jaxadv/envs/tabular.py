@@ -1,4 +1,4 @@
-"""A gymnax environment that samples any :class:`~jaxadv.exact.TabularMDP`.
+"""A gymnax environment that samples any :class:`~jaxadv.mdp.TabularMDP`.
 
 The same MDP then has exact values and gradients (:mod:`jaxadv.exact`) *and* runs
 through the ordinary rollout and trainer, which is what lets
@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from flax import struct
 from gymnax.environments import environment, spaces
 
-from jaxadv.exact import TabularMDP, random_mdp
+from jaxadv.mdp import TabularMDP, random_mdp
 
 __all__ = ["TabularEnv", "TabularParams", "TabularState", "make_tabular"]
 
@@ -51,7 +51,7 @@ class TabularEnv(environment.Environment[TabularState, TabularParams]):
     """Sample a :class:`TabularMDP` with gymnax 1.x's interface (see the module docstring).
 
     >>> import jax
-    >>> from jaxadv.exact import chain_mdp
+    >>> from jaxadv.mdp import chain_mdp
     >>> env = TabularEnv(chain_mdp(3), max_steps=10)
     >>> obs, state = env.reset(jax.random.key(0), env.default_params)
     >>> int(obs)                                         # the chain starts in state 0

@@ -1,0 +1,340 @@
+"""``jaxadv sweep``: every point of a grid (or random draws) on every seed.
+
+``jaxadv sweep --grid.lr 1e-4 3e-4 1e-3 --grid.gae-lambda 0.8 0.95 1.0 --seeds 8`` trains
+every point with :func:`~jaxadv.sweep.run_sweep` — one compile per static group, a
+progress bar over its chunks — and writes ``sweep.csv``, ``summary.json`` and ``sweep.png``
+under ``--out``. Each chunk's results are saved under ``--out/chunks/`` as soon as it
+finishes (:class:`~jaxadv.checkpoint.SweepChunks`); ``jaxadv sweep --resume runs/sweep``
+computes only the chunks that are missing and writes the same files, bit for bit, as a
+sweep that never stopped. Ctrl-C and SIGTERM finish and save the chunk in flight.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+import shlex
+import signal
+import sys
+from collections.abc import Iterator, Sequence
+from typing import Annotated, Any, Literal
+
+import jax
+import tyro
+from rich.console import Console
+from rich.progress import TextColumn
+
+from jaxadv.checkpoint import SweepChunks
+from jaxadv.driver import Interrupts, RunStopped, progress_bar
+from jaxadv.report import plot_sweep, summarize_sweep, sweep_table, write_json, write_sweep_csv
+from jaxadv.sweep import ChunkId, ChunkResult, LogUniform, Uniform, expand_grid, run_sweep
+from jaxadv.train import HParams, TrainConfig
+from jaxadv.validate import check_positive, field_changes, refuse_changes
+
+__all__ = ["Grid", "SweepArgs", "sweep_command", "sweep_resume_args"]
+
+
+_HPARAM_FIELDS = tuple(f.name for f in dataclasses.fields(HParams))
+_STATIC_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+_Floats = Annotated[tuple[float, ...] | None, tyro.conf.arg(metavar="FLOAT [FLOAT ...]")]
+_Ints = Annotated[tuple[int, ...] | None, tyro.conf.arg(metavar="INT [INT ...]")]
+_HParamName = Literal["lr", "gamma", "gae_lambda", "clip_eps", "ent_coef", "vf_coef", "max_grad_norm",
+                      "kl_coef"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    """Values to sweep: the product of every --grid.FIELD given, crossed in the order listed
+    here (with --samples, a float field takes LOW HIGH to draw from). A field left out is not
+    swept: its base flag applies."""
+
+    lr: _Floats = None
+    """learning rates (HParams.lr, > 0)."""
+    gamma: _Floats = None
+    """discount factors γ (in [0, 1])."""
+    gae_lambda: _Floats = None
+    """GAE λ values (in [0, 1]; 0 = one-step TD, 1 = Monte Carlo minus the baseline)."""
+    clip_eps: _Floats = None
+    """ppo clip ranges ε (> 0)."""
+    ent_coef: _Floats = None
+    """entropy-bonus weights (>= 0)."""
+    vf_coef: _Floats = None
+    """value-loss weights (>= 0)."""
+    max_grad_norm: _Floats = None
+    """gradient-norm clips (> 0)."""
+    kl_coef: _Floats = None
+    """KL-penalty weights (>= 0; with --kl loss or reward)."""
+    num_envs: _Ints = None
+    """static: environments per run (each value compiles once)."""
+    num_steps: _Ints = None
+    """static: rollout windows T (each value compiles once)."""
+    estimator: Annotated[
+        tuple[Literal["gae", "td", "nstep", "mc", "qv"], ...] | None,
+        tyro.conf.arg(metavar="{gae,td,nstep,mc,qv} [...]"),
+    ] = None
+    """static: advantage estimators (each value compiles once)."""
+
+    def given(self) -> dict[str, tuple]:
+        """The fields given on the command line (``()`` for a flag given without values)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if getattr(self, f.name) is not None}
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepArgs:
+    """Train every point of --grid.* (or --samples random draws) on --seeds seeds, one
+    compile per static group; write sweep.csv, summary.json and sweep.png under --out,
+    saving each finished chunk under --out/chunks (--resume DIR continues a sweep)."""
+
+    config: Annotated[TrainConfig, tyro.conf.arg(name="")]
+    hparams: Annotated[HParams, tyro.conf.arg(name="")]
+    grid: Grid = Grid()
+    samples: int | None = None
+    """random search: draw this many points; every float --grid.FIELD then takes two values LOW HIGH, drawn log-uniformly for the fields in --log-uniform and uniformly otherwise; --grid.num-envs/num-steps/estimator stay lists, crossed with the draws."""
+    log_uniform: tuple[_HParamName, ...] = ("lr",)
+    """with --samples: the fields drawn log-uniformly."""
+    seed: int = 0
+    """base seed: seed s of every point uses jax.random.split(jax.random.key(seed), seeds)[s]."""
+    seeds: int = 4
+    """seeds per point."""
+    max_parallel: int | None = None
+    """most runs (point × seed) in one compiled call; default: a static group at once."""
+    out: pathlib.Path = pathlib.Path("runs/sweep")
+    """output directory (created; files in it are overwritten; each finished chunk is saved under OUT/chunks)."""
+    resume: pathlib.Path | None = None
+    """continue the sweep in this directory (an earlier --out), with the settings in its chunks/manifest.json: the chunks saved there are not computed again; a flag that would change the grid, a TrainConfig or HParams field, --samples, --log-uniform, --seed or --seeds is refused (--max-parallel and --quiet may change)."""
+    quiet: bool = False
+    """no progress bar and no summary table."""
+    compile_cache: bool = True
+    """keep compiled programs in JAX's persistent cache ($JAXADV_CACHE_DIR, default ~/.cache/jaxadv/xla); --no-compile-cache turns it off."""
+
+    def check(self) -> SweepArgs:
+        """Refuse a bad value or grid with a ``ValueError`` naming the field; compiles nothing.
+
+        Checks the options, the base ``hparams``, every grid value (unknown field, empty
+        list, a value outside its field's domain: :func:`~jaxadv.sweep.expand_grid`) and
+        every static configuration the grid makes (``TrainConfig.__post_init__``). With
+        ``resume``: the directory must hold a sweep's ``chunks/manifest.json`` and nothing
+        but ``max_parallel`` and ``quiet`` may differ from it. Without: ``out`` must not
+        hold an unfinished sweep.
+        """
+        check_positive(self, "seeds", "max_parallel", "samples")
+        self.hparams.validate()
+        grid = self.grid_spec()
+        if not grid:
+            raise ValueError("`grid` is empty: give at least one --grid.FIELD with values to "
+                             "sweep, e.g. --grid.lr 1e-4 3e-4 1e-3")
+        if self.samples is not None and not any(
+            isinstance(v, Uniform | LogUniform) for v in grid.values()
+        ):
+            raise ValueError("`samples` needs a float --grid.FIELD given as LOW HIGH to draw from")
+        self.static_configs()  # every value checked, every static configuration built
+        if self.resume is None:
+            _check_fresh_sweep(self.out)
+            return self
+        stored = _stored_sweep_args(self.resume)
+        refuse_changes(_sweep_changes(stored, self), "sweep",
+                        self.resume / "chunks" / "manifest.json")
+        if self.out.resolve() != self.resume.resolve():
+            raise ValueError(f"`out` = {str(self.out)!r}: --resume continues the sweep in its "
+                             f"own directory {str(self.resume)!r}; leave --out out")
+        return self
+
+    def settings(self) -> dict[str, Any]:
+        """What ``chunks/manifest.json`` records: every setting but ``out``, ``resume`` and
+        ``quiet`` (JSON values)."""
+        return json.loads(json.dumps({
+            "train_config": dataclasses.asdict(self.config),
+            "hparams": dataclasses.asdict(self.hparams),
+            "grid": self.grid.given(), "samples": self.samples,
+            "log_uniform": self.log_uniform, "seed": self.seed, "seeds": self.seeds,
+            "max_parallel": self.max_parallel,
+        }))
+
+    def grid_spec(self) -> dict[str, list | Uniform | LogUniform]:
+        """The ``grid`` of :func:`~jaxadv.sweep.run_sweep`: lists, or with ``samples`` a
+        :class:`~jaxadv.sweep.Uniform`/:class:`~jaxadv.sweep.LogUniform` per float field."""
+        spec: dict[str, list | Uniform | LogUniform] = {}
+        for field, values in self.grid.given().items():
+            if self.samples is None or field not in _HPARAM_FIELDS:
+                spec[field] = list(values)
+                continue
+            if len(values) != 2 or not values[0] < values[1]:
+                raise ValueError(f"`grid` field {field!r}: with `samples` give two values "
+                                 f"LOW HIGH with LOW < HIGH, got {list(values)}")
+            spec[field] = (LogUniform if field in self.log_uniform else Uniform)(*values)
+        return spec
+
+    def num_points(self) -> int:
+        """Points in the sweep: the product of the list lengths, times ``samples``."""
+        lists = [v for v in self.grid_spec().values() if isinstance(v, list)]
+        return math.prod(len(v) for v in lists) * (self.samples or 1)
+
+    def static_configs(self) -> list[TrainConfig]:
+        """The distinct static configurations, one compile each. Expanding the grid and
+        building each config checks every value; nothing is compiled."""
+        grid = self.grid_spec()
+        configs: list[TrainConfig] = []
+        for point in expand_grid(grid, num_samples=1 if self.samples else None):
+            static = {f: v for f, v in point.items() if f in _STATIC_FIELDS}
+            config = dataclasses.replace(self.config, **static)
+            if config not in configs:
+                configs.append(config)
+        return configs
+
+
+def _grid_json(grid: dict[str, list | Uniform | LogUniform]) -> dict[str, Any]:
+    """Lists as lists; a distribution as ``{"distribution", "low", "high"}``."""
+    return {
+        field: {"distribution": type(v).__name__, "low": v.low, "high": v.high}
+        if isinstance(v, Uniform | LogUniform) else v
+        for field, v in grid.items()
+    }
+
+
+def _stored_sweep_args(run_dir: pathlib.Path) -> SweepArgs:
+    """The :class:`SweepArgs` that ``run_dir/chunks/manifest.json`` records (``out``,
+    ``resume``: run_dir)."""
+    store = SweepChunks(run_dir / "chunks", write=False)
+    try:
+        manifest = store.read()
+    except ValueError as exc:
+        raise ValueError(f"`resume`: {exc}") from None
+    if manifest is None:
+        raise ValueError(f"`resume`: {store.path} not found; --resume takes the --out "
+                         "directory of an earlier `jaxadv sweep`")
+    try:
+        s = manifest["settings"]
+        return SweepArgs(
+            config=TrainConfig(**s["train_config"]), hparams=HParams(**s["hparams"]),
+            grid=Grid(**{field: tuple(values) for field, values in s["grid"].items()}),
+            samples=s["samples"], log_uniform=tuple(s["log_uniform"]), seed=s["seed"],
+            seeds=s["seeds"], max_parallel=s["max_parallel"], out=run_dir, resume=run_dir,
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"`resume`: {store.path} does not describe a sweep ({exc})") from None
+
+
+def _sweep_changes(stored: SweepArgs, args: SweepArgs) -> Iterator[tuple[str, Any, Any]]:
+    """``(field, stored value, new value)`` for each setting a resumed sweep may not change."""
+    yield from field_changes(stored.config, args.config)
+    yield from field_changes(stored.hparams, args.hparams)
+    yield from field_changes(stored.grid, args.grid, prefix="grid.")
+    yield from field_changes(stored, args, names=("samples", "log_uniform", "seed", "seeds"))
+
+
+def _check_fresh_sweep(out: pathlib.Path) -> None:
+    """Refuse to start over in a directory holding the chunks of an unfinished sweep."""
+    chunks = out / "chunks"
+    try:
+        manifest = SweepChunks(chunks, write=False).read()
+    except ValueError as exc:
+        raise ValueError(f"`out`: {exc}; remove {chunks} to start a new sweep there") from None
+    if manifest is not None and not manifest["complete"]:
+        raise ValueError(
+            f"`out`: {out} holds an unfinished sweep ({len(manifest['chunks'])} chunk(s) "
+            f"saved); continue it with `jaxadv sweep --resume {shlex.quote(str(out))}`, or "
+            f"remove {chunks} to start over"
+        )
+
+
+def sweep_resume_args(run_dir: pathlib.Path, argv: Sequence[str] = ()) -> SweepArgs:
+    """The :class:`SweepArgs` to resume the sweep in ``run_dir``: its manifest's settings,
+    with the ``jaxadv sweep`` flags in ``argv`` parsed on top (checked by
+    :meth:`SweepArgs.check`)."""
+    return tyro.cli(SweepArgs, args=list(argv), default=_stored_sweep_args(pathlib.Path(run_dir)),
+                    prog="jaxadv sweep")
+
+
+class _SweepStopped(Exception):
+    """Raised from ``run_sweep``'s ``on_result`` to stop after a signal, the chunk saved."""
+
+
+def sweep_command(args: SweepArgs) -> dict[str, Any]:
+    """Run the sweep of ``args`` with a progress bar over its chunks, saving each finished
+    chunk under ``--out/chunks`` (:class:`~jaxadv.checkpoint.SweepChunks`); write the
+    outputs; return the summary (see :func:`~jaxadv.report.summarize_sweep`).
+
+    With ``resume``, the saved chunks are read back (one that is missing or damaged is
+    computed again, with a warning) and only the others are computed; the outputs equal an
+    uninterrupted sweep's. After SIGINT/SIGTERM the chunk in flight is finished and saved
+    and :class:`RunStopped` (status 130/143) says how to resume. Under
+    ``jax.distributed`` only process 0 writes files; every process reads the chunks of a
+    resumed sweep, so ``--out`` must be on a filesystem they share, and a signal must
+    reach every process (as a job scheduler sends it).
+    """
+    config, hp, grid = args.check().config, args.hparams, args.grid_spec()
+    out = args.out
+    writer = jax.process_index() == 0
+    if writer:
+        out.mkdir(parents=True, exist_ok=True)
+    err, console = Console(stderr=True, quiet=args.quiet), Console(quiet=args.quiet)
+    warn = lambda message: print(message, file=sys.stderr)  # even with --quiet; not wrapped
+    points, compiles = args.num_points(), len(args.static_configs())
+    runs = points * args.seeds
+    store = SweepChunks(out / "chunks", write=writer)
+    saved: dict[ChunkId, ChunkResult] = {}
+    if args.resume is None:  # a finished sweep's chunks (check() refuses an unfinished one)
+        store.start(args.settings(), jax.device_count())
+    else:
+        before = store.read()
+        cut = (before["settings"]["max_parallel"], before["devices"])
+        if cut != (args.max_parallel, jax.device_count()):
+            warn(f"warning: the saved chunks were cut for --max-parallel {cut[0]} on {cut[1]} "
+                 f"device(s), this sweep cuts for {args.max_parallel} on {jax.device_count()}: "
+                 "the runs of saved chunks that no longer line up are computed again")
+        saved = store.load(args.settings(), jax.device_count(), warn=warn)
+        err.print(f"resuming {out}: {len(saved)} chunk(s) saved, "
+                  f"{sum(c.stop - c.start for c in saved)} of {runs} runs")
+    err.print(f"sweeping {config.algo} on {config.env}: {points} point(s) × {args.seeds} seed(s) "
+              f"= {runs} runs, {compiles} compile(s), {jax.device_count()} device(s) …")
+    computed: list[ChunkId] = []
+    progress = {"done": 0}  # runs done, saved chunks included
+    interrupts = Interrupts(err, stopping="the chunk in flight to save it",
+                             intact="the chunks saved so far are intact")
+    bar = progress_bar(err, "sweep", TextColumn("{task.completed:,.0f}/{task.total:,.0f} runs"))
+    with interrupts, bar:
+        task = bar.add_task("sweep", total=runs)
+
+        def on_chunk(done: int, total: int) -> None:
+            progress["done"] = done
+            bar.update(task, completed=done, total=total)
+
+        def on_result(chunk_id: ChunkId, result: ChunkResult) -> None:
+            store.save(chunk_id, result)
+            computed.append(chunk_id)
+            if interrupts.signum and progress["done"] < runs:
+                raise _SweepStopped
+
+        try:
+            result = run_sweep(
+                config, grid, args.seeds, hparams=hp, key=jax.random.key(args.seed),
+                num_samples=args.samples, max_parallel=args.max_parallel,
+                on_chunk=on_chunk, saved=saved, on_result=on_result,
+            )
+        except _SweepStopped:
+            name = signal.Signals(interrupts.signum).name
+            raise RunStopped(
+                f"{name}: stopped after {progress['done']} of {runs} runs; saved "
+                f"{len(store.manifest['chunks'])} chunk(s) in {store.directory}\n"
+                f"resume with: jaxadv sweep --resume {shlex.quote(str(out))}",
+                128 + interrupts.signum,
+            ) from None
+    if args.resume is not None:
+        err.print(f"computed {len(computed)} chunk(s), "
+                  f"{sum(c.stop - c.start for c in computed)} of {runs} runs")
+    summary = summarize_sweep(
+        result, config, hp, grid=_grid_json(grid), samples=args.samples,
+        log_uniform=args.log_uniform, seed=args.seed, max_parallel=args.max_parallel, out=out,
+    )
+    if writer:
+        write_sweep_csv(out / "sweep.csv", result, hp)
+        write_json(out / "summary.json", summary)
+        plot_sweep(out / "sweep.png", result,
+                   f"{config.algo} · {config.env} · {points} point(s) × {args.seeds} seed(s)")
+    store.finish()
+    console.print(sweep_table(summary))
+    console.print(f"wrote sweep.csv, summary.json, sweep.png, chunks/ to {out}/")
+    return summary

@@ -1,0 +1,180 @@
+"""``jaxadv train``: one :class:`~jaxadv.train.TrainConfig` on several seeds at once.
+
+``jaxadv train --env CartPole-v1 --algo ppo --seeds 16 --out runs/cartpole`` runs
+:func:`~jaxadv.driver.drive` (compiled chunks of updates, progress between them,
+checkpoints under ``--out/checkpoints/``, Ctrl-C/SIGTERM save and exit, non-finite stops)
+and writes ``config.json``, ``metrics.csv``, ``summary.json`` and ``returns.png`` under
+``--out``. ``jaxadv train --resume runs/cartpole`` continues a run from its latest good
+checkpoint, bit for bit as if it had not stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import shlex
+import shutil
+from collections.abc import Iterator, Sequence
+from typing import Annotated, Any
+
+import numpy as np
+import tyro
+from rich.console import Console
+
+from jaxadv.checkpoint import checkpoint_steps
+from jaxadv.driver import RunOptions, RunResult, default_chunk_updates, drive
+from jaxadv.report import jsonable, plot_returns, summary_table, write_json
+from jaxadv.train import HParams, TrainConfig
+from jaxadv.validate import check_positive, field_changes, refuse_changes
+
+__all__ = ["TrainArgs", "resume_args", "run_options", "train_command", "write_run_outputs"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainArgs:
+    """Train one configuration on --seeds seeds at once; write config.json, metrics.csv,
+    summary.json, returns.png and checkpoints/ under --out (--resume DIR continues a run)."""
+
+    config: Annotated[TrainConfig, tyro.conf.arg(name="")]
+    hparams: Annotated[HParams, tyro.conf.arg(name="")]
+    seed: int = 0
+    """base seed; the seeds' keys are jax.random.split(jax.random.key(seed), seeds)."""
+    seeds: int = 4
+    """independent runs, vmapped into one program."""
+    out: pathlib.Path = pathlib.Path("runs/train")
+    """output directory (created; files in it are overwritten)."""
+    chunk_updates: int | None = None
+    """updates per compiled call; default: about 32 calls per run, all of one length if possible."""
+    resume: pathlib.Path | None = None
+    """continue the run in this directory (an earlier --out) from its latest good checkpoint, with the settings in its config.json; a flag that would change a TrainConfig or HParams field, --seed or --seeds is refused."""
+    checkpoint_every: int | None = None
+    """updates between checkpoints, rounded up to whole calls; one is also written at the end and on Ctrl-C/SIGTERM; default: one per minute of training."""
+    keep_checkpoints: int = 2
+    """how many of the latest checkpoints to keep under --out/checkpoints."""
+    debug_nans: bool = False
+    """diagnostic rerun (e.g. with --resume after a non-finite stop): compile each call with jax.experimental.checkify NaN checks and report the first operation that makes a NaN, with its source line (slower)."""
+    quiet: bool = False
+    """no progress bar and no summary table."""
+    compile_cache: bool = True
+    """keep compiled programs in JAX's persistent cache ($JAXADV_CACHE_DIR, default ~/.cache/jaxadv/xla), so the same configuration compiles once; --no-compile-cache turns it off."""
+
+    def check(self) -> TrainArgs:
+        """Refuse a bad value with a ``ValueError`` naming the field; compiles nothing.
+
+        With ``resume``: the directory must hold a ``config.json`` and a checkpoint, and
+        no static (:class:`TrainConfig`) or :class:`HParams` field, ``seed`` or ``seeds``
+        may differ from it. Without: ``out`` must not hold an unfinished run's checkpoints.
+        """
+        check_positive(self, "seeds", "chunk_updates", "checkpoint_every", "keep_checkpoints")
+        self.hparams.validate()
+        if self.resume is None:
+            _check_fresh_out(self.out)
+            return self
+        stored = _stored_args(self.resume)
+        refuse_changes(_changes(stored, self), "run", self.resume / "config.json")
+        if self.out.resolve() != self.resume.resolve():
+            raise ValueError(f"`out` = {str(self.out)!r}: --resume continues the run in its own "
+                             f"directory {str(self.resume)!r}; leave --out out")
+        if not checkpoint_steps(self.resume / "checkpoints"):
+            raise ValueError(f"`resume`: {self.resume / 'checkpoints'} holds no checkpoint to "
+                             "resume from")
+        return self
+
+
+def _stored_args(run_dir: pathlib.Path) -> TrainArgs:
+    """The :class:`TrainArgs` that ``run_dir/config.json`` records (``out``, ``resume``: run_dir)."""
+    path = run_dir / "config.json"
+    try:
+        data = json.loads(path.read_text())
+        run = data["run"]
+        return TrainArgs(
+            config=TrainConfig(**data["train_config"]), hparams=HParams(**data["hparams"]),
+            seed=run["seed"], seeds=run["seeds"], out=run_dir, chunk_updates=run["chunk_updates"],
+            resume=run_dir, checkpoint_every=run.get("checkpoint_every"),
+            keep_checkpoints=run.get("keep_checkpoints", 2),
+        )
+    except FileNotFoundError:
+        raise ValueError(f"`resume`: {path} not found; --resume takes the --out directory of "
+                         "an earlier `jaxadv train`") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"`resume`: {path} does not describe a train run ({exc})") from None
+
+
+def _changes(stored: TrainArgs, args: TrainArgs) -> Iterator[tuple[str, Any, Any]]:
+    """``(field, stored value, new value)`` for each setting a resumed run may not change."""
+    yield from field_changes(stored.config, args.config)
+    yield from field_changes(stored.hparams, args.hparams)
+    yield from field_changes(stored, args, names=("seed", "seeds"))
+
+
+def _check_fresh_out(out: pathlib.Path) -> None:
+    """Refuse to start over in a directory whose checkpoints belong to an unfinished run."""
+    steps = checkpoint_steps(out / "checkpoints")
+    if not steps:
+        return
+    try:
+        total = _stored_args(out).config.num_updates
+    except ValueError:
+        total = None
+    if total is None or steps[-1] < total:
+        of = f" of {total}" if total else ""
+        raise ValueError(
+            f"`out`: {out} holds checkpoints of an unfinished run (update {steps[-1]}{of}); "
+            f"continue it with `jaxadv train --resume {shlex.quote(str(out))}`, or remove "
+            f"{out / 'checkpoints'} to start over"
+        )
+
+
+def resume_args(run_dir: pathlib.Path, argv: Sequence[str] = ()) -> TrainArgs:
+    """The :class:`TrainArgs` to resume the run in ``run_dir``: its ``config.json``, with the
+    ``jaxadv train`` flags in ``argv`` parsed on top (a flag that changes a recorded setting
+    is refused by :meth:`TrainArgs.check`; ``--quiet``, ``--chunk-updates``,
+    ``--checkpoint-every``, ``--keep-checkpoints`` and ``--debug-nans`` may change).
+    """
+    run_dir = pathlib.Path(run_dir)
+    return tyro.cli(TrainArgs, args=list(argv), default=_stored_args(run_dir),
+                    prog="jaxadv train")
+
+
+def train_command(args: TrainArgs) -> dict[str, Any]:
+    """Run ``args`` with :func:`~jaxadv.driver.drive`; write ``config.json`` first and
+    ``summary.json`` and ``returns.png`` at the end; return the summary. Raises
+    :class:`~jaxadv.driver.RunStopped` when interrupted, on non-finite values, or with no
+    usable checkpoint to resume."""
+    config, hp = args.check().config, args.hparams
+    result = drive(config, hp, run_options(args))
+    write_run_outputs(result, args.out, quiet=args.quiet)
+    return result.summary
+
+
+def run_options(args: TrainArgs) -> RunOptions:
+    """The driver's :class:`~jaxadv.driver.RunOptions` for ``args``: creates ``--out``,
+    clears a finished run's checkpoints (unless resuming) and writes ``config.json``."""
+    out, config = args.out, args.config
+    out.mkdir(parents=True, exist_ok=True)
+    k = min(args.chunk_updates or default_chunk_updates(config.num_updates), config.num_updates)
+    run = {"seed": args.seed, "seeds": args.seeds, "chunk_updates": k, "out": out,
+           "checkpoint_every": args.checkpoint_every, "keep_checkpoints": args.keep_checkpoints}
+    if args.resume is None:  # a finished run's checkpoints (check() refuses an unfinished one)
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    record = jsonable({"train_config": config, "hparams": args.hparams, "run": run})
+    write_json(out / "config.json", record)
+    return RunOptions(out=out, seed=args.seed, seeds=args.seeds, chunk_updates=k,
+                      checkpoint_every=args.checkpoint_every,
+                      keep_checkpoints=args.keep_checkpoints, resume=args.resume is not None,
+                      debug_nans=args.debug_nans, quiet=args.quiet, record=record)
+
+
+def write_run_outputs(result: RunResult, out: pathlib.Path, *, quiet: bool = False,
+                      title: str | None = None) -> None:
+    """Write ``summary.json`` and ``returns.png`` of a finished run; print the summary table."""
+    config, summary = result.trainer.config, result.summary
+    write_json(out / "summary.json", summary)
+    steps = np.arange(1, config.num_updates + 1) * config.batch_size
+    plot_returns(out / "returns.png", steps, np.asarray(result.history["episode_return"], np.float64),
+                 np.asarray(result.history["episodes"]),
+                 title or f"{config.algo} · {config.env} · {summary['seeds']} seed(s)")
+    console = Console(quiet=quiet)
+    console.print(summary_table(summary))
+    console.print(f"wrote config.json, metrics.csv, summary.json, returns.png, checkpoints/ to {out}/")

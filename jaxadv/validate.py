@@ -1,0 +1,68 @@
+"""Argument checks shared by every command: each refuses a bad value with a ``ValueError``
+that names the field and what is allowed."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import pathlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+__all__ = ["check_choice", "check_positive", "field_changes", "positive_int", "refuse_changes"]
+
+
+def check_choice(field: str, value: Any, allowed: Sequence) -> None:
+    """Refuse ``value`` unless it is one of ``allowed`` (suggesting the closest one).
+
+    >>> check_choice("algo", "ppo", ("ppo", "a2c"))
+    >>> check_choice("algo", "pp0", ("ppo", "a2c"))
+    Traceback (most recent call last):
+    ...
+    ValueError: `algo` = 'pp0' is not allowed; choose one of ['ppo', 'a2c']. Did you mean 'ppo'?
+    """
+    if value not in allowed:
+        hint = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+        extra = f" Did you mean {hint[0]!r}?" if hint else ""
+        raise ValueError(f"`{field}` = {value!r} is not allowed; choose one of {list(allowed)}.{extra}")
+
+
+def positive_int(field: str, value: Any, *, minimum: int = 1) -> None:
+    """Refuse ``value`` unless it is an ``int`` (not a ``bool``) of at least ``minimum``.
+
+    >>> positive_int("seeds", 0)
+    Traceback (most recent call last):
+    ...
+    ValueError: `seeds` must be a positive integer, got 0
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"`{field}` must be {what}, got {value!r}")
+
+
+def check_positive(args: Any, *fields: str) -> None:
+    """:func:`positive_int` for each of ``fields`` of ``args`` that is not ``None``."""
+    for field in fields:
+        value = getattr(args, field)
+        if value is not None:
+            positive_int(field, value)
+
+
+def field_changes(old: Any, new: Any, names: Sequence[str] = (),
+                   prefix: str = "") -> Iterator[tuple[str, Any, Any]]:
+    """``(prefix + name, old value, new value)`` for each of ``names`` (default: every field
+    of the dataclass ``old``) that differs between ``old`` and ``new``."""
+    for name in names or [f.name for f in dataclasses.fields(old)]:
+        if getattr(old, name) != getattr(new, name):
+            yield prefix + name, getattr(old, name), getattr(new, name)
+
+
+def refuse_changes(changes: Iterator[tuple[str, Any, Any]], what: str, where: pathlib.Path) -> None:
+    """Raise a ValueError naming the first ``(field, old, new)`` that would change the resumed
+    ``what`` ("run" or "sweep") stored in ``where``."""
+    for field, old, new in changes:
+        raise ValueError(
+            f"`{field}` = {new!r} would change the {what} being resumed, which has "
+            f"{field} = {old!r} (in {where}); a resumed {what} keeps its settings: leave the "
+            f"flag out, or start a new {what} with another --out"
+        )

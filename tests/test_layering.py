@@ -1,0 +1,87 @@
+"""The package's import graph has no cycles, and the leaves stay leaves.
+
+Every ``import`` and ``from ... import`` in ``jaxadv/`` (at any depth, inside functions and
+``TYPE_CHECKING`` blocks too) is an edge; a cycle anywhere fails with the modules on it.
+"""
+
+import ast
+import pathlib
+
+import jaxadv
+
+ROOT = pathlib.Path(jaxadv.__file__).parent
+
+
+def _module_name(path: pathlib.Path) -> str:
+    parts = path.relative_to(ROOT.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """``module -> the jaxadv modules it imports`` (a package import counts as its ``__init__``)."""
+    paths = {_module_name(p): p for p in ROOT.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in paths.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: from the package, up level - 1
+                    up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*up, base] if base else up)
+                targets.add(base)
+                targets.update(f"{base}.{alias.name}" for alias in node.names)
+        graph[name] = {t for t in targets if t in paths and t != name}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of ``graph`` as ``[a, b, ..., a]``, or ``None``."""
+    state: dict[str, int] = {}  # 1: on the stack, 2: done
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return [*stack[stack.index(nxt):], nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_find_cycle_finds_one():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
+
+
+def test_the_package_has_no_import_cycle():
+    graph = import_graph()
+    assert {"jaxadv.driver", "jaxadv.train"} <= graph["jaxadv.train_cli"]  # the walk sees imports
+    cycle = find_cycle(graph)
+    assert cycle is None, " -> ".join(cycle)
+
+
+def test_leaves_import_nothing_of_jaxadv():
+    graph = import_graph()
+    for leaf in ("jaxadv.stats", "jaxadv.validate", "jaxadv.mdp", "jaxadv.advantages",
+                 "jaxadv.losses", "jaxadv.distributions"):
+        assert graph[leaf] == set(), (leaf, graph[leaf])
+
+
+def test_environments_do_not_import_the_analysis_or_the_trainer():
+    graph = import_graph()
+    for name, deps in graph.items():
+        if name.startswith("jaxadv.envs"):
+            assert not deps & {"jaxadv.exact", "jaxadv.variance", "jaxadv.train"}, (name, deps)
