@@ -11,10 +11,10 @@ gymnax stepping with a policy forward pass and action sampling at the same
 the compiled program's memory (arguments + outputs + temporaries, from XLA's memory
 analysis). The last rows train 4 and 16 seeds vmapped at 4 envs each.
 
-The ``cli`` column runs the same configuration through ``jaxadv train``'s driver
-(:func:`jaxadv.driver.drive`: the default chunks of updates per compiled call, metrics.csv,
-progress and checkpoints, into a temporary directory) and reports the ``steps_per_second``
-of its summary, interleaved with the other programs. Its compile seconds are given for the
+The ``cli`` column runs the same configuration as a user does — ``jaxadv train --quiet`` in
+a subprocess, with its defaults: chunks of updates per compiled call, metrics.csv,
+checkpoints, into a temporary directory — and reports the ``steps_per_second`` of its
+``summary.json`` (compile excluded), interleaved with the other programs. Its compile seconds are given for the
 first run (an empty persistent compilation cache) and for the runs after it (cached).
 
 Run: ``.venv/bin/python benchmarks/throughput.py [--sizes 4 64 ...] [--single-thread]
@@ -26,9 +26,11 @@ starts: at these sizes XLA's intra-op thread pool costs more than it brings.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pathlib
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -60,7 +62,6 @@ from jaxadv.networks import make_network  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from reference_ppo import make_reference_train  # noqa: E402
 
-from jaxadv.driver import RunOptions, drive, enable_compile_cache  # noqa: E402
 from jaxadv.train import HParams, TrainConfig, make_train  # noqa: E402
 
 
@@ -134,15 +135,19 @@ def reference_job(num_envs: int, seeds: int = 0):
     return _compiled(jax.vmap(train) if seeds else train, _seed_keys(seeds))
 
 
-def cli_run(num_envs: int, seeds: int, out: pathlib.Path) -> dict:
-    """One run of ``jaxadv train``'s driver (default chunks and checkpoints): its summary."""
-    options = RunOptions(out=out, seeds=max(seeds, 1), quiet=True)
-    return drive(_config(num_envs), HParams(), options).summary
+def cli_run(num_envs: int, seeds: int, out: pathlib.Path, cache: pathlib.Path) -> dict:
+    """One ``jaxadv train --quiet`` run at ``num_envs`` (defaults otherwise): its summary."""
+    config = _config(num_envs)
+    argv = [sys.executable, "-m", "jaxadv.cli", "train", "--quiet", "--out", str(out),
+            "--num-envs", str(num_envs), "--total-timesteps", str(config.total_timesteps),
+            "--seeds", str(max(seeds, 1))]
+    env = {**os.environ, "JAXADV_CACHE_DIR": str(cache)}
+    subprocess.run(argv, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return json.loads((out / "summary.json").read_text())
 
 
 def main() -> None:
     scratch = pathlib.Path(tempfile.mkdtemp(prefix="jaxadv-throughput-"))
-    enable_compile_cache(scratch / "xla")  # empty: the first compile of each program is real
     print(
         f"# jax {jax.__version__} on {jax.devices()[0].device_kind} ({platform.machine()}, "
         f"{os.cpu_count()} cores); XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; "
@@ -169,7 +174,8 @@ def main() -> None:
             for name, job in jobs.items():
                 times[name].append(_seconds(job))
             if ARGS.cli:
-                cli.append(cli_run(num_envs, seeds, scratch / f"run-{num_envs}-{seeds}-{i}"))
+                cli.append(cli_run(num_envs, seeds, scratch / f"run-{num_envs}-{seeds}-{i}",
+                                   scratch / "xla"))  # empty at first: a real first compile
         med = {name: float(np.median(t)) for name, t in times.items()}
         speed = steps / med["train"]
         top = num_envs * max(seeds, 1) * 128 / med["ceiling"]
