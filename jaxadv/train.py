@@ -28,7 +28,6 @@ scaling, none of 16 with it).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from typing import Annotated, Any, Literal, NamedTuple
 
 import flax
@@ -55,6 +54,7 @@ from jaxadv.envs import (
 from jaxadv.networks import make_network
 from jaxadv.rollout import Transition, first_episode_mask, group_resets, make_policy, rollout
 from jaxadv.transformer import last_position, make_transformer
+from jaxadv.validate import check_choice, positive_int
 from jaxadv.warm_start import supervised_warm_start
 
 __all__ = [
@@ -79,18 +79,6 @@ _DEFAULT_EPOCHS = {"ppo": (4, 4), "a2c": (1, 1), "reinforce": (1, 1)}
 NONFINITE = ("loss", "grad", "params")
 """What the ``nonfinite`` metric checks: bit ``i`` (value ``2**i``) is set when
 ``NONFINITE[i]`` held a NaN or ±inf at the update's first optimiser step that had one."""
-
-
-def _choice(field: str, value: Any, allowed: tuple) -> None:
-    if value not in allowed:
-        hint = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
-        extra = f" Did you mean {hint[0]!r}?" if hint else ""
-        raise ValueError(f"`{field}` = {value!r} is not allowed; choose one of {list(allowed)}.{extra}")
-
-
-def _positive_int(field: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{field}` must be a positive integer, got {value!r}")
 
 
 def _pairs(kwargs: Any) -> tuple[tuple[str, Any], ...]:
@@ -176,11 +164,11 @@ class TrainConfig:
     """the warm start's Adam learning rate."""
 
     def __post_init__(self) -> None:
-        _choice("env", self.env, tuple(registered_names()))
-        _choice("algo", self.algo, ALGOS)
+        check_choice("env", self.env, tuple(registered_names()))
+        check_choice("algo", self.algo, ALGOS)
         if self.estimator is None:
             object.__setattr__(self, "estimator", _DEFAULT_ESTIMATOR[self.algo])
-        _choice("estimator", self.estimator, ESTIMATORS)
+        check_choice("estimator", self.estimator, ESTIMATORS)
         epochs, minibatches = _DEFAULT_EPOCHS[self.algo]
         if self.update_epochs is None:
             object.__setattr__(self, "update_epochs", epochs)
@@ -191,24 +179,22 @@ class TrainConfig:
                                self.algo == "ppo" and self.estimator not in SEQUENCE_ESTIMATORS)
         for field in ("num_envs", "num_steps", "total_timesteps", "update_epochs",
                       "num_minibatches", "n_step"):
-            _positive_int(field, getattr(self, field))
+            positive_int(field, getattr(self, field))
         if not isinstance(self.hidden, (tuple, list)):
             raise ValueError(f"`hidden` must be a tuple of layer widths, e.g. (64, 64); got {self.hidden!r}")
         object.__setattr__(self, "hidden", tuple(self.hidden))
         if not self.hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1
                                   for h in self.hidden):
             raise ValueError(f"`hidden` must be a non-empty tuple of positive ints, got {self.hidden!r}")
-        _choice("activation", self.activation, ("tanh", "relu"))
+        check_choice("activation", self.activation, ("tanh", "relu"))
         object.__setattr__(self, "env_kwargs", _pairs(self.env_kwargs))
-        _choice("network", self.network, ("mlp", "transformer"))
-        _choice("loss_reduction", self.loss_reduction, ("token", "sequence", "constant"))
-        _choice("kl", self.kl, ("none", "loss", "reward"))
-        _choice("kl_estimator", self.kl_estimator, ("k1", "k2", "k3"))
+        check_choice("network", self.network, ("mlp", "transformer"))
+        check_choice("loss_reduction", self.loss_reduction, ("token", "sequence", "constant"))
+        check_choice("kl", self.kl, ("none", "loss", "reward"))
+        check_choice("kl_estimator", self.kl_estimator, ("k1", "k2", "k3"))
         for field in ("layers", "width", "heads", "group_size", "warm_start_prompts"):
-            _positive_int(field, getattr(self, field))
-        if isinstance(self.warm_start_steps, bool) or not isinstance(self.warm_start_steps, int) \
-                or self.warm_start_steps < 0:
-            raise ValueError(f"`warm_start_steps` must be an integer >= 0, got {self.warm_start_steps!r}")
+            positive_int(field, getattr(self, field))
+        positive_int("warm_start_steps", self.warm_start_steps, minimum=0)
         if not (isinstance(self.temperature, int | float) and 0 < self.temperature < float("inf")):
             raise ValueError(f"`temperature` must be a number > 0, got {self.temperature!r}")
         if self.temperature != 1.0 and not self.spec.discrete:
