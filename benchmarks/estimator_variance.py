@@ -4,7 +4,7 @@
    logits N(0, 1)): every estimator's relative bias ‖E ĝ − g‖/‖g‖ (with its 95% interval),
    variance tr Cov ĝ, MSE and mean cosine to the exact gradient at N = 256 trajectories
    (M = 200 batches) with the exact critic; then, for critic noise 0, 0.1 and 0.3 (and a
-   zero critic), the λ of GAE(λ) with the least MSE at N = 256 (td is λ = 0, mcb λ = 1).
+   zero critic), the λ of GAE(λ) with the least MSE at N = 256 (td is λ = 0, mc λ = 1).
 2. CartPole-v1: `jaxadv train` (PPO, 4 envs) for --cartpole-steps env steps, saving
    checkpoints; `jaxadv variance --env CartPole-v1 --checkpoint` on its last one, with
    the run's own critic, at N = 16, 64, 256 (M = 100), against a reference of
@@ -27,8 +27,8 @@ import jax
 from jaxadv import cli, exact, variance
 from jaxadv.variance_cli import _lambda
 
-ESTIMATORS = ["mc", "mcb", "td", "nstep:5", "gae:0.5", "gae:0.8", "gae:0.9", "gae:0.95", "gae:0.97",
-              "gae:0.99", "mc:unweighted", "gae:0.95:unweighted"]
+ESTIMATORS = ["return", "mc", "td", "nstep:5", "gae:0.5", "gae:0.8", "gae:0.9", "gae:0.95", "gae:0.97",
+              "gae:0.99", "return:unweighted", "gae:0.95:unweighted"]
 
 
 def _table(rows: list[dict], n: int) -> None:

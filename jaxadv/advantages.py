@@ -34,6 +34,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxadv.validate import positive_int, same_shape
+
 __all__ = [
     "discounted_returns",
     "gae",
@@ -49,25 +51,19 @@ __all__ = [
 Array = jax.Array
 ArrayLike = Any
 
-_UNROLL = 1  # reverse scans are not unrolled: measured fastest on CPU (benchmarks/estimators.py)
+_UNROLL = 1  # reverse scans are not unrolled (benchmarks/estimators.py compares unroll factors)
 
 
-def _check_same_shape(**arrays: ArrayLike) -> tuple:
-    """Return the common shape of ``arrays`` (rank ≥ 1), or raise a ValueError naming them."""
-    shapes = {name: jnp.shape(a) for name, a in arrays.items()}
-    first_name, first = next(iter(shapes.items()))
-    if len(first) < 1:
-        raise ValueError(f"`{first_name}` must be time-major [T, *B] with rank >= 1, got shape {first}")
-    for name, shape in shapes.items():
-        if shape != first:
-            listing = ", ".join(f"{k}{v}" for k, v in shapes.items())
-            raise ValueError(
-                f"`{name}` has shape {shape} but `{first_name}` has shape {first}; "
-                f"all per-step arrays must share one [T, *B] shape ({listing})"
-            )
-        if shape[0] < 1:
-            raise ValueError(f"`{name}` has an empty time axis (shape {shape}); T must be >= 1")
-    return first
+def _time_major_shape(**arrays: ArrayLike) -> tuple:
+    """The common ``[T, *B]`` shape of ``arrays`` (:func:`~jaxadv.validate.same_shape`, then
+    rank >= 1 and T >= 1), or a ValueError naming the array."""
+    shape = same_shape(**arrays)
+    first_name = next(iter(arrays))
+    if len(shape) < 1:
+        raise ValueError(f"`{first_name}` must be time-major [T, *B] with rank >= 1, got shape {shape}")
+    if shape[0] < 1:
+        raise ValueError(f"`{first_name}` has an empty time axis (shape {shape}); T must be >= 1")
+    return shape
 
 
 def _check_unit_interval(name: str, value: ArrayLike) -> None:
@@ -113,7 +109,7 @@ def td_errors(
     >>> td_errors(r, v, nv, jnp.array([False, True]), gamma=0.5)
     Array([0.75, 0.5 ], dtype=float32)
     """
-    _check_same_shape(rewards=rewards, values=values, next_values=next_values, terminated=terminated)
+    _time_major_shape(rewards=rewards, values=values, next_values=next_values, terminated=terminated)
     _check_unit_interval("gamma", gamma)
     dtype = _dtype(rewards, values, next_values)
     discount = gamma * (1.0 - _float(terminated, dtype))
@@ -151,7 +147,7 @@ def discounted_returns(
     >>> discounted_returns(r, nv, no, no.at[0].set(True), gamma=0.5)  # cut after step 0
     Array([6., 4., 6.], dtype=float32)
     """
-    _check_same_shape(
+    _time_major_shape(
         rewards=rewards, next_values=next_values, terminated=terminated, truncated=truncated
     )
     _check_unit_interval("gamma", gamma)
@@ -205,7 +201,7 @@ def gae(
     >>> gae(r, v, v, no, no, gamma=0.5, lambda_=1.0)
     Array([1.75, 1.5 , 1.  ], dtype=float32)
     """
-    _check_same_shape(
+    _time_major_shape(
         rewards=rewards,
         values=values,
         next_values=next_values,
@@ -278,8 +274,8 @@ def n_step_advantages(
     (Sutton & Barto, eq. 7.1).
 
     Computed by one reverse scan whose carry holds the 1- … n-step returns from
-    ``s_{t+1}``; it benchmarked faster than a windowed sum over the ``n`` offsets
-    for every ``n ≥ 5`` (``benchmarks/estimators.py``).
+    ``s_{t+1}``, rather than a windowed sum over the ``n`` offsets (``n`` passes over
+    ``[T, *B]``); ``benchmarks/estimators.py`` compares the two.
 
     Args:
       rewards, values, next_values, terminated, truncated: ``[T, *B]``, as for :func:`gae`.
@@ -294,15 +290,14 @@ def n_step_advantages(
     >>> n_step_advantages(r, v, v, no, no, gamma=0.5, n=2)
     Array([1.5, 1.5, 1. ], dtype=float32)
     """
-    shape = _check_same_shape(
+    shape = _time_major_shape(
         rewards=rewards,
         values=values,
         next_values=next_values,
         terminated=terminated,
         truncated=truncated,
     )
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"`n` must be a Python int >= 1, got {n!r}")
+    positive_int("n", n)
     _check_unit_interval("gamma", gamma)
     dtype = _dtype(rewards, values, next_values)
     n = min(n, shape[0])
@@ -350,10 +345,8 @@ def normalize(advantages: ArrayLike, mask: ArrayLike | None = None, eps: float =
     advantages = advantages.astype(dtype)
     if mask is None:
         mask = jnp.ones_like(advantages)
-    elif jnp.shape(mask) != advantages.shape:
-        raise ValueError(
-            f"`mask` has shape {jnp.shape(mask)} but `advantages` has shape {advantages.shape}"
-        )
+    else:
+        same_shape(advantages=advantages, mask=mask)
     m = _float(mask, dtype)
     count = jnp.maximum(m.sum(), 1.0)
     mean = (m * advantages).sum() / count

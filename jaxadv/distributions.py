@@ -24,6 +24,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from jaxadv.validate import same_shape
+
 __all__ = [
     "categorical_entropy",
     "categorical_kl",
@@ -47,17 +49,6 @@ def _check_event_rank(name: str, x) -> None:
         )
 
 
-def _check_same_shape(ref_name: str, ref, **others) -> None:
-    """Raise ``ValueError`` naming the first array in ``others`` whose shape differs from ``ref``."""
-    ref_shape = jnp.shape(ref)
-    for name, x in others.items():
-        if jnp.shape(x) != ref_shape:
-            raise ValueError(
-                f"{name} must have the same shape as {ref_name}: "
-                f"{name}.shape={jnp.shape(x)}, {ref_name}.shape={ref_shape}"
-            )
-
-
 # --------------------------------------------------------------------------------------
 # Categorical
 # --------------------------------------------------------------------------------------
@@ -70,8 +61,8 @@ def categorical_sample(key: jax.Array, logits: jax.Array) -> jax.Array:
     ``P(a = i) = exp(logitsᵢ) / Σⱼ exp(logitsⱼ)``. Actions whose logit is ``-inf``
     (masked) are never drawn. One key draws the whole batch. With the default (threefry)
     key this is the same draw as ``jax.random.categorical(key, logits)``; the noise is
-    generated flat and reshaped (the same bits), which XLA compiles several times faster
-    than multi-dimensional noise for mid-sized shapes.
+    drawn as one flat vector and reshaped: the same bits as multi-dimensional noise, a
+    smaller program for XLA to compile.
 
     Args:
       key: a PRNG key.
@@ -176,7 +167,7 @@ def categorical_kl(logits_p: jax.Array, logits_q: jax.Array) -> jax.Array:
       0.1438
     """
     _check_event_rank("logits_p", logits_p)
-    _check_same_shape("logits_p", logits_p, logits_q=logits_q)
+    same_shape(logits_p=logits_p, logits_q=logits_q)
     log_p = jax.nn.log_softmax(logits_p, axis=-1)
     log_q = jax.nn.log_softmax(logits_q, axis=-1)
     p = jnp.exp(log_p)
@@ -192,7 +183,7 @@ def gaussian_sample(key: jax.Array, mean: jax.Array, log_std: jax.Array) -> jax.
     """Sample a diagonal Gaussian: ``a = μ + exp(log σ) ⊙ ε``, ``ε ~ N(0, I)``.
 
     With the default (threefry) key, ``ε`` is ``jax.random.normal(key, mean.shape)``,
-    generated flat and reshaped (the same bits; faster to compile, as for
+    drawn flat and reshaped (the same bits, a smaller program; as for
     :func:`categorical_sample`).
 
     Args:
@@ -213,7 +204,7 @@ def gaussian_sample(key: jax.Array, mean: jax.Array, log_std: jax.Array) -> jax.
       (4, 2)
     """
     _check_event_rank("mean", mean)
-    _check_same_shape("mean", mean, log_std=log_std)
+    same_shape(mean=mean, log_std=log_std)
     shape = jnp.shape(mean)
     noise = jax.random.normal(key, (math.prod(shape),), jnp.result_type(mean))
     return mean + jnp.exp(log_std) * noise.reshape(shape)
@@ -241,7 +232,7 @@ def gaussian_log_prob(mean: jax.Array, log_std: jax.Array, actions: jax.Array) -
       [-2.8379]
     """
     _check_event_rank("mean", mean)
-    _check_same_shape("mean", mean, log_std=log_std, actions=actions)
+    same_shape(mean=mean, log_std=log_std, actions=actions)
     z = (actions - mean) / jnp.exp(log_std)
     return jnp.sum(-0.5 * jnp.square(z) - log_std, axis=-1) - jnp.shape(mean)[-1] * _HALF_LOG_2PI
 
@@ -294,7 +285,7 @@ def gaussian_kl(
       [1.0]
     """
     _check_event_rank("mean_p", mean_p)
-    _check_same_shape("mean_p", mean_p, log_std_p=log_std_p, mean_q=mean_q, log_std_q=log_std_q)
+    same_shape(mean_p=mean_p, log_std_p=log_std_p, mean_q=mean_q, log_std_q=log_std_q)
     delta = log_std_p - log_std_q
     z = (mean_p - mean_q) / jnp.exp(log_std_q)
     return jnp.sum(0.5 * (jnp.expm1(2.0 * delta) + jnp.square(z)) - delta, axis=-1)

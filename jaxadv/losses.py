@@ -47,6 +47,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxadv.validate import same_shape
+
 __all__ = [
     "entropy_bonus",
     "kl_penalty",
@@ -56,8 +58,10 @@ __all__ = [
     "value_loss",
 ]
 
-_REDUCTIONS = ("token", "sequence", "constant")
-_KL_ESTIMATORS = ("k1", "k2", "k3")
+REDUCTIONS = ("token", "sequence", "constant")
+"""The ways a masked loss is averaged (:func:`masked_mean`)."""
+KL_ESTIMATORS = ("k1", "k2", "k3")
+"""Schulman's estimators of KL(π ‖ π_ref) that :func:`kl_penalty` offers."""
 
 _sg = jax.lax.stop_gradient
 
@@ -73,18 +77,9 @@ def _as_float(x):
     return x
 
 
-def _check_same_shape(name, x, ref_name, ref):
-    """Raises ``ValueError`` naming ``name`` unless ``x.shape == ref.shape``."""
-    if jnp.shape(x) != jnp.shape(ref):
-        raise ValueError(
-            f"`{name}` must have the same shape as `{ref_name}` {jnp.shape(ref)}, "
-            f"got `{name}` of shape {jnp.shape(x)}"
-        )
-
-
 def _check_reduction(reduction):
-    if not isinstance(reduction, str) or reduction not in _REDUCTIONS:
-        raise ValueError(f"`reduction` must be one of {_REDUCTIONS}, got {reduction!r}")
+    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
+        raise ValueError(f"`reduction` must be one of {REDUCTIONS}, got {reduction!r}")
 
 
 def _check_scalar(name, value):
@@ -97,7 +92,7 @@ def _bool_mask(mask, ref, ref_name):
     if mask is None:
         return None
     mask = jnp.asarray(mask)
-    _check_same_shape("mask", mask, ref_name, ref)
+    same_shape(**{ref_name: ref, "mask": mask})
     return mask.astype(bool)
 
 
@@ -186,7 +181,7 @@ def policy_gradient_loss(log_probs, advantages, mask=None, *, reduction="token")
     -0.3466
     """
     log_probs = _as_float(log_probs)
-    _check_same_shape("advantages", advantages, "log_probs", log_probs)
+    same_shape(log_probs=log_probs, advantages=advantages)
     mask = _bool_mask(mask, log_probs, "log_probs")
     log_probs = _fill_padding(log_probs, mask, 0.0)
     advantages = _fill_padding(_sg(_as_float(advantages)), mask, 0.0)
@@ -226,8 +221,7 @@ def ppo_clip_loss(log_probs, old_log_probs, advantages, mask=None, *, clip_eps, 
     (-1.1, 0.5)
     """
     log_probs = _as_float(log_probs)
-    _check_same_shape("old_log_probs", old_log_probs, "log_probs", log_probs)
-    _check_same_shape("advantages", advantages, "log_probs", log_probs)
+    same_shape(log_probs=log_probs, old_log_probs=old_log_probs, advantages=advantages)
     _check_scalar("clip_eps", clip_eps)
     _check_reduction(reduction)
     mask = _bool_mask(mask, log_probs, "log_probs")
@@ -288,13 +282,13 @@ def value_loss(values, targets, mask=None, *, old_values=None, clip_eps=None, re
             f"clip_eps={'None' if clip_eps is None else 'a value'}"
         )
     values = _as_float(values)
-    _check_same_shape("targets", targets, "values", values)
+    same_shape(values=values, targets=targets)
     mask = _bool_mask(mask, values, "values")
     values = _fill_padding(values, mask, 0.0)
     targets = _fill_padding(_sg(_as_float(targets)), mask, 0.0)
     squared_error = jnp.square(values - targets)
     if old_values is not None:
-        _check_same_shape("old_values", old_values, "values", values)
+        same_shape(values=values, old_values=old_values)
         _check_scalar("clip_eps", clip_eps)
         old_values = _fill_padding(_sg(_as_float(old_values)), mask, 0.0)
         clip_eps = jnp.asarray(clip_eps, values.dtype)
@@ -359,10 +353,10 @@ def kl_penalty(log_probs, ref_log_probs, mask=None, *, estimator="k3", reduction
     >>> [round(float(kl_penalty(log_p, log_ref, estimator=k)), 4) for k in ("k1", "k2", "k3")]
     [0.6931, 0.2402, 0.1931]
     """
-    if not isinstance(estimator, str) or estimator not in _KL_ESTIMATORS:
-        raise ValueError(f"`estimator` must be one of {_KL_ESTIMATORS}, got {estimator!r}")
+    if not isinstance(estimator, str) or estimator not in KL_ESTIMATORS:
+        raise ValueError(f"`estimator` must be one of {KL_ESTIMATORS}, got {estimator!r}")
     log_probs = _as_float(log_probs)
-    _check_same_shape("ref_log_probs", ref_log_probs, "log_probs", log_probs)
+    same_shape(log_probs=log_probs, ref_log_probs=ref_log_probs)
     mask = _bool_mask(mask, log_probs, "log_probs")
     log_probs = _fill_padding(log_probs, mask, 0.0)
     ref_log_probs = _fill_padding(_sg(_as_float(ref_log_probs)), mask, 0.0)

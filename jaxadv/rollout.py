@@ -218,7 +218,7 @@ def rollout(
 
     # All randomness of the window is drawn outside the loop, in a few batched ops:
     # action noise, env keys, and the states each env would auto-reset to at each step
-    # (drawing a reset inside every step costs several times the step itself on CPU).
+    # (so no step draws a reset of its own).
     key_act, key_env, key_reset = jax.random.split(key, 3)
     noise = policy.noise(key_act, (num_steps, num_envs))
     if greedy:

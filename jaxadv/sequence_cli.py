@@ -24,9 +24,11 @@ from rich.console import Console
 
 from jaxadv.driver import drive
 from jaxadv.envs.sequence import SequenceTask
+from jaxadv.envs.token import decode_tokens
 from jaxadv.rollout import rollout
 from jaxadv.train import HParams, TrainConfig, make_trainer
 from jaxadv.train_cli import TrainArgs, run_options, write_run_outputs
+from jaxadv.validate import positive_int
 
 __all__ = ["SequenceArgs", "generate", "plot_sequence", "sequence_command"]
 
@@ -113,9 +115,7 @@ class SequenceArgs:
     def check(self) -> SequenceArgs:
         """Refuse a bad value with a ``ValueError`` naming the field; compiles nothing."""
         for name in ("group_size", "prompts_per_update", "total_samples", "samples_shown"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < (0 if name == "samples_shown" else 1):
-                raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
+            positive_int(name, getattr(self, name), minimum=0 if name == "samples_shown" else 1)
         self.env()  # the task's own checks, naming their argument
         _ = (self.config, self.hparams)  # TrainConfig's and HParams' checks
         return self
@@ -166,7 +166,7 @@ def generate(trainer: Any, params: Any, key: jax.Array, num: int, *, greedy: boo
         first = jnp.argmax(traj.episode_done, axis=0)  # each env's first episode end
         return traj.extras["final_observation"][first, jnp.arange(num)]
 
-    return [env.unwrapped.decode(row) for row in np.asarray(sample(key))]
+    return [decode_tokens(env, row) for row in np.asarray(sample(key))]
 
 
 def plot_sequence(path: pathlib.Path, samples: np.ndarray, reward: np.ndarray, exact: np.ndarray,

@@ -30,7 +30,8 @@ with ``norm`` as :func:`jaxadv.losses.policy_gradient_loss`'s ``reduction`` sets
 * ``"sequence"``: ``G·K·n_i`` (the mean over responses of per-response token means);
 * ``"constant"``: ``G·K·R``.
 
-Estimators (:data:`ESTIMATORS`): ``"reinforce"`` (``A = r``, no baseline), the
+Estimators (:data:`ESTIMATORS`, rows of the estimator table :data:`jaxadv.estimators.ESTIMATORS`):
+``"return"`` (``A = r``, no baseline; ``"reinforce"`` is read as ``"return"``), the
 critic-free ones of :func:`jaxadv.advantages.sequence_advantages` (``"batchmean"``,
 ``"grpo"``, ``"drgrpo"``, ``"rloo"``, ``"rfpp"``, ``"remax"`` with the exact greedy
 response), and ``"gae"``: :func:`jaxadv.advantages.gae` with ``γ = λ = 1`` and the
@@ -38,7 +39,7 @@ response), and ``"gae"``: :func:`jaxadv.advantages.gae` with ``γ = λ = 1`` and
 
 Which pairs are unbiased. With ``s_i = Σ_t ∇ log π(a_{i,t} | ·)``, the ``"constant"``
 reduction gives ``ĝ = (1/(G K R)) Σ_i Σ_t A_{i,t} ∇ log π``, so ``R·ĝ`` is unbiased for
-``∇J`` when the baseline of sample ``i`` does not depend on sample ``i``: ``reinforce``,
+``∇J`` when the baseline of sample ``i`` does not depend on sample ``i``: ``return``,
 ``rloo``, ``remax`` (the greedy response is a function of the prompt) and ``gae`` with
 the exact critic (a baseline that depends only on the prefix). Two more are unbiased up
 to an exactly known constant: ``batchmean`` (the batch mean contains ``r_i``:
@@ -77,13 +78,17 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from jaxadv import advantages as adv
 from jaxadv import losses
 from jaxadv.envs.sequence import SequenceParams, SequenceTask
+from jaxadv.estimators import ESTIMATORS as ESTIMATOR_TABLE
+from jaxadv.estimators import EstimatorArgs, EstimatorInput
+from jaxadv.losses import REDUCTIONS
+from jaxadv.validate import positive_int
 from jaxadv.variance import gradient_statistics
 
 __all__ = [
     "ESTIMATORS",
+    "LEGACY_NAMES",
     "REDUCTIONS",
     "Responses",
     "SequenceTables",
@@ -102,15 +107,19 @@ __all__ = [
     "token_log_probs",
 ]
 
-ESTIMATORS = ("reinforce", "batchmean", "grpo", "drgrpo", "rloo", "rfpp", "remax", "gae")
-REDUCTIONS = ("token", "sequence", "constant")
-_UNBIASED = ("reinforce", "rloo", "remax", "gae", "batchmean", "drgrpo")  # with "constant"
+ESTIMATORS = ("return", "batchmean", "grpo", "drgrpo", "rloo", "rfpp", "remax", "gae")
+"""The estimators :func:`sequence_report` compares: rows of :data:`jaxadv.estimators.ESTIMATORS`."""
+LEGACY_NAMES = {"reinforce": "return"}
+"""Older spellings still read: ``reinforce`` (the reward, no baseline) is ``return``."""
+_UNBIASED = ("return", "rloo", "remax", "gae", "batchmean", "drgrpo")  # with "constant"
 _MAX_RESPONSES = 200_000
 
 ApplyAll = Callable[[Any, jax.Array], tuple[jax.Array, jax.Array]]
 
 
 def _raw(env: Any) -> SequenceTask:
+    # Not the TokenEnv protocol (jaxadv.envs.token): the enumeration needs SequenceTask's
+    # internals — num_digits, prompt_size, target_for, score, reset_env, the obs layout.
     raw = getattr(env, "unwrapped", env)
     if not isinstance(raw, SequenceTask):
         raise ValueError(f"`env` must be a SequenceTask (or wrap one), got {type(raw).__name__}")
@@ -512,7 +521,10 @@ def sequence_tables(
 
 
 def _check_names(estimators, reductions, shapes):
-    estimators, reductions = tuple(estimators), tuple(reductions)
+    """The names as tuples (older spellings replaced) and the shapes as int pairs, or a
+    ``ValueError`` naming the bad one."""
+    estimators = tuple(LEGACY_NAMES.get(e, e) for e in estimators)
+    reductions = tuple(reductions)
     for e in estimators:
         if e not in ESTIMATORS:
             raise ValueError(f"`estimators`: {e!r} is not one of {ESTIMATORS}")
@@ -528,23 +540,20 @@ def _check_names(estimators, reductions, shapes):
 
 
 def _advantages(name, returns, values, mask, greedy, group_size, eps):
-    """Time-major ``[R, N]`` advantages of one estimator for ``N`` responses."""
+    """Time-major ``[R, N]`` advantages of one estimator for ``N`` responses, by the
+    estimator table: each response is an episode whose reward ``returns [N]`` arrives at
+    its last action, with the exact prefix ``values [N, R]`` as critic, ``γ = λ = 1``."""
     r_len = mask.shape[1]
-    if name == "gae":
-        last = jnp.sum(mask, axis=1) - 1  # [N] the last action's slot
-        step = jnp.arange(r_len)[:, None]
-        terminated = step >= last[None, :]
-        rewards = jnp.where(step == last[None, :], returns[None, :], 0.0)
-        v = values.T
-        next_v = jnp.concatenate([v[1:], jnp.zeros_like(v[:1])], axis=0)
-        return adv.gae(rewards, v, next_v, terminated, jnp.zeros_like(terminated),
-                       gamma=1.0, lambda_=1.0)
-    if name == "reinforce":
-        a = returns
-    else:
-        a = adv.sequence_advantages(name, returns, group_size=group_size, eps=eps,
-                                    greedy_returns=greedy if name == "remax" else None)
-    return jnp.broadcast_to(a[None, :], (r_len, a.shape[0]))
+    last = jnp.sum(mask, axis=1) - 1  # [N] the last action's slot
+    step = jnp.arange(r_len)[:, None]
+    terminated = step >= last[None, :]
+    rewards = jnp.where(step == last[None, :], returns[None, :], 0.0)
+    v = values.T
+    next_v = jnp.concatenate([v[1:], jnp.zeros_like(v[:1])], axis=0)
+    x = EstimatorInput(rewards, v, next_v, terminated, jnp.zeros_like(terminated), mask=mask.T,
+                       greedy_returns=greedy if name == "remax" else None)
+    args = EstimatorArgs(gamma=1.0, lambda_=1.0, group_size=group_size, eps=eps)
+    return ESTIMATOR_TABLE[name].fn(x, args)[0]
 
 
 def _coefficients(advantages: jax.Array, mask: jax.Array, reduction: str) -> jax.Array:
@@ -670,15 +679,14 @@ def sequence_report(
       ``(rows, info)``: one dict per (shape, estimator, reduction) with ``estimator``,
       ``reduction``, ``prompts`` (G), ``group_size`` (K), ``batch_size`` (G·K), ``scale``,
       ``target_scale``, ``unbiased_in_theory`` (the ``"constant"`` reduction with
-      ``reinforce``, ``rloo``, ``remax``, ``gae``, ``batchmean`` or ``drgrpo``: the scaled
+      ``return``, ``rloo``, ``remax``, ``gae``, ``batchmean`` or ``drgrpo``: the scaled
       estimate is unbiased for ``∇J``), the statistics and the perpendicular ones; ``info``: ``objective`` (J), ``objectives`` (``[Np]`` list),
       ``gradient_norm``, ``mean_tokens`` (n̄), ``reward_std`` (σ), ``reward_stds``
       (``[Np]``), ``num_responses``, ``num_prompts``, ``num_params``, ``num_batches``.
     """
     raw = _raw(env)
     estimators, reductions, shapes = _check_names(estimators, reductions, shapes)
-    if not isinstance(num_batches, int) or num_batches < 3:
-        raise ValueError(f"`num_batches` must be an integer >= 3, got {num_batches!r}")
+    positive_int("num_batches", num_batches, minimum=3)
     prompts = _check_prompts(raw, prompts)
     if tables is None:
         tables = jax.jit(lambda p: sequence_tables(p, apply_all, raw, prompts, env_params))(params)
@@ -704,7 +712,7 @@ def sequence_report(
 
     rows = []
     for s, (g_count, k) in enumerate(shapes):
-        target = {"reinforce": 1.0, "rloo": 1.0, "remax": 1.0, "gae": 1.0,
+        target = {"return": 1.0, "rloo": 1.0, "remax": 1.0, "gae": 1.0,
                   "batchmean": 1.0 - 1.0 / (g_count * k), "drgrpo": 1.0 - 1.0 / k,
                   "rfpp": 1.0 / (std + eps), "grpo": (1.0 - 1.0 / k) * float(h @ g) / g_sq}
         for e, name in enumerate(estimators):

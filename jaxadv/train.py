@@ -5,29 +5,32 @@ training is a ``lax.scan`` over updates, so one seed is ``jax.jit(train)(key, hp
 sixteen seeds are ``jax.jit(jax.vmap(train, (0, None)))(keys, hp)`` and a grid of
 hyperparameters is one more ``vmap`` over an :class:`HParams` with a leading axis.
 
-Algorithms are configurations of the same engine (:class:`TrainConfig`):
+Algorithms are rows of :data:`jaxadv.algorithms.ALGORITHMS` (default estimator, policy
+loss, epochs × minibatches, value clipping, advantage normalisation) and estimators rows of
+:data:`jaxadv.estimators.ESTIMATORS`; :class:`TrainConfig` picks one of each. The engine is
+a few pure functions of a frozen :class:`Setup` (what a config fixes: environment,
+network, policy, table rows), each readable on its own:
 
-==========  =====================  ======================  ======================
-algo        default estimator      policy loss             epochs × minibatches
-==========  =====================  ======================  ======================
-reinforce   ``mc`` (returns − V)   ``−log π · A``          1 × 1
-a2c         ``gae``                ``−log π · A``          1 × 1
-ppo         ``gae``                clipped ratio           4 × 4
-==========  =====================  ======================  ======================
+* :func:`init` — parameters, optimiser state and environments for one run;
+* :func:`collect` — one rollout (with episodic group resets, the reference policy's
+  log-probabilities and ReMax's greedy rollout where configured);
+* :func:`estimate` — advantages and critic targets from the estimator table;
+* :func:`loss_fn` — policy loss + value loss − entropy bonus (+ KL) on one minibatch;
+* :func:`optimise` — epochs × shuffled minibatches of gradient steps;
+* :func:`update` — one update: the four above, then the update's metrics.
 
-Estimators: ``mc`` (discounted returns minus the baseline), ``td`` (one-step TD
-error), ``nstep`` (n-step return minus V), ``gae`` (GAE(λ)) and ``qv`` — a critic
-with one output per discrete action trained by expected-SARSA targets
-``r + γ(1 − term) Σ_a' π(a'|s') Q(s', a')``, with ``A(s, a) = Q(s, a) − Σ_a' π(a'|s) Q(s, a')``. Use ``qv`` with
-``scale_rewards=True``: Q is trained only for the actions taken, so while the values
-climb from 0 towards 1/(1 − γ) the rarer action's Q lags and its spurious negative
-advantage can collapse the policy (measured on CartPole: 25–75% of seeds without
-scaling, none of 16 with it).
+:func:`make_trainer` only assembles them.
+
+``qv`` trains a critic with one output per discrete action on expected-SARSA targets; use
+it with ``scale_rewards=True``: Q is trained only for the actions taken, so while the
+values climb from 0 towards 1/(1 − γ) the rarer action's Q lags and its spurious negative
+advantage can collapse the policy.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Annotated, Any, Literal, NamedTuple
 
 import flax
@@ -40,8 +43,9 @@ from jax.flatten_util import ravel_pytree
 
 from jaxadv import advantages as adv
 from jaxadv import losses
-from jaxadv.advantages import SEQUENCE_ESTIMATORS
+from jaxadv.algorithms import ALGORITHMS, Algorithm
 from jaxadv.envs import (
+    EnvSpec,
     RewardScaler,
     RunningMeanStd,
     env_spec,
@@ -51,8 +55,19 @@ from jaxadv.envs import (
     running_mean_std_init,
     running_mean_std_update,
 )
-from jaxadv.networks import make_network
-from jaxadv.rollout import Transition, first_episode_mask, group_resets, make_policy, rollout
+from jaxadv.envs.token import check_token_env, metric_keys, response_length
+from jaxadv.estimators import ESTIMATORS as ESTIMATOR_TABLE
+from jaxadv.estimators import SEQUENCE_ESTIMATORS, Estimator, EstimatorArgs, EstimatorInput
+from jaxadv.networks import Network, make_network
+from jaxadv.rollout import (
+    Policy,
+    Rollout,
+    Transition,
+    first_episode_mask,
+    group_resets,
+    make_policy,
+    rollout,
+)
 from jaxadv.transformer import last_position, make_transformer
 from jaxadv.validate import check_choice, positive_int
 from jaxadv.warm_start import supervised_warm_start
@@ -62,26 +77,46 @@ __all__ = [
     "ESTIMATORS",
     "NONFINITE",
     "SEQUENCE_ESTIMATORS",
+    "Batch",
     "HParams",
+    "Setup",
     "TrainConfig",
     "TrainState",
     "Trainer",
+    "collect",
+    "estimate",
+    "init",
+    "loss_fn",
+    "make_setup",
     "make_train",
     "make_trainer",
+    "optimise",
+    "optimizer",
+    "permutations",
+    "update",
 ]
 
-ALGOS = ("ppo", "a2c", "reinforce")
-ESTIMATORS = ("gae", "td", "nstep", "mc", "qv", *SEQUENCE_ESTIMATORS)
-"""``SEQUENCE_ESTIMATORS`` (:func:`jaxadv.advantages.sequence_advantages`) give one
-advantage per episode, broadcast to its steps; they need ``episodic=True``."""
-_DEFAULT_ESTIMATOR = {"ppo": "gae", "a2c": "gae", "reinforce": "mc"}
-_DEFAULT_EPOCHS = {"ppo": (4, 4), "a2c": (1, 1), "reinforce": (1, 1)}
+ALGOS = tuple(ALGORITHMS)
+"""The algorithm names, in table order."""
+ESTIMATORS = tuple(ESTIMATOR_TABLE)
+"""The estimator names, in table order. The sequence-level ones (:data:`SEQUENCE_ESTIMATORS`)
+give one advantage per episode, broadcast to its steps; they need ``episodic=True``."""
 NONFINITE = ("loss", "grad", "params")
 """What the ``nonfinite`` metric checks: bit ``i`` (value ``2**i``) is set when
 ``NONFINITE[i]`` held a NaN or ±inf at the update's first optimiser step that had one."""
 
+AlgoName = Literal[ALGOS]  # type: ignore[valid-type]
+EstimatorName = Literal[ESTIMATORS]  # type: ignore[valid-type]
+Reduction = Literal[losses.REDUCTIONS]  # type: ignore[valid-type]
+KLEstimator = Literal[losses.KL_ESTIMATORS]  # type: ignore[valid-type]
+KL_MODES = ("none", "loss", "reward")
 
-def _pairs(kwargs: Any) -> tuple[tuple[str, Any], ...]:
+
+def _table_help(table: dict, what: str) -> str:
+    return f"{what}: " + "; ".join(f"{name} ({row.summary})" for name, row in table.items()) + "."
+
+
+def _env_kwargs_pairs(kwargs: Any) -> tuple[tuple[str, Any], ...]:
     """``env_kwargs`` as a sorted, hashable tuple of ``(name, value)`` pairs (from a dict,
     pairs, or JSON lists)."""
     items = kwargs.items() if isinstance(kwargs, dict) else kwargs
@@ -93,16 +128,28 @@ def _pairs(kwargs: Any) -> tuple[tuple[str, Any], ...]:
     return pairs
 
 
+def _algo_defaults(algo: str, estimator: str | None) -> dict[str, Any]:
+    """The fields ``algo``'s table row sets when a config leaves them ``None``."""
+    row = ALGORITHMS[algo]
+    estimator = row.estimator if estimator is None else estimator
+    sequence_level = estimator in ESTIMATOR_TABLE and ESTIMATOR_TABLE[estimator].sequence_level
+    return {"estimator": estimator, "update_epochs": row.update_epochs,
+            "num_minibatches": row.num_minibatches,
+            "normalize_advantages": row.normalize_advantages and not sequence_level}
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Static settings: they fix array shapes or program structure; changing one recompiles."""
 
     env: str = "CartPole-v1"
     """environment id: any gymnax id, or a name added with jaxadv.envs.register."""
-    algo: Literal["ppo", "a2c", "reinforce"] = "ppo"
-    """algorithm: ppo (clipped ratio, epochs x minibatches), a2c, or reinforce."""
-    estimator: Literal["gae", "td", "nstep", "mc", "qv", "grpo", "drgrpo", "rloo", "batchmean", "rfpp", "remax"] | None = None
-    """advantage estimator; default: gae for ppo and a2c, mc for reinforce. The sequence-level ones (grpo, drgrpo, rloo, batchmean, rfpp, remax) need --episodic."""
+    algo: Annotated[AlgoName, tyro.conf.arg(help=_table_help(ALGORITHMS, "algorithm"))] = "ppo"
+    """algorithm (jaxadv.algorithms)."""
+    estimator: Annotated[EstimatorName | None, tyro.conf.arg(help=_table_help(
+        ESTIMATOR_TABLE, "advantage estimator (default: the algorithm's; the sequence-level "
+        "ones need --episodic)"))] = None
+    """advantage estimator (jaxadv.estimators); default: the algorithm's."""
     num_envs: int = 4
     """environments stepped in parallel (vmap)."""
     num_steps: int = 128
@@ -124,8 +171,7 @@ class TrainConfig:
     baseline: bool = True
     """learn a critic (for reinforce: the baseline; without it A = return)."""
     normalize_advantages: bool | None = None
-    """standardise advantages per minibatch; default on for ppo (except the sequence-level estimators, which set their own scale), off for a2c and reinforce
-    (whole-batch standardisation measured markedly worse for them on CartPole)."""
+    """standardise advantages per minibatch; default on for ppo (except the sequence-level estimators, which set their own scale), off for a2c and reinforce."""
     clip_value_loss: bool = True
     """ppo: clip the value loss around the rollout's values by clip_eps."""
     anneal_lr: bool = True
@@ -148,11 +194,11 @@ class TrainConfig:
     """every update starts each env on a fresh episode and learns from that episode only (steps after it ends are masked); num_steps should cover the longest episode."""
     group_size: int = 1
     """with --episodic: envs per prompt; groups of group_size envs start from the same reset (GRPO/RLOO groups). num_envs must be a multiple."""
-    loss_reduction: Literal["token", "sequence", "constant"] = "token"
+    loss_reduction: Reduction = "token"
     """with --episodic: average the per-step losses over all tokens, per sequence then over sequences, or divide by a constant (num_steps x envs)."""
     kl: Literal["none", "loss", "reward"] = "none"
     """KL penalty against a frozen reference (the initial policy): none, in the loss, or subtracted from the rewards (per step, k1), weighted by kl_coef."""
-    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    kl_estimator: KLEstimator = "k3"
     """estimator of KL(pi || ref) in the loss."""
     temperature: float = 1.0
     """sample from softmax(logits / temperature) — and learn that distribution's log-probabilities, as LM-RL pipelines do (discrete actions)."""
@@ -165,21 +211,24 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_choice("env", self.env, tuple(registered_names()))
-        check_choice("algo", self.algo, ALGOS)
-        if self.estimator is None:
-            object.__setattr__(self, "estimator", _DEFAULT_ESTIMATOR[self.algo])
-        check_choice("estimator", self.estimator, ESTIMATORS)
-        epochs, minibatches = _DEFAULT_EPOCHS[self.algo]
-        if self.update_epochs is None:
-            object.__setattr__(self, "update_epochs", epochs)
-        if self.num_minibatches is None:
-            object.__setattr__(self, "num_minibatches", minibatches)
-        if self.normalize_advantages is None:  # sequence estimators set their own scale
-            object.__setattr__(self, "normalize_advantages",
-                               self.algo == "ppo" and self.estimator not in SEQUENCE_ESTIMATORS)
+        check_choice("algo", self.algo, tuple(ALGORITHMS))  # the live tables: rows added at run time count
+        defaults = _algo_defaults(self.algo, self.estimator)
+        for field, default in defaults.items():
+            if getattr(self, field) is None:
+                object.__setattr__(self, field, default)
+        check_choice("estimator", self.estimator, tuple(ESTIMATOR_TABLE))
+        self._check_fields()
+        self._check_combinations()
+        if self.network == "transformer":
+            self._check_token_env()
+
+    def _check_fields(self) -> None:
+        """Each field on its own: types, ranges, choices."""
         for field in ("num_envs", "num_steps", "total_timesteps", "update_epochs",
-                      "num_minibatches", "n_step"):
+                      "num_minibatches", "n_step", "layers", "width", "heads", "group_size",
+                      "warm_start_prompts"):
             positive_int(field, getattr(self, field))
+        positive_int("warm_start_steps", self.warm_start_steps, minimum=0)
         if not isinstance(self.hidden, (tuple, list)):
             raise ValueError(f"`hidden` must be a tuple of layer widths, e.g. (64, 64); got {self.hidden!r}")
         object.__setattr__(self, "hidden", tuple(self.hidden))
@@ -187,25 +236,26 @@ class TrainConfig:
                                   for h in self.hidden):
             raise ValueError(f"`hidden` must be a non-empty tuple of positive ints, got {self.hidden!r}")
         check_choice("activation", self.activation, ("tanh", "relu"))
-        object.__setattr__(self, "env_kwargs", _pairs(self.env_kwargs))
+        object.__setattr__(self, "env_kwargs", _env_kwargs_pairs(self.env_kwargs))
         check_choice("network", self.network, ("mlp", "transformer"))
-        check_choice("loss_reduction", self.loss_reduction, ("token", "sequence", "constant"))
-        check_choice("kl", self.kl, ("none", "loss", "reward"))
-        check_choice("kl_estimator", self.kl_estimator, ("k1", "k2", "k3"))
-        for field in ("layers", "width", "heads", "group_size", "warm_start_prompts"):
-            positive_int(field, getattr(self, field))
-        positive_int("warm_start_steps", self.warm_start_steps, minimum=0)
+        check_choice("loss_reduction", self.loss_reduction, losses.REDUCTIONS)
+        check_choice("kl", self.kl, KL_MODES)
+        check_choice("kl_estimator", self.kl_estimator, losses.KL_ESTIMATORS)
         if not (isinstance(self.temperature, int | float) and 0 < self.temperature < float("inf")):
             raise ValueError(f"`temperature` must be a number > 0, got {self.temperature!r}")
-        if self.temperature != 1.0 and not self.spec.discrete:
-            raise ValueError(f"`temperature` = {self.temperature} needs discrete actions; `env` = {self.env!r} is continuous")
         if not self.warm_start_lr > 0:
             raise ValueError(f"`warm_start_lr` must be > 0, got {self.warm_start_lr!r}")
+
+    def _check_combinations(self) -> None:
+        """Fields that constrain each other."""
+        estimator = ESTIMATOR_TABLE[self.estimator]
+        if self.temperature != 1.0 and not self.spec.discrete:
+            raise ValueError(f"`temperature` = {self.temperature} needs discrete actions; `env` = {self.env!r} is continuous")
         if self.width % self.heads:
             raise ValueError(f"`heads` = {self.heads} must divide `width` = {self.width}")
         if self.num_envs % self.group_size:
             raise ValueError(f"`group_size` = {self.group_size} must divide `num_envs` = {self.num_envs}")
-        if not self.episodic and (self.group_size > 1 or self.estimator in SEQUENCE_ESTIMATORS
+        if not self.episodic and (self.group_size > 1 or estimator.sequence_level
                                   or self.loss_reduction != "token"):
             raise ValueError(
                 "`episodic` must be True for group_size > 1, a sequence-level estimator "
@@ -229,49 +279,42 @@ class TrainConfig:
                 f"`total_timesteps` = {self.total_timesteps} is less than one update's batch "
                 f"num_envs * num_steps = {self.batch_size}"
             )
-        if not self.baseline and self.estimator != "mc":
+        if not self.baseline and estimator.critic != "none" and not estimator.baseline_optional:
+            allowed = [n for n, e in ESTIMATOR_TABLE.items() if e.critic == "none" or e.baseline_optional]
+            raise ValueError(f"`estimator` = {self.estimator!r} needs a critic; with `baseline` = False "
+                             f"only {', '.join(repr(n) for n in allowed)} are allowed")
+        if estimator.critic == "q" and not self.spec.discrete:
             raise ValueError(
-                f"`estimator` = {self.estimator!r} needs a critic; with `baseline` = False only 'mc' is allowed"
-            )
-        if self.estimator == "qv" and not self.spec.discrete:
-            raise ValueError(
-                f"`estimator` = 'qv' needs a discrete action space; `env` = {self.env!r} is continuous"
+                f"`estimator` = {self.estimator!r} needs a discrete action space; `env` = {self.env!r} is continuous"
             )
         if self.warm_start_steps and self.network != "transformer":
             raise ValueError("`warm_start_steps` > 0 needs `network` = 'transformer' (teacher forcing)")
-        if self.network == "transformer":
-            raw = make(self.env, **dict(self.env_kwargs))[0].unwrapped
-            if not (hasattr(raw, "vocab_size") and hasattr(getattr(raw, "tokens", None), "pad")):
-                raise ValueError(f"`network` = 'transformer' needs a token environment (with "
-                                 f"vocab_size and tokens.pad, e.g. Sequence-v0); `env` = {self.env!r} is not one")
-            if self.episodic and self.num_steps < getattr(raw, "response_length", 0):
-                raise ValueError(f"`num_steps` = {self.num_steps} is shorter than the longest response "
-                                 f"({raw.response_length} tokens): episodes would be cut unscored")
-            if self.warm_start_steps and not hasattr(raw, "demonstration"):
-                raise ValueError(f"`warm_start_steps` needs an env with demonstration(); `env` = {self.env!r} has none")
-            if self.normalize_obs or self.estimator == "qv" or not self.spec.discrete:
-                raise ValueError("`network` = 'transformer' reads token ids: it needs a discrete "
-                                 "action space, normalize_obs = False and an estimator other than 'qv'")
+
+    def _check_token_env(self) -> None:
+        """A transformer policy reads token ids: the env must be a token environment."""
+        raw = check_token_env(make(self.env, **dict(self.env_kwargs))[0], name=self.env,
+                              demonstration=bool(self.warm_start_steps))
+        if self.episodic and self.num_steps < response_length(raw):
+            raise ValueError(f"`num_steps` = {self.num_steps} is shorter than the longest response "
+                             f"({response_length(raw)} tokens): episodes would be cut unscored")
+        if self.normalize_obs or ESTIMATOR_TABLE[self.estimator].critic == "q" or not self.spec.discrete:
+            raise ValueError("`network` = 'transformer' reads token ids: it needs a discrete "
+                             "action space, normalize_obs = False and an estimator other than 'qv'")
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A validated copy with ``changes``; a new ``algo`` re-resolves its defaults.
 
         ``estimator``, ``update_epochs``, ``num_minibatches`` and ``normalize_advantages``
-        that this config left at
-        its algo's defaults (and that ``changes`` does not set) take the new algo's.
+        that this config left at its algo's defaults (and that ``changes`` does not set) take
+        the new algo's.
 
         >>> TrainConfig(algo="ppo").replace(algo="reinforce").estimator
         'mc'
         """
         algo = changes.get("algo", self.algo)
         if algo != self.algo:
-            epochs, minibatches = _DEFAULT_EPOCHS[self.algo]
-            defaults = {
-                "estimator": _DEFAULT_ESTIMATOR[self.algo],
-                "update_epochs": epochs,
-                "num_minibatches": minibatches,
-                "normalize_advantages": self.algo == "ppo" and self.estimator not in SEQUENCE_ESTIMATORS,
-            }
+            defaults = {**_algo_defaults(self.algo, self.estimator),
+                        "estimator": ALGORITHMS[self.algo].estimator}
             for field, default in defaults.items():
                 if field not in changes and getattr(self, field) == default:
                     changes[field] = None
@@ -287,9 +330,9 @@ class TrainConfig:
         """Updates in the whole run: total_timesteps // batch_size."""
         return self.total_timesteps // self.batch_size
 
-    @property
-    def spec(self):
-        """The environment's :class:`jaxadv.envs.EnvSpec`."""
+    @functools.cached_property
+    def spec(self) -> EnvSpec:
+        """The environment's :class:`jaxadv.envs.EnvSpec` (built once per config)."""
         return env_spec(*make(self.env, **dict(self.env_kwargs)))
 
 
@@ -398,10 +441,9 @@ def permutations(key: jax.Array, num: int, size: int) -> jax.Array:
     of ``jax.random.permutation``'s algorithm. A tie has probability ≈ size²/2³³ (3·10⁻⁵
     for 512 items, 0.008 for 8192) and only fixes the order of the tied items. The round
     uses single-operand sorts only — each key's rank packed above the item's index in one
-    32-bit word — which on CPU run several times faster than the key–value sort of
-    ``jax.random.permutation`` (512 items: 35 vs 69 µs; 8192: 1.1 vs 2.8 ms). Beyond 2¹⁶
-    items, where rank and index no longer fit in one word, it calls
-    ``jax.random.permutation``.
+    32-bit word — instead of the key–value sort of ``jax.random.permutation``, which is
+    slower on CPU. Beyond 2¹⁶ items, where rank and index no longer fit in one word, it
+    calls ``jax.random.permutation``.
 
     >>> import jax, numpy as np
     >>> p = permutations(jax.random.key(0), 3, 10)
@@ -417,7 +459,7 @@ def permutations(key: jax.Array, num: int, size: int) -> jax.Array:
     return (jnp.sort(rank << low | index, axis=1) & ((1 << low) - 1)).astype(jnp.int32)
 
 
-def _tempered(network: Any, temperature: float) -> Any:
+def _tempered(network: Network, temperature: float) -> Network:
     """``network`` with its logits divided by ``temperature`` (``apply`` and any ``apply_all``)."""
     scale = lambda out: (out[0] / temperature, out[1])
     changes = {"apply": lambda params, obs: scale(network.apply(params, obs))}
@@ -433,290 +475,357 @@ def _explained_variance(pred: jax.Array, target: jax.Array) -> jax.Array:
     return jnp.where(ok, 1.0 - jnp.var(target - pred) / jnp.where(ok, var, 1.0), 0.0)
 
 
-def make_trainer(config: TrainConfig) -> Trainer:
-    """Build the pure ``init``, ``update``, ``run`` and ``train`` functions for ``config``."""
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """What a :class:`TrainConfig` fixes, built once by :func:`make_setup`; every engine
+    function takes it first (a Python object, never traced).
+
+    Attributes:
+      config: the configuration.
+      env, env_params: the (wrapped) environment and its parameters.
+      spec: the environment's :class:`~jaxadv.envs.EnvSpec`.
+      network: the policy/critic network (logits divided by the temperature).
+      base_network: the same at temperature 1 (the warm start fits demonstrations with it).
+      policy: the action distribution's functions.
+      algorithm, estimator: the configured rows of the two tables.
+      use_critic: a critic is learned and used (``baseline`` and an estimator with one).
+      info_keys: ``info`` entries the rollout keeps (a token env's ``metric_keys``).
+      pad: the token id of padding where a transformer is teacher-forced on whole episodes,
+        else ``None``.
+    """
+
+    config: TrainConfig
+    env: Any
+    env_params: Any
+    spec: EnvSpec
+    network: Network
+    base_network: Network
+    policy: Policy
+    algorithm: Algorithm
+    estimator: Estimator
+    use_critic: bool
+    info_keys: tuple[str, ...]
+    pad: int | None
+
+    @property
+    def q_critic(self) -> bool:
+        """The critic outputs ``Q(s, ·)``, one value per discrete action (``qv``)."""
+        return self.estimator.critic == "q"
+
+
+def make_setup(config: TrainConfig) -> Setup:
+    """Build the environment, network and policy ``config`` names, and look up its table rows."""
     env, env_params = make(config.env, **dict(config.env_kwargs))
     spec = env_spec(env, env_params)
-    q_critic = config.estimator == "qv"
-    sequence_level = config.estimator in SEQUENCE_ESTIMATORS
+    estimator = ESTIMATOR_TABLE[config.estimator]
+    use_critic = config.baseline and estimator.critic != "none"
+    size = spec.num_actions if spec.discrete else spec.action_dim
     if config.network == "transformer":
-        raw = env.unwrapped
+        raw = check_token_env(env, name=config.env)
         network = make_transformer(
             raw.vocab_size, spec.obs_dim, spec.num_actions, pad=raw.tokens.pad,
-            layers=config.layers, width=config.width, heads=config.heads,
-            value_head=config.baseline and not sequence_level,
+            layers=config.layers, width=config.width, heads=config.heads, value_head=use_critic,
         )
     else:
-        network = make_network(
-            spec.num_actions if spec.discrete else spec.action_dim,
-            discrete=spec.discrete,
-            hidden=config.hidden,
-            activation=config.activation,
-            shared_torso=config.shared_torso,
-            q_critic=q_critic,
-        )
-    base_network = network  # the warm start fits demonstrations at τ = 1
-    if config.temperature != 1.0:  # the policy *is* softmax(logits / τ): sampled and learned
-        network = _tempered(network, config.temperature)
-    info_keys = tuple(getattr(env.unwrapped, "metric_keys", ()))
-    policy = make_policy(
-        spec.discrete,
-        spec.num_actions if spec.discrete else spec.action_dim,
-        spec.action_low,
-        spec.action_high,
+        network = make_network(size, discrete=spec.discrete, hidden=config.hidden,
+                               activation=config.activation, shared_torso=config.shared_torso,
+                               q_critic=estimator.critic == "q")
+    return Setup(
+        config=config, env=env, env_params=env_params, spec=spec,
+        # the policy *is* softmax(logits / τ): sampled and learned
+        network=network if config.temperature == 1.0 else _tempered(network, config.temperature),
+        base_network=network,
+        policy=make_policy(spec.discrete, size, spec.action_low, spec.action_high),
+        algorithm=ALGORITHMS[config.algo], estimator=estimator, use_critic=use_critic,
+        info_keys=metric_keys(env),
+        pad=raw.tokens.pad if config.episodic and config.network == "transformer" else None,
     )
+
+
+def optimizer(setup: Setup, hp: HParams) -> optax.GradientTransformation:
+    """Global-norm clipping, then Adam (its learning rate decayed linearly to 0 over all
+    optimiser steps with ``anneal_lr``)."""
+    config = setup.config
     num_opt_steps = config.num_updates * config.update_epochs * config.num_minibatches
-    use_critic = config.baseline and not sequence_level
+    lr = optax.linear_schedule(hp.lr, 0.0, num_opt_steps) if config.anneal_lr else hp.lr
+    return optax.chain(optax.clip_by_global_norm(hp.max_grad_norm), optax.adam(lr, eps=1e-5))
 
-    def optimizer(hp: HParams) -> optax.GradientTransformation:
-        lr = optax.linear_schedule(hp.lr, 0.0, num_opt_steps) if config.anneal_lr else hp.lr
-        return optax.chain(
-            optax.clip_by_global_norm(hp.max_grad_norm), optax.adam(lr, eps=1e-5)
-        )
 
-    def init(key: jax.Array, hp: HParams) -> TrainState:
-        key, key_net, key_env = jax.random.split(key, 3)
-        obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(
-            jax.random.split(key_env, config.num_envs), env_params
-        )
-        params = network.init(key_net, obs[0])
-        if config.warm_start_steps:
-            params, _ = supervised_warm_start(
-                jax.random.fold_in(key_net, 1), params, apply_all=base_network.apply_all, env=env,
-                env_params=env_params, steps=config.warm_start_steps,
-                num_prompts=config.warm_start_prompts, lr=config.warm_start_lr)
-        return TrainState(
-            ref_params=params if config.kl != "none" else None,
-            params=params,
-            opt_state=optimizer(hp).init(ravel_pytree(params)[0]),
-            env_state=env_state,
-            obs=obs,
-            obs_stats=running_mean_std_init((spec.obs_dim,)),
-            reward_scaler=reward_scaler_init(config.num_envs),
-            key=key,
-            update=jnp.zeros((), jnp.int32),
-        )
+def init(setup: Setup, key: jax.Array, hp: HParams) -> TrainState:
+    """A fresh run: ``num_envs`` reset environments, initial (optionally warm-started)
+    parameters, the optimiser state of their raveled vector and the statistics' zeros."""
+    config = setup.config
+    key, key_net, key_env = jax.random.split(key, 3)
+    obs, env_state = jax.vmap(setup.env.reset, in_axes=(0, None))(
+        jax.random.split(key_env, config.num_envs), setup.env_params
+    )
+    params = setup.network.init(key_net, obs[0])
+    if config.warm_start_steps:
+        params, _ = supervised_warm_start(
+            jax.random.fold_in(key_net, 1), params, apply_all=setup.base_network.apply_all,
+            env=setup.env, env_params=setup.env_params, steps=config.warm_start_steps,
+            num_prompts=config.warm_start_prompts, lr=config.warm_start_lr)
+    return TrainState(
+        ref_params=params if config.kl != "none" else None,
+        params=params,
+        opt_state=optimizer(setup, hp).init(ravel_pytree(params)[0]),
+        env_state=env_state,
+        obs=obs,
+        obs_stats=running_mean_std_init((setup.spec.obs_dim,)),
+        reward_scaler=reward_scaler_init(config.num_envs),
+        key=key,
+        update=jnp.zeros((), jnp.int32),
+    )
 
-    def estimate(traj: Transition, hp: HParams, mask=None, greedy_returns=None):
-        """Advantages and critic targets ``[T, N]`` for the configured estimator."""
-        r, term, trunc = traj.reward, traj.terminated, traj.truncated
-        if sequence_level:  # the episode's return, on each of its steps
-            a = adv.sequence_advantages(config.estimator, jnp.sum(mask * r, axis=0),
-                                        group_size=config.group_size, greedy_returns=greedy_returns)
-            a = jnp.broadcast_to(a, r.shape)
-            return a, jnp.zeros_like(a)
-        v = traj.value if use_critic else jnp.zeros_like(traj.value)
-        nv = traj.next_value if use_critic else jnp.zeros_like(traj.next_value)
-        if config.estimator == "qv":
-            targets = r + hp.gamma * (1.0 - term.astype(r.dtype)) * nv
-            return traj.q_value - traj.value, targets
-        if config.estimator == "gae":
-            a = adv.gae(r, v, nv, term, trunc, gamma=hp.gamma, lambda_=hp.gae_lambda)
-        elif config.estimator == "td":
-            a = adv.td_errors(r, v, nv, term, gamma=hp.gamma)
-        elif config.estimator == "nstep":
-            a = adv.n_step_advantages(r, v, nv, term, trunc, gamma=hp.gamma, n=config.n_step)
-        else:  # mc
-            a = adv.discounted_returns(r, nv, term, trunc, gamma=hp.gamma) - v
-        return a, a + v
 
-    teacher_forced = config.episodic and config.network == "transformer"
+def policy_outputs(setup: Setup, params: Any, obs: jax.Array, mask: jax.Array | None):
+    """``(policy, critic)`` at every step of ``obs [T, B, ...]``.
 
-    def outputs(params, obs: jax.Array, mask: jax.Array | None):
-        """``(policy, critic)`` at every step of ``obs [T, B, ...]``. A causal transformer on
-        episodes does it in one teacher-forced pass over each episode's last observation,
-        which holds every earlier step's tokens (T× fewer token evaluations)."""
-        if not teacher_forced:
-            return network.apply(params, obs)
-        last = jnp.maximum(jnp.sum(mask, axis=0).astype(jnp.int32) - 1, 0)  # [B]
-        final = jnp.take_along_axis(obs, last[None, :, None], axis=0)[0]  # [B, L]
-        logits, values = network.apply_all(params, final)  # [B, L, A], [B, L]
-        pos = last_position(obs, env.unwrapped.tokens.pad)  # [T, B]
-        lanes = jnp.arange(obs.shape[1])[None, :]
-        return logits[lanes, pos], values[lanes, pos]
+    A causal transformer on episodes (``setup.pad`` set) does it in one teacher-forced
+    pass over each episode's last observation, which holds every earlier step's tokens
+    (T× fewer token evaluations)."""
+    if setup.pad is None:
+        return setup.network.apply(params, obs)
+    last = jnp.maximum(jnp.sum(mask, axis=0).astype(jnp.int32) - 1, 0)  # [B]
+    final = jnp.take_along_axis(obs, last[None, :, None], axis=0)[0]  # [B, L]
+    logits, values = setup.network.apply_all(params, final)  # [B, L, A], [B, L]
+    pos = last_position(obs, setup.pad)  # [T, B]
+    lanes = jnp.arange(obs.shape[1])[None, :]
+    return logits[lanes, pos], values[lanes, pos]
 
-    def loss_fn(params, batch, hp: HParams):
-        traj, advantages, targets, mask, ref_log_prob = batch
-        red = {"reduction": config.loss_reduction}
-        pi, critic = outputs(params, traj.obs, mask)
-        log_prob = policy.log_prob(pi, traj.action)
-        entropy = policy.entropy(pi)
-        entropy = entropy.mean() if mask is None else losses.masked_mean(entropy, mask, **red)
-        if config.normalize_advantages:
-            advantages = adv.normalize(advantages, mask)
-        if config.algo == "ppo":
-            policy_loss, info = losses.ppo_clip_loss(
-                log_prob, traj.log_prob, advantages, mask, clip_eps=hp.clip_eps, **red
-            )
-        else:
-            policy_loss = losses.policy_gradient_loss(log_prob, advantages, mask, **red)
-            info = {  # approx_kl as PPO reports it: k3 of KL(π_old ‖ π) on the rollout's actions
-                "clip_fraction": jnp.zeros(()),
-                "approx_kl": losses.kl_penalty(
-                    jax.lax.stop_gradient(traj.log_prob), jax.lax.stop_gradient(log_prob), mask
-                ),
-            }
-        if q_critic:
-            pred = jnp.take_along_axis(critic, traj.action[..., None], axis=-1)[..., 0]
-            old = traj.q_value
-        else:
-            pred, old = critic, traj.value
-        if not use_critic:
-            value_loss = jnp.zeros(())
-        elif config.algo == "ppo" and config.clip_value_loss:
-            value_loss = losses.value_loss(pred, targets, mask, old_values=old, clip_eps=hp.clip_eps, **red)
-        else:
-            value_loss = losses.value_loss(pred, targets, mask, **red)
-        total = policy_loss + hp.vf_coef * value_loss - hp.ent_coef * entropy
-        if config.kl == "loss":
-            total = total + hp.kl_coef * losses.kl_penalty(
-                log_prob, ref_log_prob, mask, estimator=config.kl_estimator, **red)
-        metrics = {
-            "policy_loss": policy_loss,
-            "value_loss": value_loss,
-            "entropy": entropy,
-            "approx_kl": info["approx_kl"],
-            "clip_fraction": info["clip_fraction"],
-        }
-        return total, metrics
 
-    def grad_fn(flat_params, unravel, batch, hp):
-        return jax.value_and_grad(lambda f: loss_fn(unravel(f), batch, hp), has_aux=True)(
-            flat_params
-        )
+class Batch(NamedTuple):
+    """One update's experience (:func:`collect`), time-major ``[T, N, ...]``.
 
-    def optimise(flat_params, opt_state, unravel, data, key, hp: HParams):
-        """``update_epochs`` passes of ``num_minibatches`` shuffled minibatches over ``data``
-        (flattened ``[batch, ...]``): one gradient step each. Returns the parameters, the
-        optimiser state and per-step metrics ``[epochs, minibatches]``."""
-        opt = optimizer(hp)
-        # flat: [batch, ...] steps; episodic: time-major [T, N, ...], split along the envs
-        axis, size = (1, config.num_envs) if config.episodic else (0, config.batch_size)
-        mb = size // config.num_minibatches
+    Attributes:
+      rollout: the :class:`~jaxadv.rollout.Rollout` (environments' state after the window).
+      traj: its transitions, rewards less the per-step KL with ``kl = "reward"``.
+      mask: ``[T, N]`` each env's first episode (``episodic``), else ``None``.
+      ref_log_prob: ``[T, N]`` the reference policy's log π(a_t|s_t) (``kl`` ≠ ``"none"``).
+      greedy_returns: ``[N]`` the greedy response's return from the same start (``remax``).
+    """
 
-        def minibatch(carry, batch):
-            params, opt_state = carry
-            (loss, metrics), grads = grad_fn(params, unravel, batch, hp)
-            updates, opt_state = opt.update(grads, opt_state, params)
-            metrics["grad_norm"] = optax.tree.norm(grads)
-            params = params + updates
-            metrics["nonfinite"] = _nonfinite_flags(loss, metrics["grad_norm"], params)
-            return (params, opt_state), metrics
+    rollout: Rollout
+    traj: Transition
+    mask: jax.Array | None
+    ref_log_prob: jax.Array | None
+    greedy_returns: jax.Array | None
 
-        def epoch(carry, perm):
-            shuffled = data
-            if config.num_minibatches > 1:  # one gather per epoch, then contiguous slices
-                shuffled = jax.tree.map(lambda x: jnp.take(x, perm, axis=axis), data)
-            if config.episodic:
-                split = lambda x: jnp.moveaxis(
-                    x.reshape(x.shape[0], config.num_minibatches, mb, *x.shape[2:]), 1, 0)
-            else:
-                split = lambda x: x.reshape(config.num_minibatches, mb, *x.shape[1:])
-            return jax.lax.scan(minibatch, carry, jax.tree.map(split, shuffled))
 
-        (flat_params, opt_state), metrics = jax.lax.scan(
-            epoch, (flat_params, opt_state), permutations(key, config.update_epochs, size)
-        )
-        return flat_params, opt_state, metrics
+def collect(setup: Setup, state: TrainState, hp: HParams, key: jax.Array,
+            start: tuple[Any, jax.Array], key_greedy: jax.Array | None = None) -> Batch:
+    """Roll the policy ``state.params`` out from ``start = (env_state, obs)`` for
+    ``num_steps`` steps, with what the configuration adds (see :class:`Batch`)."""
+    config = setup.config
+    roll = lambda key, **kw: rollout(  # the greedy rollout starts from the same state
+        key, state.params, *start,
+        state.obs_stats if config.normalize_obs else None,
+        state.reward_scaler if config.scale_rewards else None,
+        apply_fn=setup.network.apply, policy=setup.policy, env=setup.env,
+        env_params=setup.env_params, num_steps=config.num_steps, gamma=hp.gamma,
+        q_critic=setup.q_critic, **kw,
+    )
+    collected = roll(key, info_keys=setup.info_keys)
+    traj = collected.traj
+    mask = first_episode_mask(traj.episode_done) if config.episodic else None
+    ref_log_prob = None
+    if config.kl != "none":
+        ref_logits = policy_outputs(setup, state.ref_params, traj.obs, mask)[0]
+        ref_log_prob = setup.policy.log_prob(ref_logits, traj.action)
+        if config.kl == "reward":  # the per-step k1 estimate, as RLHF pipelines do
+            traj = traj._replace(reward=traj.reward - hp.kl_coef * (traj.log_prob - ref_log_prob))
+    greedy_returns = None
+    if config.estimator == "remax":
+        greedy = roll(key_greedy, greedy=True).traj
+        greedy_returns = jnp.sum(first_episode_mask(greedy.episode_done) * greedy.reward, axis=0)
+    return Batch(collected, traj, mask, ref_log_prob, greedy_returns)
 
-    def update(state: TrainState, hp: HParams) -> tuple[TrainState, dict]:
-        key, key_roll, key_perm = jax.random.split(state.key, 3)
-        start_state, start_obs = state.env_state, state.obs
+
+def estimate(setup: Setup, traj: Transition, hp: HParams, mask: jax.Array | None = None,
+             greedy_returns: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """Advantages and critic targets ``[T, N]`` of the configured estimator
+    (:data:`jaxadv.estimators.ESTIMATORS`); without a critic, ``V = 0``."""
+    critic = (lambda x: x) if setup.use_critic else jnp.zeros_like
+    x = EstimatorInput(reward=traj.reward, value=critic(traj.value),
+                       next_value=critic(traj.next_value), terminated=traj.terminated,
+                       truncated=traj.truncated, q_value=traj.q_value, mask=mask,
+                       greedy_returns=greedy_returns)
+    args = EstimatorArgs(gamma=hp.gamma, lambda_=hp.gae_lambda, n=setup.config.n_step,
+                         group_size=setup.config.group_size)
+    return setup.estimator.fn(x, args)
+
+
+def _value_loss(setup: Setup, critic: jax.Array, traj: Transition, targets: jax.Array,
+                mask: jax.Array | None, hp: HParams) -> jax.Array:
+    """The critic's loss: V(s_t) (or Q(s_t, a_t)) against ``targets``, clipped around the
+    rollout's values where the algorithm clips and ``clip_value_loss`` is on."""
+    config = setup.config
+    if not setup.use_critic:
+        return jnp.zeros(())
+    if setup.q_critic:
+        pred = jnp.take_along_axis(critic, traj.action[..., None], axis=-1)[..., 0]
+        old = traj.q_value
+    else:
+        pred, old = critic, traj.value
+    if setup.algorithm.clip_value and config.clip_value_loss:
+        return losses.value_loss(pred, targets, mask, old_values=old, clip_eps=hp.clip_eps,
+                                 reduction=config.loss_reduction)
+    return losses.value_loss(pred, targets, mask, reduction=config.loss_reduction)
+
+
+def loss_fn(setup: Setup, params: Any, batch: tuple, hp: HParams) -> tuple[jax.Array, dict]:
+    """``(total loss, metrics)`` of one minibatch ``batch = (traj, advantages, targets,
+    mask, ref_log_prob)``: the algorithm's policy loss + ``vf_coef`` × value loss −
+    ``ent_coef`` × entropy bonus (+ ``kl_coef`` × KL to the reference with ``kl = "loss"``)."""
+    traj, advantages, targets, mask, ref_log_prob = batch
+    config = setup.config
+    reduction = config.loss_reduction
+    pi, critic = policy_outputs(setup, params, traj.obs, mask)
+    log_prob = setup.policy.log_prob(pi, traj.action)
+    entropy = losses.entropy_bonus(setup.policy.entropy(pi), mask, reduction=reduction)
+    if config.normalize_advantages:
+        advantages = adv.normalize(advantages, mask)
+    policy_loss, info = setup.algorithm.policy_loss(
+        log_prob, traj.log_prob, advantages, mask, clip_eps=hp.clip_eps, reduction=reduction)
+    value_loss = _value_loss(setup, critic, traj, targets, mask, hp)
+    total = policy_loss + hp.vf_coef * value_loss - hp.ent_coef * entropy
+    if config.kl == "loss":
+        total = total + hp.kl_coef * losses.kl_penalty(
+            log_prob, ref_log_prob, mask, estimator=config.kl_estimator, reduction=reduction)
+    return total, {"policy_loss": policy_loss, "value_loss": value_loss, "entropy": entropy,
+                   "approx_kl": info["approx_kl"], "clip_fraction": info["clip_fraction"]}
+
+
+def optimise(setup: Setup, flat_params: jax.Array, opt_state: Any, unravel: Any, data: tuple,
+             key: jax.Array, hp: HParams) -> tuple[jax.Array, Any, dict]:
+    """``update_epochs`` passes of ``num_minibatches`` shuffled minibatches over ``data``
+    (flat ``[batch, ...]``; with ``episodic``, time-major ``[T, N, ...]`` split along the
+    envs): one gradient step each on the raveled parameter vector ``flat_params``.
+
+    Returns the parameters, the optimiser state and per-step metrics ``[epochs, minibatches]``.
+    """
+    config = setup.config
+    opt = optimizer(setup, hp)
+    loss = lambda flat, batch: loss_fn(setup, unravel(flat), batch, hp)
+    axis, size = (1, config.num_envs) if config.episodic else (0, config.batch_size)
+    mb = size // config.num_minibatches
+
+    def minibatch(carry, batch):
+        params, opt_state = carry
+        (total, metrics), grads = jax.value_and_grad(loss, has_aux=True)(params, batch)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        metrics["grad_norm"] = optax.tree.norm(grads)
+        params = params + updates
+        metrics["nonfinite"] = _nonfinite_flags(total, metrics["grad_norm"], params)
+        return (params, opt_state), metrics
+
+    def epoch(carry, perm):
+        shuffled = data
+        if config.num_minibatches > 1:  # one gather per epoch, then contiguous slices
+            shuffled = jax.tree.map(lambda x: jnp.take(x, perm, axis=axis), data)
         if config.episodic:
-            key, key_reset, key_greedy = jax.random.split(key, 3)
-            start_obs, start_state = group_resets(key_reset, env, env_params, config.num_envs,
-                                                  config.group_size)
-        collect = lambda key, params, **kw: rollout(  # both rollouts start from the same state
-            key,
-            params,
-            start_state,
-            start_obs,
-            state.obs_stats if config.normalize_obs else None,
-            state.reward_scaler if config.scale_rewards else None,
-            apply_fn=network.apply,
-            policy=policy,
-            env=env,
-            env_params=env_params,
-            num_steps=config.num_steps,
-            gamma=hp.gamma,
-            q_critic=q_critic,
-            **kw,
-        )
-        collected = collect(key_roll, state.params, info_keys=info_keys)
-        traj = collected.traj
-        mask = first_episode_mask(traj.episode_done) if config.episodic else None
-        ref_log_prob = None
-        if config.kl != "none":
-            ref_logits = outputs(state.ref_params, traj.obs, mask)[0]
-            ref_log_prob = policy.log_prob(ref_logits, traj.action)
-            if config.kl == "reward":  # the per-step k1 estimate, as RLHF pipelines do
-                traj = traj._replace(reward=traj.reward - hp.kl_coef * (traj.log_prob - ref_log_prob))
-        greedy_returns = None
-        if config.estimator == "remax":
-            greedy = collect(key_greedy, state.params, greedy=True).traj
-            greedy_returns = jnp.sum(first_episode_mask(greedy.episode_done) * greedy.reward, axis=0)
-        obs_stats = (
-            running_mean_std_update(state.obs_stats, collected.raw_obs)
-            if config.normalize_obs
-            else state.obs_stats
-        )
-        advantages, targets = estimate(traj, hp, mask, greedy_returns)
-        data = (traj._replace(extras=None), advantages, targets, mask, ref_log_prob)
-        if not config.episodic:  # steps are independent: one flat batch
-            data = jax.tree.map(lambda x: x.reshape(config.batch_size, *x.shape[2:]), data)
-        # The optimiser works on one flat parameter vector: a few fused ops per step
-        # instead of several per parameter array (~30% faster minibatch steps on CPU).
-        flat_params, unravel = ravel_pytree(state.params)
-        flat_params, opt_state, metrics = optimise(
-            flat_params, state.opt_state, unravel, data, key_perm, hp
-        )
-        flags = metrics.pop("nonfinite").reshape(-1)  # [epochs * minibatches], in step order
-        metrics = jax.tree.map(jnp.mean, metrics)
-        metrics["nonfinite"] = flags[jnp.argmax(flags > 0)]  # the first bad step's flags, or 0
-        done = traj.episode_done.astype(jnp.float32)
-        if mask is not None:
-            done = done * mask
-        episodes = done.sum()
-        safe = jnp.maximum(episodes, 1.0)
-        metrics.update(
-            episodes=episodes,
-            episode_return=jnp.where(
-                episodes > 0, (traj.episode_return * done).sum() / safe, jnp.nan
-            ),
-            episode_length=jnp.where(
-                episodes > 0, (traj.episode_length * done).sum() / safe, jnp.nan
-            ),
-            explained_variance=_explained_variance(traj.q_value if q_critic else traj.value,
-                                                   targets) if use_critic or q_critic else jnp.zeros(()),
-            env_steps=(state.update + 1) * config.batch_size,  # int32: exact to 2³¹ steps
-        )
-        for name, value in (traj.extras or {}).items():  # e.g. exact_match: mean over episodes
-            metrics[name] = jnp.where(episodes > 0, (value * done).sum() / safe, jnp.nan)
-        if config.kl != "none":  # k3 estimate of KL(π ‖ π_ref) on the rollout's steps
-            metrics["kl_ref"] = losses.kl_penalty(traj.log_prob, ref_log_prob, mask)
-        new_state = TrainState(
-            params=unravel(flat_params),
-            opt_state=opt_state,
-            env_state=collected.env_state,
-            obs=collected.obs,
-            obs_stats=obs_stats,
-            reward_scaler=collected.reward_scaler if config.scale_rewards else state.reward_scaler,
-            key=key,
-            update=state.update + 1,
-            ref_params=state.ref_params,
-        )
-        return new_state, metrics
+            split = lambda x: jnp.moveaxis(
+                x.reshape(x.shape[0], config.num_minibatches, mb, *x.shape[2:]), 1, 0)
+        else:
+            split = lambda x: x.reshape(config.num_minibatches, mb, *x.shape[1:])
+        return jax.lax.scan(minibatch, carry, jax.tree.map(split, shuffled))
 
-    def run(state: TrainState, hp: HParams, num_updates: int):
-        hp = hp.validate()
-        return jax.lax.scan(lambda s, _: update(s, hp), state, None, length=num_updates)
+    (flat_params, opt_state), metrics = jax.lax.scan(
+        epoch, (flat_params, opt_state), permutations(key, config.update_epochs, size)
+    )
+    return flat_params, opt_state, metrics
 
-    def train(key: jax.Array, hp: HParams):
-        hp = hp.validate()
-        return run(init(key, hp), hp, config.num_updates)
 
-    return Trainer(config=config, init=init, update=update, run=run, train=train,
-                   network=network, policy=policy, env=env, env_params=env_params)
+def _rollout_metrics(setup: Setup, state: TrainState, batch: Batch,
+                     targets: jax.Array) -> dict[str, jax.Array]:
+    """The update's episode statistics (mean over the episodes that ended in the window, NaN
+    if none; with ``episodic`` only each env's first), the critic's explained variance,
+    ``env_steps``, the env's own metrics and, with a reference policy, ``kl_ref``."""
+    traj, mask = batch.traj, batch.mask
+    done = traj.episode_done.astype(jnp.float32)
+    if mask is not None:
+        done = done * mask
+    episodes = done.sum()
+    safe = jnp.maximum(episodes, 1.0)
+    per_episode = lambda x: jnp.where(episodes > 0, (x * done).sum() / safe, jnp.nan)
+    critic = traj.q_value if setup.q_critic else traj.value
+    metrics = {
+        "episodes": episodes,
+        "episode_return": per_episode(traj.episode_return),
+        "episode_length": per_episode(traj.episode_length),
+        "explained_variance": _explained_variance(critic, targets)
+        if setup.use_critic else jnp.zeros(()),
+        "env_steps": (state.update + 1) * setup.config.batch_size,  # int32: exact to 2³¹ steps
+    }
+    for name, value in (traj.extras or {}).items():  # e.g. exact_match: mean over episodes
+        metrics[name] = per_episode(value)
+    if setup.config.kl != "none":  # k3 estimate of KL(π ‖ π_ref) on the rollout's steps
+        metrics["kl_ref"] = losses.kl_penalty(traj.log_prob, batch.ref_log_prob, mask)
+    return metrics
+
+
+def update(setup: Setup, state: TrainState, hp: HParams) -> tuple[TrainState, dict]:
+    """One update: :func:`collect` → :func:`estimate` → :func:`optimise`. Returns the new
+    state and the update's metrics (see :func:`make_train`)."""
+    config = setup.config
+    key, key_roll, key_perm = jax.random.split(state.key, 3)
+    start, key_greedy = (state.env_state, state.obs), None
+    if config.episodic:
+        key, key_reset, key_greedy = jax.random.split(key, 3)
+        obs, env_state = group_resets(key_reset, setup.env, setup.env_params, config.num_envs,
+                                      config.group_size)
+        start = (env_state, obs)
+    batch = collect(setup, state, hp, key_roll, start, key_greedy)
+    obs_stats = (running_mean_std_update(state.obs_stats, batch.rollout.raw_obs)
+                 if config.normalize_obs else state.obs_stats)
+    advantages, targets = estimate(setup, batch.traj, hp, batch.mask, batch.greedy_returns)
+    data = (batch.traj._replace(extras=None), advantages, targets, batch.mask, batch.ref_log_prob)
+    if not config.episodic:  # steps are independent: one flat batch
+        data = jax.tree.map(lambda x: x.reshape(config.batch_size, *x.shape[2:]), data)
+    # The optimiser works on one flat parameter vector: a few fused ops per step instead
+    # of several per parameter array.
+    flat_params, unravel = ravel_pytree(state.params)
+    flat_params, opt_state, metrics = optimise(setup, flat_params, state.opt_state, unravel,
+                                               data, key_perm, hp)
+    flags = metrics.pop("nonfinite").reshape(-1)  # [epochs * minibatches], in step order
+    metrics = jax.tree.map(jnp.mean, metrics)
+    metrics["nonfinite"] = flags[jnp.argmax(flags > 0)]  # the first bad step's flags, or 0
+    metrics.update(_rollout_metrics(setup, state, batch, targets))
+    new_state = TrainState(
+        params=unravel(flat_params),
+        opt_state=opt_state,
+        env_state=batch.rollout.env_state,
+        obs=batch.rollout.obs,
+        obs_stats=obs_stats,
+        reward_scaler=batch.rollout.reward_scaler if config.scale_rewards else state.reward_scaler,
+        key=key,
+        update=state.update + 1,
+        ref_params=state.ref_params,
+    )
+    return new_state, metrics
+
+
+def run(setup: Setup, state: TrainState, hp: HParams, num_updates: int):
+    """``num_updates`` (static) updates from ``state`` as one ``lax.scan``; metrics gain a
+    leading ``[num_updates]`` axis."""
+    hp = hp.validate()
+    return jax.lax.scan(lambda s, _: update(setup, s, hp), state, None, length=num_updates)
+
+
+def train(setup: Setup, key: jax.Array, hp: HParams):
+    """The whole run: ``run(init(key, hp), hp, config.num_updates)``."""
+    hp = hp.validate()
+    return run(setup, init(setup, key, hp), hp, setup.config.num_updates)
+
+
+def make_trainer(config: TrainConfig) -> Trainer:
+    """The pure ``init``, ``update``, ``run`` and ``train`` functions of ``config``: the
+    engine's functions with its :class:`Setup` bound."""
+    setup = make_setup(config)
+    bind = lambda fn: functools.partial(fn, setup)
+    return Trainer(config=config, init=bind(init), update=bind(update), run=bind(run),
+                   train=bind(train), network=setup.network, policy=setup.policy,
+                   env=setup.env, env_params=setup.env_params)
 
 
 def make_train(config: TrainConfig):

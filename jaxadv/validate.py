@@ -1,5 +1,5 @@
-"""Argument checks shared by every command: each refuses a bad value with a ``ValueError``
-that names the field and what is allowed."""
+"""Argument checks shared by every command and estimator: each refuses a bad value with a
+``ValueError`` that names the field (or array) and what is allowed."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ import pathlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-__all__ = ["check_choice", "check_positive", "field_changes", "positive_int", "refuse_changes"]
+import numpy as np
+
+__all__ = ["check_choice", "check_positive", "field_changes", "positive_int", "refuse_changes",
+           "same_shape"]
 
 
 def check_choice(field: str, value: Any, allowed: Sequence) -> None:
@@ -38,6 +41,34 @@ def positive_int(field: str, value: Any, *, minimum: int = 1) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
         raise ValueError(f"`{field}` must be {what}, got {value!r}")
+
+
+def same_shape(**arrays: Any) -> tuple[int, ...]:
+    """The one shape that all of ``arrays`` share; else a ``ValueError`` naming the first
+    array whose shape differs from the first one's, with both shapes (and, for three or
+    more arrays, every shape).
+
+    Works on NumPy and JAX arrays, traced ones included (only shapes are read).
+
+    >>> same_shape(mean=np.zeros((3, 2)), log_std=np.zeros((3, 2)))
+    (3, 2)
+    >>> same_shape(mean=np.zeros((3, 2)), log_std=np.zeros(2))
+    Traceback (most recent call last):
+    ...
+    ValueError: log_std must have the same shape as mean: log_std.shape=(2,), mean.shape=(3, 2)
+    """
+    if not arrays:
+        raise TypeError("same_shape() needs at least one array")
+    shapes = {name: tuple(np.shape(a)) for name, a in arrays.items()}
+    first_name, first = next(iter(shapes.items()))
+    for name, shape in shapes.items():
+        if shape != first:
+            listing = ""
+            if len(shapes) > 2:
+                listing = " (all: " + ", ".join(f"{k}.shape={v}" for k, v in shapes.items()) + ")"
+            raise ValueError(f"{name} must have the same shape as {first_name}: "
+                             f"{name}.shape={shape}, {first_name}.shape={first}{listing}")
+    return first
 
 
 def check_positive(args: Any, *fields: str) -> None:

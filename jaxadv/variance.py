@@ -44,10 +44,13 @@ from jax.flatten_util import ravel_pytree
 from jaxadv import advantages as adv
 from jaxadv import exact
 from jaxadv.envs import make, normalize_obs
+from jaxadv.estimators import ESTIMATORS, EstimatorArgs, EstimatorInput
 from jaxadv.rollout import Policy, first_episode_mask, make_policy, rollout
+from jaxadv.validate import positive_int
 
 __all__ = [
     "ESTIMATOR_NAMES",
+    "LEGACY_NAMES",
     "Estimator",
     "GradientSamples",
     "critic_values",
@@ -60,7 +63,11 @@ __all__ = [
     "train_state_report",
 ]
 
-ESTIMATOR_NAMES = ("mc", "mcb", "td", "nstep", "gae")
+ESTIMATOR_NAMES = ("return", "mc", "td", "nstep", "gae")
+"""The estimators this module measures: rows of :data:`jaxadv.estimators.ESTIMATORS`."""
+LEGACY_NAMES = {"mcb": "mc"}
+"""Older spellings :func:`parse_estimator` still reads: ``mcb`` (return minus the critic)
+is ``mc``, as everywhere else in jaxadv."""
 _UNWEIGHTED = "unweighted"
 
 
@@ -68,8 +75,9 @@ class Estimator(NamedTuple):
     """One advantage estimator applied inside ``ĝ = Σ_t w_t Â_t ∇ log π(a_t|s_t)``.
 
     Attributes:
-      name: ``"mc"`` (discounted return ``G_t``, no baseline), ``"mcb"`` (``G_t − V̂(s_t)``),
-        ``"td"`` (``δ_t``), ``"nstep"`` (n-step return ``− V̂``) or ``"gae"`` (GAE(λ)).
+      name: ``"return"`` (discounted return ``G_t``, no baseline), ``"mc"`` (``G_t − V̂(s_t)``),
+        ``"td"`` (``δ_t``), ``"nstep"`` (n-step return ``− V̂``) or ``"gae"`` (GAE(λ)): the
+        rows of :data:`jaxadv.estimators.ESTIMATORS`.
         Monte Carlo returns never bootstrap (the episode's end, truncation included,
         ends the objective); the critic-based ones bootstrap at truncation as in training.
       param: ``n`` for ``nstep``, ``λ`` for ``gae``, else ``None``.
@@ -93,8 +101,8 @@ class Estimator(NamedTuple):
 
 
 def parse_estimator(text: str) -> Estimator:
-    """Read ``"mc"``, ``"mcb"``, ``"td"``, ``"nstep:N"``, ``"gae:λ"``, each optionally
-    followed by ``":unweighted"``.
+    """Read ``"return"``, ``"mc"``, ``"td"``, ``"nstep:N"``, ``"gae:λ"``, each optionally
+    followed by ``":unweighted"`` (and the older spelling ``"mcb"`` of ``"mc"``).
 
     >>> parse_estimator("gae:0.95")
     Estimator(name='gae', param=0.95, weighted=True)
@@ -105,8 +113,8 @@ def parse_estimator(text: str) -> Estimator:
     weighted = parts[-1] != _UNWEIGHTED
     if not weighted:
         parts = parts[:-1]
-    name, args = parts[0], parts[1:]
-    allowed = "mc, mcb, td, nstep:N, gae:LAMBDA (each optionally with ':unweighted')"
+    name, args = LEGACY_NAMES.get(parts[0], parts[0]), parts[1:]
+    allowed = "return, mc, td, nstep:N, gae:LAMBDA (each optionally with ':unweighted')"
     if name not in ESTIMATOR_NAMES:
         raise ValueError(f"estimator {text!r}: unknown name {name!r}; allowed: {allowed}")
     needs = name in ("nstep", "gae")
@@ -137,15 +145,15 @@ def estimator_advantages(
     *,
     gamma: Any,
 ) -> jax.Array:
-    """``Â [T, *B]`` of ``est`` from time-major ``[T, *B]`` arrays (:mod:`jaxadv.advantages`)."""
-    if est.name in ("mc", "mcb"):
-        ret = adv.discounted_returns(reward, jnp.zeros_like(next_value), terminated, truncated, gamma=gamma)
-        return ret if est.name == "mc" else ret - value
-    if est.name == "td":
-        return adv.td_errors(reward, value, next_value, terminated, gamma=gamma)
-    if est.name == "nstep":
-        return adv.n_step_advantages(reward, value, next_value, terminated, truncated, gamma=gamma, n=int(est.param))
-    return adv.gae(reward, value, next_value, terminated, truncated, gamma=gamma, lambda_=est.param)
+    """``Â [T, *B]`` of ``est`` from time-major ``[T, *B]`` arrays, by the estimator table
+    (:data:`jaxadv.estimators.ESTIMATORS`). Monte Carlo returns (``return``, ``mc``) never
+    bootstrap: the episode's end, truncation included, ends the objective."""
+    if est.name in ("return", "mc"):
+        next_value = jnp.zeros_like(next_value)
+    x = EstimatorInput(reward, value, next_value, terminated, truncated)
+    args = EstimatorArgs(gamma=gamma, lambda_=est.param if est.name == "gae" else 1.0,
+                         n=int(est.param) if est.name == "nstep" else 1)
+    return ESTIMATORS[est.name].fn(x, args)[0]
 
 
 class GradientSamples(NamedTuple):
@@ -232,8 +240,8 @@ def sample_gradients(
         steps = jnp.cumsum(jnp.sum(alive, axis=0))[idx]
         return jnp.moveaxis(means, 1, 0), steps.astype(jnp.int32)  # [E, nN, D], [nN]
 
-    # one batch after another: vmapping several (lax.map's batch_size) compiled 3-4x
-    # slower and ran no faster on CPU
+    # one batch after another (lax.map without batch_size): vmapping several batches
+    # together would make a larger program to compile
     means, steps = jax.lax.map(one_batch, jax.random.split(key, num_batches))
     return GradientSamples(jnp.moveaxis(means, 0, 2), jnp.moveaxis(steps, 0, 1))
 
@@ -470,8 +478,7 @@ def _check_common(estimators, batch_sizes, num_batches) -> tuple[Estimator, ...]
         raise ValueError("`estimators` must not be empty")
     if not batch_sizes or any(not isinstance(n, int | np.integer) or n < 1 for n in batch_sizes):
         raise ValueError(f"`batch_sizes` must be integers >= 1, got {list(batch_sizes)}")
-    if not isinstance(num_batches, int) or num_batches < 3:
-        raise ValueError(f"`num_batches` must be an integer >= 3, got {num_batches!r}")
+    positive_int("num_batches", num_batches, minimum=3)
     return ests
 
 
@@ -508,22 +515,21 @@ def network_report(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Like :func:`mdp_report` for any environment, against a large-batch reference.
 
-    The reference gradient is the ``mcb`` estimate (unbiased whatever the critic) from
+    The reference gradient is the ``mc`` estimate (unbiased whatever the critic) from
     ``reference_factor × max(batch_sizes)`` trajectories drawn with a separate key, in
     100 batches (``info["reference"]``, ``[D]``); ``info["reference_error"]`` is its standard error ``√(tr Cov / R)`` —
     the expected norm of its own error, which adds ``reference_error²`` to every
     ``bias_sq`` and ``mse`` (negligible when ``R ≫ N``).
     """
     ests = _check_common(estimators, batch_sizes, num_batches)
-    if not isinstance(reference_factor, int) or reference_factor < 1:
-        raise ValueError(f"`reference_factor` must be an integer >= 1, got {reference_factor!r}")
+    positive_int("reference_factor", reference_factor)
     common = dict(policy_fn=policy_fn, critic_fn=critic_fn, policy=policy, env=env,
                   env_params=env_params, horizon=horizon, gamma=gamma)
     key_sample, key_ref = jax.random.split(key)
     n_max, ref_batches = max(batch_sizes), 100
     ref_size = max(1, math.ceil(reference_factor * n_max / ref_batches))
     ref = jax.jit(lambda k: sample_gradients(
-        k, params, critic_params, estimators=(Estimator("mcb"),), batch_sizes=(ref_size,),
+        k, params, critic_params, estimators=(Estimator("mc"),), batch_sizes=(ref_size,),
         num_batches=ref_batches, **common))(key_ref)
     ref_means = np.asarray(ref.estimates[0, 0], np.float64)  # [100, D]
     g = ref_means.mean(0)

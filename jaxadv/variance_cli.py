@@ -35,13 +35,14 @@ from jaxadv.envs.sequence import SequenceTask
 from jaxadv.report import platform_info, write_json
 from jaxadv.train import HParams, TrainConfig, make_trainer
 from jaxadv.transformer import make_transformer
+from jaxadv.validate import check_positive, positive_int
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 __all__ = ["VarianceArgs", "plot_variance", "variance_command"]
 
-_DEFAULT_ESTIMATORS = ("mc", "mcb", "td", "nstep:5", "gae:0.5", "gae:0.8", "gae:0.9", "gae:0.95",
+_DEFAULT_ESTIMATORS = ("return", "mc", "td", "nstep:5", "gae:0.5", "gae:0.8", "gae:0.9", "gae:0.95",
                        "gae:0.99", "gae:0.95:unweighted")
 
 
@@ -91,7 +92,7 @@ class VarianceArgs:
     train_timesteps: int = 50_000
     """with --env and no --checkpoint: train default PPO for this many env steps first."""
     estimators: tuple[str, ...] = _DEFAULT_ESTIMATORS
-    """mc, mcb (mc with the critic as baseline), td, nstep:N, gae:LAMBDA; add :unweighted to drop the γ^t state weighting."""
+    """return (no baseline), mc (return minus the critic; mcb is read as mc), td, nstep:N, gae:LAMBDA; add :unweighted to drop the γ^t state weighting."""
     batch_sizes: tuple[int, ...] = (16, 64, 256)
     """trajectories per gradient estimate, N."""
     critic: tuple[str, ...] | None = None
@@ -132,8 +133,7 @@ class VarianceArgs:
         if not self.reductions:
             raise ValueError("`reductions` must name at least one reduction")
         for name in ("prompts", "group_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"`{name}` must be an integer >= 1, got {getattr(self, name)}")
+            positive_int(name, getattr(self, name))
         for n in self.batch_sizes:
             if n % self.group_size:
                 raise ValueError(f"`batch_sizes` {n} must be a multiple of `group_size` = {self.group_size}")
@@ -154,13 +154,10 @@ class VarianceArgs:
     def check(self) -> VarianceArgs:
         """Refuse a bad value with a ``ValueError`` naming the field; compiles nothing."""
         for name in ("states", "actions", "num_batches", "reference_factor", "train_timesteps"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}")
+            positive_int(name, getattr(self, name))
         if self.num_batches < 3:
             raise ValueError(f"`num_batches` must be >= 3 to estimate a variance, got {self.num_batches}")
-        if self.horizon is not None and self.horizon < 1:
-            raise ValueError(f"`horizon` must be an integer >= 1, got {self.horizon}")
+        check_positive(self, "horizon")
         if not self.batch_sizes or any(n < 1 for n in self.batch_sizes):
             raise ValueError(f"`batch_sizes` must be integers >= 1, got {list(self.batch_sizes)}")
         if not 0.0 <= self.gamma < 1.0:
@@ -312,15 +309,15 @@ def write_csv(path: pathlib.Path, rows: list[dict[str, Any]]) -> None:
 
 
 def _lambda(label: str) -> float | None:
-    """λ of an estimator on the GAE axis (td = 0, mcb = 1), or ``None``."""
+    """λ of an estimator on the GAE axis (td = 0, mc = 1), or ``None``."""
     est = variance.parse_estimator(label)
     if not est.weighted:
         return None
-    return {"td": 0.0, "mcb": 1.0}.get(est.name, est.param if est.name == "gae" else None)
+    return {"td": 0.0, "mc": 1.0}.get(est.name, est.param if est.name == "gae" else None)
 
 
 def best_lambda(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per critic, the λ (GAE, with td = 0 and mcb = 1) of least MSE at the largest N."""
+    """Per critic, the λ (GAE, with td = 0 and mc = 1) of least MSE at the largest N."""
     n_max = max(r["batch_size"] for r in rows)
     best: dict[str, Any] = {}
     for r in rows:
@@ -370,7 +367,7 @@ def _pct(rows: list[dict[str, Any]]) -> str:
 
 def plot_variance(path: pathlib.Path | None, rows: list[dict[str, Any]], title: str) -> Figure:
     """2×2 panels: bias² (with its interval), variance and MSE vs λ — one line per critic,
-    at the largest N, where td is λ = 0 and mcb λ = 1 — and the mean cosine to the true
+    at the largest N, where td is λ = 0 and mc λ = 1 — and the mean cosine to the true
     gradient vs N, one line per estimator (first critic). Saved to ``path`` unless ``None``;
     returns the (pyplot-free) figure."""
     from matplotlib.figure import Figure
@@ -396,7 +393,7 @@ def plot_variance(path: pathlib.Path | None, rows: list[dict[str, Any]], title: 
                             capsize=3, label=critic)
             else:
                 ax.plot(lam, [p[1][name] for p in pts], marker="o", label=critic)
-        ax.set_xlabel("λ  (td = 0, mcb = 1)")
+        ax.set_xlabel("λ  (td = 0, mc = 1)")
         ax.set_title(f"{titles[name]}  (N = {n_max})")
         if name != "bias_sq":
             ax.set_yscale("log")

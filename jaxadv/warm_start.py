@@ -2,8 +2,9 @@
 
 RLHF-style pipelines start RL from a policy fine-tuned on demonstrations and keep a
 frozen copy of it as the KL reference. :func:`supervised_warm_start` does that for any
-environment whose raw (unwrapped) gymnax env has ``demonstration(state) -> (tokens [L],
-labels [L])`` (e.g. :class:`~jaxadv.envs.sequence.SequenceTask`) and a network with
+token environment (:class:`~jaxadv.envs.token.TokenEnv`) with the optional
+``demonstration(state) -> (tokens [L], labels [L])`` (e.g.
+:class:`~jaxadv.envs.sequence.SequenceTask`) and a network with
 ``apply_all`` (:func:`~jaxadv.transformer.make_transformer`): a fixed pool of
 ``num_prompts`` prompts — a fraction of all prompts — and ``steps`` Adam steps on
 minibatches drawn from it. Pure and jittable; the trainer runs it inside ``init``.
@@ -17,12 +18,18 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxadv.envs.token import check_token_env
+
 __all__ = ["demonstrations", "supervised_warm_start"]
 
 
 def demonstrations(key: jax.Array, env: Any, env_params: Any, num: int) -> tuple[jax.Array, jax.Array]:
-    """``(tokens [num, L], labels [num, L])`` of ``num`` fresh prompts' correct responses."""
-    raw = env.unwrapped
+    """``(tokens [num, L], labels [num, L])`` of ``num`` fresh prompts' correct responses.
+
+    ``env`` (wrapped or not) must be a token environment with ``demonstration()``
+    (:func:`~jaxadv.envs.token.check_token_env`), else ``ValueError``.
+    """
+    raw = check_token_env(env, demonstration=True)
     _, states = jax.vmap(raw.reset, in_axes=(0, None))(jax.random.split(key, num), env_params)
     return jax.vmap(raw.demonstration)(states)
 

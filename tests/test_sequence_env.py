@@ -7,6 +7,7 @@ array code.
 
 import functools
 import inspect
+import types
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +16,16 @@ import pytest
 
 from jaxadv.envs import env_spec, make
 from jaxadv.envs import sequence as seq
+from jaxadv.envs import token as token_module
 from jaxadv.envs.sequence import SequenceTask, decode, last_position, score, target_for
+from jaxadv.envs.token import (
+    TokenEnv,
+    check_token_env,
+    decode_tokens,
+    metric_keys,
+    response_length,
+    token_env,
+)
 
 # ---------------------------------------------------------------- plain-Python references
 
@@ -417,3 +427,71 @@ def test_bad_mode_in_pure_functions():
 def test_public_names_have_docstrings():
     for name in seq.__all__:
         assert inspect.getdoc(getattr(seq, name)), name
+
+
+# ---------------------------------------------------------------- the TokenEnv protocol
+
+
+def test_sequence_task_is_a_token_env():
+    env, _ = make("Sequence-v0", task="sort", prompt_length=3)
+    raw = env.unwrapped
+    assert isinstance(raw, TokenEnv)
+    assert token_env(env) is raw and token_env(raw) is raw
+    assert check_token_env(env, name="Sequence-v0", demonstration=True) is raw
+    assert (raw.vocab_size, raw.tokens.pad) == (14, 12)
+    assert response_length(env) == raw.response_length == 4
+    assert metric_keys(env) == ("exact_match", "response_length")
+    obs = jnp.array([12, 2, 0, 1, 10, 0, 1, 2, 11.0])
+    assert decode_tokens(env, obs) == raw.decode(obs) == "201 → 012<eos>"
+    _, state = raw.reset(jax.random.key(0), raw.default_params)
+    tokens, labels = raw.demonstration(state)  # the documented shapes and dtypes
+    assert tokens.shape == labels.shape == (raw.obs_length,)
+    assert tokens.dtype == jnp.float32 and labels.dtype == jnp.int32
+
+
+def test_a_plain_gymnax_env_is_not_a_token_env():
+    env, _ = make("CartPole-v1")
+    assert token_env(env) is None and not isinstance(env.unwrapped, TokenEnv)
+    message = (
+        "`network` = 'transformer' needs a token environment (with vocab_size and tokens.pad, "
+        "e.g. Sequence-v0); `env` = 'CartPole-v1' is not one"
+    )
+    with pytest.raises(ValueError) as raised:
+        check_token_env(env, name="CartPole-v1")
+    assert str(raised.value) == message
+    with pytest.raises(ValueError, match="'CartPole-v1' is not one"):  # name defaults to env.name
+        check_token_env(env)
+    assert metric_keys(env) == () and response_length(env) == 0
+
+
+class _MinimalTokenEnv:
+    """Only the required members: ``vocab_size`` and ``tokens.pad``."""
+
+    vocab_size = 5
+    tokens = types.SimpleNamespace(pad=4)
+
+
+def test_a_minimal_token_env_has_the_documented_defaults():
+    env = _MinimalTokenEnv()
+    assert isinstance(env, TokenEnv) and token_env(env) is env
+    assert check_token_env(env, name="Minimal") is env
+    assert metric_keys(env) == () and response_length(env) == 0
+    assert decode_tokens(env, np.array([4, 4, 1, 0, 3.0])) == "1 0 3"  # ids, PAD dropped
+    with pytest.raises(ValueError) as raised:
+        check_token_env(env, name="Minimal", demonstration=True)
+    assert str(raised.value) == (
+        "`warm_start_steps` needs an env with demonstration(); `env` = 'Minimal' has none"
+    )
+
+
+def test_tokens_without_pad_is_not_a_token_env():
+    env = types.SimpleNamespace(vocab_size=5, tokens=(1, 2))
+    assert isinstance(env, TokenEnv)  # runtime_checkable only sees that the names exist
+    assert token_env(env) is None
+    with pytest.raises(ValueError, match="is not one"):
+        check_token_env(env, name="no-pad")
+
+
+def test_token_module_public_names_have_docstrings():
+    for name in token_module.__all__:
+        assert inspect.getdoc(getattr(token_module, name)), name

@@ -181,7 +181,7 @@ def report(policy, tables):
     net, params = policy
     return se.sequence_report(
         jax.random.key(1), params, net.apply_all, _ENV, _PROMPTS,
-        estimators=("reinforce", "batchmean", "rloo", "remax", "gae", "grpo"),
+        estimators=("return", "batchmean", "rloo", "remax", "gae", "grpo"),
         reductions=("sequence", "constant"), shapes=((4, 4),), num_batches=2000,
         confidence=0.999, tables=tables)
 
@@ -191,7 +191,7 @@ def test_unbiased_estimators_contain_zero_and_known_biases_show(report):
     by = {(r["estimator"], r["reduction"]): r for r in rows}
     unbiased = [key for key, r in by.items() if r["unbiased_in_theory"]]
     assert sorted(unbiased) == sorted((e, "constant") for e in
-                                      ("reinforce", "batchmean", "rloo", "remax", "gae"))
+                                      ("return", "batchmean", "rloo", "remax", "gae"))
     for key in unbiased:  # R·ĝ / target_scale is unbiased for ∇J: 0 in both intervals
         assert by[key]["bias_lo"] == 0.0 and by[key]["perp_bias_lo"] == 0.0, (key, by[key])
         assert abs(by[key]["mean_scale"] - 1.0) < 0.1, (key, by[key]["mean_scale"])

@@ -80,8 +80,9 @@ def test_statistics_reject_bad_shapes():
 @pytest.mark.parametrize(
     "text, expected",
     [
+        ("return", variance.Estimator("return")),
         ("mc", variance.Estimator("mc")),
-        ("mcb", variance.Estimator("mcb")),
+        ("mcb", variance.Estimator("mc")),  # the older spelling of mc
         ("td:unweighted", variance.Estimator("td", None, False)),
         ("nstep:5", variance.Estimator("nstep", 5)),
         ("gae:0.95", variance.Estimator("gae", 0.95)),
@@ -93,7 +94,7 @@ def test_parse_estimator_round_trips(text, expected):
     assert variance.parse_estimator(expected.label) == expected
 
 
-@pytest.mark.parametrize("text", ["gae", "gae:1.5", "nstep:0", "nstep:x", "mc:3", "vtrace", "td:0.9"])
+@pytest.mark.parametrize("text", ["gae", "gae:1.5", "nstep:0", "nstep:x", "mc:3", "return:1", "vtrace", "td:0.9"])
 def test_parse_estimator_rejects(text):
     with pytest.raises(ValueError, match="estimator"):
         variance.parse_estimator(text)
@@ -172,7 +173,7 @@ def report(random_case):
     mdp, logits = random_case
     return variance.mdp_report(
         jax.random.key(0), mdp, logits,
-        estimators=["mc", "mcb", "td", "nstep:3", "gae:0.5", "gae:0.9", "gae:1", "gae:0.9:unweighted"],
+        estimators=["return", "mc", "td", "nstep:3", "gae:0.5", "gae:0.9", "gae:1", "gae:0.9:unweighted"],
         batch_sizes=[4, 16], critics=["exact", "zero", "fitted:2000"], num_batches=300, confidence=0.99,
     )
 
@@ -192,8 +193,8 @@ def test_every_weighted_estimator_is_unbiased_with_the_exact_critic(report):
 
 def test_zero_critic_keeps_monte_carlo_unbiased_but_not_td(report):
     rows, _ = report
+    assert _row(rows, "zero", "return")["bias_lo"] == 0.0
     assert _row(rows, "zero", "mc")["bias_lo"] == 0.0
-    assert _row(rows, "zero", "mcb")["bias_lo"] == 0.0
     td = _row(rows, "zero", "td")
     assert td["bias_lo"] > 0.0 and td["rel_bias"] > 0.05
 
@@ -205,10 +206,10 @@ def test_fitted_critic_approaches_the_exact_one(report):
 
 def test_variance_falls_as_one_over_batch_size(report):
     rows, _ = report
-    for est in ("mc", "td", "gae:0.9"):
+    for est in ("return", "td", "gae:0.9"):
         ratio = _row(rows, "exact", est, 4)["variance"] / _row(rows, "exact", est, 16)["variance"]
         assert 3.0 < ratio < 5.3, (est, ratio)
-    steps4, steps16 = _row(rows, "exact", "mc", 4)["env_steps"], _row(rows, "exact", "mc", 16)["env_steps"]
+    steps4, steps16 = _row(rows, "exact", "return", 4)["env_steps"], _row(rows, "exact", "return", 16)["env_steps"]
     assert steps16 == pytest.approx(4 * steps4, rel=0.15)
 
 
@@ -245,11 +246,11 @@ def _samples(mdp, logits, horizon, estimators):
 def test_baseline_cuts_monte_carlo_variance_under_a_reward_offset():
     mdp = exact.random_mdp(jax.random.key(12), 5, 3, termination=0.1, reward_offset=5.0)
     logits = jax.random.normal(jax.random.key(13), (5, 3))
-    rows, _ = variance.mdp_report(jax.random.key(1), mdp, logits, estimators=["mc", "mcb"],
+    rows, _ = variance.mdp_report(jax.random.key(1), mdp, logits, estimators=["return", "mc"],
                                   batch_sizes=[8], critics=["exact"], num_batches=100)
-    mc, mcb = _row(rows, "exact", "mc", 8), _row(rows, "exact", "mcb", 8)
-    assert mc["variance"] > 3 * mcb["variance"]  # measured 4.7x
-    assert mc["mse"] > 3 * mcb["mse"]
+    plain, baselined = _row(rows, "exact", "return", 8), _row(rows, "exact", "mc", 8)
+    assert plain["variance"] > 3 * baselined["variance"]  # measured 4.7x
+    assert plain["mse"] > 3 * baselined["mse"]
 
 
 def test_network_report_reference_agrees_with_exact_gradient(random_case):
@@ -260,12 +261,12 @@ def test_network_report_reference_agrees_with_exact_gradient(random_case):
     rows, info = variance.network_report(
         jax.random.key(2), logits, policy_fn=lambda l, x: x @ l, critic_fn=lambda v, x: x @ v,
         critic_params=jnp.zeros(6), env=env, env_params=params, policy=make_policy(True, 3),
-        gamma=mdp.gamma, horizon=horizon, estimators=["mc", "td"], batch_sizes=[8],
+        gamma=mdp.gamma, horizon=horizon, estimators=["return", "td"], batch_sizes=[8],
         num_batches=50, reference_factor=50,
     )
     g = np.asarray(exact.policy_gradient(mdp, logits)).reshape(-1)
     assert info["reference_trajectories"] >= 50 * 8
     error = np.linalg.norm(info["reference"] - g)
     assert 0.2 * info["reference_error"] < error < 3 * info["reference_error"]
-    mc = next(r for r in rows if r["estimator"] == "mc")
-    assert mc["bias_lo"] == 0.0
+    plain = next(r for r in rows if r["estimator"] == "return")
+    assert plain["bias_lo"] == 0.0

@@ -24,7 +24,7 @@ def _png_size(path):
 @pytest.fixture(scope="module")
 def mdp_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("var")
-    argv = ["variance", "--mdp", "random", "--states", "5", "--actions", "3", "--estimators", "mc", "td",
+    argv = ["variance", "--mdp", "random", "--states", "5", "--actions", "3", "--estimators", "return", "td",
             "gae:0.9", "gae:0.95", "nstep:5", "gae:0.9:unweighted", "--batch-sizes", "4", "16",
             "--critic", "exact", "noisy:0.5", "--num-batches", "60", "--out", str(out), "--quiet"]
     assert cli.main(argv) == 0
@@ -34,7 +34,7 @@ def mdp_run(tmp_path_factory):
 def test_mdp_outputs(mdp_run):
     rows = _read_csv(mdp_run / "variance.csv")
     assert len(rows) == 2 * 6 * 2  # critics × estimators × batch sizes
-    assert {r["estimator"] for r in rows} == {"mc", "td", "gae:0.9", "gae:0.95", "nstep:5", "gae:0.9:unweighted"}
+    assert {r["estimator"] for r in rows} == {"return", "td", "gae:0.9", "gae:0.95", "nstep:5", "gae:0.9:unweighted"}
     for r in rows:
         mse, var, bias_sq = float(r["mse"]), float(r["variance"]), float(r["bias_sq"])
         # E‖ĝ − g‖² = ‖b‖² + tr Cov holds for the estimates up to the (M−1)/M of the variance

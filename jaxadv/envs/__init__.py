@@ -7,6 +7,10 @@
   environments — observation normalisation and "NormalizeReward" reward scaling.
 * :mod:`jaxadv.envs.tabular`: any :class:`~jaxadv.exact.TabularMDP` as a gymnax
   environment, registered as ``"Tabular-v0"``.
+* :mod:`jaxadv.envs.token`: :class:`TokenEnv`, the protocol of token environments
+  (``vocab_size``, ``tokens.pad``; optionally ``response_length``, ``demonstration``,
+  ``decode``, ``metric_keys``) that a transformer policy acts in, e.g. ``"Sequence-v0"``
+  (:mod:`jaxadv.envs.sequence`); :func:`token_env` and :func:`check_token_env` find one.
 """
 
 from jaxadv.envs.normalize import (
@@ -21,6 +25,7 @@ from jaxadv.envs.normalize import (
 from jaxadv.envs.registry import EnvSpec, env_spec, make, register, registered_names
 from jaxadv.envs.sequence import make_sequence
 from jaxadv.envs.tabular import TabularEnv, make_tabular
+from jaxadv.envs.token import TokenEnv, check_token_env, metric_keys, token_env
 from jaxadv.envs.wrappers import (
     EpisodeStatisticsState,
     EpisodeStatisticsWrapper,
@@ -35,9 +40,12 @@ __all__ = [
     "RewardScaler",
     "RunningMeanStd",
     "TabularEnv",
+    "TokenEnv",
+    "check_token_env",
     "env_spec",
     "make",
     "make_tabular",
+    "metric_keys",
     "normalize_obs",
     "register",
     "registered_names",
@@ -45,6 +53,7 @@ __all__ = [
     "reward_scaler_update",
     "running_mean_std_init",
     "running_mean_std_update",
+    "token_env",
 ]
 
 register("Tabular-v0", make_tabular)

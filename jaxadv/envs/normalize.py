@@ -18,6 +18,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxadv.validate import positive_int
+
 __all__ = [
     "RewardScaler",
     "RunningMeanStd",
@@ -156,8 +158,7 @@ def reward_scaler_init(num_envs: int) -> RewardScaler:
     >>> reward_scaler_init(2).returns
     Array([0., 0.], dtype=float32)
     """
-    if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
-        raise ValueError(f"`num_envs` must be a positive int, got {num_envs!r}")
+    positive_int("num_envs", num_envs)
     return RewardScaler(
         returns=jnp.zeros((num_envs,), jnp.float32), stats=running_mean_std_init(())
     )

@@ -90,7 +90,6 @@ def make(name: str, *, flatten_obs: bool = True, **env_kwargs: Any) -> tuple[Any
             f"Valid env names: {', '.join(valid)}"
         )
     if not isinstance(flatten_obs, bool):
-        # house style: bad input is a ValueError naming the argument
         raise ValueError(
             f"`flatten_obs` must be True or False, got {flatten_obs!r}"
         )

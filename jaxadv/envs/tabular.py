@@ -27,6 +27,7 @@ from flax import struct
 from gymnax.environments import environment, spaces
 
 from jaxadv.mdp import TabularMDP, random_mdp
+from jaxadv.validate import positive_int
 
 __all__ = ["TabularEnv", "TabularParams", "TabularState", "make_tabular"]
 
@@ -70,8 +71,7 @@ class TabularEnv(environment.Environment[TabularState, TabularParams]):
                 "`mdp` must have transitions [S, A, S], rewards [S, A] and initial [S]; got "
                 f"{jnp.shape(mdp.transitions)}, {jnp.shape(mdp.rewards)}, {jnp.shape(mdp.initial)}"
             )
-        if not isinstance(max_steps, int) or max_steps < 1:
-            raise ValueError(f"`max_steps` must be an int >= 1, got {max_steps!r}")
+        positive_int("max_steps", max_steps)
         self.num_states, self._num_actions = int(s), int(a)
         self._params = TabularParams(
             max_steps_in_episode=max_steps,

@@ -105,7 +105,6 @@ class FloatObservationWrapper(_Wrapper):
     def __init__(self, env: Any, *, flatten: bool = True):
         super().__init__(env)
         if not isinstance(flatten, bool):
-            # house style: bad input is a ValueError naming the argument
             raise ValueError(
                 f"`flatten` must be True or False, got {flatten!r}"
             )
@@ -157,8 +156,8 @@ class FloatObservationWrapper(_Wrapper):
 
         ``reset``, an ``(obs, state)`` pair from this wrapper's :meth:`reset`, is the state
         to auto-reset to where the episode ends — drawn ahead of time (e.g. for a whole
-        rollout in one batched op) instead of inside every step, which on CPU makes
-        stepping several times faster. Without it (or for an environment that has no
+        rollout in one batched op) instead of inside every step, so a step does not pay
+        for a reset draw. Without it (or for an environment that has no
         gymnax ``step_env``/``is_truncated``), the wrapped ``step`` resets as usual.
         """
         inner = self._env
