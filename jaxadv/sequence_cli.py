@@ -25,8 +25,10 @@ from rich.console import Console
 from jaxadv.driver import drive
 from jaxadv.envs.sequence import SequenceTask
 from jaxadv.envs.token import decode_tokens
+from jaxadv.estimators import SEQUENCE_ESTIMATORS
+from jaxadv.losses import REDUCTIONS
 from jaxadv.rollout import rollout
-from jaxadv.train import HParams, TrainConfig, make_trainer
+from jaxadv.train import KL_MODES, HParams, TrainConfig, make_trainer
 from jaxadv.train_cli import TrainArgs, run_options, write_run_outputs
 from jaxadv.validate import positive_int
 
@@ -52,7 +54,7 @@ class SequenceArgs:
     """exact: 1 for the exact answer, else 0; partial: the fraction of correct positions."""
     length_penalty: float = 0.0
     """subtract length_penalty x (response length / response_length)."""
-    estimator: Literal["grpo", "drgrpo", "rloo", "batchmean", "rfpp", "remax", "gae"] = "grpo"
+    estimator: Literal[(*SEQUENCE_ESTIMATORS, "gae")] = "grpo"  # type: ignore[valid-type]
     """grpo, drgrpo (no std), rloo, batchmean (REINFORCE, batch-mean baseline), rfpp (REINFORCE++ global normalisation), remax (greedy baseline) or gae (token-level, with a value head)."""
     algo: Literal["ppo", "reinforce"] = "ppo"
     """ppo (clipped ratio, epochs x minibatches) or reinforce (one plain policy-gradient step)."""
@@ -66,7 +68,7 @@ class SequenceArgs:
     """ppo: passes over each batch of responses."""
     num_minibatches: int = 4
     """ppo: minibatches per pass (of whole responses)."""
-    loss_reduction: Literal["token", "sequence", "constant"] = "token"
+    loss_reduction: Literal[REDUCTIONS] = "token"  # type: ignore[valid-type]
     """average the per-token losses over all tokens, per response then over responses, or by a constant."""
     layers: int = 2
     """transformer blocks."""
@@ -86,7 +88,7 @@ class SequenceArgs:
     """entropy bonus weight."""
     clip_eps: float = 0.2
     """ppo clip range."""
-    kl: Literal["none", "loss", "reward"] = "none"
+    kl: Literal[KL_MODES] = "none"  # type: ignore[valid-type]
     """KL penalty against the initial policy: none, in the loss, or in the reward."""
     kl_coef: float = 0.0
     """its weight."""

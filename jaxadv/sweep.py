@@ -40,6 +40,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxadv.checkpoint import ChunkId, ChunkResult
 from jaxadv.stats import final_returns
 from jaxadv.train import HParams, TrainConfig, make_train
+from jaxadv.validate import positive_int
 
 __all__ = ["ChunkId", "ChunkResult", "LogUniform", "SweepResult", "Uniform", "expand_grid",
            "run_sweep"]
@@ -158,12 +159,10 @@ def expand_grid(
         for v in values:
             _check_value(field, v)
         lists[field] = list(values)
-    if num_samples is not None and (
-        isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1
-    ):
-        raise ValueError(f"`num_samples` must be a positive int, got {num_samples!r}")
+    if num_samples is not None:
+        positive_int("num_samples", num_samples)
     if dists and num_samples is None:
-        raise ValueError("`num_samples` must be a positive int when the grid has distributions")
+        raise ValueError("`num_samples` must be a positive integer when the grid has distributions")
     if not dists:
         num_samples = 1
     key = jax.random.key(0) if key is None else key
@@ -216,6 +215,125 @@ def _compile(config: TrainConfig, sharding: NamedSharding, args: tuple) -> Calla
     return fn.lower(*args).compile()
 
 
+def _static_groups(
+    config: TrainConfig, points: list[dict[str, Any]]
+) -> dict[TrainConfig, list[int]]:
+    """The points grouped by static configuration: each distinct ``TrainConfig`` (``config``
+    with a point's static fields) → the indices of its points, groups in order of first
+    appearance. Building each config validates it; nothing compiles."""
+    groups: dict[TrainConfig, list[int]] = {}
+    for i, point in enumerate(points):
+        static = {f: v for f, v in point.items() if f in _STATIC_FIELDS}
+        if "hidden" in static:
+            if not isinstance(static["hidden"], (tuple, list)):
+                raise ValueError(
+                    "`grid` field 'hidden': each value is a tuple of layer widths, "
+                    f"e.g. [(64, 64), (128,)]; got {static['hidden']!r}"
+                )
+            static["hidden"] = tuple(static["hidden"])
+        cfg = config.replace(**static)
+        groups.setdefault(cfg, []).append(i)
+    return groups
+
+
+class _ChunkPlan(NamedTuple):
+    """How one static group's runs are cut into equal chunks.
+
+    Run ``e`` of the group's flattened ``points × seeds`` axis is its point ``e // seeds``
+    with seed ``e % seeds``; the axis is padded with copies of run 0 to a whole number of
+    chunks.
+
+    Attributes:
+      runs: the group's runs, ``points × seeds`` (padding excluded).
+      chunk_size: runs per compiled call, a multiple of the device count.
+      keys: ``[padded, *key_shape]`` seed key data of each run.
+      hparams: ``HParams`` with ``[padded]`` float32 leaves, each run's values.
+    """
+
+    runs: int
+    chunk_size: int
+    keys: np.ndarray
+    hparams: HParams
+
+    def chunk_ids(self, group: int) -> list[ChunkId]:
+        """The chunks of group ``group``, in order; the last one may be short."""
+        num_chunks = -(-self.runs // self.chunk_size)
+        return [ChunkId(group, c * self.chunk_size, min((c + 1) * self.chunk_size, self.runs))
+                for c in range(num_chunks)]
+
+
+def _plan_chunks(
+    group_points: list[dict[str, Any]],
+    base: HParams,
+    seed_keys: np.ndarray,
+    max_parallel: int | None,
+    num_devices: int,
+) -> _ChunkPlan:
+    """Cut the ``len(group_points) × seeds`` runs of one static group (``seed_keys``:
+    ``[seeds, *key_shape]``) into chunks of at most ``max_parallel`` runs (default all),
+    rounded up to a multiple of ``num_devices``."""
+    seeds = len(seed_keys)
+    runs = len(group_points) * seeds
+    chunk_size = min(runs, max_parallel or runs)
+    chunk_size = -(-chunk_size // num_devices) * num_devices  # a multiple of the device count
+    pad = -(-runs // chunk_size) * chunk_size - runs
+    point_of = np.concatenate([np.repeat(np.arange(len(group_points)), seeds), np.zeros(pad, int)])
+    seed_of = np.concatenate([np.tile(np.arange(seeds), len(group_points)), np.zeros(pad, int)])
+    hparams = _stacked_hparams([group_points[p] for p in point_of], base)
+    return _ChunkPlan(runs, chunk_size, seed_keys[seed_of], hparams)
+
+
+def _check_saved_chunk(chunk_id: ChunkId, part: ChunkResult) -> None:
+    """Refuse a saved chunk that does not hold ``stop − start`` rows of each result."""
+    rows = chunk_id.stop - chunk_id.start
+    got = [np.shape(a)[0] if np.ndim(a) else None for a in part[:3]]
+    if got != [rows] * 3:
+        raise ValueError(f"`saved`: chunk {chunk_id} holds {got} rows of returns, "
+                         f"episodes and env_steps; expected {rows} each")
+
+
+def _compute_chunk(
+    config: TrainConfig,
+    plan: _ChunkPlan,
+    chunk_id: ChunkId,
+    sharding: NamedSharding,
+    compiled: Callable | None,
+) -> tuple[Callable, ChunkResult]:
+    """Train the runs of ``chunk_id`` as one sharded call, compiling the group's program
+    first when ``compiled`` is None; returns the program and the results gathered on every
+    process, ``[stop − start, U]`` each (padding dropped)."""
+    t0 = time.perf_counter()
+    runs = slice(chunk_id.start, chunk_id.start + plan.chunk_size)
+    args = (
+        _put(plan.keys[runs], sharding),
+        jax.tree.map(lambda x: _put(x[runs], sharding), plan.hparams),
+    )
+    compile_s = 0.0
+    if compiled is None:
+        t_compile = time.perf_counter()
+        compiled = _compile(config, sharding, args)
+        compile_s = time.perf_counter() - t_compile
+    rows = chunk_id.stop - chunk_id.start
+    gathered = [
+        np.asarray(multihost_utils.process_allgather(x, tiled=True))[:rows]
+        for x in compiled(*args)
+    ]
+    result = ChunkResult(*gathered, seconds=time.perf_counter() - t0, compile_seconds=compile_s)
+    return compiled, result
+
+
+def _rows_per_point(
+    parts: list[ChunkResult], num_points: int, seeds: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A group's chunks joined and split by point: returns and episodes ``[P, S, U]``,
+    env steps ``[P, U]`` (seed 0's; every seed takes the same steps)."""
+    returns, episodes, env_steps = (
+        np.concatenate([np.asarray(p[k]) for p in parts]).reshape(num_points, seeds, -1)
+        for k in range(3)
+    )
+    return returns, episodes, env_steps[:, 0]
+
+
 def run_sweep(
     config: TrainConfig,
     grid: Mapping[str, Sequence | Uniform | LogUniform],
@@ -257,32 +375,16 @@ def run_sweep(
     Returns:
       A :class:`SweepResult`; points keep the order of :func:`expand_grid`.
     """
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise ValueError(f"`seeds` must be a positive int, got {seeds!r}")
-    if max_parallel is not None and (
-        isinstance(max_parallel, bool) or not isinstance(max_parallel, int) or max_parallel < 1
-    ):
-        raise ValueError(f"`max_parallel` must be a positive int, got {max_parallel!r}")
+    positive_int("seeds", seeds)
+    if max_parallel is not None:
+        positive_int("max_parallel", max_parallel)
     key = jax.random.key(0) if key is None else key
     base = (hparams or HParams()).validate()
     points = expand_grid(grid, num_samples=num_samples, key=jax.random.fold_in(key, 1))
-    # Group by static configuration; building each TrainConfig validates it (no compile).
-    groups: dict[TrainConfig, list[int]] = {}
-    for i, point in enumerate(points):
-        static = {f: v for f, v in point.items() if f in _STATIC_FIELDS}
-        if "hidden" in static:
-            if not isinstance(static["hidden"], (tuple, list)):
-                raise ValueError(
-                    "`grid` field 'hidden': each value is a tuple of layer widths, "
-                    f"e.g. [(64, 64), (128,)]; got {static['hidden']!r}"
-                )
-            static["hidden"] = tuple(static["hidden"])
-        cfg = config.replace(**static)
-        groups.setdefault(cfg, []).append(i)
+    groups = _static_groups(config, points)
 
     devices = list(jax.devices() if devices is None else devices)
-    mesh = Mesh(np.array(devices), ("sweep",))
-    sharding = NamedSharding(mesh, PartitionSpec("sweep"))
+    sharding = NamedSharding(Mesh(np.array(devices), ("sweep",)), PartitionSpec("sweep"))
     seed_keys = np.asarray(jax.random.key_data(jax.random.split(key, seeds)))
     total = len(points) * seeds
     returns: list[np.ndarray | None] = [None] * len(points)
@@ -292,66 +394,27 @@ def run_sweep(
     compile_s, saved_s, done = 0.0, 0.0, 0
     start = time.perf_counter()
     for group, (cfg, idx) in enumerate(groups.items()):
-        n = len(idx) * seeds
-        chunk = min(n, max_parallel or n)
-        chunk = -(-chunk // len(devices)) * len(devices)  # a multiple of the device count
-        num_chunks = -(-n // chunk)
-        padded = num_chunks * chunk
-        # Flattened axis: element e is point idx[e // seeds] with seed e % seeds.
-        point_of = np.repeat(np.arange(len(idx)), seeds)
-        seed_of = np.tile(np.arange(seeds), len(idx))
-        pad = padded - n
-        point_of = np.concatenate([point_of, np.zeros(pad, int)])
-        seed_of = np.concatenate([seed_of, np.zeros(pad, int)])
-        hp_all = _stacked_hparams([points[idx[p]] for p in point_of], base)
-        keys_all = seed_keys[seed_of]
+        plan = _plan_chunks([points[i] for i in idx], base, seed_keys, max_parallel, len(devices))
         compiled = None  # built for the first chunk to compute: none if all are saved
         parts: list[ChunkResult] = []
-        for c in range(num_chunks):
-            chunk_id = ChunkId(group, c * chunk, min((c + 1) * chunk, n))
-            rows = chunk_id.stop - chunk_id.start
+        for chunk_id in plan.chunk_ids(group):
             part = saved.get(chunk_id)
             computed = part is None
-            if not computed:
-                got = [np.shape(a)[0] if np.ndim(a) else None for a in part[:3]]
-                if got != [rows] * 3:
-                    raise ValueError(f"`saved`: chunk {chunk_id} holds {got} rows of returns, "
-                                     f"episodes and env_steps; expected {rows} each")
-                saved_s += part.seconds
-                compile_s += part.compile_seconds
+            if computed:
+                compiled, part = _compute_chunk(cfg, plan, chunk_id, sharding, compiled)
             else:
-                t0 = time.perf_counter()
-                sl = slice(c * chunk, (c + 1) * chunk)
-                args = (
-                    _put(keys_all[sl], sharding),
-                    jax.tree.map(lambda x, sl=sl: _put(x[sl], sharding), hp_all),
-                )
-                chunk_compile_s = 0.0
-                if compiled is None:
-                    t_compile = time.perf_counter()
-                    compiled = _compile(cfg, sharding, args)
-                    chunk_compile_s = time.perf_counter() - t_compile
-                    compile_s += chunk_compile_s
-                gathered = [
-                    np.asarray(multihost_utils.process_allgather(x, tiled=True))[:rows]
-                    for x in compiled(*args)
-                ]
-                part = ChunkResult(*gathered, seconds=time.perf_counter() - t0,
-                                   compile_seconds=chunk_compile_s)
+                _check_saved_chunk(chunk_id, part)
+                saved_s += part.seconds
+            compile_s += part.compile_seconds
             parts.append(part)
-            done += rows
+            done += chunk_id.stop - chunk_id.start
             if on_chunk is not None:
                 on_chunk(done, total)
             if on_result is not None and computed:
                 on_result(chunk_id, part)
-        r_all, e_all, s_all = (
-            np.concatenate([np.asarray(p[k]) for p in parts]).reshape(len(idx), seeds, -1)
-            for k in range(3)
-        )
-        for j, p in enumerate(idx):
-            returns[p] = r_all[j]
-            episodes[p] = e_all[j]
-            env_steps[p] = s_all[j, 0]
+        rows = _rows_per_point(parts, len(idx), seeds)
+        for p, (r, e, s) in zip(idx, zip(*rows), strict=True):
+            returns[p], episodes[p], env_steps[p] = r, e, s
     final, auc = zip(*(_summaries(r, e) for r, e in zip(returns, episodes, strict=True)))
     return SweepResult(
         points=points,
@@ -366,4 +429,3 @@ def run_sweep(
         devices=len(devices),
         processes=jax.process_count(),
     )
-

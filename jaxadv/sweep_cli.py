@@ -18,7 +18,7 @@ import pathlib
 import shlex
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Annotated, Any, Literal
 
 import jax
@@ -28,8 +28,17 @@ from rich.progress import TextColumn
 
 from jaxadv.checkpoint import SweepChunks
 from jaxadv.driver import Interrupts, RunStopped, progress_bar
+from jaxadv.estimators import ESTIMATORS
 from jaxadv.report import plot_sweep, summarize_sweep, sweep_table, write_json, write_sweep_csv
-from jaxadv.sweep import ChunkId, ChunkResult, LogUniform, Uniform, expand_grid, run_sweep
+from jaxadv.sweep import (
+    ChunkId,
+    ChunkResult,
+    LogUniform,
+    SweepResult,
+    Uniform,
+    expand_grid,
+    run_sweep,
+)
 from jaxadv.train import HParams, TrainConfig
 from jaxadv.validate import check_positive, field_changes, refuse_changes
 
@@ -40,6 +49,7 @@ _HPARAM_FIELDS = tuple(f.name for f in dataclasses.fields(HParams))
 _STATIC_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 _Floats = Annotated[tuple[float, ...] | None, tyro.conf.arg(metavar="FLOAT [FLOAT ...]")]
 _Ints = Annotated[tuple[int, ...] | None, tyro.conf.arg(metavar="INT [INT ...]")]
+_STEP_ESTIMATORS = tuple(name for name, row in ESTIMATORS.items() if not row.sequence_level)
 _HParamName = Literal["lr", "gamma", "gae_lambda", "clip_eps", "ent_coef", "vf_coef", "max_grad_norm",
                       "kl_coef"]
 
@@ -71,8 +81,8 @@ class Grid:
     num_steps: _Ints = None
     """static: rollout windows T (each value compiles once)."""
     estimator: Annotated[
-        tuple[Literal["gae", "td", "nstep", "mc", "qv"], ...] | None,
-        tyro.conf.arg(metavar="{gae,td,nstep,mc,qv} [...]"),
+        tuple[Literal[_STEP_ESTIMATORS], ...] | None,  # type: ignore[valid-type]
+        tyro.conf.arg(metavar="{" + ",".join(_STEP_ESTIMATORS) + "} [...]"),
     ] = None
     """static: advantage estimators (each value compiles once)."""
 
@@ -252,6 +262,51 @@ class _SweepStopped(Exception):
     """Raised from ``run_sweep``'s ``on_result`` to stop after a signal, the chunk saved."""
 
 
+def _open_chunks(
+    args: SweepArgs, *, writer: bool, runs: int, err: Console, warn: Callable[[str], None]
+) -> tuple[SweepChunks, dict[ChunkId, ChunkResult]]:
+    """The chunk store under ``--out/chunks`` and the chunks it already holds: none for a
+    new sweep (its manifest started), the readable saved ones with ``--resume`` (a warning
+    when they were cut for another ``--max-parallel`` or device count)."""
+    store = SweepChunks(args.out / "chunks", write=writer)
+    if args.resume is None:  # a finished sweep's chunks (check() refuses an unfinished one)
+        store.start(args.settings(), jax.device_count())
+        return store, {}
+    before = store.read()
+    cut = (before["settings"]["max_parallel"], before["devices"])
+    if cut != (args.max_parallel, jax.device_count()):
+        warn(f"warning: the saved chunks were cut for --max-parallel {cut[0]} on {cut[1]} "
+             f"device(s), this sweep cuts for {args.max_parallel} on {jax.device_count()}: "
+             "the runs of saved chunks that no longer line up are computed again")
+    saved = store.load(args.settings(), jax.device_count(), warn=warn)
+    err.print(f"resuming {args.out}: {len(saved)} chunk(s) saved, "
+              f"{sum(c.stop - c.start for c in saved)} of {runs} runs")
+    return store, saved
+
+
+def _write_outputs(
+    args: SweepArgs,
+    grid: dict[str, list | Uniform | LogUniform],
+    result: SweepResult,
+    *,
+    points: int,
+    writer: bool,
+) -> dict[str, Any]:
+    """The sweep's summary (:func:`~jaxadv.report.summarize_sweep`); when ``writer``, also
+    ``sweep.csv``, ``summary.json`` and ``sweep.png`` under ``--out``."""
+    config, hp, out = args.config, args.hparams, args.out
+    summary = summarize_sweep(
+        result, config, hp, grid=_grid_json(grid), samples=args.samples,
+        log_uniform=args.log_uniform, seed=args.seed, max_parallel=args.max_parallel, out=out,
+    )
+    if writer:
+        write_sweep_csv(out / "sweep.csv", result, hp)
+        write_json(out / "summary.json", summary)
+        plot_sweep(out / "sweep.png", result,
+                   f"{config.algo} · {config.env} · {points} point(s) × {args.seeds} seed(s)")
+    return summary
+
+
 def sweep_command(args: SweepArgs) -> dict[str, Any]:
     """Run the sweep of ``args`` with a progress bar over its chunks, saving each finished
     chunk under ``--out/chunks`` (:class:`~jaxadv.checkpoint.SweepChunks`); write the
@@ -274,20 +329,7 @@ def sweep_command(args: SweepArgs) -> dict[str, Any]:
     warn = lambda message: print(message, file=sys.stderr)  # even with --quiet; not wrapped
     points, compiles = args.num_points(), len(args.static_configs())
     runs = points * args.seeds
-    store = SweepChunks(out / "chunks", write=writer)
-    saved: dict[ChunkId, ChunkResult] = {}
-    if args.resume is None:  # a finished sweep's chunks (check() refuses an unfinished one)
-        store.start(args.settings(), jax.device_count())
-    else:
-        before = store.read()
-        cut = (before["settings"]["max_parallel"], before["devices"])
-        if cut != (args.max_parallel, jax.device_count()):
-            warn(f"warning: the saved chunks were cut for --max-parallel {cut[0]} on {cut[1]} "
-                 f"device(s), this sweep cuts for {args.max_parallel} on {jax.device_count()}: "
-                 "the runs of saved chunks that no longer line up are computed again")
-        saved = store.load(args.settings(), jax.device_count(), warn=warn)
-        err.print(f"resuming {out}: {len(saved)} chunk(s) saved, "
-                  f"{sum(c.stop - c.start for c in saved)} of {runs} runs")
+    store, saved = _open_chunks(args, writer=writer, runs=runs, err=err, warn=warn)
     err.print(f"sweeping {config.algo} on {config.env}: {points} point(s) × {args.seeds} seed(s) "
               f"= {runs} runs, {compiles} compile(s), {jax.device_count()} device(s) …")
     computed: list[ChunkId] = []
@@ -325,15 +367,7 @@ def sweep_command(args: SweepArgs) -> dict[str, Any]:
     if args.resume is not None:
         err.print(f"computed {len(computed)} chunk(s), "
                   f"{sum(c.stop - c.start for c in computed)} of {runs} runs")
-    summary = summarize_sweep(
-        result, config, hp, grid=_grid_json(grid), samples=args.samples,
-        log_uniform=args.log_uniform, seed=args.seed, max_parallel=args.max_parallel, out=out,
-    )
-    if writer:
-        write_sweep_csv(out / "sweep.csv", result, hp)
-        write_json(out / "summary.json", summary)
-        plot_sweep(out / "sweep.png", result,
-                   f"{config.algo} · {config.env} · {points} point(s) × {args.seeds} seed(s)")
+    summary = _write_outputs(args, grid, result, points=points, writer=writer)
     store.finish()
     console.print(sweep_table(summary))
     console.print(f"wrote sweep.csv, summary.json, sweep.png, chunks/ to {out}/")

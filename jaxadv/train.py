@@ -110,6 +110,7 @@ EstimatorName = Literal[ESTIMATORS]  # type: ignore[valid-type]
 Reduction = Literal[losses.REDUCTIONS]  # type: ignore[valid-type]
 KLEstimator = Literal[losses.KL_ESTIMATORS]  # type: ignore[valid-type]
 KL_MODES = ("none", "loss", "reward")
+"""Where the KL penalty against the reference policy goes: nowhere, the loss or the reward."""
 
 
 def _table_help(table: dict, what: str) -> str:
@@ -196,7 +197,7 @@ class TrainConfig:
     """with --episodic: envs per prompt; groups of group_size envs start from the same reset (GRPO/RLOO groups). num_envs must be a multiple."""
     loss_reduction: Reduction = "token"
     """with --episodic: average the per-step losses over all tokens, per sequence then over sequences, or divide by a constant (num_steps x envs)."""
-    kl: Literal["none", "loss", "reward"] = "none"
+    kl: Literal[KL_MODES] = "none"  # type: ignore[valid-type]
     """KL penalty against a frozen reference (the initial policy): none, in the loss, or subtracted from the rewards (per step, k1), weighted by kl_coef."""
     kl_estimator: KLEstimator = "k3"
     """estimator of KL(pi || ref) in the loss."""

@@ -32,6 +32,7 @@ from jaxadv import exact, sequence_exact, variance
 from jaxadv.checkpoint import CheckpointStore
 from jaxadv.envs import registered_names
 from jaxadv.envs.sequence import SequenceTask
+from jaxadv.losses import REDUCTIONS
 from jaxadv.report import platform_info, write_json
 from jaxadv.train import HParams, TrainConfig, make_trainer
 from jaxadv.transformer import make_transformer
@@ -83,7 +84,7 @@ class VarianceArgs:
     """--sequence: the fixed prompts the objective averages over."""
     group_size: int = 4
     """--sequence: samples per prompt K; each batch size N is N / K prompts x K samples."""
-    reductions: tuple[Literal["token", "sequence", "constant"], ...] = ("token", "sequence", "constant")
+    reductions: tuple[Literal[REDUCTIONS], ...] = REDUCTIONS  # type: ignore[valid-type]
     """--sequence: loss aggregations to compare."""
     env: str | None = None
     """measure on this registered environment instead of an MDP (e.g. CartPole-v1), for a policy taken mid-training."""
