@@ -819,11 +819,22 @@ def train(setup: Setup, key: jax.Array, hp: HParams):
     return run(setup, init(setup, key, hp), hp, setup.config.num_updates)
 
 
+def _bind(fn: Any, setup: Setup) -> Any:
+    """``fn`` with ``setup`` as its first argument: a plain Python function (which ``inspect``
+    and ``chex.assert_max_traces`` accept, unlike a ``functools.partial``) named as ``fn``."""
+
+    def bound(*args: Any, **kwargs: Any) -> Any:
+        return fn(setup, *args, **kwargs)
+
+    bound.__name__, bound.__qualname__, bound.__doc__ = fn.__name__, fn.__qualname__, fn.__doc__
+    return bound
+
+
 def make_trainer(config: TrainConfig) -> Trainer:
     """The pure ``init``, ``update``, ``run`` and ``train`` functions of ``config``: the
     engine's functions with its :class:`Setup` bound."""
     setup = make_setup(config)
-    bind = lambda fn: functools.partial(fn, setup)
+    bind = lambda fn: _bind(fn, setup)
     return Trainer(config=config, init=bind(init), update=bind(update), run=bind(run),
                    train=bind(train), network=setup.network, policy=setup.policy,
                    env=setup.env, env_params=setup.env_params)
