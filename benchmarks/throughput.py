@@ -5,11 +5,15 @@ Configuration (the one the most-copied fused JAX PPO is measured at): CartPole-v
 128 steps × ``num_envs``, 4 epochs × 4 minibatches, 64×64 tanh MLP, 5×10⁵ steps
 (or 4 updates, whichever is more). For each ``num_envs`` it prints training env
 steps/s (compile excluded); the same for ``reference_ppo.py``, a PPO written the way
-that implementation is (truncation as termination), and the ratio; the raw ceiling —
-gymnax stepping with a policy forward pass and action sampling at the same
-``num_envs``, nothing stored or learned — and the ratio to it; compile seconds and
-the compiled program's memory (arguments + outputs + temporaries, from XLA's memory
-analysis). The last rows train 4 and 16 seeds vmapped at 4 envs each.
+that implementation is (truncation as termination), and the ratio; the roofline — the
+FLOPs per env step of the trainer (XLA's cost analysis of its loop-free pieces:
+:func:`flops_per_env_step`), the GFLOP/s that makes at the measured speed and its fraction
+of this machine's GEMM peak (a 2048³ fp32 matmul measured in the same run), and the CPU
+cores the training call kept busy (process CPU time ÷ wall time); the raw ceiling —
+jaxadv's CartPole stepped with a policy forward pass and action sampling at the same
+``num_envs`` for the same steps, nothing stored or learned — and the ratio to it; compile
+seconds and the compiled program's memory (arguments + outputs + temporaries, from XLA's
+memory analysis). The last rows train 4 and 16 seeds vmapped at 4 envs each.
 
 The ``cli`` column runs the same configuration as a user does — ``jaxadv train --quiet`` in
 a subprocess, with its defaults: chunks of updates per compiled call, metrics.csv,
@@ -52,17 +56,27 @@ if ARGS.single_thread:
         os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
     ).strip()
 
-import gymnax  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from jax.flatten_util import ravel_pytree  # noqa: E402
 
+from jaxadv.envs import make  # noqa: E402
 from jaxadv.networks import make_network  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from reference_ppo import make_reference_train  # noqa: E402
 
-from jaxadv.train import HParams, TrainConfig, make_train  # noqa: E402
+from jaxadv.train import (  # noqa: E402
+    HParams,
+    TrainConfig,
+    collect,
+    init,
+    loss_fn,
+    make_setup,
+    make_train,
+    optimizer,
+)
 
 
 def _memory_mb(compiled) -> float:
@@ -82,16 +96,21 @@ def _compiled(fn, *args):
     return compile_s, compiled, args
 
 
-def _seconds(job) -> float:
+def _seconds(job) -> tuple[float, float]:
+    """Wall seconds of one call of the compiled job, and the CPU cores it kept busy on
+    average (process CPU time ÷ wall time)."""
     _, compiled, args = job
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     jax.block_until_ready(compiled(*args))
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    return wall, (time.process_time() - cpu) / wall
 
 
-def ceiling(num_envs: int, num_steps: int):
-    """Raw gymnax stepping with a policy forward pass and sampling, compiled."""
-    env, env_params = gymnax.make("CartPole-v1")
+def ceiling(num_envs: int, total_steps: int):
+    """Raw stepping of jaxadv's CartPole-v1 (the trainer's own environment wrappers) with a
+    policy forward pass and action sampling, for ``total_steps`` env steps in one scan:
+    what the trainer's rollout costs with nothing stored or learned."""
+    env, env_params = make("CartPole-v1")
     net = make_network(env.num_actions)
     params = net.init(jax.random.key(0), jnp.zeros(env.observation_space(env_params).shape))
 
@@ -110,9 +129,71 @@ def ceiling(num_envs: int, num_steps: int):
             )
             return (obs, state), reward
 
-        return jax.lax.scan(step, (obs, state), jax.random.split(key, num_steps))[1].sum()
+        steps = max(total_steps // num_envs, 1)
+        return jax.lax.scan(step, (obs, state), jax.random.split(key, steps))[1].sum()
 
     return _compiled(run, jax.random.key(1))
+
+
+def _flops(fn, *args) -> float:
+    """XLA's FLOP count of the compiled ``fn(*args)`` (loop-free programs only: XLA's cost
+    analysis counts a loop body once, whatever its trip count)."""
+    cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost.get("flops", float("nan")))
+
+
+def flops_per_env_step(config: TrainConfig) -> float:
+    """FLOPs the trainer spends per environment step, from XLA's cost analysis of its
+    loop-free pieces: one rollout step of ``num_envs`` environments (network forward, action
+    sampling, env step) and one minibatch step (loss, gradient, clipping, Adam), weighted by
+    how often an update runs each (``num_steps``; epochs × minibatches); the estimator's
+    reverse scan (a few FLOPs per step) is left out."""
+    setup = make_setup(config)
+    hp = HParams()
+    state = init(setup, jax.random.key(0), hp)
+    flat, unravel = ravel_pytree(state.params)
+
+    def rollout_step(params, obs, env_state, key):
+        policy, _ = setup.network.apply(params, obs)
+        action = setup.policy.sample(policy, setup.policy.noise(key, obs.shape[:1]))
+        keys = jax.random.split(key, obs.shape[0])
+        return jax.vmap(setup.env.step, (0, 0, 0, None))(keys, env_state, action, setup.env_params)
+
+    mb = config.batch_size // config.num_minibatches
+    trajectory = jax.eval_shape(lambda: collect(setup, state, hp, jax.random.key(0),
+                                                (state.env_state, state.obs)).traj)
+    batch = jax.tree.map(lambda x: jnp.zeros((mb, *x.shape[2:]), x.dtype),
+                         trajectory._replace(extras=None))
+    data = (batch, jnp.zeros(mb), jnp.zeros(mb), None, None)
+    opt = optimizer(setup, hp)
+
+    def minibatch_step(flat, opt_state, data):
+        grads = jax.grad(lambda f: loss_fn(setup, unravel(f), data, hp)[0])(flat)
+        updates, opt_state = opt.update(grads, opt_state, flat)
+        return flat + updates, opt_state
+
+    per_update = (config.num_steps * _flops(rollout_step, state.params, state.obs, state.env_state,
+                                            jax.random.key(1))
+                  + config.update_epochs * config.num_minibatches
+                  * _flops(minibatch_step, flat, state.opt_state, data))
+    return per_update / config.batch_size
+
+
+def gemm_peak() -> float:
+    """FLOP/s of a large fp32 matmul (2048³, on every core XLA uses), best of 5."""
+    n = 2048
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    matmul = jax.jit(lambda a: a @ a)
+    jax.block_until_ready(matmul(a))
+    best = min(_timed(matmul, a) for _ in range(5))
+    return 2 * n**3 / best
+
+
+def _timed(fn, *args) -> float:
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    return time.perf_counter() - start
 
 
 def _seed_keys(seeds: int):
@@ -148,51 +229,61 @@ def cli_run(num_envs: int, seeds: int, out: pathlib.Path, cache: pathlib.Path) -
 
 def main() -> None:
     scratch = pathlib.Path(tempfile.mkdtemp(prefix="jaxadv-throughput-"))
+    peak = gemm_peak()
     print(
         f"# jax {jax.__version__} on {jax.devices()[0].device_kind} ({platform.machine()}, "
         f"{os.cpu_count()} cores); XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; "
-        f"median of {ARGS.repeats} interleaved runs"
+        f"median of {ARGS.repeats} interleaved runs; GEMM peak {peak / 1e9:.0f} GFLOP/s "
+        "(2048³ fp32 matmul)"
     )
     print()
     print("| num_envs | seeds | train steps/s | cli steps/s | cli ÷ train | reference steps/s "
-          "| train ÷ ref | cli ÷ ref | ceiling steps/s | train ÷ ceiling | compile s: train "
-          "| cli (first, cached) | reference | memory MB |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| train ÷ ref | cli ÷ ref | kFLOP/step | GFLOP/s | ÷ GEMM peak | cores busy "
+          "| ceiling steps/s | train ÷ ceiling | compile s: train | cli (first, cached) "
+          "| reference | memory MB |")
+    print("|" + "---:|" * 18)
     rows = [(n, 0) for n in ARGS.sizes] + [(4, s) for s in ARGS.seeds]
-    nan = float("nan")
     for num_envs, seeds in rows:
-        total = max(ARGS.total_timesteps, 4 * num_envs * 128)
-        steps = total // (num_envs * 128) * num_envs * 128 * max(seeds, 1)
-        jobs = {"train": train_job(num_envs, seeds),
-                # the ceiling of the vmapped row: all seeds' envs stepped together
-                "ceiling": ceiling(num_envs * max(seeds, 1), 128)}
-        if ARGS.reference:
-            jobs["reference"] = reference_job(num_envs, seeds)
-        times = {name: [] for name in jobs}
-        cli = []
-        for i in range(ARGS.repeats):  # interleaved, so a slow spell of the machine hits all
-            for name, job in jobs.items():
-                times[name].append(_seconds(job))
-            if ARGS.cli:
-                cli.append(cli_run(num_envs, seeds, scratch / f"run-{num_envs}-{seeds}-{i}",
-                                   scratch / "xla"))  # empty at first: a real first compile
-        med = {name: float(np.median(t)) for name, t in times.items()}
-        speed = steps / med["train"]
-        top = num_envs * max(seeds, 1) * 128 / med["ceiling"]
-        ref = steps / med["reference"] if ARGS.reference else nan
-        cli_speed = float(np.median([c["steps_per_second"] for c in cli])) if cli else nan
-        first = cli[0]["compile_seconds"] if cli else nan
-        cached = float(np.median([c["compile_seconds"] for c in cli[1:]])) if len(cli) > 1 else nan
-        compile_s, compiled, _ = jobs["train"]
-        ref_compile = jobs["reference"][0] if ARGS.reference else nan
-        print(
-            f"| {num_envs} | {max(seeds, 1)} | {speed:,.0f} | {cli_speed:,.0f} | {cli_speed / speed:.2f} "
-            f"| {ref:,.0f} | {speed / ref:.2f} | {cli_speed / ref:.2f} | {top:,.0f} | {speed / top:.2f} "
-            f"| {compile_s:.1f} | {first:.1f}, {cached:.1f} | {ref_compile:.1f} "
-            f"| {_memory_mb(compiled):.0f} |",
-            flush=True,
-        )
-    sys.stdout.flush()
+        print(_row(num_envs, seeds, peak, scratch), flush=True)
+
+
+def _row(num_envs: int, seeds: int, peak: float, scratch: pathlib.Path) -> str:
+    """One table row: every program at ``num_envs`` × ``seeds``, timed interleaved."""
+    nan = float("nan")
+    config = _config(num_envs)
+    steps = config.num_updates * config.batch_size * max(seeds, 1)
+    jobs = {"train": train_job(num_envs, seeds),
+            # the ceiling of the vmapped row: all seeds' envs stepped together
+            "ceiling": ceiling(num_envs * max(seeds, 1), steps)}
+    if ARGS.reference:
+        jobs["reference"] = reference_job(num_envs, seeds)
+    times = {name: [] for name in jobs}
+    busy, cli = [], []
+    for i in range(ARGS.repeats):  # interleaved, so a slow spell of the machine hits all
+        for name, job in jobs.items():
+            seconds, cores = _seconds(job)
+            times[name].append(seconds)
+            busy += [cores] if name == "train" else []
+        if ARGS.cli:
+            cli.append(cli_run(num_envs, seeds, scratch / f"run-{num_envs}-{seeds}-{i}",
+                               scratch / "xla"))  # empty at first: a real first compile
+    med = {name: float(np.median(t)) for name, t in times.items()}
+    speed = steps / med["train"]
+    top = steps / med["ceiling"]
+    ref = steps / med["reference"] if ARGS.reference else nan
+    cli_speed = float(np.median([c["steps_per_second"] for c in cli])) if cli else nan
+    first = cli[0]["compile_seconds"] if cli else nan
+    cached = float(np.median([c["compile_seconds"] for c in cli[1:]])) if len(cli) > 1 else nan
+    compile_s, compiled, _ = jobs["train"]
+    ref_compile = jobs["reference"][0] if ARGS.reference else nan
+    flops = flops_per_env_step(config)
+    return (
+        f"| {num_envs} | {max(seeds, 1)} | {speed:,.0f} | {cli_speed:,.0f} | {cli_speed / speed:.2f} "
+        f"| {ref:,.0f} | {speed / ref:.2f} | {cli_speed / ref:.2f} | {flops / 1e3:.0f} "
+        f"| {speed * flops / 1e9:.1f} | {speed * flops / peak:.2f} | {np.median(busy):.2f} "
+        f"| {top:,.0f} | {speed / top:.2f} | {compile_s:.1f} | {first:.1f}, {cached:.1f} "
+        f"| {ref_compile:.1f} | {_memory_mb(compiled):.0f} |"
+    )
 
 
 if __name__ == "__main__":
