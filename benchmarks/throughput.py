@@ -22,7 +22,8 @@ checkpoints, into a temporary directory — and reports the ``steps_per_second``
 first run (an empty persistent compilation cache) and for the runs after it (cached).
 
 Run: ``.venv/bin/python benchmarks/throughput.py [--sizes 4 64 ...] [--single-thread]
-[--no-reference]``.
+[--no-reference] [--quick]``; the same command runs on a GPU or TPU (the device is named in
+the header).
 ``--single-thread`` sets ``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false`` before JAX
 starts: at these sizes XLA's intra-op thread pool costs more than it brings.
 """
@@ -50,7 +51,12 @@ parser.add_argument("--no-reference", dest="reference", action="store_false",
                     help="skip the reference PPO (reference_ppo.py) column")
 parser.add_argument("--no-cli", dest="cli", action="store_false",
                     help="skip the jaxadv train driver (cli) column")
+parser.add_argument("--quick", action="store_true",
+                    help="a short run of the whole table (4 and 2048 envs, 16 seeds; 2 repeats, "
+                         "2**17 steps): a check on a new machine or an accelerator")
 ARGS = parser.parse_args()
+if ARGS.quick:
+    ARGS.sizes, ARGS.seeds, ARGS.repeats, ARGS.total_timesteps = [4, 2048], [16], 2, 2**17
 if ARGS.single_thread:
     os.environ["XLA_FLAGS"] = (
         os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
