@@ -37,32 +37,47 @@ from typing import Any
 
 import tyro
 
-from jaxadv.driver import RunStopped, default_compile_cache, enable_compile_cache
-from jaxadv.sequence_cli import SequenceArgs, sequence_command
-from jaxadv.sweep_cli import SweepArgs, sweep_command, sweep_resume_args
-from jaxadv.train_cli import TrainArgs, resume_args, train_command
-from jaxadv.variance_cli import VarianceArgs, variance_command
+from jaxadv.devices import use_host_devices
 
 __all__ = ["main"]
 
 
-_COMMANDS: dict[str, tuple[type, Callable[[Any], Any]]] = {
-    "train": (TrainArgs, train_command),
-    "sweep": (SweepArgs, sweep_command),
-    "variance": (VarianceArgs, variance_command),
-    "sequence": (SequenceArgs, sequence_command),
-}
+def _commands() -> dict[str, tuple[type, Callable[[Any], Any]]]:
+    """Each subcommand's argument class and function. Imported on first use: the modules
+    start JAX's backends (gymnax makes arrays at import), which :func:`main` first gives one
+    host device per core."""
+    from jaxadv.sequence_cli import SequenceArgs, sequence_command
+    from jaxadv.sweep_cli import SweepArgs, sweep_command
+    from jaxadv.train_cli import TrainArgs, train_command
+    from jaxadv.variance_cli import VarianceArgs, variance_command
+
+    return {
+        "train": (TrainArgs, train_command),
+        "sweep": (SweepArgs, sweep_command),
+        "variance": (VarianceArgs, variance_command),
+        "sequence": (SequenceArgs, sequence_command),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``), run the subcommand, return the exit status.
 
     0: done (or ``--help``); 2: a bad flag or value, reported as ``error: ...`` on
-    stderr before anything is compiled.
+    stderr before anything is compiled. Called as the ``jaxadv`` command (``argv`` ``None``)
+    in a process whose JAX backends have not started, it first gives JAX one CPU device
+    per core (:func:`~jaxadv.devices.use_host_devices`; not where ``XLA_FLAGS`` or
+    ``JAX_NUM_CPU_DEVICES`` sets the count), over which ``train --seeds`` spreads its seeds.
     """
+    if argv is None:
+        use_host_devices()
+    from jaxadv.driver import RunStopped, default_compile_cache, enable_compile_cache
+    from jaxadv.sweep_cli import SweepArgs, sweep_resume_args
+    from jaxadv.train_cli import TrainArgs, resume_args
+
+    commands = _commands()
     try:
         args = tyro.extras.subcommand_cli_from_dict(
-            {name: cls for name, (cls, _) in _COMMANDS.items()},
+            {name: cls for name, (cls, _) in commands.items()},
             prog="jaxadv",
             description="Advantage-function policy-gradient training as pure JAX functions.",
             args=argv,
@@ -78,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     enable_compile_cache(default_compile_cache() if getattr(args, "compile_cache", True) else None)
-    command = next(fn for cls, fn in _COMMANDS.values() if isinstance(args, cls))
+    command = next(fn for cls, fn in commands.values() if isinstance(args, cls))
     try:
         command(args)
     except RunStopped as stop:  # interrupted, non-finite values, nothing usable to resume

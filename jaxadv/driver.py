@@ -42,10 +42,13 @@ from typing import Any
 import jax
 import numpy as np
 from jax.experimental import checkify
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from jaxadv.checkpoint import CheckpointError, CheckpointStore
+from jaxadv.devices import group_devices, seed_groups
 from jaxadv.report import MetricsWriter, summarize
 from jaxadv.stats import forward_fill, seed_mean_std
 from jaxadv.train import NONFINITE, HParams, TrainConfig, Trainer, TrainState, make_trainer
@@ -132,7 +135,8 @@ class ChunkedRun:
     ``init(keys, hp) -> TrainState``; ``run[k](state, hp) -> (state, metrics)`` runs ``k``
     updates (metrics ``[seeds, k]``); ``sizes`` lists each call's ``k``; ``cache`` is
     ``"hit"`` when every program came from the persistent cache, ``"miss"`` when one was
-    compiled, ``"off"`` without the cache.
+    compiled, ``"off"`` without the cache. The seeds run in ``groups`` equal groups spread
+    over ``devices`` devices (``sharding`` places the seed axis; ``None`` on one device).
     """
 
     init: Callable
@@ -141,6 +145,9 @@ class ChunkedRun:
     compile_seconds: float
     cache: str = "off"
     trainer: Trainer | None = None
+    devices: int = 1
+    groups: int = 1
+    sharding: NamedSharding | None = None
 
     def iterate(
         self, keys: jax.Array, hp: HParams, state: TrainState | None = None
@@ -151,6 +158,9 @@ class ChunkedRun:
         call is dispatched before the previous one's outputs are yielded, so the program
         runs while the caller handles them (``jax.device_get`` waits for a call's end).
         """
+        if self.sharding is not None:  # the seeds' share on each device
+            keys = jax.device_put(keys, self.sharding)
+            state = None if state is None else jax.device_put(state, self.sharding)
         if state is None:
             state = self.init(keys, hp)
         pending = None
@@ -163,23 +173,49 @@ class ChunkedRun:
             yield pending
 
 
-def _seed_axis(fn: Callable, seeds: int, in_axes: tuple) -> Callable:
-    """``fn`` over a leading seed axis on the arguments in ``in_axes`` (0) and its outputs:
-    ``vmap`` for several seeds; for one, ``fn`` itself between a squeeze and an expand."""
-    if seeds > 1:
-        return jax.vmap(fn, in_axes)
-    squeeze = lambda tree: jax.tree.map(lambda x: x[0], tree)
+def _seed_axis(fn: Callable, seeds: int, in_axes: tuple, groups: int = 1,
+               mesh: Mesh | None = None) -> Callable:
+    """``fn`` over a leading seed axis on the arguments in ``in_axes`` (0) and its outputs.
 
-    def one(*args):
-        args = [squeeze(a) if axis == 0 else a for a, axis in zip(args, in_axes)]
-        return jax.tree.map(lambda x: x[None], fn(*args))
+    One seed: ``fn`` itself between a squeeze and an expand. One group: ``vmap``. Several
+    ``groups`` (:func:`~jaxadv.devices.seed_groups`): the seeds in ``groups`` equal blocks,
+    each a ``vmap``, one after another (``lax.map``) on each device of ``mesh`` (a 1-D mesh
+    whose axis ``"seeds"`` shards the blocks; ``None``: one device) — the same bits for every
+    seed whatever the number of devices.
+    """
+    if seeds == 1:
+        squeeze = lambda tree: jax.tree.map(lambda x: x[0], tree)
 
-    return one
+        def one(*args):
+            args = [squeeze(a) if axis == 0 else a for a, axis in zip(args, in_axes)]
+            return jax.tree.map(lambda x: x[None], fn(*args))
+
+        return one
+    batched = jax.vmap(fn, in_axes)
+    if groups == 1:
+        return batched
+    size = seeds // groups
+
+    def blocks(*args):  # this device's seeds: [n, ...] -> n // size blocks in turn
+        mapped = [a for a, axis in zip(args, in_axes) if axis == 0]
+
+        def block(xs):
+            it = iter(xs)
+            return batched(*[next(it) if axis == 0 else a for a, axis in zip(args, in_axes)])
+
+        xs = jax.tree.map(lambda x: x.reshape(-1, size, *x.shape[1:]), mapped)
+        out = jax.lax.map(block, xs)
+        return jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), out)
+
+    if mesh is None:
+        return blocks
+    specs = tuple(P("seeds") if axis == 0 else P() for axis in in_axes)
+    return jax.shard_map(blocks, mesh=mesh, in_specs=specs, out_specs=P("seeds"), check_vma=False)
 
 
 def compile_chunked(
     config: TrainConfig, hp: HParams, keys: jax.Array, chunk_updates: int, *,
-    start: int = 0, debug_nans: bool = False,
+    start: int = 0, debug_nans: bool = False, groups: int = 1, devices: int | None = None,
 ) -> ChunkedRun:
     """Compile ``init`` and ``run`` over the seed axis of ``keys`` for each distinct chunk
     length, timing it.
@@ -187,28 +223,38 @@ def compile_chunked(
     ``start``: updates already done (a resumed run); the calls cover the rest.
     ``debug_nans``: each call is checkified (``checkify.nan_checks``) and raises
     ``FloatingPointError`` naming the first operation that made a NaN.
+    ``groups``: the seeds are computed in this many equal groups (:func:`_seed_axis`), spread
+    over up to ``devices`` local devices (default: all of them).
     """
     trainer = make_trainer(config)
     seeds = keys.shape[0]
+    used = 1 if debug_nans else group_devices(groups, devices or jax.local_device_count())
+    mesh = Mesh(np.array(jax.local_devices()[:used]), ("seeds",)) if used > 1 else None
+    sharding = NamedSharding(mesh, P("seeds")) if mesh is not None else None
     sizes = chunk_sizes(config.num_updates - start, min(chunk_updates, config.num_updates))
-    init = jax.jit(_seed_axis(trainer.init, seeds, (0, None)))
-    run_fn = lambda state, hp, k: _seed_axis(
-        functools.partial(trainer.run, num_updates=k), seeds, (0, None))(state, hp)
+    seed_axis = lambda fn: _seed_axis(fn, seeds, (0, None), groups, mesh)
+    init = jax.jit(seed_axis(trainer.init), out_shardings=sharding)
+    run_fn = lambda state, hp, k: seed_axis(functools.partial(trainer.run, num_updates=k))(state, hp)
     if debug_nans:  # vmap of checkify: checkify cannot take the batched loops of vmap
         run_fn = lambda state, hp, k: jax.vmap(checkify.checkify(
             functools.partial(trainer.run, num_updates=k), errors=checkify.nan_checks),
             (0, None))(state, hp)
-    run = jax.jit(run_fn, static_argnums=2)
+    run = jax.jit(run_fn, static_argnums=2, out_shardings=sharding)
+    if sharding is not None:
+        keys = jax.device_put(keys, sharding)
     entries = _cache_entries()
     t0 = time.perf_counter()
     state = jax.eval_shape(init, keys, hp)
+    if sharding is not None:
+        state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), state)
     compiled_init = init.lower(keys, hp).compile()
     compiled_run = {k: run.lower(state, hp, k).compile() for k in sorted(set(sizes))}
     seconds = time.perf_counter() - t0
     if debug_nans:
         compiled_run = {k: _raising_nans(c) for k, c in compiled_run.items()}
     cache = "off" if entries is None else "hit" if _cache_entries() == entries else "miss"
-    return ChunkedRun(compiled_init, compiled_run, sizes, seconds, cache, trainer)
+    return ChunkedRun(compiled_init, compiled_run, sizes, seconds, cache, trainer,
+                      devices=used, groups=1 if debug_nans else groups, sharding=sharding)
 
 
 def _raising_nans(compiled: Callable) -> Callable:
@@ -421,6 +467,11 @@ class RunOptions:
     debug_nans: bool = False
     quiet: bool = False
     record: dict[str, Any] = dataclasses.field(default_factory=dict)
+    seed_groups: int | None = None
+    """the seeds are computed in this many equal groups (default:
+    :func:`~jaxadv.devices.seed_groups` of the local devices); a resumed run keeps its own."""
+    devices: int | None = None
+    """spread the groups over at most this many local devices (default: all)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -466,9 +517,13 @@ def drive(config: TrainConfig, hp: HParams, options: RunOptions) -> RunResult:
         err.print(f"compiling {config.algo} on {config.env}: {options.seeds} seed(s), "
                   f"{config.num_updates} updates, {k} per call"
                   f"{', with NaN checks' if options.debug_nans else ''} …")
-        chunked = compile_chunked(config, hp, keys, k, start=start, debug_nans=options.debug_nans)
+        groups = options.seed_groups or seed_groups(options.seeds, jax.local_device_count())
+        chunked = compile_chunked(config, hp, keys, k, start=start, debug_nans=options.debug_nans,
+                                  groups=groups, devices=options.devices)
         cached = " (from the compilation cache)" if chunked.cache == "hit" else ""
-        err.print(f"compiled in {chunked.compile_seconds:.1f} s{cached}")
+        spread = (f"; {chunked.groups} groups of seeds on {chunked.devices} device(s)"
+                  if chunked.groups > 1 else "")
+        err.print(f"compiled in {chunked.compile_seconds:.1f} s{cached}{spread}")
         saver = _Saver(store, options.checkpoint_every, options.record, start)
         try:
             with MetricsWriter(out / "metrics.csv", config.batch_size) as writer:
@@ -483,7 +538,8 @@ def drive(config: TrainConfig, hp: HParams, options: RunOptions) -> RunResult:
                         seeds=options.seeds, chunk_updates=k, train_seconds=timing["train_seconds"],
                         compile_seconds=chunked.compile_seconds)
     summary.update(num_calls=len(chunk_sizes(config.num_updates, k)),
-                   host_seconds=timing["host_seconds"], compile_cache=chunked.cache)
+                   host_seconds=timing["host_seconds"], compile_cache=chunked.cache,
+                   devices=chunked.devices, seed_groups=chunked.groups)
     return RunResult(state, history, summary, chunked.trainer)
 
 

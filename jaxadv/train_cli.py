@@ -18,11 +18,13 @@ import shutil
 from collections.abc import Iterator, Sequence
 from typing import Annotated, Any
 
+import jax
 import numpy as np
 import tyro
 from rich.console import Console
 
 from jaxadv.checkpoint import checkpoint_steps
+from jaxadv.devices import seed_groups
 from jaxadv.driver import RunOptions, RunResult, default_chunk_updates, drive
 from jaxadv.report import jsonable, plot_returns, summary_table, write_json
 from jaxadv.train import HParams, TrainConfig
@@ -42,6 +44,10 @@ class TrainArgs:
     """base seed; the seeds' keys are jax.random.split(jax.random.key(seed), seeds)."""
     seeds: int = 4
     """independent runs, vmapped into one program."""
+    devices: int | None = None
+    """spread the seeds over at most this many devices; default: all (on CPU, one XLA host device per core). The results do not depend on it."""
+    seed_groups: int | None = None
+    """compute the seeds in this many equal groups, each one vmapped program, so that every seed's result is the same on any number of devices; default: the largest divisor of --seeds up to the device count."""
     out: pathlib.Path = pathlib.Path("runs/train")
     """output directory (created; files in it are overwritten)."""
     chunk_updates: int | None = None
@@ -66,7 +72,10 @@ class TrainArgs:
         no static (:class:`TrainConfig`) or :class:`HParams` field, ``seed`` or ``seeds``
         may differ from it. Without: ``out`` must not hold an unfinished run's checkpoints.
         """
-        check_positive(self, "seeds", "chunk_updates", "checkpoint_every", "keep_checkpoints")
+        check_positive(self, "seeds", "chunk_updates", "checkpoint_every", "keep_checkpoints",
+                       "devices", "seed_groups")
+        if self.seed_groups is not None and self.seeds % self.seed_groups:
+            raise ValueError(f"`seed_groups` = {self.seed_groups} must divide `seeds` = {self.seeds}")
         self.hparams.validate()
         if self.resume is None:
             _check_fresh_out(self.out)
@@ -92,7 +101,7 @@ def _stored_args(run_dir: pathlib.Path) -> TrainArgs:
             config=TrainConfig(**data["train_config"]), hparams=HParams(**data["hparams"]),
             seed=run["seed"], seeds=run["seeds"], out=run_dir, chunk_updates=run["chunk_updates"],
             resume=run_dir, checkpoint_every=run.get("checkpoint_every"),
-            keep_checkpoints=run.get("keep_checkpoints", 2),
+            keep_checkpoints=run.get("keep_checkpoints", 2), seed_groups=run.get("seed_groups", 1),
         )
     except FileNotFoundError:
         raise ValueError(f"`resume`: {path} not found; --resume takes the --out directory of "
@@ -105,7 +114,7 @@ def _changes(stored: TrainArgs, args: TrainArgs) -> Iterator[tuple[str, Any, Any
     """``(field, stored value, new value)`` for each setting a resumed run may not change."""
     yield from field_changes(stored.config, args.config)
     yield from field_changes(stored.hparams, args.hparams)
-    yield from field_changes(stored, args, names=("seed", "seeds"))
+    yield from field_changes(stored, args, names=("seed", "seeds", "seed_groups"))
 
 
 def _check_fresh_out(out: pathlib.Path) -> None:
@@ -154,8 +163,10 @@ def run_options(args: TrainArgs) -> RunOptions:
     out, config = args.out, args.config
     out.mkdir(parents=True, exist_ok=True)
     k = min(args.chunk_updates or default_chunk_updates(config.num_updates), config.num_updates)
+    groups = args.seed_groups or seed_groups(args.seeds, jax.local_device_count())
     run = {"seed": args.seed, "seeds": args.seeds, "chunk_updates": k, "out": out,
-           "checkpoint_every": args.checkpoint_every, "keep_checkpoints": args.keep_checkpoints}
+           "checkpoint_every": args.checkpoint_every, "keep_checkpoints": args.keep_checkpoints,
+           "seed_groups": groups}
     if args.resume is None:  # a finished run's checkpoints (check() refuses an unfinished one)
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
     record = jsonable({"train_config": config, "hparams": args.hparams, "run": run})
@@ -163,7 +174,8 @@ def run_options(args: TrainArgs) -> RunOptions:
     return RunOptions(out=out, seed=args.seed, seeds=args.seeds, chunk_updates=k,
                       checkpoint_every=args.checkpoint_every,
                       keep_checkpoints=args.keep_checkpoints, resume=args.resume is not None,
-                      debug_nans=args.debug_nans, quiet=args.quiet, record=record)
+                      debug_nans=args.debug_nans, quiet=args.quiet, record=record,
+                      seed_groups=groups, devices=args.devices)
 
 
 def write_run_outputs(result: RunResult, out: pathlib.Path, *, quiet: bool = False,

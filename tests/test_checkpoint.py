@@ -2,6 +2,7 @@
 non-finite values, and resume flags refused before anything compiles."""
 
 import csv
+import json
 import os
 import shutil
 import signal
@@ -93,8 +94,15 @@ def test_sigint_then_resume_equals_an_uninterrupted_run_bitwise(tmp_path):
     assert done.returncode == 0, done.stderr
     assert checkpoint_steps(out / "checkpoints") == [20, 24]  # --keep-checkpoints 2
 
+    # the uninterrupted run: the same calls, the seeds in the run's groups (2 on a machine
+    # with 2 cores, one per CPU device; the same bits on this process's one device)
+    groups = json.loads((out / "config.json").read_text())["run"]["seed_groups"]
     keys = jax.random.split(jax.random.key(0), 2)
-    ref_state, ref_metrics = jax.jit(jax.vmap(make_train(config), (0, None)))(keys, HParams())
+    calls = list(driver.compile_chunked(config, HParams(), keys, 4, groups=groups).iterate(
+        keys, HParams()))
+    ref_state = calls[-1][0]
+    ref_metrics = {name: np.concatenate([np.asarray(m[name]) for _, m in calls], axis=1)
+                   for name in calls[0][1]}
     final = _restore(out, config)
     jax.tree.map(np.testing.assert_array_equal, final.state.params, ref_state.params)
     jax.tree.map(np.testing.assert_array_equal, final.state.opt_state, ref_state.opt_state)

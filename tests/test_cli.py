@@ -34,7 +34,7 @@ def test_train_writes_outputs(tmp_path, capsys):
     assert config["hparams"] == {f.name: getattr(HParams(), f.name)
                                  for f in dataclasses.fields(HParams)}
     assert config["run"] == {"seed": 3, "seeds": 2, "chunk_updates": 4, "out": str(out),
-                             "checkpoint_every": None, "keep_checkpoints": 2}
+                             "checkpoint_every": None, "keep_checkpoints": 2, "seed_groups": 1}
     assert TrainConfig(**config["train_config"]) == TrainConfig(
         num_envs=2, num_steps=8, total_timesteps=256, hidden=(8,)
     )

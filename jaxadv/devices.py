@@ -1,0 +1,53 @@
+"""Which devices a run uses: one XLA host device per CPU core, and seeds in equal groups.
+
+Independent runs (the seeds of ``jaxadv train --seeds``) need no communication, so on a CPU
+they can use every core by giving XLA one host device per core and placing a share of the
+seeds on each. XLA's results depend on the size of a vmapped batch, so the seeds are
+computed in :func:`seed_groups` groups of equal size whatever the device count: one device
+runs its groups one after another (``lax.map``), several run them side by side, and every
+seed gets the same bits either way.
+
+>>> seed_groups(16, devices=2), seed_groups(6, devices=4), seed_groups(7, devices=2)
+(2, 3, 1)
+>>> group_devices(groups=3, devices=2)
+1
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+
+__all__ = ["group_devices", "seed_groups", "use_host_devices"]
+
+
+def use_host_devices(count: int | None = None) -> int | None:
+    """Expose ``count`` CPU devices to JAX (default: one per core), before its backends start.
+
+    Does nothing, returning ``None``, where the user chose the device count
+    (``--xla_force_host_platform_device_count`` in ``XLA_FLAGS``, or ``JAX_NUM_CPU_DEVICES``)
+    or JAX has already started its backends (then the count cannot change); else returns
+    the count set. Other platforms (GPU, TPU) keep their own devices.
+    """
+    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "") or (
+            "JAX_NUM_CPU_DEVICES" in os.environ):
+        return None
+    count = count or os.cpu_count() or 1
+    try:
+        jax.config.update("jax_num_cpu_devices", count)
+    except RuntimeError:  # the backends are up: this process keeps the devices it has
+        return None
+    return count
+
+
+def seed_groups(seeds: int, devices: int) -> int:
+    """How many equal groups ``seeds`` runs are computed in: the largest divisor of ``seeds``
+    that is at most ``devices`` (1 for a single seed)."""
+    return max(g for g in range(1, min(seeds, max(devices, 1)) + 1) if seeds % g == 0)
+
+
+def group_devices(groups: int, devices: int) -> int:
+    """How many devices ``groups`` seed groups spread over: the largest divisor of
+    ``groups`` that is at most ``devices``, so every device holds as many groups."""
+    return seed_groups(groups, devices)
