@@ -8,7 +8,12 @@ compiled single-agent ``train`` (compile excluded), agents·steps/s of each, the
 speed-up, and the compiled sweep program's memory (XLA's estimate: arguments +
 outputs + temporaries).
 
-Run: ``.venv/bin/python benchmarks/sweep_scaling.py [--agents 1 8 64 256] [--steps 100000]``.
+Like ``jaxadv sweep``, it gives JAX one CPU device per core first (``--devices N``: N;
+``XLA_FLAGS`` or ``JAX_NUM_CPU_DEVICES`` set by the user win), so the sweep's runs are
+sharded over every core; the sequential agents run one at a time, as a user would.
+
+Run: ``.venv/bin/python benchmarks/sweep_scaling.py [--agents 1 8 64 256] [--steps 100000]
+[--devices N]``.
 """
 
 from __future__ import annotations
@@ -18,23 +23,30 @@ import os
 import platform
 import time
 
-import jax
-import numpy as np
+from jaxadv.devices import use_host_devices
 
-from jaxadv.sweep import run_sweep
-from jaxadv.train import HParams, TrainConfig, make_train
+parser = argparse.ArgumentParser(description=__doc__)
+parser.add_argument("--agents", type=int, nargs="+", default=[1, 8, 64, 256])
+parser.add_argument("--steps", type=int, default=100_000)
+parser.add_argument("--devices", type=int, default=None, help="CPU devices (default: one per core)")
+ARGS = parser.parse_args()
+use_host_devices(ARGS.devices)  # before anything below starts JAX's backends
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from jaxadv.sweep import run_sweep  # noqa: E402
+from jaxadv.train import HParams, TrainConfig, make_train  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--agents", type=int, nargs="+", default=[1, 8, 64, 256])
-    parser.add_argument("--steps", type=int, default=100_000)
-    args = parser.parse_args()
+    args = ARGS
     config = TrainConfig(num_envs=4, total_timesteps=args.steps)
     steps = config.num_updates * config.batch_size
     single = jax.jit(make_train(config)).lower(jax.random.key(0), HParams(lr=2.5e-4)).compile()
     print(f"# jax {jax.__version__} on {jax.devices()[0].device_kind} ({platform.machine()}, "
-          f"{os.cpu_count()} cores); PPO CartPole-v1, 4 envs, {steps:,} steps per agent")
+          f"{os.cpu_count()} cores, {jax.device_count()} device(s)); PPO CartPole-v1, 4 envs, "
+          f"{steps:,} steps per agent")
     print()
     print("| agents | sweep s | sequential s | sweep agent·steps/s | sequential agent·steps/s "
           "| speed-up | sweep compile s | sweep memory MB |")
