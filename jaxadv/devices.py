@@ -9,8 +9,6 @@ seed gets the same bits either way.
 
 >>> seed_groups(16, devices=2), seed_groups(6, devices=4), seed_groups(7, devices=2)
 (2, 3, 1)
->>> group_devices(groups=3, devices=2)
-1
 """
 
 from __future__ import annotations
@@ -19,7 +17,7 @@ import os
 
 import jax
 
-__all__ = ["group_devices", "seed_groups", "use_host_devices"]
+__all__ = ["seed_groups", "use_host_devices"]
 
 
 def use_host_devices(count: int | None = None) -> int | None:
@@ -43,11 +41,7 @@ def use_host_devices(count: int | None = None) -> int | None:
 
 def seed_groups(seeds: int, devices: int) -> int:
     """How many equal groups ``seeds`` runs are computed in: the largest divisor of ``seeds``
-    that is at most ``devices`` (1 for a single seed)."""
+    that is at most ``devices`` (1 for a single seed). The same rule spreads ``groups``
+    groups over devices: ``seed_groups(groups, devices)`` devices hold as many each."""
     return max(g for g in range(1, min(seeds, max(devices, 1)) + 1) if seeds % g == 0)
 
-
-def group_devices(groups: int, devices: int) -> int:
-    """How many devices ``groups`` seed groups spread over: the largest divisor of
-    ``groups`` that is at most ``devices``, so every device holds as many groups."""
-    return seed_groups(groups, devices)

@@ -48,7 +48,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from jaxadv.checkpoint import CheckpointError, CheckpointStore
-from jaxadv.devices import group_devices, seed_groups
+from jaxadv.devices import seed_groups
 from jaxadv.report import MetricsWriter, summarize
 from jaxadv.stats import forward_fill, seed_mean_std
 from jaxadv.train import NONFINITE, HParams, TrainConfig, Trainer, TrainState, make_trainer
@@ -228,7 +228,7 @@ def compile_chunked(
     """
     trainer = make_trainer(config)
     seeds = keys.shape[0]
-    used = 1 if debug_nans else group_devices(groups, devices or jax.local_device_count())
+    used = 1 if debug_nans else seed_groups(groups, devices or jax.local_device_count())
     mesh = Mesh(np.array(jax.local_devices()[:used]), ("seeds",)) if used > 1 else None
     sharding = NamedSharding(mesh, P("seeds")) if mesh is not None else None
     sizes = chunk_sizes(config.num_updates - start, min(chunk_updates, config.num_updates))
@@ -317,6 +317,13 @@ class Interrupts:
         self.signum: int | None = None
         self._installed = False
         self._stopping, self._intact = stopping, intact
+
+    def stopped(self, progress: str, saved: str, resume: str) -> RunStopped:
+        """The :class:`RunStopped` for the signal received: ``"<SIGNAL>: stopped after
+        <progress>; saved <saved>"`` and the command that resumes, status 128 + the signal."""
+        name = signal.Signals(self.signum).name
+        return RunStopped(f"{name}: stopped after {progress}; saved {saved}\nresume with: {resume}",
+                          128 + self.signum)
 
     def __enter__(self) -> Interrupts:
         if threading.current_thread() is not threading.main_thread():
@@ -610,12 +617,9 @@ def _loop(
             host += time.perf_counter() - t_host
             if interrupts.signum and done < config.num_updates:
                 saver.wait()
-                name = signal.Signals(interrupts.signum).name
-                raise RunStopped(
-                    f"{name}: stopped after update {done} of {config.num_updates}; saved "
-                    f"checkpoint {saver.store.directory / str(done)} and metrics.csv\n"
-                    f"resume with: jaxadv train --resume {shlex.quote(str(out))}",
-                    128 + interrupts.signum,
-                )
+                raise interrupts.stopped(
+                    f"update {done} of {config.num_updates}",
+                    f"checkpoint {saver.store.directory / str(done)} and metrics.csv",
+                    f"jaxadv train --resume {shlex.quote(str(out))}")
         saver.wait()  # the last checkpoint is on disk before the run counts as done
     return state, history, {"train_seconds": seconds(), "host_seconds": host}

@@ -16,7 +16,6 @@ import json
 import math
 import pathlib
 import shlex
-import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Annotated, Any, Literal
@@ -27,7 +26,7 @@ from rich.console import Console
 from rich.progress import TextColumn
 
 from jaxadv.checkpoint import SweepChunks
-from jaxadv.driver import Interrupts, RunStopped, progress_bar
+from jaxadv.driver import Interrupts, progress_bar
 from jaxadv.estimators import ESTIMATORS
 from jaxadv.report import plot_sweep, summarize_sweep, sweep_table, write_json, write_sweep_csv
 from jaxadv.sweep import (
@@ -357,13 +356,10 @@ def sweep_command(args: SweepArgs) -> dict[str, Any]:
                 on_chunk=on_chunk, saved=saved, on_result=on_result,
             )
         except _SweepStopped:
-            name = signal.Signals(interrupts.signum).name
-            raise RunStopped(
-                f"{name}: stopped after {progress['done']} of {runs} runs; saved "
-                f"{len(store.manifest['chunks'])} chunk(s) in {store.directory}\n"
-                f"resume with: jaxadv sweep --resume {shlex.quote(str(out))}",
-                128 + interrupts.signum,
-            ) from None
+            raise interrupts.stopped(
+                f"{progress['done']} of {runs} runs",
+                f"{len(store.manifest['chunks'])} chunk(s) in {store.directory}",
+                f"jaxadv sweep --resume {shlex.quote(str(out))}") from None
     if args.resume is not None:
         err.print(f"computed {len(computed)} chunk(s), "
                   f"{sum(c.stop - c.start for c in computed)} of {runs} runs")

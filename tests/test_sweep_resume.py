@@ -23,6 +23,7 @@ from _sweep_resume_worker import stub_make_train
 from jaxadv import cli, sweep_cli
 from jaxadv import sweep as sweep_module
 from jaxadv.checkpoint import SweepChunks
+from jaxadv.driver import Interrupts
 from jaxadv.sweep import ChunkId, ChunkResult, run_sweep
 from jaxadv.train import TrainConfig
 
@@ -55,9 +56,9 @@ def _assert_same_outputs(out, want) -> None:
     assert _manifest(out)["complete"] is True
 
 
-class _Signalled:
-    """Stands in for ``sweep_cli.Interrupts``: a SIGTERM arrived before the first chunk, so the
-    sweep stops after the first chunk it computes."""
+class _Signalled(Interrupts):
+    """Stands in for ``sweep_cli.Interrupts`` (its messages, no handlers): a SIGTERM arrived
+    before the first chunk, so the sweep stops after the first chunk it computes."""
 
     signum = signal.SIGTERM
 
