@@ -83,7 +83,8 @@ def main() -> None:
                      *[e for e in ESTIMATORS if e != "gae:0.97"], "--batch-sizes", "16", "64", "256",
                      "--num-batches", "100", "--out", str(out), "--quiet"]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    cart_rows = [{**r, **{k: float(v) for k, v in r.items() if k not in ("critic", "estimator")}}
+    cart_rows = [{**r, **{k: float(v) for k, v in r.items()
+                          if k not in ("critic", "estimator") and v != ""}}  # "": sequence-only
                  for r in _csv(out / "variance.csv")]
     for r in cart_rows:
         r["batch_size"] = int(r["batch_size"])

@@ -10,7 +10,8 @@ Weights use an orthogonal initialiser (√2 hidden, 0.01 policy, 1.0 critic, as 
 customary for PPO) written with plain ``jnp`` ops — classical Gram–Schmidt with
 re-orthogonalisation — instead of flax's QR-based one: batched LAPACK calls can
 deadlock jaxlib 0.10 on CPU when ``init`` is ``vmap``-ed over seeds (DESIGN.md,
-"Known hazard").
+"Known hazard"). ``init`` draws all kernels at once (:func:`orthogonal_matrices`), which
+compiles in a fraction of the time of one initialiser per layer.
 """
 
 from __future__ import annotations
@@ -21,19 +22,22 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-__all__ = ["ActorCritic", "Network", "make_network", "orthogonal"]
+__all__ = ["ActorCritic", "Network", "make_network", "orthogonal", "orthogonal_matrices"]
 
 Params = Any
 
 
-def _orthonormal_columns(a: jax.Array) -> jax.Array:
-    """Orthonormalise the columns of ``a [m, n]`` (m ≥ n) by Gram–Schmidt, twice per column.
+def _orthonormal_columns(a: jax.Array, valid: jax.Array | int | None = None) -> jax.Array:
+    """Orthonormalise the first ``valid`` (default: all) columns of ``a [m, n]`` (m ≥ n) by
+    Gram–Schmidt, twice per column; the columns after them come out zero.
 
     Equals the Q of a QR decomposition whose R has a positive diagonal, so a
     Gaussian ``a`` gives a Haar-distributed Q. Plain ``jnp`` ops in a ``fori_loop``.
     """
     n = a.shape[1]
+    valid = n if valid is None else valid
     cols = jnp.arange(n)
 
     def body(j, q):
@@ -41,10 +45,32 @@ def _orthonormal_columns(a: jax.Array) -> jax.Array:
         done = (cols < j).astype(a.dtype)  # the columns already orthonormalised
         for _ in range(2):  # "twice is enough" (Giraud et al., 2005)
             v = v - q @ (done * (q.T @ v))
-        v = v * jax.lax.rsqrt(jnp.sum(v * v))
+        v = v * jnp.where(j < valid, jax.lax.rsqrt(jnp.sum(v * v)), 0.0)
         return q.at[:, j].set(v)
 
     return jax.lax.fori_loop(0, n, body, jnp.zeros_like(a))
+
+
+def orthogonal_matrices(key: jax.Array, shapes: Sequence[tuple[int, int]],
+                        scales: Sequence[float]) -> list[jax.Array]:
+    """Independent (semi-)orthogonal float32 matrices of ``shapes`` times ``scales``, the
+    law of :func:`orthogonal` for each, drawn together: one normal draw ``[K, m, n]`` (each
+    matrix, turned tall, in the top-left corner of a zero ``m × n`` block) and one
+    Gram–Schmidt loop ``vmap``-ed over the K blocks. Compiling it costs a fraction of K
+    separate initialisers, each with its own random-number kernel and loop.
+
+    >>> import jax, jax.numpy as jnp
+    >>> a, b = orthogonal_matrices(jax.random.key(0), [(5, 3), (2, 4)], [1.0, 3.0])
+    >>> bool(jnp.allclose(a.T @ a, jnp.eye(3), atol=1e-5)), bool(jnp.allclose(b @ b.T, 9 * jnp.eye(2), atol=1e-4))
+    (True, True)
+    """
+    tall = [(max(r, c), min(r, c)) for r, c in shapes]
+    m, n = max(t for t, _ in tall), max(w for _, w in tall)
+    inside = np.stack([(np.arange(m)[:, None] < t) & (np.arange(n)[None, :] < w) for t, w in tall])
+    a = jax.random.normal(key, (len(tall), m, n), jnp.float32) * inside
+    q = jax.vmap(_orthonormal_columns)(a, jnp.array([w for _, w in tall]))
+    return [scale * (q[i, :t, :w] if r >= c else q[i, :t, :w].T)
+            for i, ((r, c), (t, w), scale) in enumerate(zip(shapes, tall, scales, strict=True))]
 
 
 def orthogonal(scale: float = 1.0) -> Callable:
@@ -70,10 +96,10 @@ def orthogonal(scale: float = 1.0) -> Callable:
     return init
 
 
-def _dense(features: int, scale: float, name: str) -> nn.Dense:
-    return nn.Dense(
-        features, kernel_init=orthogonal(scale), bias_init=nn.initializers.zeros, name=name
-    )
+def _dense(features: int, name: str) -> nn.Dense:
+    """A dense layer whose kernel :func:`make_network`'s ``init`` draws (zeros until then)."""
+    return nn.Dense(features, kernel_init=nn.initializers.zeros,
+                    bias_init=nn.initializers.zeros, name=name)
 
 
 class ActorCritic(nn.Module):
@@ -86,6 +112,9 @@ class ActorCritic(nn.Module):
       activation: "tanh" or "relu".
       shared_torso: one torso feeds both heads.
       q_critic: the critic outputs Q(s, ·) (A values) instead of V(s).
+
+    Its kernels are created as zeros; :func:`make_network`'s ``init`` replaces them with
+    orthogonal matrices times :meth:`kernel_scale`.
     """
 
     num_outputs: int
@@ -95,20 +124,26 @@ class ActorCritic(nn.Module):
     shared_torso: bool = False
     q_critic: bool = False
 
+    @staticmethod
+    def kernel_scale(layer: str) -> float:
+        """The orthogonal init's scale of a layer's kernel: 0.01 for the policy head, 1 for
+        the critic head and √2 for the hidden layers (as is customary for PPO)."""
+        return {"policy_head": 0.01, "critic_head": 1.0}.get(layer, 2.0**0.5)
+
     @nn.compact
     def __call__(self, obs: jax.Array):
         act = {"tanh": nn.tanh, "relu": nn.relu}[self.activation]
 
         def torso(x, name):
             for i, width in enumerate(self.hidden):
-                x = act(_dense(width, 2.0**0.5, f"{name}_{i}")(x))
+                x = act(_dense(width, f"{name}_{i}")(x))
             return x
 
         actor_h = torso(obs, "torso" if self.shared_torso else "actor")
         critic_h = actor_h if self.shared_torso else torso(obs, "critic")
-        out = _dense(self.num_outputs, 0.01, "policy_head")(actor_h)
+        out = _dense(self.num_outputs, "policy_head")(actor_h)
         critic_width = self.num_outputs if self.q_critic else 1
-        critic = _dense(critic_width, 1.0, "critic_head")(critic_h)
+        critic = _dense(critic_width, "critic_head")(critic_h)
         critic = critic if self.q_critic else critic[..., 0]
         if self.discrete:
             return out, critic
@@ -144,4 +179,16 @@ def make_network(
     if activation not in ("tanh", "relu"):
         raise ValueError(f"`activation` must be 'tanh' or 'relu', got {activation!r}")
     module = ActorCritic(num_outputs, discrete, tuple(hidden), activation, shared_torso, q_critic)
-    return Network(init=module.init, apply=module.apply)
+
+    def init(key: jax.Array, obs: jax.Array) -> Params:
+        params = module.init(key, obs)  # zero kernels: flax draws nothing
+        leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+        kernels = [i for i, (path, _) in enumerate(leaves) if path[-1].key == "kernel"]
+        drawn = orthogonal_matrices(key, [leaves[i][1].shape for i in kernels],
+                                    [module.kernel_scale(leaves[i][0][-2].key) for i in kernels])
+        values = [leaf for _, leaf in leaves]
+        for i, kernel in zip(kernels, drawn, strict=True):
+            values[i] = kernel
+        return jax.tree.unflatten(treedef, values)
+
+    return Network(init=init, apply=module.apply)

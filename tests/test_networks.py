@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from _lapack import LAPACK_PRIMITIVES, primitive_names
 
-from jaxadv.networks import make_network, orthogonal
+from jaxadv.networks import make_network, orthogonal, orthogonal_matrices
 
 
 def test_primitive_walker_finds_qr_in_flax_orthogonal():
@@ -76,6 +76,51 @@ def test_orthogonal_matches_jax_distribution(shape):
         assert _ks_distance(stat(ours), stat(ref)) < 0.039
     np.testing.assert_allclose(ours.mean(0), 0.0, atol=0.03)
     np.testing.assert_allclose((ours**2).mean(0), 1.0 / max(shape), rtol=0.1)
+
+
+MIXED = [(5, 3), (3, 5), (4, 4), (7, 1)]  # padded together into one 7 × 5 block
+
+
+def test_orthogonal_matrices_are_orthonormal_with_their_scales():
+    scales = [1.0, 2.0, 0.01, 3.0]
+    for w, shape, scale in zip(orthogonal_matrices(jax.random.key(3), MIXED, scales), MIXED,
+                               scales, strict=True):
+        w = np.asarray(w, np.float64)
+        assert w.shape == shape
+        gram = w.T @ w if shape[0] >= shape[1] else w @ w.T
+        np.testing.assert_allclose(gram, scale**2 * np.eye(min(shape)), atol=1e-5 * scale**2)
+
+
+def test_orthogonal_matrices_match_jax_distribution_and_are_independent():
+    """Each matrix of a joint draw has the Haar law of jax.nn.initializers.orthogonal (KS on
+    the first entry and the trace, as above), and matrices of one draw are uncorrelated."""
+    n = 5000
+    keys_ours, keys_ref = jax.random.split(jax.random.key(11), (2, n))
+    ours = jax.jit(jax.vmap(lambda k: orthogonal_matrices(k, MIXED, [1.0] * 4)))(keys_ours)
+    ref_init = jax.nn.initializers.orthogonal()
+    for w, shape in zip(ours, MIXED, strict=True):
+        w = np.asarray(w)
+        ref = np.asarray(jax.jit(lambda ks, s=shape: jax.lax.map(lambda k: ref_init(k, s), ks))(keys_ref))
+        k = min(shape)
+        for stat in (lambda x: x[:, 0, 0], lambda x: np.trace(x[:, :k, :k], axis1=1, axis2=2)):
+            assert _ks_distance(stat(w), stat(ref)) < 0.039
+    first = np.stack([np.asarray(w)[:, 0, 0] for w in ours])  # [4 matrices, n]
+    corr = np.corrcoef(first)[np.triu_indices(4, 1)]
+    assert np.all(np.abs(corr) < 4 / np.sqrt(n)), corr
+
+
+def test_network_init_scales_each_kernel_and_zeroes_biases():
+    """√2-orthogonal hidden kernels, 0.01 policy head, 1.0 critic head (PPO's custom)."""
+    net = make_network(3, hidden=(16, 8))
+    params = net.init(jax.random.key(0), jnp.zeros(5))["params"]
+    expect = {"actor_0": 2.0, "actor_1": 2.0, "critic_0": 2.0, "critic_1": 2.0,
+              "policy_head": 1e-4, "critic_head": 1.0}
+    for layer, square in expect.items():
+        w = np.asarray(params[layer]["kernel"], np.float64)
+        gram = w.T @ w if w.shape[0] >= w.shape[1] else w @ w.T
+        np.testing.assert_allclose(gram, square * np.eye(min(w.shape)), atol=1e-5 * square)
+        assert not np.any(np.asarray(params[layer]["bias"]))
+    assert not np.allclose(params["actor_0"]["kernel"], params["critic_0"]["kernel"])
 
 
 def test_apply_shapes_discrete_continuous_and_q_critic():

@@ -79,7 +79,7 @@ A2C_HP = HParams(lr=2.5e-3)
 
 def test_a2c_cartpole_reaches_400():
     """A2C (GAE λ = 0.95, 1 × 1 update, 16 envs × 16 steps, 10⁶ steps, lr 2.5e-3 annealed,
-    raw advantages). Measured 481, 493, 489, 492. Sweeps (8 seeds each): lr 1.5e-3 → all 8
+    raw advantages). Measured 492, 476, 495, 500. Sweeps (8 seeds each): lr 1.5e-3 → all 8
     in 479–500; 2.5e-3 → 15 of 16 seeds in 479–500, one at 201; 7.5×10⁵ steps → one or two
     seeds in 8 stuck near 150–300. With advantages normalised per update (256 transitions),
     or at 5×10⁵ steps, A2C means were 150–430 with seeds stuck at 150–250.
@@ -98,7 +98,7 @@ REINFORCE_HP = HParams(lr=4e-3)
 def test_reinforce_with_baseline_cartpole_reaches_400():
     """REINFORCE: Monte Carlo returns (bootstrapped only at the window's end) minus a learned
     baseline, 8 envs × 128 steps, 5×10⁵ steps, lr 4e-3 annealed, raw advantages.
-    Measured 500, 500, 500, 500. Sweep (8 seeds): lr 4e-3 → all 8 in 498–500; 2e-3 → mean
+    Measured 499, 500, 500, 500. Sweep (8 seeds): lr 4e-3 → all 8 in 498–500; 2e-3 → mean
     469; 1e-3 → mean 399. With 32-step windows (mostly bootstrapped) results were erratic.
     """
     _, metrics = run_seeds(REINFORCE_CARTPOLE, REINFORCE_HP, seeds=4)
@@ -109,7 +109,7 @@ def test_reinforce_with_baseline_cartpole_reaches_400():
 
 def test_ppo_acrobot_reaches_minus_100():
     """PPO, 8 envs × 64 steps, 4 × 4 minibatches, lr 2e-3 annealed, 2×10⁵ steps. Measured
-    −83, −85, −81, −82; −81 to −89 on 12 seeds (random policy: −500). With lr 1e-3 and
+    −86, −84, −81, −82; −81 to −89 on 12 seeds (random policy: −500). With lr 1e-3 and
     4 envs × 128 steps one seed in 12 stayed at −203."""
     config = TrainConfig(env="Acrobot-v1", num_envs=8, num_steps=64, total_timesteps=200_000)
     _, metrics = run_seeds(config, HParams(lr=2e-3), seeds=4)
@@ -121,7 +121,7 @@ def test_ppo_acrobot_reaches_minus_100():
 def test_ppo_pendulum_learns():
     """Continuous actions (diagonal Gaussian): PPO, 16 envs × 64 steps, 4 epochs × 8
     minibatches, running observation normalisation and reward scaling, γ = 0.95, lr 2e-3,
-    no entropy bonus, 2×10⁵ steps. Measured −192, −190, −207, −171 (random policy ≈ −1200;
+    no entropy bonus, 2×10⁵ steps. Measured −185, −213, −201, −170 (random policy ≈ −1200;
     in sweeps γ 0.99 → mean −187; lr 1e-3 → mean −196 to −238)."""
     config = TrainConfig(env="Pendulum-v1", num_envs=16, num_steps=64, num_minibatches=8,
                          normalize_obs=True, scale_rewards=True, total_timesteps=200_000)
@@ -135,7 +135,7 @@ def test_ppo_pendulum_learns():
 def test_ppo_qv_cartpole_reaches_400():
     """The ``qv`` estimator (Q critic, expected-SARSA targets, A = Q(s, a) − Σπ Q(s, ·)) with
     PPO's defaults plus reward scaling and raw advantages, lr 4e-3, 3×10⁵ steps.
-    Measured 496, 500, 495, 478; sweeps: 482–500 on 16 seeds (lr 3e-3: 500 on 8 of 8).
+    Measured 500, 500, 500, 495; sweeps: 482–500 on 16 seeds (lr 3e-3: 500 on 8 of 8).
     Without reward scaling, or with per-minibatch advantage normalisation, 25–75% of seeds
     collapse to a deterministic policy (return 9) within the first few updates: the Q of
     the less-sampled action lags far behind while the values climb from 0 to ~1/(1 − γ).
