@@ -13,7 +13,9 @@ cores the training call kept busy (process CPU time ÷ wall time); the raw ceili
 jaxadv's CartPole stepped with a policy forward pass and action sampling at the same
 ``num_envs`` for the same steps, nothing stored or learned — and the ratio to it; compile
 seconds and the compiled program's memory (arguments + outputs + temporaries, from XLA's
-memory analysis). The last rows train 4 and 16 seeds vmapped at 4 envs each.
+memory analysis); the micro-batch size the trainer chose (``TrainConfig.micro_batch_size``,
+automatic on CPU) and, where it chose one, its speed over the same program computing
+each minibatch's gradient at once. The last rows train 4 and 16 seeds vmapped at 4 envs each.
 
 The ``cli`` column runs the same configuration as a user does — ``jaxadv train --quiet`` in
 a subprocess, with its defaults: chunks of updates per compiled call, metrics.csv,
@@ -81,6 +83,7 @@ from jaxadv.train import (  # noqa: E402
     loss_fn,
     make_setup,
     make_train,
+    micro_batch_size,
     optimizer,
 )
 
@@ -210,9 +213,10 @@ def _config(num_envs: int) -> TrainConfig:
     return TrainConfig(num_envs=num_envs, total_timesteps=max(ARGS.total_timesteps, 4 * num_envs * 128))
 
 
-def train_job(num_envs: int, seeds: int = 0):
-    """jaxadv's ``train`` at ``num_envs`` (vmapped over ``seeds`` if > 0), compiled."""
-    train = make_train(_config(num_envs))
+def train_job(num_envs: int, seeds: int = 0, **changes):
+    """jaxadv's ``train`` at ``num_envs`` (vmapped over ``seeds`` if > 0; ``changes`` to its
+    config), compiled."""
+    train = make_train(_config(num_envs).replace(**changes))
     return _compiled(jax.vmap(train, (0, None)) if seeds else train, _seed_keys(seeds), HParams())
 
 
@@ -246,8 +250,8 @@ def main() -> None:
     print("| num_envs | seeds | train steps/s | cli steps/s | cli ÷ train | reference steps/s "
           "| train ÷ ref | cli ÷ ref | kFLOP/step | GFLOP/s | ÷ GEMM peak | cores busy "
           "| ceiling steps/s | train ÷ ceiling | compile s: train | cli (first, cached) "
-          "| reference | memory MB |")
-    print("|" + "---:|" * 18)
+          "| reference | memory MB | micro-batch | ÷ whole minibatches |")
+    print("|" + "---:|" * 20)
     rows = [(n, 0) for n in ARGS.sizes] + [(4, s) for s in ARGS.seeds]
     for num_envs, seeds in rows:
         print(_row(num_envs, seeds, peak, scratch), flush=True)
@@ -263,6 +267,9 @@ def _row(num_envs: int, seeds: int, peak: float, scratch: pathlib.Path) -> str:
             "ceiling": ceiling(num_envs * max(seeds, 1), steps)}
     if ARGS.reference:
         jobs["reference"] = reference_job(num_envs, seeds)
+    micro = micro_batch_size(config)
+    if micro:  # the same program without micro-batches, to show what they bring
+        jobs["whole"] = train_job(num_envs, seeds, micro_batch_size=0)
     times = {name: [] for name in jobs}
     busy, cli = [], []
     for i in range(ARGS.repeats):  # interleaved, so a slow spell of the machine hits all
@@ -277,6 +284,7 @@ def _row(num_envs: int, seeds: int, peak: float, scratch: pathlib.Path) -> str:
     speed = steps / med["train"]
     top = steps / med["ceiling"]
     ref = steps / med["reference"] if ARGS.reference else nan
+    whole = steps / med["whole"] if micro else nan
     cli_speed = float(np.median([c["steps_per_second"] for c in cli])) if cli else nan
     first = cli[0]["compile_seconds"] if cli else nan
     cached = float(np.median([c["compile_seconds"] for c in cli[1:]])) if len(cli) > 1 else nan
@@ -288,7 +296,8 @@ def _row(num_envs: int, seeds: int, peak: float, scratch: pathlib.Path) -> str:
         f"| {ref:,.0f} | {speed / ref:.2f} | {cli_speed / ref:.2f} | {flops / 1e3:.0f} "
         f"| {speed * flops / 1e9:.1f} | {speed * flops / peak:.2f} | {np.median(busy):.2f} "
         f"| {top:,.0f} | {speed / top:.2f} | {compile_s:.1f} | {first:.1f}, {cached:.1f} "
-        f"| {ref_compile:.1f} | {_memory_mb(compiled):.0f} |"
+        f"| {ref_compile:.1f} | {_memory_mb(compiled):.0f} | {micro or '-'} "
+        f"| {speed / whole:.2f} |"
     )
 
 

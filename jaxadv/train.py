@@ -16,6 +16,7 @@ network, policy, table rows), each readable on its own:
   log-probabilities and ReMax's greedy rollout where configured);
 * :func:`estimate` — advantages and critic targets from the estimator table;
 * :func:`loss_fn` — policy loss + value loss − entropy bonus (+ KL) on one minibatch;
+* :func:`minibatch_gradient` — its gradient, summed over cache-sized micro-batches on CPU;
 * :func:`optimise` — epochs × shuffled minibatches of gradient steps;
 * :func:`update` — one update: the four above, then the update's metrics.
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from typing import Annotated, Any, Literal, NamedTuple
 
 import flax
@@ -74,6 +76,7 @@ from jaxadv.warm_start import supervised_warm_start
 
 __all__ = [
     "ALGOS",
+    "AUTO_MICRO_BATCH",
     "ESTIMATORS",
     "NONFINITE",
     "SEQUENCE_ESTIMATORS",
@@ -90,6 +93,8 @@ __all__ = [
     "make_setup",
     "make_train",
     "make_trainer",
+    "micro_batch_size",
+    "minibatch_gradient",
     "optimise",
     "optimizer",
     "permutations",
@@ -209,6 +214,8 @@ class TrainConfig:
     """the warm start's fixed pool of prompts with their correct responses."""
     warm_start_lr: float = 1e-3
     """the warm start's Adam learning rate."""
+    micro_batch_size: int | None = None
+    """samples per gradient micro-batch: each minibatch's gradient is summed over micro-batches of this many samples in a lax.scan, then one optimiser step (the same gradient up to float rounding; smaller working sets stay in cache). 0: the whole minibatch at once; default: 2048 on CPU where it divides a larger minibatch, else 0. Not with --episodic."""
 
     def __post_init__(self) -> None:
         check_choice("env", self.env, tuple(registered_names()))
@@ -288,6 +295,14 @@ class TrainConfig:
             raise ValueError(
                 f"`estimator` = {self.estimator!r} needs a discrete action space; `env` = {self.env!r} is continuous"
             )
+        if self.micro_batch_size:
+            positive_int("micro_batch_size", self.micro_batch_size)
+            if self.episodic:
+                raise ValueError("`micro_batch_size` needs per-sample losses: not with --episodic")
+            if self.minibatch_size % self.micro_batch_size:
+                raise ValueError(
+                    f"`micro_batch_size` = {self.micro_batch_size} must divide the minibatch "
+                    f"num_envs * num_steps / num_minibatches = {self.minibatch_size}")
         if self.warm_start_steps and self.network != "transformer":
             raise ValueError("`warm_start_steps` > 0 needs `network` = 'transformer' (teacher forcing)")
 
@@ -320,6 +335,11 @@ class TrainConfig:
                 if field not in changes and getattr(self, field) == default:
                     changes[field] = None
         return dataclasses.replace(self, **changes)
+
+    @property
+    def minibatch_size(self) -> int:
+        """Samples per minibatch (without --episodic): batch_size // num_minibatches."""
+        return self.batch_size // self.num_minibatches
 
     @property
     def batch_size(self) -> int:
@@ -493,6 +513,8 @@ class Setup:
       info_keys: ``info`` entries the rollout keeps (a token env's ``metric_keys``).
       pad: the token id of padding where a transformer is teacher-forced on whole episodes,
         else ``None``.
+      micro_batch: samples per gradient micro-batch (``config.micro_batch_size`` resolved:
+        :func:`micro_batch_size`), or 0 for whole minibatches.
     """
 
     config: TrainConfig
@@ -507,6 +529,7 @@ class Setup:
     use_critic: bool
     info_keys: tuple[str, ...]
     pad: int | None
+    micro_batch: int = 0
 
     @property
     def q_critic(self) -> bool:
@@ -540,7 +563,22 @@ def make_setup(config: TrainConfig) -> Setup:
         algorithm=ALGORITHMS[config.algo], estimator=estimator, use_critic=use_critic,
         info_keys=metric_keys(env),
         pad=raw.tokens.pad if config.episodic and config.network == "transformer" else None,
+        micro_batch=micro_batch_size(config),
     )
+
+
+AUTO_MICRO_BATCH = 2048  # samples: measured fastest on a 2-core x86 CPU (benchmarks/throughput.py)
+
+
+def micro_batch_size(config: TrainConfig, backend: str | None = None) -> int:
+    """``config.micro_batch_size`` if set, else :data:`AUTO_MICRO_BATCH` on a CPU ``backend``
+    (default: JAX's) when it divides a larger minibatch, else 0 (whole minibatches)."""
+    if config.micro_batch_size is not None:
+        return config.micro_batch_size
+    if config.episodic or (backend or jax.default_backend()) != "cpu":
+        return 0
+    mb = config.minibatch_size
+    return AUTO_MICRO_BATCH if mb > AUTO_MICRO_BATCH and mb % AUTO_MICRO_BATCH == 0 else 0
 
 
 def optimizer(setup: Setup, hp: HParams) -> optax.GradientTransformation:
@@ -674,17 +712,19 @@ def _value_loss(setup: Setup, critic: jax.Array, traj: Transition, targets: jax.
     return losses.value_loss(pred, targets, mask, reduction=config.loss_reduction)
 
 
-def loss_fn(setup: Setup, params: Any, batch: tuple, hp: HParams) -> tuple[jax.Array, dict]:
+def loss_fn(setup: Setup, params: Any, batch: tuple, hp: HParams, *,
+            normalize: bool | None = None) -> tuple[jax.Array, dict]:
     """``(total loss, metrics)`` of one minibatch ``batch = (traj, advantages, targets,
     mask, ref_log_prob)``: the algorithm's policy loss + ``vf_coef`` × value loss −
-    ``ent_coef`` × entropy bonus (+ ``kl_coef`` × KL to the reference with ``kl = "loss"``)."""
+    ``ent_coef`` × entropy bonus (+ ``kl_coef`` × KL to the reference with ``kl = "loss"``).
+    ``normalize``: standardise ``advantages`` first (default ``normalize_advantages``)."""
     traj, advantages, targets, mask, ref_log_prob = batch
     config = setup.config
     reduction = config.loss_reduction
     pi, critic = policy_outputs(setup, params, traj.obs, mask)
     log_prob = setup.policy.log_prob(pi, traj.action)
     entropy = losses.entropy_bonus(setup.policy.entropy(pi), mask, reduction=reduction)
-    if config.normalize_advantages:
+    if config.normalize_advantages if normalize is None else normalize:
         advantages = adv.normalize(advantages, mask)
     policy_loss, info = setup.algorithm.policy_loss(
         log_prob, traj.log_prob, advantages, mask, clip_eps=hp.clip_eps, reduction=reduction)
@@ -697,6 +737,36 @@ def loss_fn(setup: Setup, params: Any, batch: tuple, hp: HParams) -> tuple[jax.A
                    "approx_kl": info["approx_kl"], "clip_fraction": info["clip_fraction"]}
 
 
+def minibatch_gradient(setup: Setup, loss: Callable, flat_params: jax.Array,
+                       batch: tuple) -> tuple[tuple[jax.Array, dict], jax.Array]:
+    """``((total, metrics), gradient)`` of ``loss(flat_params, batch, normalize)`` (a
+    :func:`loss_fn` of the raveled parameters) on one minibatch.
+
+    With ``setup.micro_batch`` > 0 the minibatch (per-sample losses, every leaf
+    ``[M, ...]``) is cut into ``M / micro_batch`` micro-batches whose gradients and metrics
+    are summed in a ``lax.scan`` and divided by their number; the advantages are
+    standardised over the whole minibatch first. The losses are means over samples, so this
+    is the whole-minibatch gradient up to the order of float additions."""
+    grad = jax.value_and_grad(loss, has_aux=True)
+    if not setup.micro_batch:
+        return grad(flat_params, batch, None)
+    traj, advantages, targets, mask, ref_log_prob = batch
+    if setup.config.normalize_advantages:
+        advantages = adv.normalize(advantages, mask)
+    parts = advantages.shape[0] // setup.micro_batch
+    cut = lambda x: x.reshape(parts, setup.micro_batch, *x.shape[1:])
+    micro = jax.tree.map(cut, (traj, advantages, targets, ref_log_prob))
+
+    def one(part):
+        part_traj, part_adv, part_targets, part_ref = part
+        return grad(flat_params, (part_traj, part_adv, part_targets, None, part_ref), False)
+
+    add = lambda total, part: (jax.tree.map(jnp.add, total, one(part)), None)
+    zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(one, jax.tree.map(lambda x: x[0], micro)))
+    total, _ = jax.lax.scan(add, zeros, micro)
+    return jax.tree.map(lambda x: x / parts, total)
+
+
 def optimise(setup: Setup, flat_params: jax.Array, opt_state: Any, unravel: Any, data: tuple,
              key: jax.Array, hp: HParams) -> tuple[jax.Array, Any, dict]:
     """``update_epochs`` passes of ``num_minibatches`` shuffled minibatches over ``data``
@@ -707,13 +777,14 @@ def optimise(setup: Setup, flat_params: jax.Array, opt_state: Any, unravel: Any,
     """
     config = setup.config
     opt = optimizer(setup, hp)
-    loss = lambda flat, batch: loss_fn(setup, unravel(flat), batch, hp)
+    loss = lambda flat, batch, normalize: loss_fn(setup, unravel(flat), batch, hp,
+                                                  normalize=normalize)
     axis, size = (1, config.num_envs) if config.episodic else (0, config.batch_size)
     mb = size // config.num_minibatches
 
     def minibatch(carry, batch):
         params, opt_state = carry
-        (total, metrics), grads = jax.value_and_grad(loss, has_aux=True)(params, batch)
+        (total, metrics), grads = minibatch_gradient(setup, loss, params, batch)
         updates, opt_state = opt.update(grads, opt_state, params)
         metrics["grad_norm"] = optax.tree.norm(grads)
         params = params + updates
