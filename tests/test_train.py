@@ -470,10 +470,13 @@ def test_bad_hparams_raise_value_error_naming_the_field(field, value):
 # --- minibatch permutations -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("size", [1, 4, 512, 8192, 70_000])
+@pytest.mark.parametrize("size", [1, 4, 512, 8192, 70_000, 2**18 + 3])
 def test_permutations_are_permutations(size):
-    """Packed single-operand sorts up to 2¹⁶ items, ``jax.random.permutation`` beyond."""
+    """Packed single-operand sorts: key ranks up to 2¹⁶ items, a radix sort beyond. Each row
+    is numpy's stable argsort of its 32-bit random keys (ties in index order)."""
     rows = np.asarray(permutations(jax.random.key(1), 2, size))
+    keys = np.asarray(jax.random.bits(jax.random.key(1), (2, size), jnp.uint32))
+    np.testing.assert_array_equal(rows, np.argsort(keys, axis=1, kind="stable"))
     np.testing.assert_array_equal(np.sort(rows, axis=1), np.broadcast_to(np.arange(size), rows.shape))
     assert size < 4 or not np.array_equal(rows[0], rows[1])
 
