@@ -581,7 +581,9 @@ def make_setup(config: TrainConfig) -> Setup:
     )
 
 
-AUTO_MICRO_BATCH = 2048  # samples: measured fastest on a 2-core x86 CPU (benchmarks/throughput.py)
+AUTO_MICRO_BATCH = 2048
+"""Samples per micro-batch chosen on CPU (:func:`micro_batch_size`): of 1024, 2048 and 4096
+the fastest on a 2-core x86 CPU (README, "Thousands of environments")."""
 
 
 def micro_batch_size(config: TrainConfig, backend: str | None = None) -> int:
