@@ -5,7 +5,8 @@ they can use every core by giving XLA one host device per core and placing a sha
 seeds on each. XLA's results depend on the size of a vmapped batch, so the seeds are
 computed in :func:`seed_groups` groups of equal size whatever the device count: one device
 runs its groups one after another (``lax.map``), several run them side by side, and every
-seed gets the same bits either way.
+seed gets the same bits either way. :func:`map_over_devices` does the same for independent
+batches of one computation (the variance reports' gradient estimates).
 
 >>> seed_groups(16, devices=2), seed_groups(6, devices=4), seed_groups(7, devices=2)
 (2, 3, 1)
@@ -14,10 +15,15 @@ seed gets the same bits either way.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import Any
 
 import jax
+import numpy as np
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
-__all__ = ["seed_groups", "use_host_devices"]
+__all__ = ["map_over_devices", "seed_groups", "use_host_devices"]
 
 
 def use_host_devices(count: int | None = None) -> int | None:
@@ -45,3 +51,17 @@ def seed_groups(seeds: int, devices: int) -> int:
     groups over devices: ``seed_groups(groups, devices)`` devices hold as many each."""
     return max(g for g in range(1, min(seeds, max(devices, 1)) + 1) if seeds % g == 0)
 
+
+
+def map_over_devices(fn: Callable, xs: Any, devices: int | None = None) -> Any:
+    """``jax.lax.map(fn, xs)`` with the leading axis ``[M, ...]`` of ``xs`` (a pytree) split
+    over ``seed_groups(M, devices)`` local devices (default: all of them), each mapping its
+    share in turn (``shard_map`` over a 1-D mesh). Every element goes through the same loop
+    body whatever the device count, so the results are the same bits on one device or
+    several. Call it inside ``jax.jit``; ``fn`` may close over arrays (replicated)."""
+    size = jax.tree.leaves(xs)[0].shape[0]
+    used = seed_groups(size, devices or jax.local_device_count())
+    mapped = lambda part: jax.lax.map(fn, part)
+    mesh = Mesh(np.array(jax.local_devices()[:used]), ("batches",))
+    return jax.shard_map(mapped, mesh=mesh, in_specs=P("batches"), out_specs=P("batches"),
+                         check_vma=False)(xs)

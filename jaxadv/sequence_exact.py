@@ -79,6 +79,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from jaxadv import losses
+from jaxadv.devices import map_over_devices
 from jaxadv.envs.sequence import SequenceParams, SequenceTask
 from jaxadv.estimators import ESTIMATORS as ESTIMATOR_TABLE
 from jaxadv.estimators import EstimatorArgs, EstimatorInput
@@ -572,6 +573,7 @@ def sample_sequence_gradients(
     shapes: Sequence[tuple[int, int]] = ((4, 4),),
     num_batches: int = 1000,
     eps: float = 1e-6,
+    devices: int | None = None,
 ) -> jax.Array:
     """Every estimator's gradient estimate from ``num_batches`` independent batches.
 
@@ -589,7 +591,9 @@ def sample_sequence_gradients(
       estimators: names from :data:`ESTIMATORS` (static).
       reductions: names from :data:`REDUCTIONS` (static).
       shapes: ``(G, K)`` pairs (static), ``K ≥ 2``.
-      num_batches: independent batches (static); run by ``jax.lax.map``, one compile.
+      num_batches: independent batches (static); run by ``jax.lax.map``, one compile,
+        spread over at most ``devices`` local devices (default: all;
+        :func:`~jaxadv.devices.map_over_devices`: the same bits on any count).
       eps: the std normalisers' stabiliser (``grpo``, ``rfpp``).
 
     Returns:
@@ -623,7 +627,7 @@ def sample_sequence_gradients(
             out.append(jnp.stack(per_est))
         return jnp.stack(out)  # [S, E, Rd, D]
 
-    estimates = jax.lax.map(one_batch, jax.random.split(key, num_batches))
+    estimates = map_over_devices(one_batch, jax.random.split(key, num_batches), devices)
     return jnp.moveaxis(estimates, 0, 3)
 
 
@@ -655,6 +659,7 @@ def sequence_report(
     confidence: float = 0.95,
     eps: float = 1e-6,
     tables: SequenceTables | None = None,
+    devices: int | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Bias and variance of every sequence estimator × reduction × ``(G, K)`` against the
     exact ``∇J`` (rows like :func:`jaxadv.variance.mdp_report`'s).
@@ -669,7 +674,7 @@ def sequence_report(
       params, apply_all: the policy (:func:`jaxadv.transformer.make_transformer`).
       env: a tiny :class:`SequenceTask` (:func:`enumerate_responses`).
       prompts: int ``[Np, P]`` prompt regions, drawn uniformly in each batch.
-      estimators, reductions, shapes, num_batches, eps: :func:`sample_sequence_gradients`.
+      estimators, reductions, shapes, num_batches, eps, devices: :func:`sample_sequence_gradients`.
       env_params: default ``env.default_params``.
       confidence: of the bias intervals.
       tables: :func:`sequence_tables` of these ``params``, ``prompts`` and ``env_params``
@@ -694,7 +699,7 @@ def sequence_report(
         raise ValueError(f"`tables` hold {tables.log_probs.shape[0]} prompts, `prompts` {prompts.shape[0]}")
     sample = jax.jit(lambda k, t: sample_sequence_gradients(
         k, t, estimators=estimators, reductions=reductions, shapes=shapes,
-        num_batches=num_batches, eps=eps))
+        num_batches=num_batches, eps=eps, devices=devices))
     estimates = np.asarray(sample(key, tables))  # float32; float64 one slice at a time
 
     pi = np.exp(np.asarray(tables.log_probs, np.float64))  # [Np, M]

@@ -43,7 +43,8 @@ from jax.flatten_util import ravel_pytree
 
 from jaxadv import advantages as adv
 from jaxadv import exact
-from jaxadv.envs import make, normalize_obs
+from jaxadv.devices import map_over_devices
+from jaxadv.envs import make
 from jaxadv.estimators import ESTIMATORS, EstimatorArgs, EstimatorInput
 from jaxadv.rollout import Policy, first_episode_mask, make_policy, rollout
 from jaxadv.validate import positive_int
@@ -183,6 +184,8 @@ def sample_gradients(
     estimators: Sequence[Estimator],
     batch_sizes: Sequence[int],
     num_batches: int,
+    obs_stats: Any = None,
+    devices: int | None = None,
 ) -> GradientSamples:
     """Draw ``num_batches`` batches of ``max(batch_sizes)`` trajectories and return every
     estimator's gradient estimate for every batch size.
@@ -203,6 +206,13 @@ def sample_gradients(
       estimators: the estimators (static).
       batch_sizes: the ``N``s (static, each ``>= 1``).
       num_batches: ``M`` (static).
+      obs_stats: observation statistics the policy and critic see observations normalised
+        by (:func:`jaxadv.envs.normalize_obs`; ``None``: raw observations).
+      devices: the batches are spread over at most this many local devices (default: all;
+        :func:`~jaxadv.devices.map_over_devices`). Pass the arrays (``params``,
+        ``critic_params``, ``env_params``, ``obs_stats``) as arguments of the enclosing
+        ``jax.jit``, not as constants it closes over: then every batch is the same bits on
+        any count.
 
     Returns:
       :class:`GradientSamples`.
@@ -217,7 +227,7 @@ def sample_gradients(
         key_reset, key_roll = jax.random.split(key)
         obs, state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(key_reset, n_max), env_params)
         traj = rollout(
-            key_roll, flat, state, obs, None, None, apply_fn=apply_fn, policy=policy,
+            key_roll, flat, state, obs, obs_stats, None, apply_fn=apply_fn, policy=policy,
             env=env, env_params=env_params, num_steps=horizon,
         ).traj
         alive = first_episode_mask(traj.episode_done)
@@ -240,9 +250,9 @@ def sample_gradients(
         steps = jnp.cumsum(jnp.sum(alive, axis=0))[idx]
         return jnp.moveaxis(means, 1, 0), steps.astype(jnp.int32)  # [E, nN, D], [nN]
 
-    # one batch after another (lax.map without batch_size): vmapping several batches
-    # together would make a larger program to compile
-    means, steps = jax.lax.map(one_batch, jax.random.split(key, num_batches))
+    # one batch after another on each device (lax.map without batch_size): vmapping several
+    # batches together would make a larger program to compile
+    means, steps = map_over_devices(one_batch, jax.random.split(key, num_batches), devices)
     return GradientSamples(jnp.moveaxis(means, 0, 2), jnp.moveaxis(steps, 0, 1))
 
 
@@ -426,6 +436,7 @@ def mdp_report(
     num_batches: int = 200,
     horizon: int | None = None,
     confidence: float = 0.95,
+    devices: int | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Every estimator × critic × batch size on a tabular MDP, against the exact gradient.
 
@@ -439,6 +450,8 @@ def mdp_report(
       num_batches: ``M`` independent batches per ``N``.
       horizon: steps per trajectory (default :func:`default_horizon`).
       confidence: of the bias interval.
+      devices: spread the batches over at most this many local devices (default: all);
+        the results are the same bits on any count.
 
     Returns:
       ``(rows, info)``: one dict per (critic, estimator, N) with ``critic``,
@@ -456,17 +469,18 @@ def mdp_report(
     g = exact.policy_gradient(mdp, logits).reshape(-1)
     v = exact.values(mdp, logits)[0]
     policy_fn, critic_fn = _tabular_fns()
-    sample = jax.jit(lambda k, v_hat: sample_gradients(
+    sample = jax.jit(lambda k, logits, v_hat, env_params: sample_gradients(
         k, logits, v_hat, policy_fn=policy_fn, critic_fn=critic_fn,
         policy=make_policy(True, logits.shape[1]), env=env, env_params=env_params,
         horizon=horizon, gamma=mdp.gamma, estimators=ests, batch_sizes=batch_sizes,
-        num_batches=num_batches))
+        num_batches=num_batches, devices=devices))
     key_sample, key_critic = jax.random.split(key)
     rows, critic_error = [], {}
     for kind in kinds:
         v_hat = critic_values(kind, mdp, logits, key_critic, horizon=horizon)
         critic_error[kind] = float(jnp.linalg.norm(v_hat - v) / jnp.linalg.norm(v))
-        rows += _rows(sample(key_sample, v_hat), g, ests, batch_sizes, confidence, critic=kind)
+        rows += _rows(sample(key_sample, logits, v_hat, env_params), g, ests, batch_sizes,
+                      confidence, critic=kind)
     info = {"gradient_norm": float(jnp.linalg.norm(g)), "horizon": horizon,
             "num_batches": num_batches, "critic_relative_error": critic_error}
     return rows, info
@@ -512,6 +526,8 @@ def network_report(
     num_batches: int = 100,
     reference_factor: int = 100,
     confidence: float = 0.95,
+    obs_stats: Any = None,
+    devices: int | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Like :func:`mdp_report` for any environment, against a large-batch reference.
 
@@ -519,24 +535,26 @@ def network_report(
     ``reference_factor × max(batch_sizes)`` trajectories drawn with a separate key, in
     100 batches (``info["reference"]``, ``[D]``); ``info["reference_error"]`` is its standard error ``√(tr Cov / R)`` —
     the expected norm of its own error, which adds ``reference_error²`` to every
-    ``bias_sq`` and ``mse`` (negligible when ``R ≫ N``).
+    ``bias_sq`` and ``mse`` (negligible when ``R ≫ N``). ``obs_stats`` and ``devices``: as
+    for :func:`sample_gradients`.
     """
     ests = _check_common(estimators, batch_sizes, num_batches)
     positive_int("reference_factor", reference_factor)
-    common = dict(policy_fn=policy_fn, critic_fn=critic_fn, policy=policy, env=env,
-                  env_params=env_params, horizon=horizon, gamma=gamma)
+    def draw(key, ests, sizes, num):  # the arrays are arguments: the same bits on any devices
+        fn = lambda key, arrays: sample_gradients(
+            key, *arrays[:2], env_params=arrays[2], obs_stats=arrays[3], policy_fn=policy_fn,
+            critic_fn=critic_fn, policy=policy, env=env, horizon=horizon, gamma=gamma,
+            estimators=ests, batch_sizes=sizes, num_batches=num, devices=devices)
+        return jax.jit(fn)(key, (params, critic_params, env_params, obs_stats))
+
     key_sample, key_ref = jax.random.split(key)
     n_max, ref_batches = max(batch_sizes), 100
     ref_size = max(1, math.ceil(reference_factor * n_max / ref_batches))
-    ref = jax.jit(lambda k: sample_gradients(
-        k, params, critic_params, estimators=(Estimator("mc"),), batch_sizes=(ref_size,),
-        num_batches=ref_batches, **common))(key_ref)
+    ref = draw(key_ref, (Estimator("mc"),), (ref_size,), ref_batches)
     ref_means = np.asarray(ref.estimates[0, 0], np.float64)  # [100, D]
     g = ref_means.mean(0)
     ref_error = math.sqrt(float(np.sum(np.var(ref_means, axis=0, ddof=1))) / ref_batches)
-    samples = jax.jit(lambda k: sample_gradients(
-        k, params, critic_params, estimators=ests, batch_sizes=batch_sizes,
-        num_batches=num_batches, **common))(key_sample)
+    samples = draw(key_sample, ests, batch_sizes, num_batches)
     rows = _rows(samples, g, ests, batch_sizes, confidence)
     info = {"reference": g, "gradient_norm": float(np.linalg.norm(g)), "reference_error": ref_error,
             "reference_trajectories": ref_size * ref_batches,
@@ -559,6 +577,7 @@ def train_state_report(
     reference_factor: int = 100,
     horizon: int | None = None,
     confidence: float = 0.95,
+    devices: int | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """:func:`network_report` for the actor-critic of a :func:`jaxadv.train.make_trainer`
     run: ``params`` (one seed's ``TrainState.params``, e.g. a mid-training checkpoint).
@@ -581,8 +600,7 @@ def train_state_report(
                          "its values do not match raw returns: use critic='zero'")
     if config.normalize_obs and obs_stats is None:
         raise ValueError("the run normalised observations: pass its `obs_stats`")
-    norm = (lambda x: x) if obs_stats is None else (lambda x: normalize_obs(obs_stats, x))
-    apply = lambda p, x: trainer.network.apply(p, norm(x))
+    apply = trainer.network.apply  # on observations normalised by obs_stats
     q_critic = config.estimator == "qv"
 
     def critic_fn(p, x):
@@ -598,7 +616,7 @@ def train_state_report(
         critic_params=params, env=trainer.env, env_params=trainer.env_params,
         policy=trainer.policy, gamma=gamma, horizon=horizon, estimators=estimators,
         batch_sizes=batch_sizes, num_batches=num_batches, reference_factor=reference_factor,
-        confidence=confidence)
+        confidence=confidence, obs_stats=obs_stats, devices=devices)
     for row in rows:
         row["critic"] = critic
     return rows, info

@@ -30,6 +30,7 @@ from rich.table import Table
 
 from jaxadv import exact, sequence_exact, variance
 from jaxadv.checkpoint import CheckpointStore
+from jaxadv.devices import seed_groups
 from jaxadv.envs import registered_names
 from jaxadv.envs.sequence import SequenceTask
 from jaxadv.losses import REDUCTIONS
@@ -108,6 +109,8 @@ class VarianceArgs:
     """of the bias interval."""
     seed: int = 0
     """PRNG seed for the MDP, the policy and the samples."""
+    devices: int | None = None
+    """spread the independent estimates over at most this many devices; default: all (on CPU, one XLA host device per core). The results do not depend on it."""
     out: pathlib.Path = pathlib.Path("runs/variance")
     """output directory (created; files in it are overwritten)."""
     quiet: bool = False
@@ -156,6 +159,7 @@ class VarianceArgs:
         """Refuse a bad value with a ``ValueError`` naming the field; compiles nothing."""
         for name in ("states", "actions", "num_batches", "reference_factor", "train_timesteps"):
             positive_int(name, getattr(self, name))
+        check_positive(self, "devices")
         if self.num_batches < 3:
             raise ValueError(f"`num_batches` must be >= 3 to estimate a variance, got {self.num_batches}")
         check_positive(self, "horizon")
@@ -260,7 +264,7 @@ def variance_command(args: VarianceArgs) -> dict[str, Any]:
             rows, info = variance.mdp_report(
                 key, mdp, logits, estimators=args.estimators, batch_sizes=args.batch_sizes,
                 critics=args.critics, num_batches=args.num_batches, horizon=args.horizon,
-                confidence=args.confidence)
+                confidence=args.confidence, devices=args.devices)
             about = {"mdp": args.mdp, "states": args.states, "gamma": args.gamma,
                      "objective": float(exact.objective(mdp, logits))}
         else:
@@ -271,12 +275,14 @@ def variance_command(args: VarianceArgs) -> dict[str, Any]:
                     key, trainer, params, gamma=gamma, obs_stats=obs_stats, critic=critic,
                     estimators=args.estimators, batch_sizes=args.batch_sizes,
                     num_batches=args.num_batches, reference_factor=args.reference_factor,
-                    horizon=args.horizon, confidence=args.confidence)
+                    horizon=args.horizon, confidence=args.confidence, devices=args.devices)
                 rows += r
             info.pop("reference", None)
     seconds = time.perf_counter() - start
     write_csv(out / "variance.csv", rows)
-    summary = {"args": dataclasses.asdict(args), "policy": about, **info, "seconds": seconds, **platform_info()}
+    summary = {"args": dataclasses.asdict(args), "policy": about, **info, "seconds": seconds,
+               "devices": seed_groups(args.num_batches, args.devices or jax.local_device_count()),
+               **platform_info()}
     if args.sequence is None:
         summary.update(**best_lambda(rows), **weighting_bias(rows))
         plot_variance(out / "variance.png", rows, title=args.env or f"{args.mdp} MDP, S={args.states}")
@@ -435,7 +441,7 @@ def _sequence_rows(args: VarianceArgs) -> tuple[list[dict[str, Any]], dict[str, 
     rows, info = sequence_exact.sequence_report(
         key, params, net.apply_all, env, prompts, estimators=args.sequence_estimators,
         reductions=args.reductions, shapes=shapes, num_batches=args.num_batches,
-        confidence=args.confidence)
+        confidence=args.confidence, devices=args.devices)
     for r in rows:
         r["critic"] = "exact" if r["estimator"] == "gae" else "none"
     return rows, info

@@ -59,3 +59,52 @@ def test_two_devices_give_the_same_metrics_as_one(tmp_path):
     assert len(spread) == 4 * 5 and spread == single
     config = json.loads((tmp_path / "two" / "config.json").read_text())
     assert config["run"]["seed_groups"] == 2  # kept for a resumed run
+
+
+_SPREAD_BATCHES = """
+import jax, jax.numpy as jnp, numpy as np
+from jaxadv import exact, sequence_exact, variance
+from jaxadv.envs import RunningMeanStd
+from jaxadv.envs.sequence import SequenceTask
+from jaxadv.train import HParams, TrainConfig, make_trainer
+from jaxadv.transformer import make_transformer
+
+def same(a, b):
+    return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+assert jax.local_device_count() == 2
+mdp = exact.random_mdp(jax.random.key(3), 5, 3)
+logits = jax.random.normal(jax.random.key(4), (5, 3))
+mdp_rows = lambda d: variance.mdp_report(jax.random.key(0), mdp, logits, estimators=["mc", "gae:0.9"],
+    batch_sizes=[4, 8], critics=["exact", "zero"], num_batches=8, devices=d)[0]
+task = SequenceTask("reverse", num_digits=2, prompt_length=2, min_prompt_length=1)
+net = make_transformer(task.vocab_size, task.obs_length, task.num_actions, pad=task.tokens.pad,
+                       layers=1, width=8, heads=2, value_head=False)
+params = net.init(jax.random.key(5), jnp.zeros(task.obs_length))
+prompts = sequence_exact.make_prompts(jax.random.key(6), task, 4)
+seq_rows = lambda d: sequence_exact.sequence_report(jax.random.key(0), params, net.apply_all, task,
+    prompts, estimators=("rloo", "grpo"), reductions=("constant",), shapes=((2, 4),),
+    num_batches=8, devices=d)[0]
+trainer = make_trainer(TrainConfig(normalize_obs=True, hidden=(8,), num_envs=2, num_steps=8,
+                                   total_timesteps=16))
+state = trainer.init(jax.random.key(7), HParams())
+stats = RunningMeanStd(jnp.full(4, 0.1), jnp.full(4, 0.5), jnp.array(3.0))
+env_rows = lambda d: variance.train_state_report(jax.random.key(0), trainer, state.params, gamma=0.99,
+    obs_stats=stats, estimators=["mc", "td"], batch_sizes=[2, 4], num_batches=4, reference_factor=2,
+    horizon=20, devices=d)[0]
+for name, rows in (("mdp", mdp_rows), ("sequence", seq_rows), ("network", env_rows)):
+    one, two = rows(1), rows(2)
+    assert one == two, name
+    print(name, "same")
+"""
+
+
+def test_estimate_batches_spread_over_two_devices_give_the_same_bits():
+    """``jaxadv.devices.map_over_devices``: the variance reports' independent batches on two
+    CPU devices equal those run in turn on one, row for row (tabular MDP, exact sequence
+    gradients, a network on CartPole with normalised observations)."""
+    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "2"}
+    done = subprocess.run([sys.executable, "-c", _SPREAD_BATCHES], capture_output=True, text=True,
+                          timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["mdp", "same", "sequence", "same", "network", "same"]

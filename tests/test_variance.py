@@ -270,3 +270,31 @@ def test_network_report_reference_agrees_with_exact_gradient(random_case):
     assert 0.2 * info["reference_error"] < error < 3 * info["reference_error"]
     plain = next(r for r in rows if r["estimator"] == "return")
     assert plain["bias_lo"] == 0.0
+
+
+def test_train_state_report_sees_observations_normalised_by_the_runs_statistics():
+    """``obs_stats``: the estimates equal :func:`network_report`'s for a policy and critic
+    that normalise their own input (the run's network as it acted), and differ without."""
+    from jaxadv.envs import RunningMeanStd, normalize_obs
+    from jaxadv.train import HParams, TrainConfig, make_trainer
+
+    trainer = make_trainer(TrainConfig(normalize_obs=True, hidden=(8,), num_envs=2, num_steps=8,
+                                       total_timesteps=16))
+    params = trainer.init(jax.random.key(0), HParams()).params
+    stats = RunningMeanStd(mean=jnp.array([0.1, -0.2, 0.05, 0.3]), var=jnp.array([0.5, 2.0, 0.1, 1.5]),
+                           count=jnp.array(10.0))
+    common = dict(gamma=0.99, estimators=["mc", "td"], batch_sizes=[4], num_batches=4,
+                  reference_factor=2, horizon=30)
+    rows, info = variance.train_state_report(jax.random.key(1), trainer, params, obs_stats=stats, **common)
+    apply = lambda p, x: trainer.network.apply(p, normalize_obs(stats, x))
+    want, want_info = variance.network_report(
+        jax.random.key(1), params, policy_fn=lambda p, x: apply(p, x)[0],
+        critic_fn=lambda p, x: apply(p, x)[1], critic_params=params, env=trainer.env,
+        env_params=trainer.env_params, policy=trainer.policy, **common)
+    np.testing.assert_allclose(info["reference"], want_info["reference"], rtol=1e-4, atol=1e-6)
+    for mine, theirs in zip(rows, want, strict=True):
+        assert mine["variance"] == pytest.approx(theirs["variance"], rel=1e-4)
+        assert mine["bias_sq"] == pytest.approx(theirs["bias_sq"], rel=1e-3, abs=1e-6)
+    raw, _ = variance.train_state_report(jax.random.key(1), trainer, params, obs_stats=RunningMeanStd(
+        jnp.zeros(4), jnp.ones(4), jnp.array(1.0)), **common)
+    assert raw[0]["variance"] != pytest.approx(rows[0]["variance"], rel=1e-3)

@@ -135,7 +135,10 @@ def normalize_obs(
         )
     mean = jnp.reshape(stats.mean, (1,) * lead + stats.mean.shape)
     var = jnp.reshape(stats.var, (1,) * lead + stats.var.shape)
-    return jnp.clip((x - mean) / jnp.sqrt(var + eps), -clip, clip)
+    # × rsqrt, not ÷ sqrt: XLA rewrites a ÷ √b into a × rsqrt(b) only where it sees both in
+    # one computation, so the quotient's bits would depend on where the statistics are hoisted
+    # (e.g. one device or several: jaxadv.devices.map_over_devices)
+    return jnp.clip((x - mean) * jax.lax.rsqrt(var + eps), -clip, clip)
 
 
 class RewardScaler(NamedTuple):
