@@ -103,16 +103,19 @@ class CheckpointStore:
 
     ``keep`` is how many to keep (older ones are deleted as new ones are saved). Saving is
     synchronous: when :meth:`save` returns, the checkpoint is complete on disk.
+    ``read_only``: never write to ``directory`` (no saves, nothing created, cleaned up or
+    moved aside), e.g. to evaluate a run that may still be training.
     """
 
-    def __init__(self, directory: pathlib.Path, keep: int = 2):
+    def __init__(self, directory: pathlib.Path, keep: int = 2, *, read_only: bool = False):
         import orbax.checkpoint as ocp  # ~1 s to import: only when a run needs it
 
         self._ocp = ocp
         self.directory = pathlib.Path(directory).absolute()
+        self.read_only = read_only
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, enable_async_checkpointing=False,
-            cleanup_tmp_directories=True,
+            max_to_keep=keep, create=not read_only, enable_async_checkpointing=False,
+            cleanup_tmp_directories=not read_only,
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
@@ -123,6 +126,8 @@ class CheckpointStore:
     def save(self, step: int, state: Any, history: dict[str, np.ndarray], *,
              train_seconds: float, config: dict[str, Any]) -> None:
         """Write ``state`` after ``step`` updates with ``history`` and ``config`` (JSON-able)."""
+        if self.read_only:
+            raise ValueError(f"{self.directory} was opened read-only")
         ocp = self._ocp
         leaves = jax.tree.leaves(state)
         arrays, meta_leaves = {}, []
@@ -155,7 +160,7 @@ class CheckpointStore:
         A checkpoint that cannot be read, or whose digests do not match, is reported
         through ``warn`` and the one before it is tried; once a good one is found, the bad
         ones after it are moved aside to ``<step>.corrupt`` (so the run can save those steps
-        again). Raises :class:`CheckpointError` if there is none, none is usable, or the
+        again; not when ``read_only``). Raises :class:`CheckpointError` if there is none, none is usable, or the
         latest readable one holds arrays of another shape (another configuration).
         """
         steps = self.steps()
@@ -173,12 +178,12 @@ class CheckpointStore:
                      f"({type(exc).__name__}: {reason}); trying the one before")
                 bad.append(step)
                 continue
-            for b in bad:
+            for b in [] if self.read_only else bad:
                 aside = self.directory / f"{b}.corrupt"
                 shutil.rmtree(aside, ignore_errors=True)
                 (self.directory / str(b)).rename(aside)
                 warn(f"warning: moved the unusable checkpoint aside to {aside}")
-            if bad:
+            if bad and not self.read_only:
                 self._manager.reload()
             return checkpoint
         raise CheckpointError(

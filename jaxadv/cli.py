@@ -22,6 +22,10 @@ Each chunk's results are saved under ``--out/chunks/`` as soon as it finishes
 only the chunks that are missing and writes the same files, bit for bit, as a sweep that
 never stopped. Ctrl-C and SIGTERM finish and save the chunk in flight, as for ``train``.
 
+``jaxadv eval runs/cartpole --episodes 100 --render policy.gif`` plays fresh episodes of a
+run's latest good checkpoint per seed, writes ``eval.json`` and draws the policy
+(:mod:`jaxadv.eval_cli`), reading the run's directory without writing to it.
+
 Every flag is checked right after the arguments are parsed — ``TrainConfig.__post_init__``,
 ``HParams.validate`` and the command's ``check()`` (:meth:`TrainArgs.check`,
 :meth:`SweepArgs.check`: every grid value and every static configuration it makes) — so
@@ -46,6 +50,7 @@ def _commands() -> dict[str, tuple[type, Callable[[Any], Any]]]:
     """Each subcommand's argument class and function. Imported on first use: the modules
     start JAX's backends (gymnax makes arrays at import), which :func:`main` first gives one
     host device per core."""
+    from jaxadv.eval_cli import EvalArgs, eval_command
     from jaxadv.sequence_cli import SequenceArgs, sequence_command
     from jaxadv.sweep_cli import SweepArgs, sweep_command
     from jaxadv.train_cli import TrainArgs, train_command
@@ -56,6 +61,7 @@ def _commands() -> dict[str, tuple[type, Callable[[Any], Any]]]:
         "sweep": (SweepArgs, sweep_command),
         "variance": (VarianceArgs, variance_command),
         "sequence": (SequenceArgs, sequence_command),
+        "eval": (EvalArgs, eval_command),
     }
 
 

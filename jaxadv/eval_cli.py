@@ -1,0 +1,266 @@
+"""``jaxadv eval DIR``: a trained run's policy on fresh episodes, and an animation of it.
+
+``jaxadv eval runs/cartpole --episodes 100`` restores the latest good checkpoint of a
+``jaxadv train`` (or ``jaxadv sequence``) run with its configuration
+(:func:`jaxadv.evaluate.load_run`, read-only), plays ``--episodes`` fresh episodes per seed
+in one compiled program (:func:`jaxadv.evaluate.evaluate`, ``vmap`` over the seeds), prints a
+table and writes ``eval.json`` under ``--out`` (default ``DIR/eval``): per seed and over the
+seeds, the mean, sample standard deviation, minimum, maximum and 95% confidence half-width
+(``t₀.₉₇₅,ₙ₋₁ · sd / √n``) of the return, the length and the environment's own metrics,
+with the checkpoint's update and env steps. ``--render policy.gif`` draws episodes of seed
+0 with gymnax's visualiser (classic control, MinAtar, bsuite Catch, …; ``.mp4`` where
+matplotlib finds ffmpeg); for ``Sequence-v0`` it writes the prompts, responses and rewards
+as text. Nothing in ``DIR`` outside ``--out`` is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+import pathlib
+from typing import Annotated, Any, Literal
+
+import jax
+import numpy as np
+import tyro
+from rich.console import Console
+from rich.table import Table
+
+from jaxadv.driver import RunStopped
+from jaxadv.evaluate import RunCheckpoint, episode_states, evaluate, load_run
+from jaxadv.report import platform_info, write_json
+from jaxadv.stats import t_quantile_975
+from jaxadv.train import Setup, make_setup
+from jaxadv.validate import check_positive, positive_int
+
+__all__ = ["EvalArgs", "check_render", "episode_stats", "eval_command", "render_episodes"]
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalArgs:
+    """Evaluate the latest good checkpoint of a `jaxadv train` or `jaxadv sequence` run on
+    fresh episodes; write eval.json under --out (DIR is never changed)."""
+
+    run_dir: Annotated[pathlib.Path, tyro.conf.Positional]
+    """the run's --out directory."""
+    episodes: int = 100
+    """fresh evaluation episodes per seed."""
+    policy: Literal["greedy", "sample"] = "greedy"
+    """act with the most likely action (the Gaussian's mean), or sample as in training."""
+    seed: int = 0
+    """PRNG seed of the evaluation episodes (resets and sampling)."""
+    max_steps: int | None = None
+    """steps an episode may take; default: the environment's time limit. An episode still running then is an error."""
+    out: pathlib.Path | None = None
+    """output directory for eval.json (created); default: DIR/eval."""
+    render: pathlib.Path | None = None
+    """draw --render-episodes episodes of seed 0 into this file: .gif (or .mp4 with ffmpeg) for the envs gymnax's visualiser draws; for Sequence-v0 a text file of prompts, responses and rewards."""
+    render_episodes: int = 1
+    """episodes drawn by --render, one after another."""
+    frame_every: int | None = None
+    """--render: draw every k-th step; default: as few as keep an episode within 200 frames."""
+    quiet: bool = False
+    """no table."""
+
+    def check(self) -> EvalArgs:
+        """Refuse a bad value with a ``ValueError`` naming the field; compiles nothing."""
+        positive_int("episodes", self.episodes)
+        positive_int("render_episodes", self.render_episodes)
+        check_positive(self, "max_steps", "frame_every")
+        if not self.run_dir.is_dir():
+            raise ValueError(f"`run_dir` {str(self.run_dir)!r} is not a directory")
+        return self
+
+
+def episode_stats(values: np.ndarray) -> dict[str, float]:
+    """``mean``, ``std`` (sample, n − 1), ``min``, ``max`` and ``ci95`` (the half-width
+    ``t₀.₉₇₅,ₙ₋₁ · std / √n``; NaN for n < 2) of ``values [n]``, and ``n``.
+
+    >>> s = episode_stats(np.array([1.0, 2.0, 3.0]))
+    >>> s["mean"], s["std"], round(s["ci95"], 4), s["n"]
+    (2.0, 1.0, 2.4841, 3)
+    """
+    x = np.asarray(values, np.float64)
+    n = x.size
+    std = float(np.std(x, ddof=1)) if n > 1 else math.nan
+    ci = t_quantile_975(n - 1) * std / math.sqrt(n) if n > 1 else math.nan
+    return {"mean": float(np.mean(x)), "std": std, "min": float(np.min(x)),
+            "max": float(np.max(x)), "ci95": ci, "n": int(n)}
+
+
+def _play(setup: Setup, run: RunCheckpoint, args: EvalArgs, max_steps: int) -> dict[str, np.ndarray]:
+    """Every seed's episodes, ``{name: [seeds, episodes]}`` (``return``, ``length``, …)."""
+    config = run.config
+    play = functools.partial(evaluate, setup, episodes=args.episodes, max_steps=max_steps,
+                             greedy=args.policy == "greedy")
+    obs_stats = run.state.obs_stats if config.normalize_obs else None
+    axes = (0, 0, None if obs_stats is None else 0)
+    keys = jax.random.split(jax.random.key(args.seed), run.seeds)
+    episodes = jax.device_get(jax.jit(jax.vmap(play, axes))(keys, run.state.params, obs_stats))
+    unfinished = int(np.sum(~episodes.finished))
+    if unfinished:
+        raise ValueError(f"`max_steps` = {max_steps}: {unfinished} of {episodes.finished.size} "
+                         "episodes did not end within it; raise --max-steps")
+    return {"return": episodes.returns, "length": episodes.lengths, **episodes.metrics}
+
+
+def eval_command(args: EvalArgs) -> dict[str, Any]:
+    """Evaluate, write ``eval.json`` (and ``--render``), print the table; return the record.
+    Raises :class:`~jaxadv.driver.RunStopped` (exit status 2, ``error: ...``) for a directory
+    without a usable run, a file that cannot be drawn or episodes that outlast ``max_steps``."""
+    try:
+        return _evaluate_run(args.check())
+    except ValueError as exc:
+        raise RunStopped(f"error: {exc}", 2) from None
+
+
+def _evaluate_run(args: EvalArgs) -> dict[str, Any]:
+    console = Console(stderr=True, quiet=args.quiet)
+    run = load_run(args.run_dir, warn=console.print)
+    if args.render is not None:
+        check_render(run.config.env, args.render)
+    setup = make_setup(run.config)
+    max_steps = args.max_steps or int(setup.env_params.max_steps_in_episode)
+    with console.status(f"{args.episodes} episodes × {run.seeds} seed(s) of {run.config.env} …"):
+        values = _play(setup, run, args, max_steps)
+    record = {
+        "run_dir": str(args.run_dir), "env": run.config.env, "algo": run.config.algo,
+        "checkpoint": {"update": run.update, "env_steps": run.env_steps,
+                       "num_updates": run.config.num_updates},
+        "policy": args.policy, "episodes": args.episodes, "seed": args.seed,
+        "max_steps": max_steps,
+        "per_seed": [{"seed": s, **{k: episode_stats(v[s]) for k, v in values.items()}}
+                     for s in range(run.seeds)],
+        "over_seeds": {k: episode_stats(v.mean(axis=1)) for k, v in values.items()},
+        "all_episodes": {k: episode_stats(v.reshape(-1)) for k, v in values.items()},
+        **platform_info(),
+    }
+    if args.render is not None:
+        record["render"] = render_episodes(setup, run, args, max_steps, console)
+    out = args.out or args.run_dir / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "eval.json", record)
+    if not args.quiet:
+        Console().print(_table(record))
+    console.print(f"wrote eval.json to {out}/")
+    return record
+
+
+def _table(record: dict[str, Any]) -> Table:
+    """Per seed and over the seeds: the return (mean ± 95% CI, min, max) and the length."""
+    fmt = lambda s: f"{s['mean']:.2f} ± {s['ci95']:.2f}" if math.isfinite(s["ci95"]) else f"{s['mean']:.2f}"
+    ckpt = record["checkpoint"]
+    table = Table(title=f"{record['env']} · {record['algo']} · update {ckpt['update']}",
+                  caption=f"{record['episodes']} {record['policy']} episodes per seed after "
+                          f"{ckpt['env_steps']:,} env steps")
+    for name in ("seed", "return (95% CI)", "min", "max", "length"):
+        table.add_column(name, justify="right")
+    for row in record["per_seed"]:
+        r = row["return"]
+        table.add_row(str(row["seed"]), fmt(r), f"{r['min']:.2f}", f"{r['max']:.2f}",
+                      f"{row['length']['mean']:.1f}")
+    over, pooled = record["over_seeds"], record["all_episodes"]
+    table.add_row("over seeds", fmt(over["return"]), f"{pooled['return']['min']:.2f}",
+                  f"{pooled['return']['max']:.2f}", f"{over['length']['mean']:.1f}", style="bold")
+    return table
+
+
+def render_episodes(setup: Setup, run: RunCheckpoint, args: EvalArgs, max_steps: int,
+                    console: Console) -> dict[str, Any]:
+    """Write ``args.render``: seed 0's policy over ``render_episodes`` episodes; return
+    what was drawn (``path``, ``frames``, the episodes' ``lengths``)."""
+    seed0 = jax.tree.map(lambda x: x[0], run.state)
+    obs_stats = seed0.obs_stats if run.config.normalize_obs else None
+    key = jax.random.fold_in(jax.random.key(args.seed), 1)
+    greedy = args.policy == "greedy"
+    if run.config.env == "Sequence-v0":
+        count = _sequence_text(setup, seed0.params, key, args, greedy)
+        return {"path": str(args.render), "frames": count, "lengths": []}
+    os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")  # gymnasium draws with pygame,
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # off screen and without sound
+    os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+    from gymnax.visualize import Visualizer
+
+    play = jax.jit(functools.partial(episode_states, setup, max_steps=max_steps, greedy=greedy))
+    frames, labels, lengths = [], [], []
+    for i, key_episode in enumerate(jax.random.split(key, args.render_episodes)):
+        states, rewards, length = jax.device_get(play(key_episode, seed0.params, obs_stats))
+        if not length:
+            raise ValueError(f"`max_steps` = {max_steps}: the episode to draw did not end within it")
+        lengths.append(int(length))
+        every = args.frame_every or max(1, math.ceil(int(length) / 200))
+        steps = [*range(0, int(length), every)]
+        frames += [jax.tree.map(lambda x, t=t: x[t], states) for t in steps]
+        labels += [f"episode {i + 1} · step {t + 1} · return {np.sum(rewards[: t + 1]):.1f}"
+                   for t in steps]
+    vis = Visualizer(setup.env.unwrapped, setup.env_params, frames)
+    _save_animation(vis, labels, args.render, console)
+    return {"path": str(args.render), "frames": len(frames), "lengths": lengths}
+
+
+_DRAWN = ("Acrobot-v1", "CartPole-v1", "Pendulum-v1", "MountainCar-v0", "MountainCarContinuous-v0",
+          "Catch-bsuite", "Asterix-MinAtar", "Breakout-MinAtar", "Freeway-MinAtar",
+          "Seaquest-MinAtar", "SpaceInvaders-MinAtar", "Pong-misc", "PointRobot-misc",
+          "MetaMaze-misc", "FourRooms-misc")
+"""The environments gymnax 1.0's ``Visualizer`` draws."""
+
+
+def check_render(env: str, path: pathlib.Path) -> None:
+    """Refuse a ``--render`` file that ``env`` cannot be drawn into, before anything compiles."""
+    suffix = path.suffix.lower()
+    if env == "Sequence-v0":
+        if suffix != ".txt":
+            raise ValueError(f"`render` {str(path)!r}: Sequence-v0 is written as text; name a .txt file")
+        return
+    if env not in _DRAWN:
+        raise ValueError(f"`render`: gymnax's visualiser does not draw {env}; it draws "
+                         f"{', '.join(_DRAWN)} (and Sequence-v0 as text)")
+    if suffix not in (".gif", ".mp4"):
+        raise ValueError(f"`render` {str(path)!r}: name a .gif or .mp4 file")
+    from matplotlib import animation
+
+    if suffix == ".mp4" and not animation.writers.is_available("ffmpeg"):
+        raise ValueError(f"`render` {str(path)!r}: writing .mp4 needs ffmpeg, which matplotlib "
+                         "does not find here; name a .gif file")
+
+
+def _save_animation(vis: Any, labels: list[str], path: pathlib.Path, console: Console) -> None:
+    """Save ``vis``'s frames (drawn by its ``init``/``update``), each titled with its label,
+    with a progress bar; then close its figure."""
+    import matplotlib.pyplot as plt
+    from matplotlib import animation
+
+    def update(frame: int) -> None:
+        vis.update(frame)
+        vis.ax.set_title(f"{vis.env.name} · {labels[frame]}", fontsize=12)
+
+    count = len(vis.state_seq)
+    anim = animation.FuncAnimation(vis.fig, update, frames=count, init_func=vis.init,
+                                   blit=False, interval=vis.interval)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fps = 1000 // vis.interval
+    writer = animation.PillowWriter(fps=fps) if path.suffix.lower() == ".gif" else animation.FFMpegWriter(fps=fps)
+    try:
+        with console.status(f"drawing {count} frames …") as status:
+            anim.save(path, writer=writer, dpi=60,
+                      progress_callback=lambda i, n: status.update(f"drawing frame {i + 1} of {n} …"))
+    finally:
+        plt.close(vis.fig)
+    console.print(f"wrote {count} frames to {path}")
+
+
+def _sequence_text(setup: Setup, params: Any, key: jax.Array, args: EvalArgs, greedy: bool) -> int:
+    """``render_episodes`` prompts with the policy's responses and rewards, one per line;
+    returns the number of lines."""
+    from jaxadv.envs.token import decode_tokens
+
+    play = functools.partial(evaluate, setup, episodes=args.render_episodes,
+                             max_steps=setup.config.num_steps, greedy=greedy, final_observation=True)
+    episodes = jax.device_get(jax.jit(play)(key, params))
+    lines = [f"{decode_tokens(setup.env, row)}\treward {float(r):.3f}"
+             for row, r in zip(episodes.final_observation, episodes.returns)]
+    args.render.parent.mkdir(parents=True, exist_ok=True)
+    args.render.write_text("\n".join(lines) + "\n")
+    return len(lines)

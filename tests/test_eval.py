@@ -1,0 +1,142 @@
+"""`jaxadv eval`: returns against a plain loop over the raw gymnax env, a restored policy
+against what its run reported, the animation, read-only runs and bad directories refused."""
+
+import hashlib
+import json
+import math
+
+import gymnax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxadv import cli
+from jaxadv.eval_cli import check_render
+from jaxadv.evaluate import evaluate, load_run
+from jaxadv.train import HParams, TrainConfig, init, make_setup
+
+
+def _files(directory):
+    """``{relative path: SHA-256}`` of every file under ``directory``."""
+    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def cartpole_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("evalrun") / "run"
+    argv = ["train", "--seeds", "2", "--total-timesteps", "60000", "--out", str(out), "--quiet"]
+    assert cli.main(argv) == 0
+    return out
+
+
+def test_greedy_returns_equal_a_plain_loop_over_the_raw_env():
+    """Each episode's return and length equal those of a Python loop stepping gymnax's own
+    CartPole (no wrappers) from the same first state with the argmax action."""
+    setup = make_setup(TrainConfig(hidden=(16,)))
+    params = init(setup, jax.random.key(3), HParams()).params
+    key, n = jax.random.key(4), 6
+    got = jax.jit(lambda k: evaluate(setup, k, params, episodes=n, max_steps=500))(key)
+    raw, raw_params = gymnax.make("CartPole-v1")
+    _, state = jax.vmap(raw.reset, in_axes=(0, None))(
+        jax.random.split(jax.random.split(key)[0], n), raw_params)
+    step = jax.jit(raw.step_env)
+    for i in range(n):
+        s = jax.tree.map(lambda x, i=i: x[i], state)
+        total, length, done = 0.0, 0, False
+        while not done:
+            obs = raw.get_obs(s)
+            logits = setup.network.apply(params, obs[None])[0][0]
+            _, s, reward, done, _ = step(jax.random.key(0), s, int(jnp.argmax(logits)), raw_params)
+            total, length = total + float(reward), length + 1
+            done = bool(done) or length >= raw_params.max_steps_in_episode
+        assert (float(got.returns[i]), int(got.lengths[i])) == (total, length)
+    assert bool(got.finished.all())
+
+
+def test_restored_policy_returns_what_its_run_reported(cartpole_run):
+    """Sampling as in training, the restored final policy's mean return over seeds lies
+    within noise of the run's own final return (the last tenth of its updates)."""
+    summary = json.loads((cartpole_run / "summary.json").read_text())
+    before = _files(cartpole_run)
+    out = cartpole_run.parent / "sampled"
+    argv = ["eval", str(cartpole_run), "--episodes", "50", "--policy", "sample", "--out", str(out),
+            "--quiet"]
+    assert cli.main(argv) == 0
+    record = json.loads((out / "eval.json").read_text())
+    assert _files(cartpole_run) == before  # evaluation writes nothing into the run
+    assert record["checkpoint"]["update"] == summary["num_updates"]
+    assert record["checkpoint"]["env_steps"] == summary["env_steps"]
+    per_seed = record["per_seed"]
+    assert [r["seed"] for r in per_seed] == [0, 1] and all(r["return"]["n"] == 50 for r in per_seed)
+    pooled = record["all_episodes"]["return"]
+    means = [r["return"]["mean"] for r in per_seed]
+    assert record["over_seeds"]["return"]["mean"] == pytest.approx(np.mean(means))
+    assert pooled["min"] <= min(means) and pooled["max"] >= max(means)
+    reported = summary["final_return_mean"]
+    assert reported > 100  # it learned something, so the comparison means something
+    assert abs(record["over_seeds"]["return"]["mean"] - reported) < 0.15 * reported
+
+
+def test_render_draws_each_step_and_records_the_episode(cartpole_run, tmp_path):
+    gif = tmp_path / "policy.gif"
+    argv = ["eval", str(cartpole_run), "--episodes", "4", "--render", str(gif),
+            "--render-episodes", "2", "--frame-every", "5", "--out", str(tmp_path), "--quiet"]
+    assert cli.main(argv) == 0
+    drawn = json.loads((tmp_path / "eval.json").read_text())["render"]
+    assert len(drawn["lengths"]) == 2 and all(1 <= n <= 500 for n in drawn["lengths"])
+    assert drawn["frames"] == sum(math.ceil(n / 5) for n in drawn["lengths"])
+    with Image.open(gif) as image:
+        assert image.n_frames == drawn["frames"]
+
+
+def test_eval_never_writes_into_the_run_and_refuses_what_it_cannot_use(cartpole_run, tmp_path, capsys):
+    before = _files(cartpole_run)
+    assert cli.main(["eval", str(tmp_path), "--quiet"]) == 2
+    assert "holds no config.json" in capsys.readouterr().err
+    (tmp_path / "chunks").mkdir()
+    assert cli.main(["eval", str(tmp_path), "--quiet"]) == 2
+    assert "a sweep keeps each point's metrics, not its parameters" in capsys.readouterr().err
+    assert cli.main(["eval", str(cartpole_run), "--max-steps", "5", "--quiet",
+                     "--out", str(tmp_path / "e")]) == 2
+    assert "did not end within it" in capsys.readouterr().err
+    assert cli.main(["eval", str(cartpole_run), "--render", "x.png", "--quiet"]) == 2
+    assert "name a .gif or .mp4 file" in capsys.readouterr().err
+    assert cli.main(["eval", str(cartpole_run), "--episodes", "0"]) == 2
+    assert "episodes" in capsys.readouterr().err
+    assert _files(cartpole_run) == before
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "config.json").write_text((cartpole_run / "config.json").read_text())
+    with pytest.raises(ValueError, match="holds no checkpoint"):
+        load_run(bare)
+
+
+@pytest.mark.parametrize("env, name, message", [
+    ("Tabular-v0", "a.gif", "does not draw Tabular-v0"),
+    ("CartPole-v1", "a.png", "name a .gif or .mp4 file"),
+    ("Sequence-v0", "a.gif", "name a .txt file"),
+])
+def test_render_files_that_cannot_be_drawn_are_refused(env, name, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        check_render(env, tmp_path / name)
+
+
+def test_a_sequence_run_evaluates_with_its_exact_match_and_renders_as_text(tmp_path):
+    run = tmp_path / "seq"
+    argv = ["sequence", "--num-digits", "3", "--prompt-length", "2", "--group-size", "2",
+            "--prompts-per-update", "4", "--total-samples", "16", "--layers", "1", "--width", "16",
+            "--heads", "2", "--samples-shown", "0", "--out", str(run), "--quiet"]
+    assert cli.main(argv) == 0
+    text = tmp_path / "responses.txt"
+    argv = ["eval", str(run), "--episodes", "8", "--policy", "sample", "--render", str(text),
+            "--render-episodes", "3", "--quiet"]
+    assert cli.main(argv) == 0
+    record = json.loads((run / "eval" / "eval.json").read_text())
+    stats = record["per_seed"][0]
+    assert 0.0 <= stats["exact_match"]["mean"] <= 1.0 and stats["return"]["n"] == 8
+    lines = text.read_text().splitlines()
+    assert len(lines) == 3 == record["render"]["frames"]
+    assert all("→" in line and "\treward " in line for line in lines)
