@@ -420,6 +420,17 @@ def _extend(history: dict[str, np.ndarray], metrics: dict[str, np.ndarray],
     return {n: np.concatenate([history[n], v], axis=-1) for n, v in new.items()}
 
 
+class _Sinks:
+    """Several metrics sinks appended to as one."""
+
+    def __init__(self, sinks: tuple[Any, ...]):
+        self._sinks = sinks
+
+    def append(self, metrics: dict[str, np.ndarray], first_update: int, wall_seconds: float) -> None:
+        for sink in self._sinks:
+            sink.append(metrics, first_update, wall_seconds)
+
+
 def _replay(writer: MetricsWriter, history: dict[str, np.ndarray]) -> None:
     """Rewrite ``metrics.csv`` rows from a checkpoint's ``history``, one group per call."""
     if not history:
@@ -479,6 +490,10 @@ class RunOptions:
     :func:`~jaxadv.devices.seed_groups` of the local devices); a resumed run keeps its own."""
     devices: int | None = None
     """spread the groups over at most this many local devices (default: all)."""
+    loggers: tuple[Any, ...] = ()
+    """more sinks of each call's metrics beside ``metrics.csv``, each with
+    ``append(metrics, first_update, wall_seconds)`` (:mod:`jaxadv.tracking`); a resumed run
+    gives them only the updates it computes."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -535,7 +550,8 @@ def drive(config: TrainConfig, hp: HParams, options: RunOptions) -> RunResult:
         try:
             with MetricsWriter(out / "metrics.csv", config.batch_size) as writer:
                 _replay(writer, history)
-                state, history, timing = _loop(chunked, keys, hp, config, writer, err, state=state,
+                sinks = _Sinks((writer, *options.loggers))
+                state, history, timing = _loop(chunked, keys, hp, config, sinks, err, state=state,
                                                history=history, saver=saver, train_seconds=seconds,
                                                out=out)
         finally:
@@ -552,7 +568,7 @@ def drive(config: TrainConfig, hp: HParams, options: RunOptions) -> RunResult:
 
 def _loop(
     chunked: ChunkedRun, keys: jax.Array, hp: HParams, config: TrainConfig,
-    writer: MetricsWriter, console: Console, *, state: TrainState | None,
+    writer: MetricsWriter | _Sinks, console: Console, *, state: TrainState | None,
     history: dict[str, np.ndarray], saver: _Saver, train_seconds: float, out: pathlib.Path,
 ) -> tuple[TrainState, dict[str, np.ndarray], dict[str, float]]:
     """Run every chunk, appending metrics, updating the progress bar and saving checkpoints.

@@ -15,8 +15,9 @@ import json
 import pathlib
 import shlex
 import shutil
+import time
 from collections.abc import Iterator, Sequence
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import jax
 import numpy as np
@@ -27,6 +28,7 @@ from jaxadv.checkpoint import checkpoint_steps
 from jaxadv.devices import seed_groups
 from jaxadv.driver import RunOptions, RunResult, default_chunk_updates, drive
 from jaxadv.report import jsonable, plot_returns, summary_table, write_json
+from jaxadv.tracking import check_loggers, make_loggers
 from jaxadv.train import HParams, TrainConfig
 from jaxadv.validate import check_positive, field_changes, refuse_changes
 
@@ -62,6 +64,8 @@ class TrainArgs:
     """diagnostic rerun (e.g. with --resume after a non-finite stop): compile each call with jax.experimental.checkify NaN checks and report the first operation that makes a NaN, with its source line (slower)."""
     quiet: bool = False
     """no progress bar and no summary table."""
+    log: tuple[Literal["tensorboard"], ...] = ()
+    """also log every metric of metrics.csv (mean over seeds and per seed, against env steps), the config and the returns plot to TensorBoard event files under --out/tb (the tensorboard package: pip install 'jaxadv[tensorboard]'); written between compiled calls."""
     compile_cache: bool = True
     """keep compiled programs in JAX's persistent cache ($JAXADV_CACHE_DIR, default ~/.cache/jaxadv/xla), so the same configuration compiles once; --no-compile-cache turns it off."""
 
@@ -77,6 +81,7 @@ class TrainArgs:
         if self.seed_groups is not None and self.seeds % self.seed_groups:
             raise ValueError(f"`seed_groups` = {self.seed_groups} must divide `seeds` = {self.seeds}")
         self.hparams.validate()
+        check_loggers(self.log)
         if self.resume is None:
             _check_fresh_out(self.out)
             return self
@@ -152,14 +157,28 @@ def train_command(args: TrainArgs) -> dict[str, Any]:
     :class:`~jaxadv.driver.RunStopped` when interrupted, on non-finite values, or with no
     usable checkpoint to resume."""
     config, hp = args.check().config, args.hparams
-    result = drive(config, hp, run_options(args))
-    write_run_outputs(result, args.out, quiet=args.quiet)
+    options = run_options(args)
+    try:
+        result = drive(config, hp, options)
+        if options.loggers:  # what the logging thread still had to do when training ended
+            t0 = time.perf_counter()
+            for logger in options.loggers:
+                logger.wait()
+            result.summary.update(log_wait_seconds=time.perf_counter() - t0,
+                                  log_seconds=sum(logger.seconds for logger in options.loggers))
+        write_run_outputs(result, args.out, quiet=args.quiet)
+        for logger in options.loggers:
+            logger.finish(result.summary, args.out / "returns.png")
+    finally:
+        for logger in options.loggers:
+            logger.close()
     return result.summary
 
 
 def run_options(args: TrainArgs) -> RunOptions:
     """The driver's :class:`~jaxadv.driver.RunOptions` for ``args``: creates ``--out``,
-    clears a finished run's checkpoints (unless resuming) and writes ``config.json``."""
+    clears a finished run's checkpoints (unless resuming), writes ``config.json`` and opens
+    the ``--log`` loggers (the caller closes them)."""
     out, config = args.out, args.config
     out.mkdir(parents=True, exist_ok=True)
     k = min(args.chunk_updates or default_chunk_updates(config.num_updates), config.num_updates)
@@ -171,11 +190,12 @@ def run_options(args: TrainArgs) -> RunOptions:
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
     record = jsonable({"train_config": config, "hparams": args.hparams, "run": run})
     write_json(out / "config.json", record)
+    loggers = tuple(make_loggers(args.log, out, config.batch_size, record))
     return RunOptions(out=out, seed=args.seed, seeds=args.seeds, chunk_updates=k,
                       checkpoint_every=args.checkpoint_every,
                       keep_checkpoints=args.keep_checkpoints, resume=args.resume is not None,
                       debug_nans=args.debug_nans, quiet=args.quiet, record=record,
-                      seed_groups=groups, devices=args.devices)
+                      seed_groups=groups, devices=args.devices, loggers=loggers)
 
 
 def write_run_outputs(result: RunResult, out: pathlib.Path, *, quiet: bool = False,
