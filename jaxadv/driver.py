@@ -133,7 +133,8 @@ class ChunkedRun:
     """A run split into compiled calls over a leading seed axis.
 
     ``init(keys, hp) -> TrainState``; ``run[k](state, hp) -> (state, metrics)`` runs ``k``
-    updates (metrics ``[seeds, k]``); ``sizes`` lists each call's ``k``; ``cache`` is
+    updates (metrics ``[seeds, k]``; with ``config.eval_every``, ``run[k](state, hp, done)``,
+    ``done`` the updates before the call, from ``start`` on); ``sizes`` lists each call's ``k``; ``cache`` is
     ``"hit"`` when every program came from the persistent cache, ``"miss"`` when one was
     compiled, ``"off"`` without the cache. The seeds run in ``groups`` equal groups spread
     over ``devices`` devices (``sharding`` places the seed axis; ``None`` on one device).
@@ -148,6 +149,7 @@ class ChunkedRun:
     devices: int = 1
     groups: int = 1
     sharding: NamedSharding | None = None
+    start: int | None = None
 
     def iterate(
         self, keys: jax.Array, hp: HParams, state: TrainState | None = None
@@ -163,9 +165,13 @@ class ChunkedRun:
             state = None if state is None else jax.device_put(state, self.sharding)
         if state is None:
             state = self.init(keys, hp)
-        pending = None
+        pending, done = None, self.start
         for k in self.sizes:
-            state, metrics = self.run[k](state, hp)
+            if done is None:
+                state, metrics = self.run[k](state, hp)
+            else:  # the updates done so far: where --eval-every's evaluations fall
+                state, metrics = self.run[k](state, hp, np.int32(done))
+                done += k
             if pending is not None:
                 yield pending
             pending = state, metrics
@@ -232,14 +238,18 @@ def compile_chunked(
     mesh = Mesh(np.array(jax.local_devices()[:used]), ("seeds",)) if used > 1 else None
     sharding = NamedSharding(mesh, P("seeds")) if mesh is not None else None
     sizes = chunk_sizes(config.num_updates - start, min(chunk_updates, config.num_updates))
-    seed_axis = lambda fn: _seed_axis(fn, seeds, (0, None), groups, mesh)
+    seed_axis = lambda fn, axes=(0, None): _seed_axis(fn, seeds, axes, groups, mesh)
     init = jax.jit(seed_axis(trainer.init), out_shardings=sharding)
     run_fn = lambda state, hp, k: seed_axis(functools.partial(trainer.run, num_updates=k))(state, hp)
+    evaluates = bool(config.eval_every) and not debug_nans  # (debug: chunk-relative cadence)
+    if evaluates:  # the updates done before a call: one int for all seeds (see train.run)
+        run_fn = lambda state, hp, done, k: seed_axis(
+            lambda state, hp, done: trainer.run(state, hp, k, done), (0, None, None))(state, hp, done)
     if debug_nans:  # vmap of checkify: checkify cannot take the batched loops of vmap
         run_fn = lambda state, hp, k: jax.vmap(checkify.checkify(
             functools.partial(trainer.run, num_updates=k), errors=checkify.nan_checks),
             (0, None))(state, hp)
-    run = jax.jit(run_fn, static_argnums=2, out_shardings=sharding)
+    run = jax.jit(run_fn, static_argnums=3 if evaluates else 2, out_shardings=sharding)
     if sharding is not None:
         keys = jax.device_put(keys, sharding)
     entries = _cache_entries()
@@ -248,13 +258,15 @@ def compile_chunked(
     if sharding is not None:
         state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), state)
     compiled_init = init.lower(keys, hp).compile()
-    compiled_run = {k: run.lower(state, hp, k).compile() for k in sorted(set(sizes))}
+    done = (jax.ShapeDtypeStruct((), np.int32),) if evaluates else ()
+    compiled_run = {k: run.lower(state, hp, *done, k).compile() for k in sorted(set(sizes))}
     seconds = time.perf_counter() - t0
     if debug_nans:
         compiled_run = {k: _raising_nans(c) for k, c in compiled_run.items()}
     cache = "off" if entries is None else "hit" if _cache_entries() == entries else "miss"
     return ChunkedRun(compiled_init, compiled_run, sizes, seconds, cache, trainer,
-                      devices=used, groups=1 if debug_nans else groups, sharding=sharding)
+                      devices=used, groups=1 if debug_nans else groups, sharding=sharding,
+                      start=start if evaluates else None)
 
 
 def _raising_nans(compiled: Callable) -> Callable:

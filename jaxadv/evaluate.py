@@ -26,29 +26,10 @@ import jax.numpy as jnp
 
 from jaxadv.checkpoint import CheckpointError, CheckpointStore, checkpoint_steps
 from jaxadv.envs import normalize_obs
-from jaxadv.rollout import rollout
+from jaxadv.rollout import Episodes, play_episodes
 from jaxadv.train import HParams, Setup, TrainConfig, TrainState, init, make_setup
 
 __all__ = ["Episodes", "RunCheckpoint", "episode_states", "evaluate", "load_run"]
-
-
-class Episodes(NamedTuple):
-    """Each environment's first episode (``[N]`` each; ``jax.vmap`` adds leading axes).
-
-    Attributes:
-      returns: float32 undiscounted return (raw rewards), 0 where it did not end.
-      lengths: int32 steps, 0 where it did not end.
-      finished: bool, the episode ended within ``max_steps``.
-      metrics: ``{name: float32 [N]}`` the environment's own metrics at the episode's end.
-      final_observation: ``[N, ...]`` the observation each episode ended on (asked for with
-        ``final_observation=True``, else ``None``), e.g. a token task's prompt and response.
-    """
-
-    returns: jax.Array
-    lengths: jax.Array
-    finished: jax.Array
-    metrics: dict[str, jax.Array]
-    final_observation: jax.Array | None = None
 
 
 def evaluate(setup: Setup, key: jax.Array, params: Any, obs_stats: Any = None, *,
@@ -56,24 +37,12 @@ def evaluate(setup: Setup, key: jax.Array, params: Any, obs_stats: Any = None, *
              final_observation: bool = False) -> Episodes:
     """Play ``episodes`` fresh episodes (static) of at most ``max_steps`` steps (static)
     with the network ``params`` of ``setup`` (:func:`~jaxadv.train.make_setup`), observations
-    normalised by ``obs_stats`` where the run normalised them; see :class:`Episodes`."""
-    key_reset, key_roll = jax.random.split(key)
-    obs, state = jax.vmap(setup.env.reset, in_axes=(0, None))(
-        jax.random.split(key_reset, episodes), setup.env_params)
-    traj = rollout(key_roll, params, state, obs, obs_stats, None, apply_fn=setup.network.apply,
-                   policy=setup.policy, env=setup.env, env_params=setup.env_params,
-                   num_steps=max_steps, greedy=greedy,
-                   info_keys=(*setup.info_keys, "final_observation")).traj
-    done = traj.episode_done
-    finished = jnp.any(done, axis=0)
-    end = jnp.argmax(done, axis=0), jnp.arange(episodes)  # each env's first episode end
-    at_end = lambda x: jnp.where(finished.reshape(-1, *[1] * (x.ndim - 2)), x[end],
-                                 jnp.zeros_like(x[end]))
-    extras = dict(traj.extras)
-    final = extras.pop("final_observation")
-    metrics = {k: at_end(v).astype(jnp.float32) for k, v in extras.items()}
-    return Episodes(at_end(traj.episode_return), at_end(traj.episode_length), finished, metrics,
-                    at_end(final) if final_observation else None)
+    normalised by ``obs_stats`` where the run normalised them: :func:`jaxadv.rollout.play_episodes`
+    with the setup's network, policy, environment and metrics."""
+    return play_episodes(key, params, obs_stats, apply_fn=setup.network.apply,
+                         policy=setup.policy, env=setup.env, env_params=setup.env_params,
+                         episodes=episodes, max_steps=max_steps, greedy=greedy,
+                         info_keys=setup.info_keys, final_observation=final_observation)
 
 
 def episode_states(setup: Setup, key: jax.Array, params: Any, obs_stats: Any = None, *,

@@ -19,7 +19,8 @@ import jax.numpy as jnp
 from jaxadv import distributions as dist
 from jaxadv.envs import RewardScaler, RunningMeanStd, normalize_obs, reward_scaler_update
 
-__all__ = ["Policy", "Rollout", "Transition", "first_episode_mask", "group_resets", "make_policy", "rollout"]
+__all__ = ["Episodes", "Policy", "Rollout", "Transition", "first_episode_mask", "group_resets",
+           "make_policy", "play_episodes", "rollout"]
 
 
 class Transition(NamedTuple):
@@ -254,3 +255,48 @@ def first_episode_mask(episode_done: jax.Array) -> jax.Array:
     """
     done = episode_done.astype(jnp.float32)
     return jnp.cumprod(jnp.concatenate([jnp.ones_like(done[:1]), 1.0 - done[:-1]]), axis=0)
+
+
+class Episodes(NamedTuple):
+    """Each environment's first episode from :func:`play_episodes` (``[N]`` each; ``jax.vmap``
+    adds leading axes).
+
+    Attributes:
+      returns: float32 undiscounted return (raw rewards), 0 where it did not end.
+      lengths: int32 steps, 0 where it did not end.
+      finished: bool, the episode ended within ``max_steps``.
+      metrics: ``{name: float32 [N]}`` the environment's ``info_keys`` at the episode's end.
+      final_observation: ``[N, ...]`` the observation each episode ended on (asked for with
+        ``final_observation=True``, else ``None``), e.g. a token task's prompt and response.
+    """
+
+    returns: jax.Array
+    lengths: jax.Array
+    finished: jax.Array
+    metrics: dict[str, jax.Array]
+    final_observation: jax.Array | None = None
+
+
+def play_episodes(key: jax.Array, params: Any, obs_stats: RunningMeanStd | None, *, apply_fn: Any,
+                  policy: Policy, env: Any, env_params: Any, episodes: int, max_steps: int,
+                  greedy: bool = True, info_keys: tuple[str, ...] = (),
+                  final_observation: bool = False) -> Episodes:
+    """Play ``episodes`` fresh episodes (static), one environment each, for at most
+    ``max_steps`` steps (static) with :func:`rollout`, acting greedily or by sampling, and
+    keep each environment's first episode (:class:`Episodes`)."""
+    key_reset, key_roll = jax.random.split(key)
+    obs, state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(key_reset, episodes),
+                                                       env_params)
+    traj = rollout(key_roll, params, state, obs, obs_stats, None, apply_fn=apply_fn, policy=policy,
+                   env=env, env_params=env_params, num_steps=max_steps, greedy=greedy,
+                   info_keys=(*info_keys, "final_observation")).traj
+    done = traj.episode_done
+    finished = jnp.any(done, axis=0)
+    end = jnp.argmax(done, axis=0), jnp.arange(episodes)  # each env's first episode end
+    at_end = lambda x: jnp.where(finished.reshape(-1, *[1] * (x.ndim - 2)), x[end],
+                                 jnp.zeros_like(x[end]))
+    extras = dict(traj.extras)
+    final = extras.pop("final_observation")
+    metrics = {k: at_end(v).astype(jnp.float32) for k, v in extras.items()}
+    return Episodes(at_end(traj.episode_return), at_end(traj.episode_length), finished, metrics,
+                    at_end(final) if final_observation else None)

@@ -68,6 +68,7 @@ from jaxadv.rollout import (
     first_episode_mask,
     group_resets,
     make_policy,
+    play_episodes,
     rollout,
 )
 from jaxadv.transformer import last_position, make_transformer
@@ -78,6 +79,7 @@ __all__ = [
     "ALGOS",
     "AUTO_MICRO_BATCH",
     "ESTIMATORS",
+    "EVAL_STREAM",
     "NONFINITE",
     "SEQUENCE_ESTIMATORS",
     "Batch",
@@ -88,6 +90,7 @@ __all__ = [
     "Trainer",
     "collect",
     "estimate",
+    "greedy_evaluation",
     "init",
     "loss_fn",
     "make_setup",
@@ -214,6 +217,10 @@ class TrainConfig:
     """the warm start's fixed pool of prompts with their correct responses."""
     warm_start_lr: float = 1e-3
     """the warm start's Adam learning rate."""
+    eval_every: int = 0
+    """every this many updates, also play eval_episodes fresh episodes with the greedy policy inside the compiled program and report their mean return and length as eval_return and eval_length (NaN between evaluations); 0: never. Training itself is unchanged (the same bits)."""
+    eval_episodes: int = 8
+    """episodes of each --eval-every evaluation, each until its first end or the env's time limit."""
     micro_batch_size: int | None = None
     """samples per gradient micro-batch: each minibatch's gradient is summed over micro-batches of this many samples in a lax.scan, then one optimiser step (the same gradient up to float rounding; smaller working sets stay in cache). 0: the whole minibatch at once; default: 2048 on CPU where it divides a larger minibatch, else 0. Not with --episodic."""
 
@@ -234,8 +241,9 @@ class TrainConfig:
         """Each field on its own: types, ranges, choices."""
         for field in ("num_envs", "num_steps", "total_timesteps", "update_epochs",
                       "num_minibatches", "n_step", "layers", "width", "heads", "group_size",
-                      "warm_start_prompts"):
+                      "warm_start_prompts", "eval_episodes"):
             positive_int(field, getattr(self, field))
+        positive_int("eval_every", self.eval_every, minimum=0)
         positive_int("warm_start_steps", self.warm_start_steps, minimum=0)
         if not isinstance(self.hidden, (tuple, list)):
             raise ValueError(f"`hidden` must be a tuple of layer widths, e.g. (64, 64); got {self.hidden!r}")
@@ -893,11 +901,48 @@ def update(setup: Setup, state: TrainState, hp: HParams) -> tuple[TrainState, di
     return new_state, metrics
 
 
-def run(setup: Setup, state: TrainState, hp: HParams, num_updates: int):
+def run(setup: Setup, state: TrainState, hp: HParams, num_updates: int, start: Any = 0):
     """``num_updates`` (static) updates from ``state`` as one ``lax.scan``; metrics gain a
-    leading ``[num_updates]`` axis."""
+    leading ``[num_updates]`` axis.
+
+    With ``config.eval_every`` = E, the updates whose number (``start`` + 1, …: ``start`` the
+    updates done before, one int for every seed — not a vmapped value, so the evaluation is a
+    real ``lax.cond``) is a multiple of E add :func:`greedy_evaluation`'s metrics, the
+    others NaN."""
     hp = hp.validate()
-    return jax.lax.scan(lambda s, _: update(setup, s, hp), state, None, length=num_updates)
+    every = setup.config.eval_every
+    if not every:
+        return jax.lax.scan(lambda s, _: update(setup, s, hp), state, None, length=num_updates)
+
+    def step(s: TrainState, i: jax.Array):
+        s, metrics = update(setup, s, hp)
+        shapes = jax.eval_shape(lambda: greedy_evaluation(setup, s))
+        skip = lambda: jax.tree.map(lambda x: jnp.full(x.shape, jnp.nan, x.dtype), shapes)
+        due = (start + i + 1) % every == 0
+        return s, {**metrics, **jax.lax.cond(due, lambda: greedy_evaluation(setup, s), skip)}
+
+    return jax.lax.scan(step, state, jnp.arange(num_updates))
+
+
+EVAL_STREAM = 0x6576616C
+"""What :func:`greedy_evaluation` folds into the state's key: its episodes' randomness, drawn
+without consuming the key that training goes on with."""
+
+
+def greedy_evaluation(setup: Setup, state: TrainState) -> dict[str, jax.Array]:
+    """``eval_return`` and ``eval_length``: the means over ``config.eval_episodes`` fresh
+    episodes of ``state.params``' greedy policy that ended within the env's time limit (NaN
+    if none did), from ``jax.random.fold_in(state.key, EVAL_STREAM)``."""
+    config = setup.config
+    episodes = play_episodes(
+        jax.random.fold_in(state.key, EVAL_STREAM), state.params,
+        state.obs_stats if config.normalize_obs else None, apply_fn=setup.network.apply,
+        policy=setup.policy, env=setup.env, env_params=setup.env_params,
+        episodes=config.eval_episodes, max_steps=int(setup.env_params.max_steps_in_episode))
+    count = jnp.sum(episodes.finished)
+    mean = lambda x: jnp.where(count > 0, jnp.sum(x.astype(jnp.float32)) / jnp.maximum(count, 1),
+                               jnp.nan)
+    return {"eval_return": mean(episodes.returns), "eval_length": mean(episodes.lengths)}
 
 
 def train(setup: Setup, key: jax.Array, hp: HParams):

@@ -1,6 +1,7 @@
 """`jaxadv eval`: returns against a plain loop over the raw gymnax env, a restored policy
 against what its run reported, the animation, read-only runs and bad directories refused."""
 
+import csv
 import hashlib
 import json
 import math
@@ -15,7 +16,7 @@ from PIL import Image
 from jaxadv import cli
 from jaxadv.eval_cli import check_render
 from jaxadv.evaluate import evaluate, load_run
-from jaxadv.train import HParams, TrainConfig, init, make_setup
+from jaxadv.train import EVAL_STREAM, HParams, TrainConfig, init, make_setup, make_trainer
 
 
 def _files(directory):
@@ -32,28 +33,86 @@ def cartpole_run(tmp_path_factory):
     return out
 
 
-def test_greedy_returns_equal_a_plain_loop_over_the_raw_env():
-    """Each episode's return and length equal those of a Python loop stepping gymnax's own
-    CartPole (no wrappers) from the same first state with the argmax action."""
-    setup = make_setup(TrainConfig(hidden=(16,)))
-    params = init(setup, jax.random.key(3), HParams()).params
-    key, n = jax.random.key(4), 6
-    got = jax.jit(lambda k: evaluate(setup, k, params, episodes=n, max_steps=500))(key)
+def _plain_greedy_episodes(network, params, key, n):
+    """``[(return, length)]`` of ``n`` CartPole episodes by a Python loop stepping gymnax's own
+    environment (no wrappers) with the argmax action, from the first states that
+    :func:`jaxadv.rollout.play_episodes` draws from ``key``."""
     raw, raw_params = gymnax.make("CartPole-v1")
     _, state = jax.vmap(raw.reset, in_axes=(0, None))(
         jax.random.split(jax.random.split(key)[0], n), raw_params)
     step = jax.jit(raw.step_env)
+    act = jax.jit(lambda obs: jnp.argmax(network.apply(params, obs[None])[0][0]))
+    episodes = []
     for i in range(n):
         s = jax.tree.map(lambda x, i=i: x[i], state)
         total, length, done = 0.0, 0, False
         while not done:
-            obs = raw.get_obs(s)
-            logits = setup.network.apply(params, obs[None])[0][0]
-            _, s, reward, done, _ = step(jax.random.key(0), s, int(jnp.argmax(logits)), raw_params)
+            _, s, reward, done, _ = step(jax.random.key(0), s, int(act(raw.get_obs(s))), raw_params)
             total, length = total + float(reward), length + 1
             done = bool(done) or length >= raw_params.max_steps_in_episode
-        assert (float(got.returns[i]), int(got.lengths[i])) == (total, length)
+        episodes.append((total, length))
+    return episodes
+
+
+def test_greedy_returns_equal_a_plain_loop_over_the_raw_env():
+    """Each episode's return and length equal those of a Python loop stepping gymnax's own
+    CartPole from the same first state with the argmax action."""
+    setup = make_setup(TrainConfig(hidden=(16,)))
+    params = init(setup, jax.random.key(3), HParams()).params
+    key, n = jax.random.key(4), 6
+    got = jax.jit(lambda k: evaluate(setup, k, params, episodes=n, max_steps=500))(key)
+    want = _plain_greedy_episodes(setup.network, params, key, n)
+    assert [(float(r), int(n)) for r, n in zip(got.returns, got.lengths)] == want
     assert bool(got.finished.all())
+
+
+EVERY = TrainConfig(num_envs=4, num_steps=32, total_timesteps=4 * 32 * 6, hidden=(16,))
+
+
+def test_eval_every_leaves_training_unchanged_and_evaluates_on_schedule():
+    """--eval-every 2: the same parameters and metrics, bit for bit, as without; the greedy
+    return at updates 2, 4, 6 equals the plain loop's mean over the same first states with
+    that update's parameters; NaN at the others."""
+    plain = make_trainer(EVERY)
+    state, metrics = jax.jit(plain.train)(jax.random.key(0), HParams())
+    config = EVERY.replace(eval_every=2, eval_episodes=3)
+    evaluated = make_trainer(config)
+    got_state, got = jax.jit(evaluated.train)(jax.random.key(0), HParams())
+    same = lambda a, b: np.array_equal(np.asarray(a), np.asarray(b), equal_nan=True)
+    unkey = lambda s: s._replace(key=jax.random.key_data(s.key))
+    assert all(jax.tree.leaves(jax.tree.map(same, unkey(state), unkey(got_state))))
+    assert all(same(metrics[k], got[k]) for k in metrics)
+    assert np.isnan(got["eval_return"][0::2]).all() and np.isnan(got["eval_length"][0::2]).all()
+    evaluated_setup = make_setup(config)
+    states = [init(evaluated_setup, jax.random.key(0), HParams())]
+    for _ in range(6):  # the parameters and key after each update, one update at a time
+        states.append(jax.jit(evaluated.update)(states[-1], HParams())[0])
+    for u in (2, 4, 6):
+        s = states[u]
+        episodes = _plain_greedy_episodes(evaluated_setup.network, s.params,
+                                          jax.random.fold_in(s.key, EVAL_STREAM), 3)
+        assert got["eval_return"][u - 1] == pytest.approx(np.mean([r for r, _ in episodes]))
+        assert got["eval_length"][u - 1] == pytest.approx(np.mean([n for _, n in episodes]))
+
+
+def test_eval_every_is_a_real_branch_under_vmap():
+    """Vmapped over seeds, the evaluation stays a ``cond`` on the update count (not a select
+    that would play the episodes at every update)."""
+    trainer = make_trainer(EVERY.replace(eval_every=2))
+    jaxpr = jax.make_jaxpr(jax.vmap(trainer.train, (0, None)))(
+        jax.random.split(jax.random.key(0), 3), HParams())
+    assert "cond[" in str(jaxpr)
+
+
+def test_eval_every_falls_on_multiples_of_it_across_compiled_calls(tmp_path):
+    out = tmp_path / "run"
+    argv = ["train", "--seeds", "2", "--num-envs", "4", "--num-steps", "32", "--total-timesteps",
+            str(4 * 32 * 7), "--hidden", "8", "--chunk-updates", "3", "--eval-every", "2",
+            "--eval-episodes", "2", "--out", str(out), "--quiet"]
+    assert cli.main(argv) == 0
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    evaluated = {int(r["update"]) for r in rows if r["eval_return"] != "nan"}
+    assert evaluated == {2, 4, 6} and len(rows) == 2 * 7
 
 
 def test_restored_policy_returns_what_its_run_reported(cartpole_run):
