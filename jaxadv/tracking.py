@@ -59,12 +59,14 @@ def make_loggers(kinds: tuple[str, ...], out: pathlib.Path, batch_size: int,
 class Background:
     """A logger's calls made in order on a thread of its own at the lowest CPU priority
     (nice 19, on Linux), so that building and writing the events takes the CPU only when
-    XLA's threads leave it idle; :meth:`wait` and :meth:`close` wait for them.
+    XLA's threads leave it idle; :meth:`wait` and :meth:`close` wait for them and raise
+    what a call raised (the calls after it are dropped, so neither ever hangs).
     ``seconds``: the logger's."""
 
     def __init__(self, logger: Any):
         self.logger = logger
         self._calls: queue.Queue = queue.Queue()
+        self._error: Exception | None = None  # the first call that failed
         self._thread = threading.Thread(target=self._work, name="jaxadv-logger", daemon=True)
         self._thread.start()
 
@@ -73,10 +75,17 @@ class Background:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
         while (call := self._calls.get()) is not None:
             try:
-                call()
+                if self._error is None:  # after a failure, drain without calling
+                    call()
+            except Exception as exc:  # raised again in the caller's thread by wait/close
+                self._error = exc
             finally:
                 self._calls.task_done()
         self._calls.task_done()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise RuntimeError(f"logging failed: {self._error!r}") from self._error
 
     @property
     def seconds(self) -> float:
@@ -89,13 +98,15 @@ class Background:
         self._calls.put(lambda: self.logger.finish(summary, returns_png))
 
     def wait(self) -> None:
-        """Return once every call so far is done."""
+        """Return once every call so far is done; raise if one failed."""
         self._calls.join()
+        self._raise()
 
     def close(self) -> None:
         self._calls.put(None)
         self._thread.join()
         self.logger.close()
+        self._raise()
 
 
 class TensorBoardLogger:

@@ -914,10 +914,11 @@ def run(setup: Setup, state: TrainState, hp: HParams, num_updates: int, start: A
     if not every:
         return jax.lax.scan(lambda s, _: update(setup, s, hp), state, None, length=num_updates)
 
+    nan = jnp.full((), jnp.nan, jnp.float32)
+    skip = lambda: {"eval_return": nan, "eval_length": nan}
+
     def step(s: TrainState, i: jax.Array):
         s, metrics = update(setup, s, hp)
-        shapes = jax.eval_shape(lambda: greedy_evaluation(setup, s))
-        skip = lambda: jax.tree.map(lambda x: jnp.full(x.shape, jnp.nan, x.dtype), shapes)
         due = (start + i + 1) % every == 0
         return s, {**metrics, **jax.lax.cond(due, lambda: greedy_evaluation(setup, s), skip)}
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import math
 import pathlib
 import time
@@ -29,10 +28,10 @@ from rich.console import Console
 from rich.table import Table
 
 from jaxadv import exact, sequence_exact, variance
-from jaxadv.checkpoint import CheckpointStore
 from jaxadv.devices import seed_groups
 from jaxadv.envs import registered_names
 from jaxadv.envs.sequence import SequenceTask
+from jaxadv.evaluate import load_run
 from jaxadv.losses import REDUCTIONS
 from jaxadv.report import platform_info, write_json
 from jaxadv.train import HParams, TrainConfig, make_trainer
@@ -225,26 +224,12 @@ def _trained(args: VarianceArgs, console: Console) -> tuple[Any, Any, Any, float
         about = {"source": "trained here", "env_steps": config.num_updates * config.batch_size,
                  "return_last_updates": float(np.nanmean(returns[-max(1, len(returns) // 10):]))}
         return trainer, state.params, state.obs_stats, hp.gamma, about
-    stored = json.loads((args.checkpoint / "config.json").read_text())
-    config = TrainConfig(**_tuples(stored["train_config"]))
-    hp = HParams(**stored["hparams"])
-    seeds = int(stored["run"]["seeds"])
-    trainer = make_trainer(config)
-    keys = jax.random.split(jax.random.key(int(stored["run"]["seed"])), seeds)
-    abstract = jax.eval_shape(jax.vmap(trainer.init, (0, None)), keys, hp)
-    with CheckpointStore(args.checkpoint / "checkpoints") as store:
-        ckpt = store.restore(abstract, warn=console.print)
-    first = jax.tree.map(lambda x: x[0], ckpt.state)
-    about = {"source": str(args.checkpoint), "update": int(first.update),
-             "env_steps": int(first.update) * config.batch_size}
-    if config.env != args.env:
-        raise ValueError(f"`env` {args.env!r} differs from the checkpoint's env {config.env!r}")
-    return trainer, first.params, first.obs_stats, hp.gamma, about
-
-
-def _tuples(fields: dict[str, Any]) -> dict[str, Any]:
-    """JSON lists back to the tuples a frozen dataclass holds."""
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+    run = load_run(args.checkpoint, warn=console.print)  # read-only
+    if run.config.env != args.env:
+        raise ValueError(f"`env` {args.env!r} differs from the checkpoint's env {run.config.env!r}")
+    first = jax.tree.map(lambda x: x[0], run.state)
+    about = {"source": str(args.checkpoint), "update": run.update, "env_steps": run.env_steps}
+    return make_trainer(run.config), first.params, first.obs_stats, run.hparams.gamma, about
 
 
 def variance_command(args: VarianceArgs) -> dict[str, Any]:

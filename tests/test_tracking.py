@@ -71,3 +71,24 @@ def test_a_logger_without_its_package_is_refused_before_compiling(monkeypatch, n
     monkeypatch.setitem(tracking.LOGGERS, "tensorboard", ("no_such_package_here",))
     assert cli.main(["train", "--log", "tensorboard", "--out", str(tmp_path)]) == 2
     assert "pip install 'jaxadv[tensorboard]'" in capsys.readouterr().err
+
+
+def test_a_failing_logger_call_is_raised_by_wait_and_never_hangs_close():
+    class Broken:
+        seconds, calls = 0.0, []
+
+        def append(self, metrics, first_update, wall_seconds):
+            self.calls.append(first_update)
+            raise OSError("disk full")
+
+        def close(self):
+            pass
+
+    logger = tracking.Background(Broken())
+    logger.append({}, 1, 0.0)
+    logger.append({}, 2, 0.0)  # dropped after the failure
+    with pytest.raises(RuntimeError, match="disk full"):
+        logger.wait()
+    with pytest.raises(RuntimeError, match="disk full"):
+        logger.close()
+    assert Broken.calls == [1]
