@@ -23,12 +23,14 @@ import pathlib
 from typing import Annotated, Any, Literal
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import tyro
 from rich.console import Console
 from rich.table import Table
 
 from jaxadv.driver import RunStopped
+from jaxadv.envs import normalize_obs
 from jaxadv.evaluate import RunCheckpoint, episode_states, evaluate, load_run
 from jaxadv.report import platform_info, write_json
 from jaxadv.stats import t_quantile_975
@@ -56,7 +58,7 @@ class EvalArgs:
     out: pathlib.Path | None = None
     """output directory for eval.json (created); default: DIR/eval."""
     render: pathlib.Path | None = None
-    """draw --render-episodes episodes of seed 0 into this file: .gif (or .mp4 with ffmpeg) for the envs gymnax's visualiser draws; for Sequence-v0 a text file of prompts, responses and rewards."""
+    """draw --render-episodes episodes of seed 0 into this file: .gif (or .mp4 with ffmpeg) for the envs gymnax's visualiser draws; for Sequence-v0 a text file of prompts, responses and rewards; for Gridworld-v0 a picture (.png, .svg, .pdf) of the policy in every cell over its exact values."""
     render_episodes: int = 1
     """episodes drawn by --render, one after another."""
     frame_every: int | None = None
@@ -178,6 +180,8 @@ def render_episodes(setup: Setup, run: RunCheckpoint, args: EvalArgs, max_steps:
     if run.config.env == "Sequence-v0":
         count = _sequence_text(setup, seed0.params, key, args, greedy)
         return {"path": str(args.render), "frames": count, "lengths": []}
+    if run.config.env == "Gridworld-v0":
+        return _gridworld_picture(setup, run, args.render, console)
     os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")  # gymnasium draws with pygame,
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # off screen and without sound
     os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
@@ -214,9 +218,15 @@ def check_render(env: str, path: pathlib.Path) -> None:
         if suffix != ".txt":
             raise ValueError(f"`render` {str(path)!r}: Sequence-v0 is written as text; name a .txt file")
         return
+    if env == "Gridworld-v0":
+        if suffix not in (".png", ".svg", ".pdf"):
+            raise ValueError(f"`render` {str(path)!r}: Gridworld-v0 is drawn as a picture of "
+                             "its policy; name a .png, .svg or .pdf file")
+        return
     if env not in _DRAWN:
         raise ValueError(f"`render`: gymnax's visualiser does not draw {env}; it draws "
-                         f"{', '.join(_DRAWN)} (and Sequence-v0 as text)")
+                         f"{', '.join(_DRAWN)} (and Sequence-v0 as text, Gridworld-v0 as a "
+                         "picture)")
     if suffix not in (".gif", ".mp4"):
         raise ValueError(f"`render` {str(path)!r}: name a .gif or .mp4 file")
     from matplotlib import animation
@@ -249,6 +259,56 @@ def _save_animation(vis: Any, labels: list[str], path: pathlib.Path, console: Co
     finally:
         plt.close(vis.fig)
     console.print(f"wrote {count} frames to {path}")
+
+
+def _gridworld_picture(setup: Setup, run: RunCheckpoint, path: pathlib.Path,
+                       console: Console) -> dict[str, Any]:
+    """Draw seed 0's policy on the gridworld into ``path``: each cell coloured by its exact
+    value V^π (:func:`jaxadv.exact.values`, the run's γ) with one arrow per action, its
+    length π(a | cell); the start and goal cells marked. Returns ``path``, the policy's
+    exact objective ``J`` (from the start) and ``probs`` ``[S, A]``."""
+    import matplotlib.pyplot as plt
+
+    from jaxadv import exact
+    from jaxadv.mdp import TabularMDP
+
+    env = setup.env.unwrapped
+    params = setup.env_params
+    while hasattr(params, "env_params"):  # the wrappers' parameters around the MDP's
+        params = params.env_params
+    (width, height), num = env.grid, env.num_states
+    seed0 = jax.tree.map(lambda x: x[0], run.state)
+    obs = jnp.eye(num, dtype=jnp.float32)
+    if run.config.normalize_obs:
+        obs = normalize_obs(seed0.obs_stats, obs)
+    logits, _ = setup.network.apply(seed0.params, obs)
+    mdp = TabularMDP(params.transitions, params.rewards, params.initial, run.hparams.gamma)
+    v, _ = exact.values(mdp, logits)
+    probs = np.asarray(jax.nn.softmax(logits, axis=-1))
+    objective = float(exact.objective(mdp, logits))
+    fig, ax = plt.subplots(figsize=(1.1 * width + 1.5, 1.1 * height + 0.8))
+    cells = np.asarray(v, np.float64).copy()
+    cells[num - 1] = np.nan  # the goal is never occupied: left blank, out of the colour scale
+    image = ax.imshow(cells.reshape(height, width), cmap="viridis")
+    fig.colorbar(image, ax=ax, label=f"V^π (exact, γ = {run.hparams.gamma:g})")
+    for s in range(num):
+        row, col = divmod(s, width)
+        for (dy, dx), p in zip(((-1, 0), (1, 0), (0, -1), (0, 1)), probs[s], strict=True):
+            if s != num - 1 and p > 0.02:
+                ax.arrow(col, row, 0.45 * p * dx, 0.45 * p * dy, width=0.02, head_width=0.09,
+                         head_length=0.07, length_includes_head=True, color="white")
+    ax.text(0, -0.3, "start", ha="center", va="center", color="white", fontsize=9)
+    ax.text(width - 1, height - 1, "goal", ha="center", va="center", color="black", fontsize=11)
+    ax.set_xticks(range(width))
+    ax.set_yticks(range(height))
+    ax.set_title(f"{run.config.algo} · Gridworld-v0 · seed 0 · update {run.update}\n"
+                 f"arrows: π(a | cell); J(π) = {objective:.3f} from the start")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80, bbox_inches="tight")
+    plt.close(fig)
+    console.print(f"wrote the policy of seed 0 to {path}")
+    return {"path": str(path), "frames": 1, "lengths": [], "objective": objective,
+            "probs": probs.round(4).tolist()}
 
 
 def _sequence_text(setup: Setup, params: Any, key: jax.Array, args: EvalArgs, greedy: bool) -> int:

@@ -22,14 +22,15 @@ import jax.numpy as jnp
 import numpy as np
 from rich.console import Console
 
-from jaxadv.driver import drive
+from jaxadv.driver import RunResult
 from jaxadv.envs.sequence import SequenceTask
 from jaxadv.envs.token import decode_tokens
 from jaxadv.estimators import SEQUENCE_ESTIMATORS
 from jaxadv.losses import REDUCTIONS
 from jaxadv.rollout import rollout
+from jaxadv.tracking import WandbSettings, check_loggers
 from jaxadv.train import KL_MODES, HParams, TrainConfig, make_trainer
-from jaxadv.train_cli import TrainArgs, run_options, write_run_outputs
+from jaxadv.train_cli import TrainArgs, drive_logged, write_run_outputs
 from jaxadv.validate import positive_int
 
 __all__ = ["SequenceArgs", "generate", "plot_sequence", "sequence_command"]
@@ -108,6 +109,9 @@ class SequenceArgs:
     """updates per compiled call; default: about 32 calls."""
     quiet: bool = False
     """no progress bar, table or samples."""
+    log: tuple[Literal["tensorboard", "wandb"], ...] = ()
+    """also log the metrics, config, summary and returns plot to TensorBoard (--out/tb) and/or Weights & Biases (as jaxadv train --log)."""
+    wandb: WandbSettings = WandbSettings()
 
     def env_kwargs(self) -> dict[str, Any]:
         return {"task": self.task, "num_digits": self.num_digits, "prompt_length": self.prompt_length,
@@ -116,6 +120,7 @@ class SequenceArgs:
 
     def check(self) -> SequenceArgs:
         """Refuse a bad value with a ``ValueError`` naming the field; compiles nothing."""
+        check_loggers(self.log)
         for name in ("group_size", "prompts_per_update", "total_samples", "samples_shown"):
             positive_int(name, getattr(self, name), minimum=0 if name == "samples_shown" else 1)
         self.env()  # the task's own checks, naming their argument
@@ -203,16 +208,21 @@ def sequence_command(args: SequenceArgs) -> dict[str, Any]:
         for text in generate(trainer, params, key_show, args.samples_shown):
             console.print(f"  {text}")
     train_args = TrainArgs(config=config, hparams=hp, seed=args.seed, seeds=args.seeds, out=args.out,
-                           chunk_updates=args.chunk_updates, quiet=args.quiet).check()
-    result = drive(config, hp, run_options(train_args))
-    history, summary = result.history, result.summary
-    samples = np.arange(1, config.num_updates + 1) * config.num_envs
-    exact = np.asarray(history["exact_match"], np.float64)
-    plot_sequence(args.out / "reward.png", samples, np.asarray(history["episode_return"], np.float64),
-                  exact, f"{args.estimator} · {args.task} · {args.seeds} seed(s)")
-    summary["final_exact_match"] = float(np.nanmean(exact[:, -max(1, samples.size // 10):]))
-    summary["samples"] = int(samples[-1])
-    write_run_outputs(result, args.out, quiet=args.quiet)
+                           chunk_updates=args.chunk_updates, quiet=args.quiet, log=args.log,
+                           wandb=args.wandb).check()
+    def write(result: RunResult) -> None:
+        history = result.history
+        samples = np.arange(1, config.num_updates + 1) * config.num_envs
+        exact = np.asarray(history["exact_match"], np.float64)
+        plot_sequence(args.out / "reward.png", samples,
+                      np.asarray(history["episode_return"], np.float64), exact,
+                      f"{args.estimator} · {args.task} · {args.seeds} seed(s)")
+        result.summary["final_exact_match"] = float(np.nanmean(exact[:, -max(1, samples.size // 10):]))
+        result.summary["samples"] = int(samples[-1])
+        write_run_outputs(result, args.out, quiet=args.quiet)
+
+    result = drive_logged(train_args, write)
+    summary = result.summary
     if args.samples_shown:
         final = jax.tree.map(lambda x: x[0], result.state.params)
         console.print("[bold]after RL[/bold] (seed 0, sampled):")

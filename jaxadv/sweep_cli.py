@@ -17,6 +17,7 @@ import math
 import pathlib
 import shlex
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Annotated, Any, Literal
 
@@ -38,6 +39,7 @@ from jaxadv.sweep import (
     expand_grid,
     run_sweep,
 )
+from jaxadv.tracking import WandbSettings, check_loggers, log_sweep_wandb
 from jaxadv.train import HParams, TrainConfig
 from jaxadv.validate import check_positive, field_changes, refuse_changes
 
@@ -116,6 +118,9 @@ class SweepArgs:
     """continue the sweep in this directory (an earlier --out), with the settings in its chunks/manifest.json: the chunks saved there are not computed again; a flag that would change the grid, a TrainConfig or HParams field, --samples, --log-uniform, --seed or --seeds is refused (--max-parallel and --quiet may change)."""
     quiet: bool = False
     """no progress bar and no summary table."""
+    log: tuple[Literal["wandb"], ...] = ()
+    """wandb: when the sweep ends, log each point and seed as a Weights & Biases run (episode_return and episodes against env steps, final_return and auc), grouped by point, local files under --out/wandb (pip install 'jaxadv[wandb]'; WANDB_MODE=offline works without a network)."""
+    wandb: WandbSettings = WandbSettings()
     compile_cache: bool = True
     """keep compiled programs in JAX's persistent cache ($JAXADV_CACHE_DIR, default ~/.cache/jaxadv/xla); --no-compile-cache turns it off."""
 
@@ -130,6 +135,7 @@ class SweepArgs:
         hold an unfinished sweep.
         """
         check_positive(self, "seeds", "max_parallel", "samples")
+        check_loggers(self.log)
         self.hparams.validate()
         grid = self.grid_spec()
         if not grid:
@@ -365,6 +371,12 @@ def sweep_command(args: SweepArgs) -> dict[str, Any]:
                   f"{sum(c.stop - c.start for c in computed)} of {runs} runs")
     summary = _write_outputs(args, grid, result, points=points, writer=writer)
     store.finish()
+    if writer and args.log:
+        err.print(f"logging {runs} runs to Weights & Biases …")
+        t0 = time.perf_counter()
+        log_sweep_wandb(out, result, args.settings(), args.wandb)
+        summary["log_seconds"] = time.perf_counter() - t0
+        write_json(out / "summary.json", summary)
     console.print(sweep_table(summary))
     console.print(f"wrote sweep.csv, summary.json, sweep.png, chunks/ to {out}/")
     return summary

@@ -12,11 +12,16 @@ takes ~1 µs): one event per update holding every metric of
 ``<name>/seed<s>``, against env steps per seed; the configuration as text at step 0; the
 summary as text and ``returns.png`` as an image at the last step. NaN values (an update in
 which no episode ended) are left out.
+
+:class:`WandbLogger` logs the same values, config, summary and plot to one Weights & Biases
+run (the ``wandb`` extra; ``WANDB_MODE=offline`` keeps it on disk, under ``--out/wandb``), and
+:func:`log_sweep_wandb` logs a sweep as one W&B run per point and seed, grouped by point.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import json
 import os
@@ -26,13 +31,15 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-__all__ = ["LOGGERS", "Background", "TensorBoardLogger", "check_loggers", "make_loggers"]
+__all__ = ["LOGGERS", "Background", "TensorBoardLogger", "WandbLogger", "WandbSettings", "check_loggers",
+           "log_sweep_wandb", "make_loggers", "update_values"]
 
-LOGGERS = {"tensorboard": ("tensorboard", "google_crc32c")}
+LOGGERS = {"tensorboard": ("tensorboard", "google_crc32c"), "wandb": ("wandb",)}
 """Each ``--log`` choice and the packages it needs."""
 
 
@@ -48,12 +55,58 @@ def check_loggers(kinds: tuple[str, ...]) -> None:
                              f"pip install 'jaxadv[{kind}]'")
 
 
+@dataclasses.dataclass(frozen=True)
+class WandbSettings:
+    """Where ``--log wandb`` puts its runs (W&B's own ``WANDB_*`` variables apply too; set
+    ``WANDB_MODE=offline`` to keep the runs on disk and ``wandb sync`` them later)."""
+
+    project: str = "jaxadv"
+    """W&B project."""
+    entity: str | None = None
+    """W&B entity (user or team); default: yours."""
+    group: str | None = None
+    """W&B group of the run (a sweep's runs: this, then the point); default: the --out directory's name."""
+
+
 def make_loggers(kinds: tuple[str, ...], out: pathlib.Path, batch_size: int,
-                 record: dict[str, Any]) -> list[TensorBoardLogger]:
-    """One logger per ``--log`` choice, writing under ``out`` (``out/tb`` for TensorBoard)."""
+                 record: dict[str, Any], wandb: WandbSettings | None = None) -> list[Background]:
+    """One logger per ``--log`` choice, writing under ``out`` (``out/tb`` for TensorBoard,
+    ``out/wandb`` for W&B's local files), each on a :class:`Background` thread."""
     check_loggers(kinds)
-    return [Background(TensorBoardLogger(out / "tb", batch_size, record)) for kind in kinds
-            if kind == "tensorboard"]
+    make = {"tensorboard": lambda: TensorBoardLogger(out / "tb", batch_size, record),
+            "wandb": lambda: WandbLogger(out, batch_size, record, wandb or WandbSettings())}
+    return [Background(make[kind]()) for kind in kinds]
+
+
+def update_values(metrics: dict[str, np.ndarray]) -> Iterator[list[tuple[str, float]]]:
+    """Per update of ``metrics[name]: [seeds, K]``, its ``(tag, value)`` pairs: ``<name>/mean``
+    (the mean over the seeds with a finite value) and ``<name>/seed<s>``, NaNs left out
+    (``env_steps`` is the x axis, not a value).
+
+    >>> [list(u) for u in update_values({"loss": np.array([[1.0, np.nan], [3.0, np.nan]])})]
+    [[('loss/mean', 2.0), ('loss/seed0', 1.0), ('loss/seed1', 3.0)], []]
+    """
+    rows = []  # per name: (mean tag, [K] means, seed tags, [K][seeds] values), as lists
+    for name, x in metrics.items():
+        if name == "env_steps":
+            continue
+        x = np.asarray(x, np.float64)
+        finite = np.isfinite(x)
+        count = finite.sum(axis=0)
+        mean = np.where(finite, x, 0.0).sum(axis=0) / np.maximum(count, 1)
+        rows.append((f"{name}/mean", np.where(count > 0, mean, np.nan).tolist(),
+                     [f"{name}/seed{s}" for s in range(x.shape[0])],
+                     np.where(finite, x, np.nan).T.tolist()))
+    for i in range(len(rows[0][1]) if rows else 0):
+        values = []
+        append = values.append
+        for tag, means, seed_tags, per_seed in rows:
+            if means[i] == means[i]:  # not NaN: some seed has a value
+                append((tag, means[i]))
+            for t, v in zip(seed_tags, per_seed[i]):
+                if v == v:
+                    append((t, v))
+        yield values
 
 
 class Background:
@@ -152,27 +205,12 @@ class TensorBoardLogger:
         from tensorboard.compat.proto import summary_pb2
 
         t0 = time.perf_counter()
-        rows = []  # per name: (mean tag, [K] means, seed tags, [K][seeds] values), as lists
-        for name, x in metrics.items():
-            if name == "env_steps":
-                continue
-            x = np.asarray(x, np.float64)
-            finite = np.isfinite(x)
-            count = finite.sum(axis=0)
-            mean = np.where(finite, x, 0.0).sum(axis=0) / np.maximum(count, 1)
-            rows.append((f"{name}/mean", np.where(count > 0, mean, np.nan).tolist(),
-                         [f"{name}/seed{s}" for s in range(x.shape[0])],
-                         np.where(finite, x, np.nan).T.tolist()))
-        for i in range(np.shape(metrics["episode_return"])[1]):
+        for i, values in enumerate(update_values(metrics)):
             summary = summary_pb2.Summary()
             add = summary.value.add  # ~0.7 µs a value, half the cost of building a list
             add(tag="wall_seconds", simple_value=wall_seconds)
-            for tag, means, seed_tags, per_seed in rows:
-                if means[i] == means[i]:  # not NaN: some seed has a value
-                    add(tag=tag, simple_value=means[i])
-                for t, v in zip(seed_tags, per_seed[i]):
-                    if v == v:
-                        add(tag=t, simple_value=v)
+            for tag, value in values:
+                add(tag=tag, simple_value=value)
             self._last_step = (first_update + i) * self._batch_size
             self._event(self._last_step, summary)
         self._file.flush()
@@ -193,6 +231,84 @@ class TensorBoardLogger:
     def close(self) -> None:
         """Close the event file."""
         self._file.close()
+
+
+class WandbLogger:
+    """One Weights & Biases run (see the module docstring), its local files in ``out/wandb``.
+
+    ``batch_size``: env steps per update and seed (W&B's step); ``record``: the run's
+    ``config.json`` (the run's config); ``settings``: project, entity, group; the run's
+    name is ``out``'s. ``seconds``: the time spent in :meth:`append` so far.
+    """
+
+    def __init__(self, out: pathlib.Path, batch_size: int, record: dict[str, Any],
+                 settings: WandbSettings):
+        self._run = _wandb_run(out, settings.project, settings.entity, settings.group or out.name,
+                               out.name, _plain(record))
+        self._batch_size = batch_size
+        self._last_step = 0
+        self.seconds = 0.0
+
+    def append(self, metrics: dict[str, np.ndarray], first_update: int, wall_seconds: float) -> None:
+        """Log ``metrics[name]: [seeds, K]`` of updates ``first_update … first_update + K − 1``."""
+        t0 = time.perf_counter()
+        for i, values in enumerate(update_values(metrics)):
+            self._last_step = (first_update + i) * self._batch_size
+            self._run.log({"wall_seconds": wall_seconds, **dict(values)}, step=self._last_step)
+        self.seconds += time.perf_counter() - t0
+
+    def finish(self, summary: dict[str, Any], returns_png: pathlib.Path) -> None:
+        """The run's ``summary`` as W&B's summary and ``returns_png`` as an image at the last step."""
+        import wandb
+
+        self._run.summary.update(_plain(summary))
+        self._run.log({"returns": wandb.Image(str(returns_png))}, step=self._last_step)
+
+    def close(self) -> None:
+        """Finish the run (W&B writes its last records)."""
+        self._run.finish()
+
+
+def _plain(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` as plain JSON values (arrays as lists, anything else unknown as its string)."""
+    return json.loads(json.dumps(data, default=lambda v: v.tolist() if hasattr(v, "tolist")
+                                 else str(v)))
+
+
+def _wandb_run(out: pathlib.Path, project: str, entity: str | None, group: str, name: str,
+               config: dict[str, Any]) -> Any:
+    """A new W&B run with its files under ``out/wandb``, quiet, without console capture or
+    system metrics (they would compete with training for the CPU)."""
+    import wandb
+
+    out.mkdir(parents=True, exist_ok=True)
+    settings = wandb.Settings(console="off", silent=True, x_disable_stats=True,
+                              x_save_requirements=False, disable_git=True)
+    return wandb.init(project=project, entity=entity, group=group, name=name, dir=str(out),
+                      config=config, reinit="create_new", settings=settings)
+
+
+def log_sweep_wandb(out: pathlib.Path, result: Any, record: dict[str, Any],
+                    settings: WandbSettings) -> int:
+    """Log a finished sweep (:class:`~jaxadv.sweep.SweepResult`) to W&B: one run per point and
+    seed, named ``p<point>-s<seed>`` in group ``<group>-p<point>`` (default group: ``out``'s
+    name), config ``record`` with the point's values and the seed, ``episode_return`` and
+    ``episodes`` against env steps, ``final_return`` and ``auc`` in the summary. Returns the
+    number of runs."""
+    group = settings.group or out.name
+    for p, point in enumerate(result.points):
+        for s in range(result.seeds):
+            config = _plain({**record, "point": point, "point_index": p, "seed": s})
+            run = _wandb_run(out, settings.project, settings.entity, f"{group}-p{p}", f"p{p}-s{s}",
+                             config)
+            for step, ret, eps in zip(result.env_steps[p].tolist(), result.returns[p][s].tolist(),
+                                      result.episodes[p][s].tolist()):
+                run.log({"episodes": eps} if ret != ret else {"episode_return": ret, "episodes": eps},
+                        step=int(step))
+            final, auc = float(result.final_return[p, s]), float(result.auc[p, s])
+            run.summary.update({k: v for k, v in (("final_return", final), ("auc", auc)) if v == v})
+            run.finish()
+    return len(result.points) * result.seeds
 
 
 def _masked_crc(data: bytes) -> int:

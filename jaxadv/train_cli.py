@@ -16,7 +16,7 @@ import pathlib
 import shlex
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Annotated, Any, Literal
 
 import jax
@@ -28,11 +28,11 @@ from jaxadv.checkpoint import checkpoint_steps
 from jaxadv.devices import seed_groups
 from jaxadv.driver import RunOptions, RunResult, default_chunk_updates, drive
 from jaxadv.report import jsonable, plot_returns, summary_table, write_json
-from jaxadv.tracking import check_loggers, make_loggers
+from jaxadv.tracking import WandbSettings, check_loggers, make_loggers
 from jaxadv.train import HParams, TrainConfig
 from jaxadv.validate import check_positive, field_changes, refuse_changes
 
-__all__ = ["TrainArgs", "resume_args", "run_options", "train_command", "write_run_outputs"]
+__all__ = ["TrainArgs", "drive_logged", "resume_args", "run_options", "train_command", "write_run_outputs"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,8 +64,9 @@ class TrainArgs:
     """diagnostic rerun (e.g. with --resume after a non-finite stop): compile each call with jax.experimental.checkify NaN checks and report the first operation that makes a NaN, with its source line (slower)."""
     quiet: bool = False
     """no progress bar and no summary table."""
-    log: tuple[Literal["tensorboard"], ...] = ()
-    """also log every metric of metrics.csv (mean over seeds and per seed, against env steps), the config and the returns plot to TensorBoard event files under --out/tb (the tensorboard package: pip install 'jaxadv[tensorboard]'); written between compiled calls."""
+    log: tuple[Literal["tensorboard", "wandb"], ...] = ()
+    """also log every metric of metrics.csv (mean over seeds and per seed, against env steps), the config, the summary and the returns plot: tensorboard, event files under --out/tb (pip install 'jaxadv[tensorboard]'); wandb, a Weights & Biases run with its local files under --out/wandb (pip install 'jaxadv[wandb]'; WANDB_MODE=offline works without a network). Written between compiled calls, on a low-priority thread."""
+    wandb: WandbSettings = WandbSettings()
     compile_cache: bool = True
     """keep compiled programs in JAX's persistent cache ($JAXADV_CACHE_DIR, default ~/.cache/jaxadv/xla), so the same configuration compiles once; --no-compile-cache turns it off."""
 
@@ -156,23 +157,30 @@ def train_command(args: TrainArgs) -> dict[str, Any]:
     ``summary.json`` and ``returns.png`` at the end; return the summary. Raises
     :class:`~jaxadv.driver.RunStopped` when interrupted, on non-finite values, or with no
     usable checkpoint to resume."""
-    config, hp = args.check().config, args.hparams
+    args.check()
+    return drive_logged(args, lambda result: write_run_outputs(result, args.out, quiet=args.quiet)).summary
+
+
+def drive_logged(args: TrainArgs, write: Callable[[RunResult], None]) -> RunResult:
+    """Run checked ``args`` with :func:`~jaxadv.driver.drive`, then wait for the ``--log``
+    loggers (the summary gains ``log_seconds`` and ``log_wait_seconds``), call ``write``
+    (which writes ``returns.png``), give the loggers the summary and plot, close them."""
     options = run_options(args)
     try:
-        result = drive(config, hp, options)
+        result = drive(args.config, args.hparams, options)
         if options.loggers:  # what the logging thread still had to do when training ended
             t0 = time.perf_counter()
             for logger in options.loggers:
                 logger.wait()
             result.summary.update(log_wait_seconds=time.perf_counter() - t0,
                                   log_seconds=sum(logger.seconds for logger in options.loggers))
-        write_run_outputs(result, args.out, quiet=args.quiet)
+        write(result)
         for logger in options.loggers:
             logger.finish(result.summary, args.out / "returns.png")
     finally:
         for logger in options.loggers:
             logger.close()
-    return result.summary
+    return result
 
 
 def run_options(args: TrainArgs) -> RunOptions:
@@ -190,7 +198,7 @@ def run_options(args: TrainArgs) -> RunOptions:
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
     record = jsonable({"train_config": config, "hparams": args.hparams, "run": run})
     write_json(out / "config.json", record)
-    loggers = tuple(make_loggers(args.log, out, config.batch_size, record))
+    loggers = tuple(make_loggers(args.log, out, config.batch_size, record, args.wandb))
     return RunOptions(out=out, seed=args.seed, seeds=args.seeds, chunk_updates=k,
                       checkpoint_every=args.checkpoint_every,
                       keep_checkpoints=args.keep_checkpoints, resume=args.resume is not None,

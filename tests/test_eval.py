@@ -177,6 +177,7 @@ def test_eval_never_writes_into_the_run_and_refuses_what_it_cannot_use(cartpole_
     ("Tabular-v0", "a.gif", "does not draw Tabular-v0"),
     ("CartPole-v1", "a.png", "name a .gif or .mp4 file"),
     ("Sequence-v0", "a.gif", "name a .txt file"),
+    ("Gridworld-v0", "a.gif", "name a .png, .svg or .pdf file"),
 ])
 def test_render_files_that_cannot_be_drawn_are_refused(env, name, message, tmp_path):
     with pytest.raises(ValueError, match=message):
@@ -199,3 +200,44 @@ def test_a_sequence_run_evaluates_with_its_exact_match_and_renders_as_text(tmp_p
     lines = text.read_text().splitlines()
     assert len(lines) == 3 == record["render"]["frames"]
     assert all("→" in line and "\treward " in line for line in lines)
+
+
+def _discounted_objective(width, height, slip, probs, gamma):
+    """J(π) from the start cell of the gridworld of :func:`~jaxadv.mdp.gridworld_mdp`, built
+    again here cell by cell, with numpy's linear solve: V = (I − γ P_π)⁻¹ r_π."""
+    num, goal = width * height, width * height - 1
+    p, r = np.zeros((num, num)), np.zeros(num)
+    for s in range(num - 1):  # the goal cell is never occupied
+        row, col = divmod(s, width)
+        for a, pa in enumerate(probs[s]):
+            for d, (dr, dc) in enumerate(((-1, 0), (1, 0), (0, -1), (0, 1))):
+                q = pa * ((1 - slip) * (d == a) + slip / 4)
+                nr, nc = row + dr, col + dc
+                nxt = nr * width + nc if 0 <= nr < height and 0 <= nc < width else s
+                if nxt == goal:
+                    r[s] += q
+                else:
+                    p[s, nxt] += q
+    return np.linalg.solve(np.eye(num) - gamma * p, r)[0]
+
+
+def test_a_gridworld_run_trains_and_draws_its_policy(tmp_path):
+    run = tmp_path / "grid"
+    argv = ["train", "--env", "Gridworld-v0", "--total-timesteps", "40000", "--seeds", "1",
+            "--out", str(run), "--quiet"]
+    assert cli.main(argv) == 0
+    picture = tmp_path / "policy.png"
+    argv = ["eval", str(run), "--episodes", "16", "--render", str(picture), "--quiet"]
+    assert cli.main(argv) == 0
+    record = json.loads((run / "eval" / "eval.json").read_text())
+    drawn = record["render"]
+    probs = np.array(drawn["probs"])
+    assert probs.shape == (25, 4)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-3)
+    j = _discounted_objective(5, 5, 0.1, probs, gamma=0.99)
+    np.testing.assert_allclose(drawn["objective"], j, rtol=1e-3)
+    uniform = _discounted_objective(5, 5, 0.1, np.full((25, 4), 0.25), gamma=0.99)
+    assert j > 0.8 > uniform  # learned: the goal, 8 moves away, reached almost surely and soon
+    assert record["over_seeds"]["length"]["mean"] < 12  # greedy: about the 8 moves, some slips
+    with Image.open(picture) as image:
+        assert image.format == "PNG" and min(image.size) > 300

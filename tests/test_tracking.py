@@ -1,5 +1,7 @@
-"""`jaxadv train --log tensorboard`: TensorBoard's own reader gets back every metric of
-metrics.csv (per seed and the mean over seeds), the config and the returns plot."""
+"""`jaxadv train --log tensorboard wandb`: TensorBoard's own reader and the records of an
+offline Weights & Biases run get back every metric of metrics.csv (per seed and the mean over
+seeds), the config, the summary and the returns plot; a sweep logs one W&B run per point and
+seed."""
 
 import csv
 import json
@@ -7,6 +9,7 @@ import math
 
 import numpy as np
 import pytest
+from _wandb_files import offline_runs
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from jaxadv import cli, tracking
@@ -16,43 +19,95 @@ from jaxadv import cli, tracking
 def logged_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("tb") / "run"
     argv = ["train", "--seeds", "2", "--num-envs", "4", "--num-steps", "32",
-            "--total-timesteps", "4096", "--hidden", "8", "--log", "tensorboard",
-            "--out", str(out), "--quiet"]
-    assert cli.main(argv) == 0
+            "--total-timesteps", "4096", "--hidden", "8", "--log", "tensorboard", "wandb",
+            "--wandb.project", "tests", "--wandb.group", "g", "--out", str(out), "--quiet"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WANDB_MODE", "offline")
+        assert cli.main(argv) == 0
     acc = EventAccumulator(str(out / "tb"), size_guidance={"scalars": 0, "tensors": 0, "images": 0})
     acc.Reload()
     return out, acc
 
 
-def test_every_metric_of_metrics_csv_is_logged_per_seed_and_as_the_seed_mean(logged_run):
-    out, acc = logged_run
+def _expected(out):
+    """Per metric of metrics.csv: ``{(seed or "mean", env steps): value}``, NaNs left out
+    and the mean taken over the seeds with a value (a plain loop over the CSV)."""
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     names = [n for n in rows[0] if n not in ("seed", "update", "env_steps", "wall_seconds")]
     assert {"episode_return", "policy_loss", "grad_norm", "explained_variance"} <= set(names)
-    tags = set(acc.Tags()["scalars"])
+    expected = {}
     for name in names:
-        values = {}  # (seed, env steps) -> value
+        values, by_step = {}, {}
         for row in rows:
-            values[int(row["seed"]), int(row["env_steps"])] = float(row[name])
-        steps = sorted({step for _, step in values})
-        for seed in (0, 1):
-            want = {step: values[seed, step] for step in steps if math.isfinite(values[seed, step])}
-            got = {e.step: e.value for e in acc.Scalars(f"{name}/seed{seed}")} if want else {}
+            value, step = float(row[name]), int(row["env_steps"])
+            if math.isfinite(value):
+                values[int(row["seed"]), step] = value
+                by_step.setdefault(step, []).append(value)
+        values.update({("mean", step): sum(v) / len(v) for step, v in by_step.items()})
+        expected[name] = values
+    return expected
+
+
+def _tag(name, seed):
+    return f"{name}/mean" if seed == "mean" else f"{name}/seed{seed}"
+
+
+def test_every_metric_of_metrics_csv_is_logged_to_tensorboard_per_seed_and_as_the_seed_mean(logged_run):
+    out, acc = logged_run
+    tags = set(acc.Tags()["scalars"])
+    for name, values in _expected(out).items():
+        for seed in (0, 1, "mean"):
+            want = {step: v for (s, step), v in values.items() if s == seed}
+            if not want:
+                assert _tag(name, seed) not in tags
+                continue
+            got = {e.step: e.value for e in acc.Scalars(_tag(name, seed))}
             assert got.keys() == want.keys(), name
-            np.testing.assert_allclose([got[s] for s in want], list(want.values()), rtol=1e-6,
+            np.testing.assert_allclose([got[s] for s in want], list(want.values()), rtol=1e-5,
                                        err_msg=name)
-        means = {}
-        for step in steps:
-            finite = [v for v in (values[0, step], values[1, step]) if math.isfinite(v)]
-            if finite:
-                means[step] = sum(finite) / len(finite)
-        if means:
-            got = {e.step: e.value for e in acc.Scalars(f"{name}/mean")}
-            assert got.keys() == means.keys(), name
-            np.testing.assert_allclose([got[s] for s in means], list(means.values()), rtol=1e-5,
-                                       err_msg=name)
-        else:
-            assert f"{name}/mean" not in tags
+
+
+def test_every_metric_of_metrics_csv_is_in_the_offline_wandb_run(logged_run):
+    out, _ = logged_run
+    (run,) = offline_runs(out)
+    assert (run.project, run.group, run.name) == ("tests", "g", "run")
+    got = {}  # (tag, step) -> value
+    for row in run.history:
+        got.update({(tag, row["_step"]): v for tag, v in row.items() if not tag.startswith("_")})
+    for name, values in _expected(out).items():
+        for (seed, step), want in values.items():
+            np.testing.assert_allclose(got.pop((_tag(name, seed), step)), want, rtol=1e-5,
+                                       err_msg=f"{name} {seed} {step}")
+    assert {tag.split("/")[0] for tag, _ in got} == {"wall_seconds", "returns"}  # nothing else
+    assert run.config == json.loads((out / "config.json").read_text())
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("final_return_mean", "final_return_per_seed", "env_steps", "train_seconds"):
+        assert run.summary[key] == summary[key], key
+    assert run.summary["returns/_type"] == "image-file"
+    (png,) = out.glob("wandb/offline-run-*/files/" + run.summary["returns/path"])
+    assert png.read_bytes() == (out / "returns.png").read_bytes()
+
+
+def test_a_sweep_logs_one_wandb_run_per_point_and_seed_grouped_by_point(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = tmp_path / "sw"
+    argv = ["sweep", "--grid.lr", "1e-3", "3e-3", "--seeds", "2", "--num-envs", "4",
+            "--num-steps", "32", "--total-timesteps", "2048", "--hidden", "8", "--log", "wandb",
+            "--out", str(out), "--quiet"]
+    assert cli.main(argv) == 0
+    runs = {run.name: run for run in offline_runs(out)}
+    rows = list(csv.DictReader((out / "sweep.csv").open()))
+    assert sorted(runs) == sorted(f"p{r['point']}-s{r['seed']}" for r in rows)
+    for row in rows:
+        run = runs[f"p{row['point']}-s{row['seed']}"]
+        assert run.group == f"sw-p{row['point']}"
+        assert run.config["seed"] == int(row["seed"]) and run.config["point"] == {"lr": float(row["lr"])}
+        for key in ("final_return", "auc"):
+            np.testing.assert_allclose(run.summary[key], float(row[key]), rtol=1e-6)
+        steps = [h["_step"] for h in run.history]
+        assert steps == [32 * 4 * (u + 1) for u in range(16)]
+        returns = [h["episode_return"] for h in run.history if "episode_return" in h]
+        np.testing.assert_allclose(np.mean(returns), float(row["auc"]), rtol=1e-6)
 
 
 def test_the_config_summary_and_returns_plot_are_logged(logged_run):
@@ -67,10 +122,14 @@ def test_the_config_summary_and_returns_plot_are_logged(logged_run):
     assert image.step == summary["env_steps"]  # the last update's
 
 
-def test_a_logger_without_its_package_is_refused_before_compiling(monkeypatch, no_compile, tmp_path, capsys):
-    monkeypatch.setitem(tracking.LOGGERS, "tensorboard", ("no_such_package_here",))
-    assert cli.main(["train", "--log", "tensorboard", "--out", str(tmp_path)]) == 2
-    assert "pip install 'jaxadv[tensorboard]'" in capsys.readouterr().err
+@pytest.mark.parametrize(("command", "kind"), [("train", "tensorboard"), ("train", "wandb"),
+                                               ("sequence", "wandb"), ("sweep", "wandb")])
+def test_a_logger_without_its_package_is_refused_before_compiling(
+        command, kind, monkeypatch, no_compile, tmp_path, capsys):
+    monkeypatch.setitem(tracking.LOGGERS, kind, ("no_such_package_here",))
+    extra = ["--grid.lr", "1e-3"] if command == "sweep" else []
+    assert cli.main([command, *extra, "--log", kind, "--out", str(tmp_path)]) == 2
+    assert f"pip install 'jaxadv[{kind}]'" in capsys.readouterr().err
 
 
 def test_a_failing_logger_call_is_raised_by_wait_and_never_hangs_close():

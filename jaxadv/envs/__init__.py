@@ -6,7 +6,7 @@
 * :mod:`jaxadv.envs.normalize`: batch-level running statistics shared by all
   environments — observation normalisation and "NormalizeReward" reward scaling.
 * :mod:`jaxadv.envs.tabular`: any :class:`~jaxadv.exact.TabularMDP` as a gymnax
-  environment, registered as ``"Tabular-v0"``.
+  environment, registered as ``"Tabular-v0"`` (its gridworld as ``"Gridworld-v0"``).
 * :mod:`jaxadv.envs.token`: :class:`TokenEnv`, the protocol of token environments
   (``vocab_size``, ``tokens.pad``; optionally ``response_length``, ``demonstration``,
   ``decode``, ``metric_keys``) that a transformer policy acts in, e.g. ``"Sequence-v0"``
@@ -24,7 +24,7 @@ from jaxadv.envs.normalize import (
 )
 from jaxadv.envs.registry import EnvSpec, env_spec, make, register, registered_names
 from jaxadv.envs.sequence import make_sequence
-from jaxadv.envs.tabular import TabularEnv, make_tabular
+from jaxadv.envs.tabular import TabularEnv, make_gridworld, make_tabular
 from jaxadv.envs.token import TokenEnv, check_token_env, metric_keys, token_env
 from jaxadv.envs.wrappers import (
     EpisodeStatisticsState,
@@ -44,6 +44,7 @@ __all__ = [
     "check_token_env",
     "env_spec",
     "make",
+    "make_gridworld",
     "make_tabular",
     "metric_keys",
     "normalize_obs",
@@ -57,4 +58,5 @@ __all__ = [
 ]
 
 register("Tabular-v0", make_tabular)
+register("Gridworld-v0", make_gridworld)
 register("Sequence-v0", make_sequence)

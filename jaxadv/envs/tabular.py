@@ -14,7 +14,10 @@ through the ordinary rollout and trainer, which is what lets
   ``vmap``-ed over MDPs of the same shape. ``gamma`` is not the environment's business.
 
 Registered with :func:`jaxadv.envs.make` as ``"Tabular-v0"``:
-``make("Tabular-v0", mdp=mdp, max_steps=100)``.
+``make("Tabular-v0", mdp=mdp, max_steps=100)``; and its gridworld
+(:func:`~jaxadv.mdp.gridworld_mdp`, 5 × 5 by default) as ``"Gridworld-v0"``, which a config
+names without arrays (``jaxadv train --env Gridworld-v0``) and ``jaxadv eval --render``
+draws as a picture of the policy.
 """
 
 from __future__ import annotations
@@ -26,10 +29,10 @@ import jax.numpy as jnp
 from flax import struct
 from gymnax.environments import environment, spaces
 
-from jaxadv.mdp import TabularMDP, random_mdp
+from jaxadv.mdp import TabularMDP, gridworld_mdp, random_mdp
 from jaxadv.validate import positive_int
 
-__all__ = ["TabularEnv", "TabularParams", "TabularState", "make_tabular"]
+__all__ = ["TabularEnv", "TabularParams", "TabularState", "make_gridworld", "make_tabular"]
 
 
 @struct.dataclass
@@ -63,8 +66,11 @@ class TabularEnv(environment.Environment[TabularState, TabularParams]):
     (1, 1.0, False)
     """
 
-    def __init__(self, mdp: TabularMDP, max_steps: int = 100):
+    def __init__(self, mdp: TabularMDP, max_steps: int = 100, grid: tuple[int, int] | None = None):
+        """``grid``: ``(width, height)`` when state ``s`` is cell ``divmod(s, width)`` of a
+        gridworld (the name is then ``Gridworld-v0``)."""
         super().__init__()
+        self.grid = grid
         s, a, s2 = jnp.shape(mdp.transitions)
         if s != s2 or jnp.shape(mdp.rewards) != (s, a) or jnp.shape(mdp.initial) != (s,):
             raise ValueError(
@@ -101,7 +107,7 @@ class TabularEnv(environment.Environment[TabularState, TabularParams]):
 
     @property
     def name(self) -> str:
-        return "Tabular-v0"
+        return "Tabular-v0" if self.grid is None else "Gridworld-v0"
 
     @property
     def num_actions(self) -> int:
@@ -118,4 +124,19 @@ def make_tabular(mdp: TabularMDP | None = None, max_steps: int = 100) -> tuple[T
     """``(env, params)`` for ``mdp`` (default: ``random_mdp(key(0), 8, 3)``) — the
     factory behind ``make("Tabular-v0", mdp=..., max_steps=...)``."""
     env = TabularEnv(random_mdp(jax.random.key(0), 8, 3) if mdp is None else mdp, max_steps)
+    return env, env.default_params
+
+
+def make_gridworld(width: int = 5, height: int = 5, slip: float = 0.1, goal_reward: float = 1.0,
+                   step_reward: float = 0.0, max_steps: int = 100) -> tuple[TabularEnv, TabularParams]:
+    """``(env, params)`` of :func:`~jaxadv.mdp.gridworld_mdp` — the factory behind
+    ``make("Gridworld-v0", width=..., height=..., ...)``: start top-left, the episode ends on
+    entering the bottom-right cell (reward ``goal_reward``); actions up, down, left, right.
+
+    >>> env, params = make_gridworld(3, 2)
+    >>> env.name, env.grid, env.num_states, env.num_actions
+    ('Gridworld-v0', (3, 2), 6, 4)
+    """
+    mdp = gridworld_mdp(width, height, slip=slip, goal_reward=goal_reward, step_reward=step_reward)
+    env = TabularEnv(mdp, max_steps, grid=(width, height))
     return env, env.default_params
