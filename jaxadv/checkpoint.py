@@ -281,6 +281,9 @@ class ChunkResult(NamedTuple):
       seconds: wall seconds of the call, its compile included.
       compile_seconds: seconds compiling the group's program for it (0 but for the first
         chunk of a group that was computed).
+      final: the leaves of each run's final ``(params, obs_stats)``
+        (``jax.tree.leaves``), ``[stop − start, ...]`` each — what ``jaxadv eval --point``
+        restores; empty in a chunk saved before sweeps kept them.
     """
 
     returns: np.ndarray
@@ -288,6 +291,7 @@ class ChunkResult(NamedTuple):
     env_steps: np.ndarray
     seconds: float = 0.0
     compile_seconds: float = 0.0
+    final: tuple[np.ndarray, ...] = ()
 
 
 class SweepChunks:
@@ -375,19 +379,46 @@ class SweepChunks:
         if hashlib.sha256(data).hexdigest() != entry["sha256"]:
             raise ValueError("SHA-256 does not match the manifest")
         with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
-            result = ChunkResult(**{k: arrays[k] for k in ChunkResult._fields})
+            final = tuple(arrays[f"final_{i}"] for i in range(sum(k.startswith("final_")
+                                                                  for k in arrays.files)))
+            result = ChunkResult(**{k: arrays[k] for k in ChunkResult._fields if k != "final"},
+                                 final=final)
         rows = chunk_id.stop - chunk_id.start
-        if any(np.ndim(a) == 0 or len(a) != rows for a in result[:3]):
+        if any(np.ndim(a) == 0 or len(a) != rows for a in (*result[:3], *result.final)):
             raise ValueError(f"expected {rows} rows per array")
         return result._replace(seconds=float(result.seconds),
                                compile_seconds=float(result.compile_seconds))
+
+    def rows(self, group: int, start: int, stop: int) -> ChunkResult:
+        """Runs ``[start, stop)`` of static group ``group`` from the saved chunks (read-only,
+        each checked against its SHA-256), joined in order; ``seconds`` 0. Raises
+        ``ValueError`` if a run is in no saved chunk."""
+        manifest = self.manifest or self.read()
+        if manifest is None:
+            raise ValueError(f"{self.path} not found")
+        chunks = [(name, entry, ChunkId(int(entry["group"]), int(entry["start"]), int(entry["stop"])))
+                  for name, entry in manifest["chunks"].items()]
+        parts, pos = [], start
+        while pos < stop:
+            found = [c for c in chunks if c[2].group == group and c[2].start <= pos < c[2].stop]
+            if not found:
+                raise ValueError(f"{self.directory} does not hold run {pos} of group {group} "
+                                 "(the sweep did not finish it)")
+            name, entry, chunk_id = found[0]
+            part = self._load_chunk(name, entry, chunk_id)
+            cut = slice(pos - chunk_id.start, min(stop, chunk_id.stop) - chunk_id.start)
+            parts.append(jax.tree.map(lambda x, cut=cut: x[cut], (*part[:3], part.final)))
+            pos = min(stop, chunk_id.stop)
+        joined = jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
+        return ChunkResult(*joined[:3], final=tuple(joined[3]))
 
     def save(self, chunk_id: ChunkId, result: ChunkResult) -> None:
         """Write one finished chunk, then the manifest that lists it (with ``write=False``:
         only list it in :attr:`manifest`)."""
         name = f"group{chunk_id.group}-runs{chunk_id.start}-{chunk_id.stop}.npz"
         buffer = io.BytesIO()
-        np.savez(buffer, **{k: np.asarray(v) for k, v in result._asdict().items()})
+        arrays = {k: np.asarray(v) for k, v in result._asdict().items() if k != "final"}
+        np.savez(buffer, **arrays, **{f"final_{i}": np.asarray(x) for i, x in enumerate(result.final)})
         data = buffer.getvalue()
         if self.write:
             _write_atomic(self.directory / name, data)

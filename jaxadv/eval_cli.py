@@ -29,24 +29,31 @@ import tyro
 from rich.console import Console
 from rich.table import Table
 
+from jaxadv.checkpoint import SweepChunks
 from jaxadv.driver import RunStopped
 from jaxadv.envs import normalize_obs
 from jaxadv.evaluate import RunCheckpoint, episode_states, evaluate, load_run
 from jaxadv.report import platform_info, write_json
 from jaxadv.stats import t_quantile_975
-from jaxadv.train import Setup, make_setup
+from jaxadv.sweep import sweep_point
+from jaxadv.sweep_cli import sweep_resume_args
+from jaxadv.train import Setup, init, make_setup
 from jaxadv.validate import check_positive, positive_int
 
-__all__ = ["EvalArgs", "check_render", "episode_stats", "eval_command", "render_episodes"]
+__all__ = ["EvalArgs", "check_render", "episode_stats", "eval_command", "load_sweep_point",
+           "render_episodes"]
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalArgs:
-    """Evaluate the latest good checkpoint of a `jaxadv train` or `jaxadv sequence` run on
-    fresh episodes; write eval.json under --out (DIR is never changed)."""
+    """Evaluate the latest good checkpoint of a `jaxadv train` or `jaxadv sequence` run (or
+    the final policy of a sweep's --point) on fresh episodes; write eval.json under --out
+    (DIR is never changed)."""
 
     run_dir: Annotated[pathlib.Path, tyro.conf.Positional]
-    """the run's --out directory."""
+    """the run's (or the sweep's) --out directory."""
+    point: int | None = None
+    """DIR is a jaxadv sweep's: evaluate this point's final policies, one per seed (the point column of sweep.csv)."""
     episodes: int = 100
     """fresh evaluation episodes per seed."""
     policy: Literal["greedy", "sample"] = "greedy"
@@ -56,7 +63,7 @@ class EvalArgs:
     max_steps: int | None = None
     """steps an episode may take; default: the environment's time limit. An episode still running then is an error."""
     out: pathlib.Path | None = None
-    """output directory for eval.json (created); default: DIR/eval."""
+    """output directory for eval.json (created); default: DIR/eval (a sweep's point: DIR/eval/point<P>)."""
     render: pathlib.Path | None = None
     """draw --render-episodes episodes of seed 0 into this file: .gif (or .mp4 with ffmpeg) for the envs gymnax's visualiser draws; for Sequence-v0 a text file of prompts, responses and rewards; for Gridworld-v0 a picture (.png, .svg, .pdf) of the policy in every cell over its exact values."""
     render_episodes: int = 1
@@ -71,6 +78,8 @@ class EvalArgs:
         positive_int("episodes", self.episodes)
         positive_int("render_episodes", self.render_episodes)
         check_positive(self, "max_steps", "frame_every")
+        if self.point is not None:
+            positive_int("point", self.point, minimum=0)
         if not self.run_dir.is_dir():
             raise ValueError(f"`run_dir` {str(self.run_dir)!r} is not a directory")
         return self
@@ -120,7 +129,10 @@ def eval_command(args: EvalArgs) -> dict[str, Any]:
 
 def _evaluate_run(args: EvalArgs) -> dict[str, Any]:
     console = Console(stderr=True, quiet=args.quiet)
-    run = load_run(args.run_dir, warn=console.print)
+    if args.point is None:
+        run = load_run(args.run_dir, warn=console.print)
+    else:
+        run = load_sweep_point(args.run_dir, args.point)
     if args.render is not None:
         check_render(run.config.env, args.render)
     setup = make_setup(run.config)
@@ -128,7 +140,8 @@ def _evaluate_run(args: EvalArgs) -> dict[str, Any]:
     with console.status(f"{args.episodes} episodes × {run.seeds} seed(s) of {run.config.env} …"):
         values = _play(setup, run, args, max_steps)
     record = {
-        "run_dir": str(args.run_dir), "env": run.config.env, "algo": run.config.algo,
+        "run_dir": str(args.run_dir), "point": args.point, "env": run.config.env,
+        "algo": run.config.algo, "hparams": dataclasses.asdict(run.hparams),
         "checkpoint": {"update": run.update, "env_steps": run.env_steps,
                        "num_updates": run.config.num_updates},
         "policy": args.policy, "episodes": args.episodes, "seed": args.seed,
@@ -141,13 +154,46 @@ def _evaluate_run(args: EvalArgs) -> dict[str, Any]:
     }
     if args.render is not None:
         record["render"] = render_episodes(setup, run, args, max_steps, console)
-    out = args.out or args.run_dir / "eval"
+    out = args.out or args.run_dir / "eval" / ("" if args.point is None else f"point{args.point}")
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "eval.json", record)
     if not args.quiet:
         Console().print(_table(record))
     console.print(f"wrote eval.json to {out}/")
     return record
+
+
+def load_sweep_point(run_dir: pathlib.Path, point: int) -> RunCheckpoint:
+    """A ``jaxadv sweep`` point's final policies, one per seed, as a :class:`RunCheckpoint`
+    (``update``: the run's last): its configuration and hyperparameters from the sweep's
+    ``chunks/manifest.json`` (:func:`~jaxadv.sweep.sweep_point`), its parameters and
+    observation statistics from the saved chunks, read-only. Raises ``ValueError`` where
+    ``run_dir`` is no sweep, ``point`` is not one of its points, or its chunks do not hold it."""
+    try:
+        stored = sweep_resume_args(run_dir)
+    except ValueError as exc:
+        raise ValueError(f"`point`: {str(run_dir)!r} is not a jaxadv sweep's directory "
+                         f"({str(exc).removeprefix('`resume`: ')})") from None
+    where = sweep_point(stored.config, stored.grid_spec(), stored.seeds, point,
+                        hparams=stored.hparams, key=jax.random.key(stored.seed),
+                        num_samples=stored.samples)
+    rows = SweepChunks(run_dir / "chunks", write=False).rows(where.group, where.start, where.stop)
+    if not rows.final:
+        raise ValueError(f"`run_dir`: the chunks of {run_dir} hold no parameters (saved by a "
+                         "jaxadv that did not keep them); run the sweep again to evaluate it")
+    setup = make_setup(where.config)
+    keys = jax.random.split(jax.random.key(stored.seed), stored.seeds)
+    state = jax.jit(jax.vmap(lambda k: init(setup, k, where.hparams)))(keys)
+    final = (state.params, state.obs_stats)
+    leaves = jax.tree.leaves(final)
+    if [np.shape(x) for x in rows.final] != [np.shape(x) for x in leaves]:
+        raise ValueError(f"`run_dir`: the saved parameters of point {point} do not fit its "
+                         "network")
+    params, obs_stats = jax.tree.unflatten(jax.tree.structure(final),
+                                           [jnp.asarray(x) for x in rows.final])
+    state = state._replace(params=params, obs_stats=obs_stats)
+    return RunCheckpoint(where.config, where.hparams, stored.seed, stored.seeds, state,
+                         where.config.num_updates)
 
 
 def _table(record: dict[str, Any]) -> Table:

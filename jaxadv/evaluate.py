@@ -109,14 +109,14 @@ def load_run(run_dir: pathlib.Path, warn: Any = print) -> RunCheckpoint:
     one is reported through ``warn`` and the one before it used, but left where it is).
 
     Raises ``ValueError`` (naming the directory) where there is no such run or no usable
-    checkpoint, e.g. a sweep's directory, which keeps metrics and no parameters.
+    checkpoint, e.g. a sweep's directory (``jaxadv eval --point`` reads a sweep's point).
     """
     run_dir = pathlib.Path(run_dir)
     path = run_dir / "config.json"
     if not path.is_file():
         sweep = (run_dir / "chunks").is_dir() or (run_dir / "sweep.csv").is_file()
-        hint = (" — it is a sweep's: a sweep keeps each point's metrics, not its parameters; "
-                "train the point with `jaxadv train` to evaluate it") if sweep else ""
+        hint = (" — it is a sweep's: name one of its points with --point P (the point "
+                "column of its sweep.csv)") if sweep else ""
         raise ValueError(f"`run_dir` {str(run_dir)!r} holds no config.json of a `jaxadv train` "
                          f"or `jaxadv sequence` run{hint}")
     try:

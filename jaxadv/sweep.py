@@ -42,8 +42,8 @@ from jaxadv.stats import final_returns
 from jaxadv.train import HParams, TrainConfig, make_train
 from jaxadv.validate import positive_int
 
-__all__ = ["ChunkId", "ChunkResult", "LogUniform", "SweepResult", "Uniform", "expand_grid",
-           "run_sweep"]
+__all__ = ["ChunkId", "ChunkResult", "LogUniform", "SweepPoint", "SweepResult", "Uniform",
+           "expand_grid", "run_sweep", "sweep_point"]
 
 _HPARAM_FIELDS = tuple(f.name for f in dataclasses.fields(HParams))
 _STATIC_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
@@ -203,13 +203,15 @@ def _put(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
 
 def _compile(config: TrainConfig, sharding: NamedSharding, args: tuple) -> Callable:
     """``vmap(make_train(config))`` over the sweep axis, compiled for ``args``; returns
-    ``(episode_return, episodes, env_steps)``, each ``[runs, U]``."""
+    ``(episode_return, episodes, env_steps)``, each ``[runs, U]``, and the leaves of the
+    final ``(params, obs_stats)``, each ``[runs, ...]``."""
     train = make_train(config)
 
     def run_chunk(key_data, hp):
         keys = jax.random.wrap_key_data(key_data)
-        _, metrics = jax.vmap(train)(keys, hp)
-        return metrics["episode_return"], metrics["episodes"], metrics["env_steps"]
+        state, metrics = jax.vmap(train)(keys, hp)
+        final = tuple(jax.tree.leaves((state.params, state.obs_stats)))
+        return metrics["episode_return"], metrics["episodes"], metrics["env_steps"], final
 
     fn = jax.jit(run_chunk, in_shardings=(sharding, sharding), out_shardings=sharding)
     return fn.lower(*args).compile()
@@ -314,11 +316,12 @@ def _compute_chunk(
         compiled = _compile(config, sharding, args)
         compile_s = time.perf_counter() - t_compile
     rows = chunk_id.stop - chunk_id.start
-    gathered = [
-        np.asarray(multihost_utils.process_allgather(x, tiled=True))[:rows]
-        for x in compiled(*args)
-    ]
-    result = ChunkResult(*gathered, seconds=time.perf_counter() - t0, compile_seconds=compile_s)
+    gathered = jax.tree.map(
+        lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True))[:rows],
+        compiled(*args))
+    returns, episodes, env_steps, final = gathered
+    result = ChunkResult(returns, episodes, env_steps, seconds=time.perf_counter() - t0,
+                         compile_seconds=compile_s, final=tuple(final))
     return compiled, result
 
 
@@ -332,6 +335,45 @@ def _rows_per_point(
         for k in range(3)
     )
     return returns, episodes, env_steps[:, 0]
+
+
+class SweepPoint(NamedTuple):
+    """Where :func:`run_sweep` trained one point: its static ``config``, its ``hparams`` (the
+    float32 values the sweep used), the static ``group`` it was compiled in and its runs
+    ``[start, stop)`` on that group's ``points × seeds`` axis (one per seed)."""
+
+    config: TrainConfig
+    hparams: HParams
+    group: int
+    start: int
+    stop: int
+
+
+def sweep_point(
+    config: TrainConfig,
+    grid: Mapping[str, Sequence | Uniform | LogUniform],
+    seeds: int,
+    point: int,
+    *,
+    hparams: HParams | None = None,
+    key: jax.Array | None = None,
+    num_samples: int | None = None,
+) -> SweepPoint:
+    """The :class:`SweepPoint` of point ``point`` (an index into :func:`expand_grid`'s order,
+    the ``point`` column of ``sweep.csv``) of the sweep that :func:`run_sweep` runs with the
+    same arguments; compiles nothing."""
+    key = jax.random.key(0) if key is None else key
+    base = (hparams or HParams()).validate()
+    points = expand_grid(grid, num_samples=num_samples, key=jax.random.fold_in(key, 1))
+    if not (isinstance(point, int) and 0 <= point < len(points)):
+        raise ValueError(f"`point` must be an index in [0, {len(points)}), got {point!r}")
+    for group, (cfg, idx) in enumerate(_static_groups(config, points).items()):
+        if point in idx:
+            local = idx.index(point)
+            values = _stacked_hparams([points[point]], base)
+            hp = HParams(**{f: float(getattr(values, f)[0]) for f in _HPARAM_FIELDS})
+            return SweepPoint(cfg, hp, group, local * seeds, (local + 1) * seeds)
+    raise AssertionError("every point is in a group")
 
 
 def run_sweep(

@@ -9,14 +9,22 @@ signal sent from outside lands while a chunk is in flight and the main thread wa
 
 import sys
 import time
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 
+class _StubState(NamedTuple):
+    """The part of a run's final state that a sweep keeps."""
+
+    params: jax.Array
+    obs_stats: None = None
+
+
 def stub_make_train(delay: float = 0.0):
-    """A ``make_train`` whose ``train(key, hp)`` returns per-update metrics and no state."""
+    """A ``make_train`` whose ``train(key, hp)`` returns per-update metrics and a stand-in final state."""
 
     def sleep(x: np.ndarray) -> np.ndarray:
         time.sleep(delay)
@@ -32,8 +40,9 @@ def stub_make_train(delay: float = 0.0):
                 returns = jax.pure_callback(sleep, jax.ShapeDtypeStruct((u,), returns.dtype),
                                             returns, vmap_method="expand_dims")
             steps = jnp.arange(1, u + 1, dtype=jnp.int32) * config.batch_size
-            return None, {"episode_return": returns, "episodes": episodes.astype(jnp.float32),
-                          "env_steps": steps}
+            metrics = {"episode_return": returns, "episodes": episodes.astype(jnp.float32),
+                       "env_steps": steps}
+            return _StubState(jnp.zeros(2)), metrics
 
         return train
 

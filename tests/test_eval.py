@@ -157,7 +157,7 @@ def test_eval_never_writes_into_the_run_and_refuses_what_it_cannot_use(cartpole_
     assert "holds no config.json" in capsys.readouterr().err
     (tmp_path / "chunks").mkdir()
     assert cli.main(["eval", str(tmp_path), "--quiet"]) == 2
-    assert "a sweep keeps each point's metrics, not its parameters" in capsys.readouterr().err
+    assert "it is a sweep's: name one of its points with --point P" in capsys.readouterr().err
     assert cli.main(["eval", str(cartpole_run), "--max-steps", "5", "--quiet",
                      "--out", str(tmp_path / "e")]) == 2
     assert "did not end within it" in capsys.readouterr().err
@@ -241,3 +241,34 @@ def test_a_gridworld_run_trains_and_draws_its_policy(tmp_path):
     assert record["over_seeds"]["length"]["mean"] < 12  # greedy: about the 8 moves, some slips
     with Image.open(picture) as image:
         assert image.format == "PNG" and min(image.size) > 300
+
+
+def test_a_sweep_point_evaluates_the_policies_the_sweep_trained(tmp_path, capsys):
+    sweep = tmp_path / "sw"
+    argv = ["sweep", "--grid.lr", "1e-3", "3e-3", "--grid.num-envs", "2", "4", "--seeds", "2",
+            "--num-steps", "16", "--total-timesteps", "1024", "--hidden", "8", "--out", str(sweep),
+            "--max-parallel", "2", "--quiet"]
+    assert cli.main(argv) == 0
+    before = _files(sweep)
+    row = next(r for r in csv.DictReader((sweep / "sweep.csv").open()) if r["point"] == "2")
+    assert cli.main(["eval", str(sweep), "--point", "2", "--episodes", "4", "--quiet"]) == 0
+    record = json.loads((sweep / "eval" / "point2" / "eval.json").read_text())
+    assert _files(sweep) == {**before, **{k: v for k, v in _files(sweep).items()
+                                          if k.startswith("eval/")}}
+    # the same point trained alone, from the same seeds: its final policies, evaluated
+    config = TrainConfig(num_envs=int(row["num_envs"]), num_steps=16, total_timesteps=1024,
+                         hidden=(8,))
+    hp = HParams(lr=float(np.float32(row["lr"])))
+    keys = jax.random.split(jax.random.key(0), 2)
+    state, _ = jax.jit(jax.vmap(make_trainer(config).train, (0, None)))(keys, hp)
+    setup = make_setup(config)
+    play = lambda key, params: evaluate(setup, key, params, episodes=4, max_steps=500)
+    want = jax.jit(jax.vmap(play))(jax.random.split(jax.random.key(0), 2), state.params)
+    got = [s["return"]["mean"] for s in record["per_seed"]]
+    np.testing.assert_array_equal(got, np.asarray(want.returns).mean(axis=1))
+    assert record["point"] == 2 and record["hparams"]["lr"] == pytest.approx(float(row["lr"]))
+    assert record["checkpoint"]["update"] == config.num_updates
+    assert cli.main(["eval", str(sweep), "--point", "4", "--quiet"]) == 2
+    assert "`point` must be an index in [0, 4)" in capsys.readouterr().err
+    assert cli.main(["eval", str(tmp_path), "--point", "0", "--quiet"]) == 2
+    assert "is not a jaxadv sweep's directory" in capsys.readouterr().err

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 import warnings
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -325,6 +326,13 @@ def test_random_search_draws_within_bounds_deterministically():
 # --- bookkeeping, checked with a stub train that echoes its inputs ---
 
 
+class _StubState(NamedTuple):
+    """The part of a run's final state that a sweep keeps."""
+
+    params: jax.Array
+    obs_stats: None = None
+
+
 def _stub_make_train(config: TrainConfig):
     """``episode_return`` = [lr, λ, num_envs, uniform(key)…]: every input is visible;
     ``episodes`` ∈ {0, 1, 2} at random, so the final return's weights matter."""
@@ -335,8 +343,9 @@ def _stub_make_train(config: TrainConfig):
         returns = jnp.concatenate([head, jax.random.uniform(key, (u,))])
         episodes = jax.random.randint(jax.random.fold_in(key, 1), (u + 3,), 0, 3)
         steps = jnp.arange(1, u + 1, dtype=jnp.float32) * config.batch_size
-        return None, {"episode_return": returns, "episodes": episodes.astype(jnp.float32),
-                      "env_steps": steps}
+        metrics = {"episode_return": returns, "episodes": episodes.astype(jnp.float32),
+                   "env_steps": steps}
+        return _StubState(jnp.zeros(2)), metrics
 
     return train
 

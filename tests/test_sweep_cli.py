@@ -14,6 +14,7 @@ import math
 import struct
 import time
 import typing
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -123,6 +124,13 @@ def test_real_sweep_writes_the_three_files(real_sweep):
 # --- a stub train: final return = 100·lr·1000 − 100·(λ − 0.9)² + seed noise ---
 
 
+class _StubState(NamedTuple):
+    """The part of a run's final state that a sweep keeps."""
+
+    params: jax.Array
+    obs_stats: None = None
+
+
 def _stub_make_train(config: TrainConfig):
     def train(key, hp):
         u = config.num_updates
@@ -130,7 +138,8 @@ def _stub_make_train(config: TrainConfig):
         returns = jnp.full((u,), score)
         episodes = jnp.ones((u,), jnp.float32)  # one episode per update: final return = score
         steps = jnp.arange(1, u + 1, dtype=jnp.int32) * config.batch_size
-        return None, {"episode_return": returns, "episodes": episodes, "env_steps": steps}
+        return _StubState(jnp.zeros(2)), {"episode_return": returns, "episodes": episodes,
+                                          "env_steps": steps}
 
     return train
 
