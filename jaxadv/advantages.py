@@ -40,10 +40,13 @@ __all__ = [
     "discounted_returns",
     "gae",
     "group_relative",
+    "informative_groups",
     "lambda_returns",
     "leave_one_out",
+    "length_adaptive_lambda",
     "n_step_advantages",
     "normalize",
+    "overlong_penalty",
     "sequence_advantages",
     "td_errors",
 ]
@@ -433,6 +436,59 @@ def leave_one_out(rewards: ArrayLike) -> Array:
     others = (shifted.sum(axis=1, keepdims=True) - shifted) / (rewards.shape[1] - 1)
     return shifted - others
 
+
+
+def informative_groups(rewards: ArrayLike) -> Array:
+    """DAPO's dynamic-sampling filter: ``[G]`` True for the groups whose rewards are not all
+    equal (Yu et al. 2025, arXiv:2503.14476, eq. 11: keep 0 < accuracy < 1).
+
+    A group whose K rewards are equal has group-relative advantages of 0, so it adds no
+    gradient but still counts in a token-mean loss's denominator; DAPO drops such groups
+    and samples more. In a fixed-shape program the batch is sampled as usual and these
+    groups are masked out of the loss (the effective batch is their count).
+
+    Args:
+      rewards: ``[G, K]`` sequence-level rewards.
+
+    >>> import jax.numpy as jnp
+    >>> informative_groups(jnp.array([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0]]))
+    Array([ True, False, False], dtype=bool)
+    """
+    rewards = _check_groups(rewards, 1, "informative_groups")
+    return jnp.any(rewards != rewards[:, :1], axis=1)
+
+
+def overlong_penalty(lengths: ArrayLike, *, max_length: ArrayLike, buffer: ArrayLike) -> Array:
+    """DAPO's soft overlong punishment (arXiv:2503.14476, eq. 13), added to the reward:
+    0 for ``|y| ≤ L_max − L_cache``, ``((L_max − L_cache) − |y|) / L_cache`` inside the last
+    ``L_cache = buffer`` tokens before ``L_max = max_length``, and −1 beyond ``L_max``.
+
+    Args:
+      lengths: response lengths ``|y|``, any shape.
+      max_length: ``L_max``; buffer: ``L_cache`` > 0 (may be traced).
+
+    >>> import jax.numpy as jnp
+    >>> overlong_penalty(jnp.array([4, 6, 8, 9]), max_length=8, buffer=4)
+    Array([ 0. , -0.5, -1. , -1. ], dtype=float32)
+    """
+    lengths = jnp.asarray(lengths, jnp.float32)
+    start = jnp.asarray(max_length, jnp.float32) - buffer
+    inside = (start - lengths) / jnp.asarray(buffer, jnp.float32)
+    return jnp.where(lengths <= start, 0.0, jnp.where(lengths <= max_length, inside, -1.0))
+
+
+def length_adaptive_lambda(lengths: ArrayLike, *, alpha: ArrayLike) -> Array:
+    """VAPO's length-adaptive GAE λ for the policy: ``λ = 1 − 1/(α·|y|)`` per response
+    (Yue et al. 2025, arXiv:2504.05118, eq. 7; α = 0.05 there), clipped to [0, 1], so that
+    a long response's advantage sums the TD errors over about α·|y| more steps. Broadcast
+    it over the tokens (``[T, B]``) as :func:`gae`'s ``lambda_``.
+
+    >>> import jax.numpy as jnp
+    >>> length_adaptive_lambda(jnp.array([10, 100, 1000]), alpha=0.05)
+    Array([0.  , 0.8 , 0.98], dtype=float32)
+    """
+    lengths = jnp.asarray(lengths, jnp.float32)
+    return jnp.clip(1.0 - 1.0 / (jnp.asarray(alpha, jnp.float32) * jnp.maximum(lengths, 1.0)), 0.0, 1.0)
 
 
 SEQUENCE_ESTIMATORS = ("grpo", "drgrpo", "rloo", "batchmean", "rfpp", "remax")

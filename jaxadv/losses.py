@@ -50,7 +50,10 @@ import jax.numpy as jnp
 from jaxadv.validate import same_shape
 
 __all__ = [
+    "cispo_loss",
+    "dapo_clip_loss",
     "entropy_bonus",
+    "gspo_loss",
     "kl_penalty",
     "masked_mean",
     "policy_gradient_loss",
@@ -243,6 +246,172 @@ def ppo_clip_loss(log_probs, old_log_probs, advantages, mask=None, *, clip_eps, 
         "approx_kl": masked_mean((ratio_sg - 1.0) - log_ratio_sg, mask),
     }
     return loss, metrics
+
+
+def _ratio_inputs(log_probs, old_log_probs, advantages, mask, advantages_shape=None):
+    """Check shapes and fill padding for a ratio loss: ``(log_probs, old_log_probs,
+    advantages, mask)`` with padding at ρ = 1, A = 0 (``advantages_shape``: its own shape
+    where it is not per token)."""
+    log_probs = _as_float(log_probs)
+    same_shape(log_probs=log_probs, old_log_probs=old_log_probs)
+    if advantages_shape is None:
+        same_shape(log_probs=log_probs, advantages=advantages)
+    elif jnp.shape(advantages) != advantages_shape:
+        raise ValueError(f"`advantages` must have shape {advantages_shape} (one per sequence), "
+                         f"got {jnp.shape(advantages)}")
+    mask = _bool_mask(mask, log_probs, "log_probs")
+    log_probs = _fill_padding(log_probs, mask, 0.0)
+    old_log_probs = _fill_padding(_sg(_as_float(old_log_probs)), mask, 0.0)
+    advantages = _sg(_as_float(advantages))
+    if advantages_shape is None:
+        advantages = _fill_padding(advantages, mask, 0.0)
+    return log_probs, old_log_probs, advantages, mask
+
+
+def _clip_range(clip_low, clip_high, dtype):
+    """``(1 − ε_low, 1 + ε_high)`` as ``dtype`` scalars (ε may be ``inf``: no bound)."""
+    _check_scalar("clip_low", clip_low)
+    _check_scalar("clip_high", clip_high)
+    return 1.0 - jnp.asarray(clip_low, dtype), 1.0 + jnp.asarray(clip_high, dtype)
+
+
+def _ratio_metrics(ratio, log_ratio, low, high, mask):
+    """``clip_fraction`` (ρ outside [low, high]) and ``approx_kl`` (k3), token means."""
+    ratio, log_ratio = _sg(ratio), _sg(log_ratio)
+    return {"clip_fraction": masked_mean((ratio > high) | (ratio < low), mask),
+            "approx_kl": masked_mean((ratio - 1.0) - log_ratio, mask)}
+
+
+def dapo_clip_loss(log_probs, old_log_probs, advantages, mask=None, *, clip_low, clip_high,
+                   reduction="token"):
+    """DAPO's decoupled ("clip-higher") surrogate: −mean(min(ρA, clip(ρ, 1−ε_low, 1+ε_high)A)).
+
+    Yu et al. 2025 (arXiv:2503.14476), eq. 8: PPO's clipped objective with a wider upper
+    range (ε_high = 0.28 against ε_low = 0.2 in the paper), so that unlikely tokens with
+    A > 0 can gain probability before the clip stops them, which keeps the policy's entropy
+    from collapsing. DAPO averages over all tokens of the batch (``reduction="token"``, its
+    "token-level policy gradient loss"). With ε_low = ε_high = ε it is
+    :func:`ppo_clip_loss` (GRPO's clipped loss when reduced per token).
+
+    Args:
+      log_probs, old_log_probs, advantages: ``[T, *B]``, as in :func:`ppo_clip_loss`.
+      mask: optional ``[T, *B]``; nonzero = real token.
+      clip_low, clip_high: scalars ε_low, ε_high ≥ 0 (traceable).
+      reduction: see :func:`masked_mean`.
+
+    Returns:
+      ``(loss, metrics)`` with ``clip_fraction`` (ρ outside [1−ε_low, 1+ε_high]) and
+      ``approx_kl``, token means.
+
+    >>> import jax.numpy as jnp; from jaxadv.losses import dapo_clip_loss
+    >>> old = jnp.log(jnp.array([0.5, 0.5]))
+    >>> new = jnp.log(jnp.array([0.75, 0.5]))   # ratios 1.5 and 1.0, A = 1: 1.28 and 1.0
+    >>> round(float(dapo_clip_loss(new, old, jnp.ones(2), clip_low=0.2, clip_high=0.28)[0]), 4)
+    -1.14
+    """
+    _check_reduction(reduction)
+    log_probs, old_log_probs, advantages, mask = _ratio_inputs(log_probs, old_log_probs,
+                                                               advantages, mask)
+    low, high = _clip_range(clip_low, clip_high, log_probs.dtype)
+    log_ratio = log_probs - old_log_probs
+    ratio = jnp.exp(log_ratio)
+    surrogate = jnp.minimum(ratio * advantages, jnp.clip(ratio, low, high) * advantages)
+    loss = -masked_mean(surrogate, mask, reduction=reduction)
+    return loss, _ratio_metrics(ratio, log_ratio, low, high, mask)
+
+
+def gspo_loss(log_probs, old_log_probs, advantages, mask=None, *, clip_low, clip_high,
+              token_level=False):
+    """GSPO's sequence-level clipped surrogate (Zheng et al. 2025, arXiv:2507.18071).
+
+    The importance ratio of a whole response is the geometric mean of its token ratios,
+    ``s_b = (π(y_b)/π_old(y_b))^(1/|y_b|) = exp(mean_t log ρ_tb)``, clipped per sequence:
+    loss = −(1/|S|) Σ_b min(s_b A_b, clip(s_b, 1−ε_low, 1+ε_high) A_b), over the sequences
+    S with at least one token. The paper's ranges are small (ε_low = 3e-4, ε_high = 4e-4)
+    because s is a per-token average. ``token_level=True`` is GSPO-token: each token gets
+    ``s_tb = sg(s_b) · π(y_tb)/sg(π(y_tb))`` (equal to s_b in value) and the per-sequence
+    means of min(s_tb A_b, clip(s_tb) A_b) are averaged over sequences; with the same A for
+    every token of a response it has GSPO's gradient. With one token per sequence both are
+    :func:`ppo_clip_loss` with ``reduction="sequence"``.
+
+    Args:
+      log_probs, old_log_probs: ``[T, *B]`` token log-probabilities (current, rollout).
+      advantages: ``[*B]``, one per sequence (e.g. GRPO's group-normalised reward).
+      mask: optional ``[T, *B]``; nonzero = real token.
+      clip_low, clip_high: scalars ε_low, ε_high ≥ 0 (traceable).
+      token_level: static; GSPO-token instead of GSPO.
+
+    Returns:
+      ``(loss, metrics)``: ``clip_fraction`` is the fraction of sequences whose s_b is
+      clipped, ``approx_kl`` the token mean of k3.
+
+    >>> import jax.numpy as jnp; from jaxadv.losses import gspo_loss
+    >>> old = jnp.log(jnp.full((2, 1), 0.5))
+    >>> new = jnp.log(jnp.array([[1.0], [0.25]]))  # token ratios 2 and 0.5: s = 1
+    >>> float(gspo_loss(new, old, jnp.ones(1), clip_low=0.1, clip_high=0.1)[0])
+    -1.0
+    """
+    if jnp.ndim(log_probs) < 1:
+        raise ValueError("`log_probs` must be [T, *B], with a time axis")
+    log_probs, old_log_probs, advantages, mask = _ratio_inputs(
+        log_probs, old_log_probs, advantages, mask, advantages_shape=jnp.shape(log_probs)[1:])
+    low, high = _clip_range(clip_low, clip_high, log_probs.dtype)
+    weights = jnp.ones_like(log_probs) if mask is None else mask.astype(log_probs.dtype)
+    tokens = jnp.maximum(jnp.sum(weights, axis=0), 1.0)  # [*B]
+    log_ratio = log_probs - old_log_probs
+    log_s = jnp.sum(weights * log_ratio, axis=0) / tokens  # [*B]
+    s = jnp.exp(log_s)
+    if token_level:
+        s_t = _sg(s)[None] * jnp.exp(log_probs - _sg(log_probs))  # [T, *B], = s_b in value
+        a_t = advantages[None]
+        surrogate = jnp.minimum(s_t * a_t, jnp.clip(s_t, low, high) * a_t)
+        loss = -masked_mean(surrogate, mask, reduction="sequence")
+    else:
+        surrogate = jnp.minimum(s * advantages, jnp.clip(s, low, high) * advantages)  # [*B]
+        real = (jnp.sum(weights, axis=0) > 0).astype(log_probs.dtype)
+        loss = -jnp.sum(real * surrogate) / jnp.maximum(jnp.sum(real), 1.0)
+    ratio = jnp.exp(log_ratio)
+    metrics = {"clip_fraction": masked_mean((_sg(s) > high) | (_sg(s) < low)),
+               "approx_kl": masked_mean((_sg(ratio) - 1.0) - _sg(log_ratio), mask)}
+    return loss, metrics
+
+
+def cispo_loss(log_probs, old_log_probs, advantages, mask=None, *, clip_low, clip_high,
+               reduction="token"):
+    """CISPO (MiniMax-M1, arXiv:2506.13585): −mean(sg(clip(ρ, 1−ε_low, 1+ε_high)) · A · log π).
+
+    The importance weight is clipped and held constant, and multiplies a REINFORCE term on
+    every token, so no token's gradient is dropped (PPO's min drops the gradient of a
+    token whose ratio left the range); ∇loss = −mean(clip(ρ) A ∇log π). MiniMax-M1 uses no
+    lower bound (``clip_low = inf``) and a token-level mean. Without clipping (both
+    ``inf``) the gradient is importance-weighted REINFORCE, −mean(ρ A ∇log π), which is
+    also the gradient of the unclipped surrogate −mean(ρA).
+
+    Args:
+      log_probs, old_log_probs, advantages: ``[T, *B]``, as in :func:`ppo_clip_loss`.
+      mask: optional ``[T, *B]``; nonzero = real token.
+      clip_low, clip_high: scalars ε_low, ε_high ≥ 0 (``inf``: no bound; traceable).
+      reduction: see :func:`masked_mean`.
+
+    Returns:
+      ``(loss, metrics)``: ``clip_fraction`` (weights clipped) and ``approx_kl``.
+
+    >>> import jax, jax.numpy as jnp; from jaxadv.losses import cispo_loss
+    >>> old = jnp.log(jnp.array([0.5]))
+    >>> g = jax.grad(lambda lp: cispo_loss(lp, old, jnp.ones(1), clip_low=jnp.inf,
+    ...                                     clip_high=0.2)[0])(jnp.log(jnp.array([1.0])))
+    >>> round(float(g[0]), 4)   # ratio 2 clipped to 1.2: −1.2 · A · ∂log π/∂log π
+    -1.2
+    """
+    _check_reduction(reduction)
+    log_probs, old_log_probs, advantages, mask = _ratio_inputs(log_probs, old_log_probs,
+                                                               advantages, mask)
+    low, high = _clip_range(clip_low, clip_high, log_probs.dtype)
+    log_ratio = log_probs - old_log_probs
+    ratio = jnp.exp(log_ratio)
+    weight = _sg(jnp.clip(ratio, low, high))
+    loss = -masked_mean(weight * advantages * log_probs, mask, reduction=reduction)
+    return loss, _ratio_metrics(ratio, log_ratio, low, high, mask)
 
 
 # --------------------------------------------------------------------------- critic

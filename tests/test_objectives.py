@@ -1,0 +1,190 @@
+"""The current language-model RL objectives in jaxadv.losses — DAPO's decoupled clip, GSPO's
+sequence-level ratio (and GSPO-token), CISPO's clipped, stop-gradient importance weight —
+against plain numpy loops of their definitions (values and gradients with respect to the
+log-probabilities), and the special cases each paper names."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxadv.advantages import informative_groups, length_adaptive_lambda, overlong_penalty
+from jaxadv.losses import cispo_loss, dapo_clip_loss, gspo_loss, ppo_clip_loss
+
+T, B = 6, 5
+
+
+def _batch(seed, t=T, b=B, pad=True):
+    """Token log-probs (current and rollout, ratios in about [0.5, 2]), token advantages,
+    per-sequence advantages and a mask whose sequences have 0…T tokens (one empty); padded
+    entries hold nan, which must not reach any value or gradient."""
+    rng = np.random.default_rng(seed)
+    old = np.log(rng.uniform(0.05, 0.9, (t, b)))
+    new = old + rng.uniform(-0.7, 0.7, (t, b))
+    adv = rng.normal(size=(t, b))
+    seq_adv = rng.normal(size=b)
+    lengths = rng.integers(1, t + 1, b)
+    if pad:
+        lengths[0] = 0
+    mask = np.arange(t)[:, None] < lengths[None, :] if pad else np.ones((t, b), bool)
+    for x in (old, new, adv):
+        x[~mask] = np.nan
+    return new, old, adv, seq_adv, mask
+
+
+def _grad(loss, new, *args, **kwargs):
+    value, grad = jax.value_and_grad(lambda lp: loss(lp, *args, **kwargs)[0])(jnp.asarray(new, jnp.float32))
+    return float(value), np.asarray(grad, np.float64)
+
+
+def np_dapo(new, old, adv, mask, low, high):
+    """Token mean of min(ρA, clip(ρ, 1−low, 1+high)A) and its gradient in log π, by loops."""
+    n = mask.sum()
+    total, grad = 0.0, np.zeros_like(new)
+    for t, b in zip(*np.nonzero(mask), strict=True):
+        r = np.exp(new[t, b] - old[t, b])
+        a = adv[t, b]
+        unclipped, clipped = r * a, min(max(r, 1 - low), 1 + high) * a
+        total += min(unclipped, clipped)
+        if unclipped <= clipped:  # the ratio's own branch: d(ρA)/dlog π = ρA
+            grad[t, b] = -r * a / n
+    return -total / n, grad
+
+
+@pytest.mark.parametrize(("low", "high"), [(0.2, 0.28), (0.1, 0.5), (0.3, 0.3)])
+def test_dapo_equals_a_numpy_loop(low, high):
+    new, old, adv, _, mask = _batch(0)
+    value, grad = _grad(dapo_clip_loss, new, old, adv, mask, clip_low=low, clip_high=high)
+    want_value, want_grad = np_dapo(new, old, adv, mask, low, high)
+    np.testing.assert_allclose(value, want_value, rtol=1e-5)
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-4, atol=1e-7)
+
+
+def test_dapo_with_equal_ranges_is_ppo_with_token_reduction():
+    new, old, adv, _, mask = _batch(1)
+    dapo = _grad(dapo_clip_loss, new, old, adv, mask, clip_low=0.2, clip_high=0.2)
+    ppo = _grad(ppo_clip_loss, new, old, adv, mask, clip_eps=0.2, reduction="token")
+    np.testing.assert_allclose(dapo[0], ppo[0], rtol=1e-6)
+    np.testing.assert_allclose(dapo[1], ppo[1], rtol=1e-6, atol=1e-9)
+    # clip-higher lets a token with A > 0 grow further: ρ = 1.25 is clipped by PPO, not DAPO
+    lp, lp_old = jnp.log(jnp.array([0.625])), jnp.log(jnp.array([0.5]))
+    assert _grad(ppo_clip_loss, lp, lp_old, jnp.ones(1), clip_eps=0.2)[1][0] == 0.0
+    np.testing.assert_allclose(
+        _grad(dapo_clip_loss, lp, lp_old, jnp.ones(1), clip_low=0.2, clip_high=0.28)[1][0], -1.25,
+        rtol=1e-6)
+
+
+def np_gspo(new, old, seq_adv, mask, low, high):
+    """GSPO's loss and gradient by loops: s_b = exp(mean_t log ρ), mean over non-empty b of
+    min(s A, clip(s) A); d/dlog π_tb of s_b A_b = s_b A_b / |y_b|."""
+    real = [b for b in range(mask.shape[1]) if mask[:, b].any()]
+    total, grad = 0.0, np.zeros_like(new)
+    for b in real:
+        ts = np.nonzero(mask[:, b])[0]
+        s = np.exp(np.mean([new[t, b] - old[t, b] for t in ts]))
+        a = seq_adv[b]
+        unclipped, clipped = s * a, min(max(s, 1 - low), 1 + high) * a
+        total += min(unclipped, clipped)
+        if unclipped <= clipped:
+            grad[ts, b] = -s * a / len(ts) / len(real)
+    return -total / len(real), grad
+
+
+@pytest.mark.parametrize("token_level", [False, True])
+@pytest.mark.parametrize(("low", "high"), [(3e-4, 4e-4), (0.05, 0.1), (0.5, 0.5)])
+def test_gspo_equals_a_numpy_loop(low, high, token_level):
+    new, old, _, seq_adv, mask = _batch(2)
+    value, grad = _grad(gspo_loss, new, old, seq_adv, mask, clip_low=low, clip_high=high,
+                        token_level=token_level)
+    want_value, want_grad = np_gspo(new, old, seq_adv, mask, low, high)
+    np.testing.assert_allclose(value, want_value, rtol=1e-5)
+    # GSPO-token, with one advantage per response, has GSPO's gradient
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-4, atol=1e-7)
+    assert (np.abs(want_grad) > 0).any()
+
+
+def test_gspo_with_one_token_per_sequence_is_ppo():
+    new, old, _, seq_adv, mask = _batch(3, t=1, b=8, pad=False)
+    for token_level in (False, True):
+        gspo = _grad(gspo_loss, new, old, seq_adv, mask, clip_low=0.2, clip_high=0.2,
+                     token_level=token_level)
+        ppo = _grad(ppo_clip_loss, new, old, seq_adv[None], mask, clip_eps=0.2, reduction="sequence")
+        np.testing.assert_allclose(gspo[0], ppo[0], rtol=1e-6)
+        np.testing.assert_allclose(gspo[1], ppo[1], rtol=1e-6, atol=1e-9)
+
+
+def test_gspo_refuses_token_advantages():
+    new, old, adv, _, mask = _batch(4)
+    with pytest.raises(ValueError, match="one per sequence"):
+        gspo_loss(new, old, adv, mask, clip_low=0.1, clip_high=0.1)
+
+
+def np_cispo(new, old, adv, mask, low, high):
+    """CISPO by loops: −token mean of sg(clip(ρ)) A log π; gradient −clip(ρ) A / n."""
+    n = mask.sum()
+    total, grad = 0.0, np.zeros_like(new)
+    for t, b in zip(*np.nonzero(mask), strict=True):
+        w = min(max(np.exp(new[t, b] - old[t, b]), 1 - low), 1 + high)
+        total += w * adv[t, b] * new[t, b]
+        grad[t, b] = -w * adv[t, b] / n
+    return -total / n, grad
+
+
+@pytest.mark.parametrize(("low", "high"), [(np.inf, 0.2), (0.2, 0.28), (np.inf, np.inf)])
+def test_cispo_equals_a_numpy_loop_and_never_drops_a_token(low, high):
+    new, old, adv, _, mask = _batch(5)
+    value, grad = _grad(cispo_loss, new, old, adv, mask, clip_low=low, clip_high=high)
+    want_value, want_grad = np_cispo(new, old, adv, mask, low, high)
+    np.testing.assert_allclose(value, want_value, rtol=1e-5)
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-4, atol=1e-7)
+    assert np.all(grad[mask] != 0)  # every real token keeps a gradient, clipped or not
+
+
+def test_cispo_without_clipping_is_importance_weighted_reinforce():
+    """Its gradient is that of the unclipped surrogate −mean(ρA) (PPO with no clip)."""
+    new, old, adv, _, mask = _batch(6)
+    cispo = _grad(cispo_loss, new, old, adv, mask, clip_low=np.inf, clip_high=np.inf)[1]
+    surrogate = _grad(ppo_clip_loss, new, old, adv, mask, clip_eps=1e9)[1]
+    np.testing.assert_allclose(cispo, surrogate, rtol=1e-5, atol=1e-8)
+
+
+def test_the_objectives_are_vmappable_over_their_clip_ranges():
+    new, old, adv, seq_adv, mask = _batch(7)
+    highs = jnp.array([0.1, 0.2, 0.4])
+    for loss, a in ((dapo_clip_loss, adv), (gspo_loss, seq_adv), (cispo_loss, adv)):
+        values = jax.vmap(lambda h, loss=loss, a=a: loss(new, old, a, mask, clip_low=0.2,
+                                                         clip_high=h)[0])(highs)
+        for h, v in zip(highs, values, strict=True):
+            np.testing.assert_allclose(v, loss(new, old, a, mask, clip_low=0.2, clip_high=h)[0],
+                                       rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- shaping helpers
+
+
+def test_informative_groups_keep_the_groups_with_unequal_rewards():
+    rng = np.random.default_rng(8)
+    rewards = rng.integers(0, 2, (50, 4)).astype(np.float32)
+    want = [len(set(row.tolist())) > 1 for row in rewards]
+    np.testing.assert_array_equal(informative_groups(rewards), want)
+    assert 0 < sum(want) < 50
+
+
+def test_overlong_penalty_follows_dapo_eq_13():
+    lengths = np.arange(0, 25)
+    got = np.asarray(overlong_penalty(lengths, max_length=20, buffer=5))
+    for length, value in zip(lengths, got, strict=True):
+        if length <= 15:
+            want = 0.0
+        elif length <= 20:
+            want = (15 - length) / 5
+        else:
+            want = -1.0
+        assert value == pytest.approx(want), length
+
+
+def test_length_adaptive_lambda_follows_vapo():
+    lengths = np.array([1, 20, 21, 50, 400])
+    got = np.asarray(length_adaptive_lambda(lengths, alpha=0.05))
+    want = [max(0.0, 1 - 1 / (0.05 * n)) for n in lengths]
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
