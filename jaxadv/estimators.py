@@ -12,6 +12,8 @@ sequence analysis (:mod:`jaxadv.sequence_exact`) all look estimators up in
 name        advantage ``A_t``                                               critic
 ==========  ==============================================================  ========
 ``gae``     GAE(λ): ``Σ_k (γλ)^k δ_{t+k}``                                  V
+``vapo``    GAE(λ) for the policy (λ length-adaptive with ``length_alpha``),  V
+            GAE(``critic_lambda``) λ-returns for the critic (VAPO)
 ``td``      the one-step TD error ``δ_t = r_t + γ V(s_{t+1}) − V(s_t)``     V
 ``nstep``   the n-step return minus ``V(s_t)``                              V
 ``mc``      the discounted return minus the baseline ``V(s_t)``             V
@@ -80,13 +82,16 @@ class EstimatorInput(NamedTuple):
 class EstimatorArgs(NamedTuple):
     """An estimator's settings: ``gamma`` and ``lambda_`` may be traced (swept by ``vmap``);
     ``n`` (``nstep``), ``group_size`` (``grpo``, ``drgrpo``, ``rloo``) are static ints and
-    ``eps`` stabilises the std normalisations of ``grpo`` and ``rfpp``."""
+    ``eps`` stabilises the std normalisations of ``grpo`` and ``rfpp``; ``critic_lambda``
+    and ``length_alpha`` (traceable) are ``vapo``'s."""
 
     gamma: Any = 0.99
     lambda_: Any = 0.95
     n: int = 5
     group_size: int = 1
     eps: Any = 1e-6
+    critic_lambda: Any = 1.0
+    length_alpha: Any = 0.0
 
 
 class Estimator(NamedTuple):
@@ -117,6 +122,23 @@ def gae(x: EstimatorInput, args: EstimatorArgs) -> tuple[jax.Array, jax.Array]:
     """GAE(λ) (:func:`jaxadv.advantages.gae`); targets are the λ-returns ``A + V``."""
     return _baselined(adv.gae(x.reward, x.value, x.next_value, x.terminated, x.truncated,
                               gamma=args.gamma, lambda_=args.lambda_), x)
+
+
+def vapo(x: EstimatorInput, args: EstimatorArgs) -> tuple[jax.Array, jax.Array]:
+    """VAPO's decoupled GAE (Yue et al. 2025, arXiv:2504.05118): the policy's advantages are
+    GAE(``lambda_``) — or, with ``length_alpha`` > 0, GAE with each column's length-adaptive
+    λ = 1 − 1/(α·|y|) (:func:`jaxadv.advantages.length_adaptive_lambda`, |y| the steps of
+    its first episode, ``mask``) — and the critic's targets are the GAE(``critic_lambda``)
+    λ-returns (VAPO uses λ = 1: unbiased Monte Carlo targets for the value)."""
+    policy_lambda = args.lambda_
+    if x.mask is not None:
+        adaptive = adv.length_adaptive_lambda(jnp.sum(x.mask, axis=0), alpha=args.length_alpha)
+        policy_lambda = jnp.where(args.length_alpha > 0,
+                                  jnp.broadcast_to(adaptive[None], x.reward.shape),
+                                  jnp.broadcast_to(jnp.asarray(args.lambda_, jnp.float32), x.reward.shape))
+    run = lambda lam: adv.gae(x.reward, x.value, x.next_value, x.terminated, x.truncated,
+                              gamma=args.gamma, lambda_=lam)
+    return run(policy_lambda), run(args.critic_lambda) + x.value
 
 
 def td(x: EstimatorInput, args: EstimatorArgs) -> tuple[jax.Array, jax.Array]:
@@ -175,6 +197,8 @@ SEQUENCE_ESTIMATORS = adv.SEQUENCE_ESTIMATORS
 
 ESTIMATORS: dict[str, Estimator] = {
     "gae": Estimator(gae, "value", False, "GAE(lambda)"),
+    "vapo": Estimator(vapo, "value", False, "decoupled GAE: gae_lambda (or length-adaptive) "
+                      "for the policy, critic_lambda for the critic's targets"),
     "td": Estimator(td, "value", False, "one-step TD error"),
     "nstep": Estimator(nstep, "value", False, "n-step return minus V"),
     "mc": Estimator(mc, "value", False, "discounted return minus V (the return without a critic)",

@@ -33,7 +33,22 @@ from jaxadv.train import KL_MODES, HParams, TrainConfig, make_trainer
 from jaxadv.train_cli import TrainArgs, drive_logged, write_run_outputs
 from jaxadv.validate import positive_int
 
-__all__ = ["SequenceArgs", "generate", "plot_sequence", "sequence_command"]
+__all__ = ["OBJECTIVES", "SequenceArgs", "generate", "plot_sequence", "sequence_command"]
+
+OBJECTIVES: dict[str, dict[str, Any]] = {
+    "grpo": {"algo": "ppo", "estimator": "grpo"},
+    "dapo": {"algo": "dapo", "estimator": "grpo", "clip_low": 0.2, "clip_high": 0.28,
+             "dynamic_sampling": True},
+    "gspo": {"algo": "gspo", "estimator": "grpo", "clip_low": 3e-4, "clip_high": 4e-4},
+    "cispo": {"algo": "cispo", "estimator": "grpo", "clip_low": 1.0, "clip_high": 0.28},
+    "vapo": {"algo": "dapo", "estimator": "vapo", "clip_low": 0.2, "clip_high": 0.28,
+             "lambda_critic": 1.0, "length_alpha": 2.0},
+}
+"""``--objective`` presets: the settings each one gives where its flag is not set."""
+
+_DEFAULTS: dict[str, Any] = {"algo": "ppo", "estimator": "grpo", "clip_low": 0.2, "clip_high": 0.28,
+                             "dynamic_sampling": False, "lambda_critic": 1.0, "length_alpha": 0.0}
+"""The settings without ``--objective`` (and without their flag)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,10 +70,12 @@ class SequenceArgs:
     """exact: 1 for the exact answer, else 0; partial: the fraction of correct positions."""
     length_penalty: float = 0.0
     """subtract length_penalty x (response length / response_length)."""
-    estimator: Literal[(*SEQUENCE_ESTIMATORS, "gae")] = "grpo"  # type: ignore[valid-type]
-    """grpo, drgrpo (no std), rloo, batchmean (REINFORCE, batch-mean baseline), rfpp (REINFORCE++ global normalisation), remax (greedy baseline) or gae (token-level, with a value head)."""
-    algo: Literal["ppo", "reinforce"] = "ppo"
-    """ppo (clipped ratio, epochs x minibatches) or reinforce (one plain policy-gradient step)."""
+    objective: Literal[tuple(OBJECTIVES)] | None = None  # type: ignore[valid-type]
+    """a preset of --algo, --estimator and their settings (a flag given explicitly still wins): grpo (ppo's clipped ratio, grpo); dapo (clip-higher 0.2/0.28, dynamic sampling, token-mean loss, grpo); gspo (sequence-level ratio clipped to 3e-4/4e-4, grpo); cispo (clipped stop-gradient weight, no lower bound, upper 0.28, grpo); vapo (clip-higher, decoupled GAE: critic λ 1, length-adaptive policy λ = 1 − 1/(α·|y|) with α = 2, a trace twice as long as the response — VAPO's α = 0.05 is for responses of hundreds of tokens and gives λ = 0 on these — token-level value head)."""
+    estimator: Literal[(*SEQUENCE_ESTIMATORS, "gae", "vapo")] | None = None  # type: ignore[valid-type]
+    """grpo, drgrpo (no std), rloo, batchmean (REINFORCE, batch-mean baseline), rfpp (REINFORCE++ global normalisation), remax (greedy baseline), gae (token-level, with a value head) or vapo (gae decoupled: --lambda-policy or length-adaptive for the policy, --lambda-critic for the value head); default: the objective's, else grpo."""
+    algo: Literal["ppo", "reinforce", "dapo", "gspo", "cispo"] | None = None
+    """the policy loss: ppo (clipped ratio, epochs x minibatches), reinforce (one plain policy-gradient step), dapo (ratio clipped to [1-clip_low, 1+clip_high]), gspo (the response's geometric-mean ratio, clipped per response), cispo (clipped stop-gradient ratio times log-prob times A); default: the objective's, else ppo."""
     group_size: int = 8
     """samples per prompt (K)."""
     prompts_per_update: int = 64
@@ -82,13 +99,23 @@ class SequenceArgs:
     temperature: float = 1.0
     """sampling temperature: the policy is softmax(logits / temperature), in rollouts and in the loss."""
     gamma: float = 1.0
-    """discount (token-level gae)."""
-    gae_lambda: float = 1.0
-    """GAE λ (token-level gae)."""
+    """discount (token-level gae, vapo)."""
+    lambda_policy: float = 1.0
+    """GAE λ of the policy's advantages (token-level gae, vapo)."""
+    lambda_critic: float | None = None
+    """vapo: GAE λ of the value head's targets; default: the objective's, else 1."""
+    length_alpha: float | None = None
+    """vapo: > 0 makes the policy's λ length-adaptive, 1 − 1/(α · response length); default: the objective's, else 0 (--lambda-policy)."""
     ent_coef: float = 0.0
     """entropy bonus weight."""
-    clip_eps: float = 0.2
-    """ppo clip range."""
+    clip_low: float | None = None
+    """clip range below 1 (ppo's ε; dapo, gspo, cispo: ε_low, 1 = no lower bound); default: the objective's, else 0.2."""
+    clip_high: float | None = None
+    """dapo, gspo, cispo: clip range above 1 (ε_high); default: the objective's, else 0.28."""
+    dynamic_sampling: bool | None = None
+    """mask out the groups whose rewards are all equal (DAPO's dynamic sampling, in a fixed-shape batch; metrics.csv: informative_groups); default: the objective's, else off."""
+    overlong_buffer: int = 0
+    """DAPO's soft overlong punishment: a response within this many digits of --response-length loses up to 1 (linearly); 0: none."""
     kl: Literal[KL_MODES] = "none"  # type: ignore[valid-type]
     """KL penalty against the initial policy: none, in the loss, or in the reward."""
     kl_coef: float = 0.0
@@ -116,7 +143,15 @@ class SequenceArgs:
     def env_kwargs(self) -> dict[str, Any]:
         return {"task": self.task, "num_digits": self.num_digits, "prompt_length": self.prompt_length,
                 "min_prompt_length": self.min_prompt_length, "response_length": self.response_length,
-                "reward": self.reward, "length_penalty": self.length_penalty}
+                "reward": self.reward, "length_penalty": self.length_penalty,
+                "overlong_buffer": self.overlong_buffer}
+
+    def setting(self, name: str) -> Any:
+        """A setting: the flag if given, else the ``--objective`` preset's, else the default."""
+        value = getattr(self, name)
+        if value is not None:
+            return value
+        return OBJECTIVES.get(self.objective, {}).get(name, _DEFAULTS[name])
 
     def check(self) -> SequenceArgs:
         """Refuse a bad value with a ``ValueError`` naming the field; compiles nothing."""
@@ -138,24 +173,30 @@ class SequenceArgs:
             raise ValueError(f"`total_samples` = {self.total_samples} is less than one update's "
                              f"prompts_per_update x group_size = {num_envs}")
         updates = self.total_samples // num_envs
+        algo, estimator = self.setting("algo"), self.setting("estimator")
+        epochs = algo != "reinforce"
         return TrainConfig(
-            env="Sequence-v0", env_kwargs=self.env_kwargs(), algo=self.algo, estimator=self.estimator,
+            env="Sequence-v0", env_kwargs=self.env_kwargs(), algo=algo, estimator=estimator,
             num_envs=num_envs, num_steps=env.response_length,
             total_timesteps=updates * num_envs * env.response_length,
-            update_epochs=self.update_epochs if self.algo == "ppo" else 1,
-            num_minibatches=self.num_minibatches if self.algo == "ppo" else 1,
+            update_epochs=self.update_epochs if epochs else 1,
+            num_minibatches=self.num_minibatches if epochs else 1,
             network="transformer", layers=self.layers, width=self.width, heads=self.heads,
             episodic=True, group_size=self.group_size, loss_reduction=self.loss_reduction,
             kl=self.kl, anneal_lr=False, warm_start_steps=self.warm_start_steps,
             temperature=self.temperature,
-            warm_start_prompts=self.warm_start_prompts, normalize_advantages=self.estimator == "gae",
-            clip_value_loss=False,
+            warm_start_prompts=self.warm_start_prompts,
+            normalize_advantages=estimator in ("gae", "vapo"), clip_value_loss=False,
+            dynamic_sampling=self.setting("dynamic_sampling"),
         )
 
     @property
     def hparams(self) -> HParams:
-        return HParams(lr=self.lr, gamma=self.gamma, gae_lambda=self.gae_lambda, ent_coef=self.ent_coef,
-                       clip_eps=self.clip_eps, kl_coef=self.kl_coef).validate()
+        return HParams(lr=self.lr, gamma=self.gamma, gae_lambda=self.lambda_policy,
+                       ent_coef=self.ent_coef, clip_eps=self.setting("clip_low"),
+                       clip_eps_high=self.setting("clip_high"), kl_coef=self.kl_coef,
+                       critic_lambda=self.setting("lambda_critic"),
+                       length_alpha=self.setting("length_alpha")).validate()
 
 
 def generate(trainer: Any, params: Any, key: jax.Array, num: int, *, greedy: bool = False) -> list[str]:
@@ -216,7 +257,8 @@ def sequence_command(args: SequenceArgs) -> dict[str, Any]:
         exact = np.asarray(history["exact_match"], np.float64)
         plot_sequence(args.out / "reward.png", samples,
                       np.asarray(history["episode_return"], np.float64), exact,
-                      f"{args.estimator} · {args.task} · {args.seeds} seed(s)")
+                      f"{args.objective or args.setting('algo')} · {args.setting('estimator')} · "
+                      f"{args.task} · {args.seeds} seed(s)")
         result.summary["final_exact_match"] = float(np.nanmean(exact[:, -max(1, samples.size // 10):]))
         result.summary["samples"] = int(samples[-1])
         write_run_outputs(result, args.out, quiet=args.quiet)

@@ -52,7 +52,7 @@ _Floats = Annotated[tuple[float, ...] | None, tyro.conf.arg(metavar="FLOAT [FLOA
 _Ints = Annotated[tuple[int, ...] | None, tyro.conf.arg(metavar="INT [INT ...]")]
 _STEP_ESTIMATORS = tuple(name for name, row in ESTIMATORS.items() if not row.sequence_level)
 _HParamName = Literal["lr", "gamma", "gae_lambda", "clip_eps", "ent_coef", "vf_coef", "max_grad_norm",
-                      "kl_coef"]
+                      "kl_coef", "clip_eps_high", "critic_lambda", "length_alpha"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +77,12 @@ class Grid:
     """gradient-norm clips (> 0)."""
     kl_coef: _Floats = None
     """KL-penalty weights (>= 0; with --kl loss or reward)."""
+    clip_eps_high: _Floats = None
+    """upper clip ranges ε_high of dapo, gspo and cispo (> 0)."""
+    critic_lambda: _Floats = None
+    """vapo estimator: the critic targets' GAE λ (in [0, 1])."""
+    length_alpha: _Floats = None
+    """vapo estimator: α of the length-adaptive policy λ (>= 0; 0 = fixed gae_lambda)."""
     num_envs: _Ints = None
     """static: environments per run (each value compiles once)."""
     num_steps: _Ints = None

@@ -221,6 +221,8 @@ class TrainConfig:
     """every this many updates, also play eval_episodes fresh episodes with the greedy policy inside the compiled program and report their mean return and length as eval_return and eval_length (NaN between evaluations); 0: never. Training itself is unchanged (the same bits)."""
     eval_episodes: int = 8
     """episodes of each --eval-every evaluation, each until its first end or the env's time limit."""
+    dynamic_sampling: bool = False
+    """with --episodic and groups: DAPO's dynamic sampling in a fixed-shape program — the groups whose rewards are all equal (no signal) are masked out of the loss; metrics.csv's informative_groups is the fraction kept (the effective batch)."""
     micro_batch_size: int | None = None
     """samples per gradient micro-batch: each minibatch's gradient is summed over micro-batches of this many samples in a lax.scan, then one optimiser step (the same gradient up to float rounding; smaller working sets stay in cache). 0: the whole minibatch at once; default: 2048 on CPU where it divides a larger minibatch, else 0. Not with --episodic."""
 
@@ -271,12 +273,19 @@ class TrainConfig:
             raise ValueError(f"`heads` = {self.heads} must divide `width` = {self.width}")
         if self.num_envs % self.group_size:
             raise ValueError(f"`group_size` = {self.group_size} must divide `num_envs` = {self.num_envs}")
+        if ALGORITHMS[self.algo].episodic_only and not self.episodic:
+            raise ValueError(f"`algo` = {self.algo!r} weighs whole sequences: it needs "
+                             "`episodic` = True")
         if not self.episodic and (self.group_size > 1 or estimator.sequence_level
                                   or self.loss_reduction != "token"):
             raise ValueError(
                 "`episodic` must be True for group_size > 1, a sequence-level estimator "
                 f"({', '.join(SEQUENCE_ESTIMATORS)}) or a loss_reduction other than 'token'"
             )
+        if self.dynamic_sampling and (not self.episodic or self.group_size < 2):
+            raise ValueError("`dynamic_sampling` drops groups whose rewards are all equal: it "
+                             f"needs `episodic` = True and `group_size` >= 2, got {self.episodic} "
+                             f"and {self.group_size}")
         if self.estimator in ("grpo", "drgrpo", "rloo") and self.group_size < 2:
             raise ValueError(f"`estimator` = {self.estimator!r} compares samples within a group: "
                              f"`group_size` must be >= 2, got {self.group_size}")
@@ -388,6 +397,12 @@ class HParams:
     """clip gradients to this global norm."""
     kl_coef: float = 0.0
     """weight of the KL penalty against the reference policy (with --kl loss or reward)."""
+    clip_eps_high: float = 0.28
+    """dapo, gspo, cispo: the upper clip range ε_high of the ratio (clip_eps is the lower, ε_low)."""
+    critic_lambda: float = 1.0
+    """vapo estimator: the GAE λ of the critic's targets (gae_lambda is the policy's)."""
+    length_alpha: float = 0.0
+    """vapo estimator: > 0 makes the policy's λ length-adaptive, 1 − 1/(length_alpha · response length); 0 keeps gae_lambda."""
 
     def validate(self) -> HParams:
         """Check concrete values (any leading sweep axes); traced values pass unchecked."""
@@ -400,6 +415,9 @@ class HParams:
             "vf_coef": (lambda x: x >= 0, ">= 0"),
             "max_grad_norm": (lambda x: x > 0, "> 0"),
             "kl_coef": (lambda x: x >= 0, ">= 0"),
+            "clip_eps_high": (lambda x: x > 0, "> 0"),
+            "critic_lambda": (lambda x: (x >= 0) & (x <= 1), "in [0, 1]"),
+            "length_alpha": (lambda x: x >= 0, ">= 0"),
         }
         for field, (ok, allowed) in rules.items():
             value = getattr(self, field)
@@ -714,7 +732,8 @@ def estimate(setup: Setup, traj: Transition, hp: HParams, mask: jax.Array | None
                        truncated=traj.truncated, q_value=traj.q_value, mask=mask,
                        greedy_returns=greedy_returns)
     args = EstimatorArgs(gamma=hp.gamma, lambda_=hp.gae_lambda, n=setup.config.n_step,
-                         group_size=setup.config.group_size)
+                         group_size=setup.config.group_size, critic_lambda=hp.critic_lambda,
+                         length_alpha=hp.length_alpha)
     return setup.estimator.fn(x, args)
 
 
@@ -750,8 +769,10 @@ def loss_fn(setup: Setup, params: Any, batch: tuple, hp: HParams, *,
     entropy = losses.entropy_bonus(setup.policy.entropy(pi), mask, reduction=reduction)
     if config.normalize_advantages if normalize is None else normalize:
         advantages = adv.normalize(advantages, mask)
+    extra = {name: getattr(hp, name) for name in setup.algorithm.loss_hparams}
     policy_loss, info = setup.algorithm.policy_loss(
-        log_prob, traj.log_prob, advantages, mask, clip_eps=hp.clip_eps, reduction=reduction)
+        log_prob, traj.log_prob, advantages, mask, clip_eps=hp.clip_eps, reduction=reduction,
+        **extra)
     value_loss = _value_loss(setup, critic, traj, targets, mask, hp)
     total = policy_loss + hp.vf_coef * value_loss - hp.ent_coef * entropy
     if config.kl == "loss":
@@ -860,6 +881,17 @@ def _rollout_metrics(setup: Setup, state: TrainState, batch: Batch,
     return metrics
 
 
+def informative_mask(rewards: jax.Array, mask: jax.Array, group_size: int) -> tuple[jax.Array, jax.Array]:
+    """DAPO's dynamic sampling on a fixed-shape batch: ``mask [T, N]`` (each column's first
+    episode) with the columns of every group whose returns are all equal
+    (:func:`jaxadv.advantages.informative_groups`) masked out, and the fraction of groups
+    kept. Columns ``g·K … g·K + K − 1`` are group ``g``."""
+    returns = jnp.sum(mask * rewards, axis=0).reshape(-1, group_size)  # [G, K]
+    keep = adv.informative_groups(returns)  # [G]
+    columns = jnp.repeat(keep, group_size)  # [N]
+    return mask * columns[None].astype(mask.dtype), jnp.mean(keep.astype(jnp.float32))
+
+
 def update(setup: Setup, state: TrainState, hp: HParams) -> tuple[TrainState, dict]:
     """One update: :func:`collect` → :func:`estimate` → :func:`optimise`. Returns the new
     state and the update's metrics (see :func:`make_train`)."""
@@ -875,7 +907,10 @@ def update(setup: Setup, state: TrainState, hp: HParams) -> tuple[TrainState, di
     obs_stats = (running_mean_std_update(state.obs_stats, batch.rollout.raw_obs)
                  if config.normalize_obs else state.obs_stats)
     advantages, targets = estimate(setup, batch.traj, hp, batch.mask, batch.greedy_returns)
-    data = (batch.traj._replace(extras=None), advantages, targets, batch.mask, batch.ref_log_prob)
+    mask, kept = batch.mask, None
+    if config.dynamic_sampling:
+        mask, kept = informative_mask(batch.traj.reward, mask, config.group_size)
+    data = (batch.traj._replace(extras=None), advantages, targets, mask, batch.ref_log_prob)
     if not config.episodic:  # steps are independent: one flat batch
         data = jax.tree.map(lambda x: x.reshape(config.batch_size, *x.shape[2:]), data)
     # The optimiser works on one flat parameter vector: a few fused ops per step instead
@@ -887,6 +922,8 @@ def update(setup: Setup, state: TrainState, hp: HParams) -> tuple[TrainState, di
     metrics = jax.tree.map(jnp.mean, metrics)
     metrics["nonfinite"] = flags[jnp.argmax(flags > 0)]  # the first bad step's flags, or 0
     metrics.update(_rollout_metrics(setup, state, batch, targets))
+    if kept is not None:
+        metrics["informative_groups"] = kept
     new_state = TrainState(
         params=unravel(flat_params),
         opt_state=opt_state,

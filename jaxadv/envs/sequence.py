@@ -51,6 +51,8 @@ import numpy as np
 from flax import struct
 from gymnax.environments import environment, spaces
 
+from jaxadv.advantages import overlong_penalty
+
 __all__ = [
     "SequenceParams",
     "SequenceState",
@@ -114,10 +116,13 @@ class SequenceParams(environment.EnvParams):
       length_penalty: reward ``−= length_penalty · len(response) / R``.
       min_prompt_length: ``"reverse"``/``"sort"``: the prompt length is uniform in
         ``[min_prompt_length, prompt_length]`` (ignored for ``"add"``).
+      overlong_buffer: DAPO's soft overlong punishment over the last ``overlong_buffer``
+        digits before ``R`` (:func:`jaxadv.advantages.overlong_penalty`); 0: none.
     """
 
     length_penalty: float = 0.0
     min_prompt_length: int = 1
+    overlong_buffer: int = 0
 
 
 def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
@@ -281,6 +286,8 @@ class SequenceTask(environment.Environment[SequenceState, SequenceParams]):
         target); ``None`` means the longest target + 1 (room for ``EOS``).
       reward: ``"exact"`` or ``"partial"`` (see :func:`score`).
       length_penalty: ``≥ 0``, stored in the params.
+      overlong_buffer: DAPO's overlong buffer ``L_cache`` in ``[0, R]`` (0: none), stored in
+        the params: a response of ``n`` digits gains ``min(0, (R − L_cache − n) / L_cache)``.
 
     Attributes: ``tokens`` (:class:`Tokens`), ``vocab_size = D + 4``, ``prompt_size``
     (``P``, = ``SEP``'s index), ``target_size`` (``T``), ``response_length`` (``R``),
@@ -310,6 +317,7 @@ class SequenceTask(environment.Environment[SequenceState, SequenceParams]):
         response_length: int | None = None,
         reward: str = "exact",
         length_penalty: float = 0.0,
+        overlong_buffer: int = 0,
     ):
         super().__init__()
         if task not in _TASKS:
@@ -340,6 +348,7 @@ class SequenceTask(environment.Environment[SequenceState, SequenceParams]):
             raise ValueError(
                 f"`length_penalty` must be a finite float >= 0, got {length_penalty!r}"
             )
+        _check_int("overlong_buffer", overlong_buffer, 0, response_length)
         self.task, self.reward = task, reward
         self.metric_keys = ("exact_match", "response_length")  # info a trainer logs per episode
         self.num_digits = int(num_digits)
@@ -353,6 +362,7 @@ class SequenceTask(environment.Environment[SequenceState, SequenceParams]):
         self._params = SequenceParams(
             max_steps_in_episode=self.response_length + 1,
             length_penalty=float(length_penalty),
+            overlong_buffer=int(overlong_buffer),
             min_prompt_length=int(
                 prompt_length if min_prompt_length is None else min_prompt_length
             ),
@@ -374,9 +384,10 @@ class SequenceTask(environment.Environment[SequenceState, SequenceParams]):
         response_length: jax.Array,
         params: SequenceParams | None = None,
     ) -> tuple[jax.Array, jax.Array]:
-        """:func:`score` with this task's reward mode, ``R`` and ``params.length_penalty``."""
+        """:func:`score` with this task's reward mode, ``R`` and ``params.length_penalty``,
+        plus DAPO's overlong penalty over ``params.overlong_buffer`` digits before ``R``."""
         params = self.default_params if params is None else params
-        return score(
+        reward, exact = score(
             target,
             target_length,
             response,
@@ -385,6 +396,10 @@ class SequenceTask(environment.Environment[SequenceState, SequenceParams]):
             length_penalty=params.length_penalty,
             max_response_length=self.response_length,
         )
+        buffer = jnp.asarray(params.overlong_buffer, jnp.float32)
+        overlong = overlong_penalty(jnp.broadcast_to(response_length, reward.shape),
+                                    max_length=self.response_length, buffer=jnp.maximum(buffer, 1.0))
+        return reward + jnp.where(buffer > 0, overlong, 0.0), exact
 
     def decode(self, tokens: Any) -> str:
         """:func:`decode` with this task's ``num_digits``."""
