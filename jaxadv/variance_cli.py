@@ -33,6 +33,7 @@ from jaxadv.envs import registered_names
 from jaxadv.envs.sequence import SequenceTask
 from jaxadv.evaluate import load_run
 from jaxadv.losses import REDUCTIONS
+from jaxadv.objective_exact import OBJECTIVES, Behaviour, ascend, objective_report
 from jaxadv.report import platform_info, write_json
 from jaxadv.train import HParams, TrainConfig, make_trainer
 from jaxadv.transformer import make_transformer
@@ -86,6 +87,14 @@ class VarianceArgs:
     """--sequence: samples per prompt K; each batch size N is N / K prompts x K samples."""
     reductions: tuple[Literal[REDUCTIONS], ...] = REDUCTIONS  # type: ignore[valid-type]
     """--sequence: loss aggregations to compare."""
+    objectives: tuple[Literal[tuple(OBJECTIVES)], ...] = ()  # type: ignore[valid-type]
+    """--sequence: compare these policy objectives instead (reinforce, ppo, dapo, gspo, cispo): each one's exact expected gradient on-policy, after --stale-steps updates (stale samples) and with samples drawn at --behaviour-temperature, against the exact gradient at the trained policy, and its sampled estimates' bias and variance at N = the largest --batch-sizes (writes objectives.csv and objectives.png)."""
+    stale_steps: int = 2
+    """--objectives: the trained policy is the behaviour policy after this many normalised exact gradient-ascent steps (an idealised update epoch each)."""
+    stale_step_size: float = 0.15
+    """--objectives: the length of each of those steps in parameter space."""
+    behaviour_temperature: float = 2.0
+    """--objectives: the off-policy setting whose samples come from the same policy at this temperature."""
     env: str | None = None
     """measure on this registered environment instead of an MDP (e.g. CartPole-v1), for a policy taken mid-training."""
     checkpoint: pathlib.Path | None = None
@@ -135,6 +144,11 @@ class VarianceArgs:
                 raise ValueError(f"estimator {text!r}: with --sequence choose from {', '.join(sequence_exact.ESTIMATORS)}")
         if not self.reductions:
             raise ValueError("`reductions` must name at least one reduction")
+        if self.objectives:
+            positive_int("stale_steps", self.stale_steps, minimum=0)
+            if not (self.stale_step_size > 0 and self.behaviour_temperature > 0):
+                raise ValueError("`stale_step_size` and `behaviour_temperature` must be > 0, got "
+                                 f"{self.stale_step_size} and {self.behaviour_temperature}")
         for name in ("prompts", "group_size"):
             positive_int(name, getattr(self, name))
         for n in self.batch_sizes:
@@ -174,6 +188,8 @@ class VarianceArgs:
             raise ValueError("`reward_offset` and `policy_scale` must be finite")
         if not self.estimators:
             raise ValueError("`estimators` must name at least one estimator")
+        if self.objectives and self.sequence is None:
+            raise ValueError("`objectives` compares sequence objectives: it needs --sequence")
         if self.sequence is not None:
             return self._check_sequence()
         for text in self.estimators:
@@ -238,6 +254,8 @@ def variance_command(args: VarianceArgs) -> dict[str, Any]:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     console = Console(stderr=True, quiet=args.quiet)
+    if args.objectives:
+        return _objectives_command(args, console)
     key = jax.random.key(args.seed + 1)
     start = time.perf_counter()
     with console.status("sampling gradient estimates (one compile per critic) …"):
@@ -410,9 +428,9 @@ def plot_variance(path: pathlib.Path | None, rows: list[dict[str, Any]], title: 
 # ----------------------------------------------------------------- sequences
 
 
-def _sequence_rows(args: VarianceArgs) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """:func:`jaxadv.sequence_exact.sequence_report` for a random 1-layer transformer whose
-    policy head is scaled by ``30 · policy_scale`` (its init is nearly uniform)."""
+def _sequence_policy(args: VarianceArgs) -> tuple[SequenceTask, Any, Any, jax.Array, jax.Array]:
+    """``(env, net, params, prompts, key)``: a random 1-layer transformer whose policy head is
+    scaled by ``30 · policy_scale`` (its init is nearly uniform) and the fixed prompts."""
     env = args.sequence_env()
     net = make_transformer(env.vocab_size, env.obs_length, env.num_actions, pad=env.tokens.pad,
                            layers=1, width=8, heads=2, value_head=False)
@@ -421,7 +439,12 @@ def _sequence_rows(args: VarianceArgs) -> tuple[list[dict[str, Any]], dict[str, 
     head = lambda path: "policy_head" in jax.tree_util.keystr(path)
     params = jax.tree_util.tree_map_with_path(
         lambda path, x: x * 30.0 * args.policy_scale if head(path) else x, params)
-    prompts = sequence_exact.make_prompts(key_prompts, env, args.prompts)
+    return env, net, params, sequence_exact.make_prompts(key_prompts, env, args.prompts), key
+
+
+def _sequence_rows(args: VarianceArgs) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """:func:`jaxadv.sequence_exact.sequence_report` for :func:`_sequence_policy`."""
+    env, net, params, prompts, key = _sequence_policy(args)
     shapes = [(n // args.group_size, args.group_size) for n in args.batch_sizes]
     rows, info = sequence_exact.sequence_report(
         key, params, net.apply_all, env, prompts, estimators=args.sequence_estimators,
@@ -472,5 +495,94 @@ def plot_sequence_variance(path: pathlib.Path, rows: list[dict[str, Any]], title
         ax.grid(alpha=0.3)
         ax.legend(title="reduction", fontsize="small")
     axes[1].set_yscale("log")
+    fig.suptitle(title)
+    fig.savefig(path, dpi=100)
+
+
+# ----------------------------------------------------------------- objectives, on and off policy
+
+
+def _objectives_command(args: VarianceArgs, console: Console) -> dict[str, Any]:
+    """``--sequence --objectives``: :func:`jaxadv.objective_exact.objective_report` on-policy,
+    with stale samples and with tempered samples; write ``objectives.csv``, ``summary.json``
+    and ``objectives.png``; print the table."""
+    env, net, behaviour, prompts, key = _sequence_policy(args)
+    start = time.perf_counter()
+    n = max(args.batch_sizes)
+    settings = [("on-policy", behaviour, 1.0),
+                (f"stale: {args.stale_steps} steps", None, 1.0),
+                (f"behaviour at temperature {args.behaviour_temperature:g}", behaviour,
+                 args.behaviour_temperature)]
+    rows = []
+    with console.status("exact and sampled gradients of each objective …"):
+        stale = jax.jit(lambda p: ascend(p, net.apply_all, env, prompts, steps=args.stale_steps,
+                                         step_size=args.stale_step_size))(behaviour)
+        for name, theta, temperature in settings:
+            trained = stale if theta is None else theta
+            rows += objective_report(
+                key, trained, net.apply_all, env, prompts,
+                [Behaviour(name, behaviour, net.apply_all, temperature)],
+                objectives=args.objectives, group_size=args.group_size,
+                num_prompts=n // args.group_size, num_batches=args.num_batches,
+                confidence=args.confidence, devices=args.devices)
+    seconds = time.perf_counter() - start
+    out = args.out
+    columns = ("setting", "objective", "token_kl", "clip_fraction", "cosine_exact",
+               "rel_perp_exact", "scale_exact", "batch_size", "rel_bias", "rel_bias_lo",
+               "rel_bias_hi", "variance", "mse", "cosine", "snr")
+    with (out / "objectives.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    summary = {"args": dataclasses.asdict(args), "seconds": seconds, "rows": rows,
+               **platform_info()}
+    write_json(out / "summary.json", summary)
+    plot_objectives(out / "objectives.png", rows, title=f"{args.sequence}: objectives vs the exact gradient")
+    if not args.quiet:
+        Console(width=max(Console().width, 120)).print(objective_table(rows))
+    console.print(f"wrote objectives.csv, summary.json, objectives.png to {out}/ ({seconds:.1f} s)")
+    return summary
+
+
+def objective_table(rows: list[dict[str, Any]]) -> Table:
+    """Each setting × objective: how far the behaviour is, the exact direction's agreement
+    with ∇J and the sampled estimates' bias and variance."""
+    n = rows[0]["batch_size"]
+    table = Table(title=f"objectives vs the exact gradient at the trained policy (sampled: N = {n})",
+                  box=box.SIMPLE_HEAD)
+    for name in ("setting", "objective", "KL/token", "clipped", "cos(g, ∇J)", "‖g⊥‖/g∥",
+                 "‖b‖/‖∇J‖", "tr Cov", "cos ĝ"):
+        table.add_column(name, justify="left" if name in ("setting", "objective") else "right",
+                         no_wrap=True)
+    for r in rows:
+        table.add_row(r["setting"], r["objective"], f"{r['token_kl']:.3g}", f"{r['clip_fraction']:.2f}",
+                      f"{r['cosine_exact']:.3f}", f"{r['rel_perp_exact']:.3f}",
+                      f"{r.get('rel_bias', float('nan')):.3f}", f"{r.get('variance', float('nan')):.3g}",
+                      f"{r.get('cosine', float('nan')):.3f}")
+    return table
+
+
+def plot_objectives(path: pathlib.Path, rows: list[dict[str, Any]], title: str) -> None:
+    """The exact cosine of each objective's expected gradient with ∇J, and its sampled
+    estimates' relative variance ``tr Cov / ‖∇J‖²`` after scaling, one group per setting."""
+    from matplotlib.figure import Figure
+
+    settings = list(dict.fromkeys(r["setting"] for r in rows))
+    names = list(dict.fromkeys(r["objective"] for r in rows))
+    fig = Figure(figsize=(11.0, 4.0), layout="constrained")
+    axes = fig.subplots(1, 2)
+    width = 0.8 / len(names)
+    for j, name in enumerate(names):
+        pts = [next(r for r in rows if (r["setting"], r["objective"]) == (s, name)) for s in settings]
+        x = np.arange(len(settings)) + (j - (len(names) - 1) / 2) * width
+        axes[0].bar(x, [r["cosine_exact"] for r in pts], width, label=name)
+        axes[1].bar(x, [r.get("mse", np.nan) for r in pts], width, label=name)
+    axes[0].set_ylabel("cos(E ĝ, ∇J), exact")
+    axes[1].set_ylabel("MSE of ĝ/scale against ∇J")
+    axes[1].set_yscale("log")
+    for ax in axes:
+        ax.set_xticks(range(len(settings)), settings, fontsize=8)
+        ax.grid(alpha=0.3, axis="y")
+    axes[0].legend(fontsize=8)
     fig.suptitle(title)
     fig.savefig(path, dpi=100)
