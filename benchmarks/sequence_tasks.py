@@ -12,6 +12,10 @@ Then the same for every estimator after a supervised warm start of 50 and of 300
 
 Run: ``.venv/bin/python benchmarks/sequence_tasks.py [--samples 30720] [--seeds 3]``
 (about 25 minutes on 2 CPU cores).
+
+``--objectives grpo dapo gspo cispo vapo`` measures the ``jaxadv sequence --objective``
+presets instead (no warm start), on ``--task reverse`` or a harder one (``--task add``:
+two 3-digit numbers, or ``--prompt-length 8``).
 """
 
 from __future__ import annotations
@@ -64,7 +68,12 @@ def main() -> None:
     parser.add_argument("--estimators", nargs="+", default=ESTIMATORS)
     parser.add_argument("--warm-start", nargs="*", type=int, default=[50, 300])
     parser.add_argument("--warm-only", action="store_true", help="skip the runs without a warm start")
+    parser.add_argument("--objectives", nargs="*", default=[], help="compare these --objective presets")
+    parser.add_argument("--task", default="reverse", choices=["reverse", "sort", "add"])
+    parser.add_argument("--prompt-length", type=int, default=5)
     cli = parser.parse_args()
+    if cli.objectives:
+        return objectives(cli)
     print(f"# jax {jax.__version__} on {jax.devices()[0].device_kind} ({platform.machine()}, "
           f"{os.cpu_count()} cores); reverse, 5 digits of 10, partial reward, 64 prompts × 8, "
           f"{cli.samples:,} responses, {cli.seeds} seeds\n")
@@ -79,6 +88,25 @@ def main() -> None:
         final = exact[:, -max(1, exact.shape[1] // 10):].mean()
         print(f"| {estimator} | {warm or '–'} | {_cell(first_reach(exact, 0.5, per_update))} "
               f"| {_cell(first_reach(exact, 0.9, per_update))} | {final:.3f} | {seconds:.0f} |", flush=True)
+
+
+def objectives(cli: argparse.Namespace) -> None:
+    """One row per ``--objective`` preset: responses to 0.5 and 0.9, final exact match, wall s."""
+    print(f"# jax {jax.__version__} on {jax.devices()[0].device_kind} ({platform.machine()}, "
+          f"{os.cpu_count()} cores); {cli.task}, prompts of {cli.prompt_length} digits of 10, "
+          f"partial reward, 64 prompts × 8, {cli.samples:,} responses, {cli.seeds} seeds\n")
+    print("| objective | task | responses to 0.5 | responses to 0.9 | final exact match | wall s (all seeds) |")
+    print("|---|---|---:|---:|---:|---:|")
+    for objective in cli.objectives:
+        args = SequenceArgs(objective=objective, task=cli.task, prompt_length=cli.prompt_length,
+                            total_samples=cli.samples)
+        exact, seconds = run(args, cli.seeds)
+        per_update = args.prompts_per_update * args.group_size
+        final = exact[:, -max(1, exact.shape[1] // 10):].mean()
+        print(f"| {objective} | {cli.task} {cli.prompt_length} | "
+              f"{_cell(first_reach(exact, 0.5, per_update))} | "
+              f"{_cell(first_reach(exact, 0.9, per_update))} | {final:.3f} | {seconds:.0f} |",
+              flush=True)
 
 
 if __name__ == "__main__":

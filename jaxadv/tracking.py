@@ -66,6 +66,12 @@ class WandbSettings:
     """W&B entity (user or team); default: yours."""
     group: str | None = None
     """W&B group of the run (a sweep's runs: this, then the point); default: the --out directory's name."""
+    every: int = 1
+    """log every this many updates (each logged update with all its values): W&B's client costs about half a millisecond of CPU per logged update, which on a run of very short updates is felt."""
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.every, int) and self.every >= 1):
+            raise ValueError(f"`wandb.every` must be an int >= 1, got {self.every!r}")
 
 
 def make_loggers(kinds: tuple[str, ...], out: pathlib.Path, batch_size: int,
@@ -75,7 +81,7 @@ def make_loggers(kinds: tuple[str, ...], out: pathlib.Path, batch_size: int,
     check_loggers(kinds)
     make = {"tensorboard": lambda: TensorBoardLogger(out / "tb", batch_size, record),
             "wandb": lambda: WandbLogger(out, batch_size, record, wandb or WandbSettings())}
-    return [Background(make[kind]()) for kind in kinds]
+    return [Background(make[kind]) for kind in kinds]
 
 
 def update_values(metrics: dict[str, np.ndarray]) -> Iterator[list[tuple[str, float]]]:
@@ -110,18 +116,21 @@ def update_values(metrics: dict[str, np.ndarray]) -> Iterator[list[tuple[str, fl
 
 
 class Background:
-    """A logger's calls made in order on a thread of its own at the lowest CPU priority
-    (nice 19, on Linux), so that building and writing the events takes the CPU only when
-    XLA's threads leave it idle; :meth:`wait` and :meth:`close` wait for them and raise
-    what a call raised (the calls after it are dropped, so neither ever hangs).
-    ``seconds``: the logger's."""
+    """A logger built by ``make()`` and called, in order, on a thread of its own at the
+    lowest CPU priority (nice 19, on Linux), so that building and writing the events takes
+    the CPU only when XLA's threads leave it idle; building it there also overlaps its
+    start-up with the compile, and a helper process it starts (W&B's ``wandb-core``)
+    inherits the priority. :meth:`wait` and :meth:`close` wait for the calls and raise what
+    one raised (the calls after it are dropped, so neither ever hangs). ``seconds``: the
+    logger's."""
 
-    def __init__(self, logger: Any):
-        self.logger = logger
+    def __init__(self, make: Any):
+        self.logger: Any = None
         self._calls: queue.Queue = queue.Queue()
         self._error: Exception | None = None  # the first call that failed
         self._thread = threading.Thread(target=self._work, name="jaxadv-logger", daemon=True)
         self._thread.start()
+        self._calls.put(lambda: setattr(self, "logger", make()))
 
     def _work(self) -> None:
         with contextlib.suppress(AttributeError, OSError):  # Linux: a thread's own nice value
@@ -142,7 +151,7 @@ class Background:
 
     @property
     def seconds(self) -> float:
-        return self.logger.seconds
+        return 0.0 if self.logger is None else self.logger.seconds
 
     def append(self, metrics: dict[str, np.ndarray], first_update: int, wall_seconds: float) -> None:
         self._calls.put(lambda: self.logger.append(metrics, first_update, wall_seconds))
@@ -156,9 +165,12 @@ class Background:
         self._raise()
 
     def close(self) -> None:
+        self._calls.put(lambda: self.logger is not None and self.logger.close())
         self._calls.put(None)
         self._thread.join()
-        self.logger.close()
+        if self._error is not None and self.logger is not None:  # still close what was opened
+            with contextlib.suppress(Exception):
+                self.logger.close()
         self._raise()
 
 
@@ -246,15 +258,22 @@ class WandbLogger:
         self._run = _wandb_run(out, settings.project, settings.entity, settings.group or out.name,
                                out.name, _plain(record))
         self._batch_size = batch_size
+        self._every = settings.every
         self._last_step = 0
         self.seconds = 0.0
 
     def append(self, metrics: dict[str, np.ndarray], first_update: int, wall_seconds: float) -> None:
-        """Log ``metrics[name]: [seeds, K]`` of updates ``first_update … first_update + K − 1``."""
+        """Log ``metrics[name]: [seeds, K]`` of updates ``first_update … first_update + K − 1``
+        (those that are 1 or a multiple of ``settings.every``)."""
         t0 = time.perf_counter()
-        for i, values in enumerate(update_values(metrics)):
-            self._last_step = (first_update + i) * self._batch_size
-            self._run.log({"wall_seconds": wall_seconds, **dict(values)}, step=self._last_step)
+        every = self._every
+        picked = [i for i in range(np.shape(metrics["episode_return"])[1])
+                  if (first_update + i) % every == 0 or (first_update + i) == 1]
+        if picked:
+            chosen = {name: np.asarray(x)[:, picked] for name, x in metrics.items()}
+            for i, values in zip(picked, update_values(chosen), strict=True):
+                self._last_step = (first_update + i) * self._batch_size
+                self._run.log({"wall_seconds": wall_seconds, **dict(values)}, step=self._last_step)
         self.seconds += time.perf_counter() - t0
 
     def finish(self, summary: dict[str, Any], returns_png: pathlib.Path) -> None:

@@ -143,7 +143,7 @@ def test_a_failing_logger_call_is_raised_by_wait_and_never_hangs_close():
         def close(self):
             pass
 
-    logger = tracking.Background(Broken())
+    logger = tracking.Background(Broken)
     logger.append({}, 1, 0.0)
     logger.append({}, 2, 0.0)  # dropped after the failure
     with pytest.raises(RuntimeError, match="disk full"):
@@ -151,3 +151,26 @@ def test_a_failing_logger_call_is_raised_by_wait_and_never_hangs_close():
     with pytest.raises(RuntimeError, match="disk full"):
         logger.close()
     assert Broken.calls == [1]
+
+
+def test_wandb_every_k_logs_update_one_and_each_multiple_of_k_with_all_their_values():
+    class FakeRun:
+        def __init__(self):
+            self.logged = []
+
+        def log(self, data, step):
+            self.logged.append((step, data))
+
+    logger = tracking.WandbLogger.__new__(tracking.WandbLogger)
+    logger._run, logger._batch_size, logger._every = FakeRun(), 10, 3
+    logger._last_step, logger.seconds = 0, 0.0
+    returns = np.arange(14, dtype=float).reshape(2, 7)  # 2 seeds, updates 1..7
+    logger.append({"episode_return": returns[:, :4]}, 1, 0.5)
+    logger.append({"episode_return": returns[:, 4:]}, 5, 0.9)
+    steps = [step for step, _ in logger._run.logged]
+    assert steps == [10, 30, 60]  # updates 1, 3 and 6
+    _, data = logger._run.logged[2]
+    assert data["episode_return/seed0"] == 5.0 and data["episode_return/seed1"] == 12.0
+    assert data["episode_return/mean"] == 8.5 and data["wall_seconds"] == 0.9
+    with pytest.raises(ValueError, match="wandb.every"):
+        tracking.WandbSettings(every=0)
