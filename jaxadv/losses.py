@@ -275,6 +275,17 @@ def _clip_range(clip_low, clip_high, dtype):
     return 1.0 - jnp.asarray(clip_low, dtype), 1.0 + jnp.asarray(clip_high, dtype)
 
 
+def _clipped_ratios(log_probs, old_log_probs, advantages, mask, clip_low, clip_high, reduction):
+    """The inputs of a token-level clipped-ratio loss, checked and padded, with
+    ``ratio = exp(log_ratio)`` and the bounds ``(low, high)``."""
+    _check_reduction(reduction)
+    log_probs, old_log_probs, advantages, mask = _ratio_inputs(log_probs, old_log_probs,
+                                                               advantages, mask)
+    low, high = _clip_range(clip_low, clip_high, log_probs.dtype)
+    log_ratio = log_probs - old_log_probs
+    return log_probs, advantages, mask, jnp.exp(log_ratio), log_ratio, low, high
+
+
 def _ratio_metrics(ratio, log_ratio, low, high, mask):
     """``clip_fraction`` (ρ outside [low, high]) and ``approx_kl`` (k3), token means."""
     ratio, log_ratio = _sg(ratio), _sg(log_ratio)
@@ -309,12 +320,8 @@ def dapo_clip_loss(log_probs, old_log_probs, advantages, mask=None, *, clip_low,
     >>> round(float(dapo_clip_loss(new, old, jnp.ones(2), clip_low=0.2, clip_high=0.28)[0]), 4)
     -1.14
     """
-    _check_reduction(reduction)
-    log_probs, old_log_probs, advantages, mask = _ratio_inputs(log_probs, old_log_probs,
-                                                               advantages, mask)
-    low, high = _clip_range(clip_low, clip_high, log_probs.dtype)
-    log_ratio = log_probs - old_log_probs
-    ratio = jnp.exp(log_ratio)
+    log_probs, advantages, mask, ratio, log_ratio, low, high = _clipped_ratios(
+        log_probs, old_log_probs, advantages, mask, clip_low, clip_high, reduction)
     surrogate = jnp.minimum(ratio * advantages, jnp.clip(ratio, low, high) * advantages)
     loss = -masked_mean(surrogate, mask, reduction=reduction)
     return loss, _ratio_metrics(ratio, log_ratio, low, high, mask)
@@ -403,12 +410,8 @@ def cispo_loss(log_probs, old_log_probs, advantages, mask=None, *, clip_low, cli
     >>> round(float(g[0]), 4)   # ratio 2 clipped to 1.2: −1.2 · A · ∂log π/∂log π
     -1.2
     """
-    _check_reduction(reduction)
-    log_probs, old_log_probs, advantages, mask = _ratio_inputs(log_probs, old_log_probs,
-                                                               advantages, mask)
-    low, high = _clip_range(clip_low, clip_high, log_probs.dtype)
-    log_ratio = log_probs - old_log_probs
-    ratio = jnp.exp(log_ratio)
+    log_probs, advantages, mask, ratio, log_ratio, low, high = _clipped_ratios(
+        log_probs, old_log_probs, advantages, mask, clip_low, clip_high, reduction)
     weight = _sg(jnp.clip(ratio, low, high))
     loss = -masked_mean(weight * advantages * log_probs, mask, reduction=reduction)
     return loss, _ratio_metrics(ratio, log_ratio, low, high, mask)

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import importlib.util
 import json
+import multiprocessing
 import os
 import pathlib
 import queue
@@ -36,8 +38,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["LOGGERS", "Background", "TensorBoardLogger", "WandbLogger", "WandbSettings", "check_loggers",
-           "log_sweep_wandb", "make_loggers", "update_values"]
+__all__ = ["LOGGERS", "Background", "OtherProcess", "TensorBoardLogger", "WandbLogger",
+           "WandbSettings", "check_loggers", "log_sweep_wandb", "make_loggers", "update_values"]
 
 LOGGERS = {"tensorboard": ("tensorboard", "google_crc32c"), "wandb": ("wandb",)}
 """Each ``--log`` choice and the packages it needs."""
@@ -75,13 +77,20 @@ class WandbSettings:
 
 
 def make_loggers(kinds: tuple[str, ...], out: pathlib.Path, batch_size: int,
-                 record: dict[str, Any], wandb: WandbSettings | None = None) -> list[Background]:
+                 record: dict[str, Any], wandb: WandbSettings | None = None
+                 ) -> list[Background | OtherProcess]:
     """One logger per ``--log`` choice, writing under ``out`` (``out/tb`` for TensorBoard,
-    ``out/wandb`` for W&B's local files), each on a :class:`Background` thread."""
+    ``out/wandb`` for W&B's local files): TensorBoard's on a :class:`Background` thread,
+    W&B's in an :class:`OtherProcess`."""
     check_loggers(kinds)
-    make = {"tensorboard": lambda: TensorBoardLogger(out / "tb", batch_size, record),
-            "wandb": lambda: WandbLogger(out, batch_size, record, wandb or WandbSettings())}
-    return [Background(make[kind]) for kind in kinds]
+    loggers: list[Background | OtherProcess] = []
+    for kind in kinds:
+        if kind == "tensorboard":
+            loggers.append(Background(lambda: TensorBoardLogger(out / "tb", batch_size, record)))
+        else:  # W&B's client is heavy Python: in a process of its own, off the trainer's GIL
+            loggers.append(OtherProcess(functools.partial(
+                WandbLogger, out, batch_size, _plain(record), wandb or WandbSettings())))
+    return loggers
 
 
 def update_values(metrics: dict[str, np.ndarray]) -> Iterator[list[tuple[str, float]]]:
@@ -172,6 +181,89 @@ class Background:
             with contextlib.suppress(Exception):
                 self.logger.close()
         self._raise()
+
+
+class OtherProcess:
+    """A logger built by ``make()`` (picklable) in a child process of its own (``spawn``) at
+    the lowest CPU priority, called in order through a queue; the same interface as
+    :class:`Background`. For a logger whose client is heavy Python (W&B's): in a thread it
+    would hold the trainer's GIL. ``seconds``: the logger's, known after :meth:`close`."""
+
+    def __init__(self, make: Any):
+        context = multiprocessing.get_context("spawn")
+        self._calls = context.JoinableQueue()
+        self._results = context.Queue()
+        self._process = context.Process(target=_serve, args=(make, self._calls, self._results),
+                                        name="jaxadv-logger", daemon=True)
+        self._process.start()
+        self.seconds = 0.0
+        self._error: str | None = None
+
+    def append(self, metrics: dict[str, np.ndarray], first_update: int, wall_seconds: float) -> None:
+        self._calls.put(("append", ({k: np.asarray(v) for k, v in metrics.items()},
+                                    first_update, wall_seconds)))
+
+    def finish(self, summary: dict[str, Any], returns_png: pathlib.Path) -> None:
+        self._calls.put(("finish", (_plain(summary), returns_png)))
+
+    def _collect(self) -> None:
+        while True:
+            try:
+                kind, value = self._results.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "error" and self._error is None:
+                self._error = value
+            elif kind == "seconds":
+                self.seconds = value
+
+    def _raise(self) -> None:
+        self._collect()
+        if self._error is not None:
+            raise RuntimeError(f"logging failed: {self._error}")
+
+    def wait(self) -> None:
+        """Return once every call so far is done; raise if one failed."""
+        self._calls.join()
+        self._raise()
+
+    def close(self) -> None:
+        self._calls.put(None)
+        self._calls.join()
+        self._process.join(timeout=60)
+        if self._process.is_alive():
+            self._process.terminate()
+        self._raise()
+
+
+def _serve(make: Any, calls: Any, results: Any) -> None:
+    """The child of :class:`OtherProcess`: build the logger, make the calls, close it."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, 0, 19)
+    logger, failed = None, False
+    try:
+        logger = make()
+    except Exception as exc:  # reported to the parent by wait()/close()
+        failed = True
+        results.put(("error", repr(exc)))
+    while (item := calls.get()) is not None:
+        try:
+            if not failed:
+                name, args = item
+                getattr(logger, name)(*args)
+        except Exception as exc:
+            failed = True
+            results.put(("error", repr(exc)))
+        finally:
+            calls.task_done()
+    try:
+        if logger is not None:
+            logger.close()
+            results.put(("seconds", logger.seconds))
+    except Exception as exc:
+        results.put(("error", repr(exc)))
+    finally:
+        calls.task_done()
 
 
 class TensorBoardLogger:
