@@ -114,6 +114,8 @@ class SequenceArgs:
     """dapo, gspo, cispo: clip range above 1 (ε_high); default: the objective's, else 0.28."""
     dynamic_sampling: bool | None = None
     """mask out the groups whose rewards are all equal (DAPO's dynamic sampling, in a fixed-shape batch; metrics.csv: informative_groups); default: the objective's, else off."""
+    value_warmup: int = 0
+    """gae, vapo: VAPO's value pre-training — the first value_warmup updates train the value head alone."""
     overlong_buffer: int = 0
     """DAPO's soft overlong punishment: a response within this many digits of --response-length loses up to 1 (linearly); 0: none."""
     kl: Literal[KL_MODES] = "none"  # type: ignore[valid-type]
@@ -187,7 +189,7 @@ class SequenceArgs:
             temperature=self.temperature,
             warm_start_prompts=self.warm_start_prompts,
             normalize_advantages=estimator in ("gae", "vapo"), clip_value_loss=False,
-            dynamic_sampling=self.setting("dynamic_sampling"),
+            dynamic_sampling=self.setting("dynamic_sampling"), value_warmup=self.value_warmup,
         )
 
     @property

@@ -221,6 +221,8 @@ class TrainConfig:
     """every this many updates, also play eval_episodes fresh episodes with the greedy policy inside the compiled program and report their mean return and length as eval_return and eval_length (NaN between evaluations); 0: never. Training itself is unchanged (the same bits)."""
     eval_episodes: int = 8
     """episodes of each --eval-every evaluation, each until its first end or the env's time limit."""
+    value_warmup: int = 0
+    """VAPO's value pre-training: for the first value_warmup updates only the critic learns (the advantages, the entropy bonus and the KL penalty in the loss are multiplied by 0)."""
     dynamic_sampling: bool = False
     """with --episodic and groups: DAPO's dynamic sampling in a fixed-shape program — the groups whose rewards are all equal (no signal) are masked out of the loss; metrics.csv's informative_groups is the fraction kept (the effective batch)."""
     micro_batch_size: int | None = None
@@ -282,6 +284,10 @@ class TrainConfig:
                 "`episodic` must be True for group_size > 1, a sequence-level estimator "
                 f"({', '.join(SEQUENCE_ESTIMATORS)}) or a loss_reduction other than 'token'"
             )
+        if self.value_warmup and not (self.baseline and estimator.critic == "value"):
+            raise ValueError(f"`value_warmup` = {self.value_warmup} trains the critic alone: it "
+                             f"needs a value critic; `estimator` = {self.estimator!r} has none")
+        positive_int("value_warmup", self.value_warmup, minimum=0)
         if self.dynamic_sampling and (not self.episodic or self.group_size < 2):
             raise ValueError("`dynamic_sampling` drops groups whose rewards are all equal: it "
                              f"needs `episodic` = True and `group_size` >= 2, got {self.episodic} "
@@ -910,6 +916,10 @@ def update(setup: Setup, state: TrainState, hp: HParams) -> tuple[TrainState, di
     mask, kept = batch.mask, None
     if config.dynamic_sampling:
         mask, kept = informative_mask(batch.traj.reward, mask, config.group_size)
+    if config.value_warmup:  # the critic learns alone first: no policy, entropy or KL term
+        on = (state.update >= config.value_warmup).astype(advantages.dtype)
+        advantages = advantages * on
+        hp = hp.replace(ent_coef=hp.ent_coef * on, kl_coef=hp.kl_coef * on)
     data = (batch.traj._replace(extras=None), advantages, targets, mask, batch.ref_log_prob)
     if not config.episodic:  # steps are independent: one flat batch
         data = jax.tree.map(lambda x: x.reshape(config.batch_size, *x.shape[2:]), data)

@@ -308,3 +308,30 @@ def test_objective_presets_and_explicit_flags():
 def test_bad_objective_settings_exit_2_before_compiling(argv, words, no_compile, capsys, tmp_path):
     assert cli.main([*argv, "--out", str(tmp_path)]) == 2
     assert words in capsys.readouterr().err
+
+
+def test_value_warmup_trains_the_critic_alone_first():
+    """VAPO's value pre-training on separate actor and critic MLPs: the actor's parameters do
+    not move in the first ``value_warmup`` updates (Adam's moments of its parameters stay 0),
+    the critic's do; afterwards the actor learns."""
+    from jaxadv.train import HParams, TrainConfig, make_trainer
+
+    config = TrainConfig(num_envs=4, num_steps=16, total_timesteps=4 * 16 * 4, hidden=(8,),
+                         value_warmup=2, update_epochs=1, num_minibatches=1)
+    trainer = make_trainer(config)
+    hp = HParams(ent_coef=0.01)
+    state = jax.jit(trainer.init)(jax.random.key(0), hp)
+    update = jax.jit(trainer.update)
+    actor = lambda s: {k: v for k, v in s.params["params"].items() if k.startswith(("actor", "policy"))}
+    critic = lambda s: {k: v for k, v in s.params["params"].items() if k.startswith("critic")}
+    start = state
+    for _ in range(2):
+        state, _ = update(state, hp)
+    jax.tree.map(np.testing.assert_array_equal, actor(state), actor(start))
+    assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(critic(state)),
+                                                       jax.tree.leaves(critic(start)), strict=True))
+    state, _ = update(state, hp)
+    assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(actor(state)),
+                                                       jax.tree.leaves(actor(start)), strict=True))
+    with pytest.raises(ValueError, match="value_warmup"):
+        TrainConfig(estimator="return", value_warmup=2)
