@@ -114,6 +114,10 @@ class SequenceArgs:
     """dapo, gspo, cispo: clip range above 1 (ε_high); default: the objective's, else 0.28."""
     dynamic_sampling: bool | None = None
     """mask out the groups whose rewards are all equal (DAPO's dynamic sampling, in a fixed-shape batch; metrics.csv: informative_groups); default: the objective's, else off."""
+    behaviour_temperature: float | None = None
+    """sample at this temperature instead of --temperature (a sampler that differs from the trained policy) and correct with truncated importance sampling: advantages times min(π/π_b, --tis-cap)."""
+    tis_cap: float = 2.0
+    """with --behaviour-temperature: the truncation of the importance weights."""
     value_warmup: int = 0
     """gae, vapo: VAPO's value pre-training — the first value_warmup updates train the value head alone."""
     overlong_buffer: int = 0
@@ -190,6 +194,7 @@ class SequenceArgs:
             warm_start_prompts=self.warm_start_prompts,
             normalize_advantages=estimator in ("gae", "vapo"), clip_value_loss=False,
             dynamic_sampling=self.setting("dynamic_sampling"), value_warmup=self.value_warmup,
+            behaviour_temperature=self.behaviour_temperature, tis_cap=self.tis_cap,
         )
 
     @property

@@ -91,6 +91,7 @@ __all__ = [
     "collect",
     "estimate",
     "greedy_evaluation",
+    "informative_mask",
     "init",
     "loss_fn",
     "make_setup",
@@ -101,6 +102,7 @@ __all__ = [
     "optimise",
     "optimizer",
     "permutations",
+    "truncated_importance_weights",
     "update",
 ]
 
@@ -221,6 +223,10 @@ class TrainConfig:
     """every this many updates, also play eval_episodes fresh episodes with the greedy policy inside the compiled program and report their mean return and length as eval_return and eval_length (NaN between evaluations); 0: never. Training itself is unchanged (the same bits)."""
     eval_episodes: int = 8
     """episodes of each --eval-every evaluation, each until its first end or the env's time limit."""
+    behaviour_temperature: float | None = None
+    """sample the rollouts at this temperature instead of `temperature` — a behaviour policy that differs from the one trained, as an inference engine's sampler may — and correct the loss by truncated importance sampling: each step's advantage times min(π/π_b, tis_cap), and PPO's ratios taken against π (discrete actions; not with normalize_advantages)."""
+    tis_cap: float = 2.0
+    """with behaviour_temperature: the truncation C of the importance weights min(π/π_b, C)."""
     value_warmup: int = 0
     """VAPO's value pre-training: for the first value_warmup updates only the critic learns (the advantages, the entropy bonus and the KL penalty in the loss are multiplied by 0)."""
     dynamic_sampling: bool = False
@@ -284,6 +290,15 @@ class TrainConfig:
                 "`episodic` must be True for group_size > 1, a sequence-level estimator "
                 f"({', '.join(SEQUENCE_ESTIMATORS)}) or a loss_reduction other than 'token'"
             )
+        if self.behaviour_temperature is not None:
+            if not (isinstance(self.behaviour_temperature, int | float) and self.behaviour_temperature > 0
+                    and self.tis_cap > 0):
+                raise ValueError("`behaviour_temperature` and `tis_cap` must be numbers > 0, got "
+                                 f"{self.behaviour_temperature!r} and {self.tis_cap!r}")
+            if not self.spec.discrete or self.normalize_advantages:
+                raise ValueError("`behaviour_temperature` needs discrete actions and "
+                                 "normalize_advantages = False (the importance weights multiply "
+                                 "the advantages)")
         if self.value_warmup and not (self.baseline and estimator.critic == "value"):
             raise ValueError(f"`value_warmup` = {self.value_warmup} trains the critic alone: it "
                              f"needs a value critic; `estimator` = {self.estimator!r} has none")
@@ -690,6 +705,8 @@ class Batch(NamedTuple):
       mask: ``[T, N]`` each env's first episode (``episodic``), else ``None``.
       ref_log_prob: ``[T, N]`` the reference policy's log π(a_t|s_t) (``kl`` ≠ ``"none"``).
       greedy_returns: ``[N]`` the greedy response's return from the same start (``remax``).
+      tis_weight: ``[T, N]`` ``min(π/π_b, tis_cap)`` of each step (``behaviour_temperature``);
+        ``traj.log_prob`` is then the trained policy's, not the sampler's.
     """
 
     rollout: Rollout
@@ -697,6 +714,7 @@ class Batch(NamedTuple):
     mask: jax.Array | None
     ref_log_prob: jax.Array | None
     greedy_returns: jax.Array | None
+    tis_weight: jax.Array | None = None
 
 
 def collect(setup: Setup, state: TrainState, hp: HParams, key: jax.Array,
@@ -704,17 +722,25 @@ def collect(setup: Setup, state: TrainState, hp: HParams, key: jax.Array,
     """Roll the policy ``state.params`` out from ``start = (env_state, obs)`` for
     ``num_steps`` steps, with what the configuration adds (see :class:`Batch`)."""
     config = setup.config
+    sampler = setup.network if config.behaviour_temperature is None else _tempered(
+        setup.base_network, config.behaviour_temperature)
     roll = lambda key, **kw: rollout(  # the greedy rollout starts from the same state
         key, state.params, *start,
         state.obs_stats if config.normalize_obs else None,
         state.reward_scaler if config.scale_rewards else None,
-        apply_fn=setup.network.apply, policy=setup.policy, env=setup.env,
+        apply_fn=sampler.apply, policy=setup.policy, env=setup.env,
         env_params=setup.env_params, num_steps=config.num_steps, gamma=hp.gamma,
         q_critic=setup.q_critic, **kw,
     )
     collected = roll(key, info_keys=setup.info_keys)
     traj = collected.traj
     mask = first_episode_mask(traj.episode_done) if config.episodic else None
+    tis_weight = None
+    if config.behaviour_temperature is not None:  # π's own log-probs of the sampled actions
+        log_prob = setup.policy.log_prob(policy_outputs(setup, state.params, traj.obs, mask)[0],
+                                         traj.action)
+        tis_weight = truncated_importance_weights(log_prob, traj.log_prob, config.tis_cap)
+        traj = traj._replace(log_prob=log_prob)
     ref_log_prob = None
     if config.kl != "none":
         ref_logits = policy_outputs(setup, state.ref_params, traj.obs, mask)[0]
@@ -725,7 +751,19 @@ def collect(setup: Setup, state: TrainState, hp: HParams, key: jax.Array,
     if config.estimator == "remax":
         greedy = roll(key_greedy, greedy=True).traj
         greedy_returns = jnp.sum(first_episode_mask(greedy.episode_done) * greedy.reward, axis=0)
-    return Batch(collected, traj, mask, ref_log_prob, greedy_returns)
+    return Batch(collected, traj, mask, ref_log_prob, greedy_returns, tis_weight)
+
+
+def truncated_importance_weights(log_prob: jax.Array, behaviour_log_prob: jax.Array,
+                                 cap: float) -> jax.Array:
+    """``min(π/π_b, cap)`` per step, held constant (truncated importance sampling, Ionides
+    2008; as LM-RL pipelines correct a sampler that differs from the trained policy).
+
+    >>> import jax.numpy as jnp
+    >>> truncated_importance_weights(jnp.log(jnp.array([0.5, 0.9])), jnp.log(jnp.array([0.25, 0.9])), 1.5)
+    Array([1.5, 1. ], dtype=float32)
+    """
+    return jax.lax.stop_gradient(jnp.minimum(jnp.exp(log_prob - behaviour_log_prob), cap))
 
 
 def estimate(setup: Setup, traj: Transition, hp: HParams, mask: jax.Array | None = None,
@@ -916,6 +954,8 @@ def update(setup: Setup, state: TrainState, hp: HParams) -> tuple[TrainState, di
     mask, kept = batch.mask, None
     if config.dynamic_sampling:
         mask, kept = informative_mask(batch.traj.reward, mask, config.group_size)
+    if batch.tis_weight is not None:
+        advantages = advantages * batch.tis_weight
     if config.value_warmup:  # the critic learns alone first: no policy, entropy or KL term
         on = (state.update >= config.value_warmup).astype(advantages.dtype)
         advantages = advantages * on
@@ -934,6 +974,9 @@ def update(setup: Setup, state: TrainState, hp: HParams) -> tuple[TrainState, di
     metrics.update(_rollout_metrics(setup, state, batch, targets))
     if kept is not None:
         metrics["informative_groups"] = kept
+    if batch.tis_weight is not None:  # over the real steps
+        weights = jnp.ones_like(batch.tis_weight) if mask is None else mask
+        metrics["tis_weight"] = jnp.sum(weights * batch.tis_weight) / jnp.maximum(jnp.sum(weights), 1)
     new_state = TrainState(
         params=unravel(flat_params),
         opt_state=opt_state,

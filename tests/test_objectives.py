@@ -13,7 +13,7 @@ from jaxadv.advantages import informative_groups, length_adaptive_lambda, overlo
 from jaxadv.estimators import ESTIMATORS, EstimatorArgs, EstimatorInput
 from jaxadv.losses import cispo_loss, dapo_clip_loss, gspo_loss, ppo_clip_loss
 from jaxadv.sequence_cli import SequenceArgs
-from jaxadv.train import informative_mask, make_train
+from jaxadv.train import informative_mask, make_train, truncated_importance_weights
 
 T, B = 6, 5
 
@@ -335,3 +335,32 @@ def test_value_warmup_trains_the_critic_alone_first():
                                                        jax.tree.leaves(actor(start)), strict=True))
     with pytest.raises(ValueError, match="value_warmup"):
         TrainConfig(estimator="return", value_warmup=2)
+
+
+@pytest.mark.parametrize("behaviour", [0.8, 1.2])
+def test_a_sampler_at_another_temperature_is_corrected_and_learns(behaviour):
+    """``--behaviour-temperature``: PPO's ratios start at 1 against the trained policy (its
+    own log-probabilities replace the sampler's), the truncated weights average about 1
+    under the sampler, and GRPO still learns `reverse`."""
+    args = SequenceArgs(behaviour_temperature=behaviour, total_samples=128 * 40, **TASK).check()
+    _, metrics = jax.jit(make_train(args.config))(jax.random.key(0), args.hparams)
+    exact = np.asarray(metrics["exact_match"])
+    assert exact[-3:].mean() >= 0.9, exact
+    weights = np.asarray(metrics["tis_weight"])
+    assert np.all(np.abs(weights - 1.0) < 0.1) and np.any(weights != 1.0)
+    one_pass = SequenceArgs(behaviour_temperature=behaviour, total_samples=128 * 2,
+                            update_epochs=1, num_minibatches=1, **{
+                                k: v for k, v in TASK.items()
+                                if k not in ("update_epochs", "num_minibatches")})
+    _, metrics = jax.jit(make_train(one_pass.config))(jax.random.key(1), one_pass.hparams)
+    assert float(np.max(np.abs(metrics["approx_kl"]))) < 1e-6
+
+
+def test_truncated_importance_weights_follow_their_definition():
+    rng = np.random.default_rng(11)
+    log_p, log_b = np.log(rng.uniform(0.01, 1, (2, 50)))
+    got = np.asarray(truncated_importance_weights(jnp.asarray(log_p), jnp.asarray(log_b), 1.5))
+    want = [min(np.exp(a - b), 1.5) for a, b in zip(log_p, log_b, strict=True)]
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    with pytest.raises(ValueError, match="behaviour_temperature"):
+        SequenceArgs(estimator="gae", behaviour_temperature=1.5, **TASK).check()
