@@ -1,10 +1,13 @@
-"""Actor-critic MLPs behind an ``(init, apply)`` pair of pure functions.
+"""Actor-critic MLPs (with an optional convolutional layer for image observations) behind an
+``(init, apply)`` pair of pure functions.
 
 ``apply(params, obs[*B, obs_dim]) -> (policy, critic)`` runs actor and critic in
 one call. ``policy`` is the categorical ``logits [*B, A]`` or the Gaussian
 ``(mean [*B, D], log_std [*B, D])``; ``critic`` is ``V(s) [*B]``, or
 ``Q(s, ·) [*B, A]`` when the network is built with ``q_critic=True`` (the ``qv``
-estimator). Flax linen modules live inside; parameters are plain pytrees outside.
+estimator). Flax linen modules live inside; parameters are plain pytrees outside. With
+``image_shape = (H, W, C)`` each torso starts with a 3 × 3 convolution of 16 channels (ReLU,
+stride 1, as MinAtar's own networks) on the observation reshaped to ``[*B, H, W, C]``.
 
 Weights use an orthogonal initialiser (√2 hidden, 0.01 policy, 1.0 critic, as is
 customary for PPO) written with plain ``jnp`` ops — classical Gram–Schmidt with
@@ -24,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["ActorCritic", "Network", "make_network", "orthogonal", "orthogonal_matrices"]
+__all__ = ["ActorCritic", "Conv3x3", "Network", "make_network", "orthogonal", "orthogonal_matrices"]
 
 Params = Any
 
@@ -102,6 +105,28 @@ def _dense(features: int, name: str) -> nn.Dense:
                     bias_init=nn.initializers.zeros, name=name)
 
 
+class Conv3x3(nn.Module):
+    """A 3 × 3 "SAME" convolution, stride 1, of ``[*B, H, W, C]`` images to ``features``
+    channels, computed as one matrix product of the 9 shifted copies of the zero-padded image
+    (``[*B, H, W, 9C] @ [9C, F]``): the same numbers as ``flax.linen.Conv`` (kernel
+    ``[3, 3, C, F]``), but a GEMM, which XLA on CPU runs tens of times faster than its
+    convolution under ``vmap``. Kernel created as zeros (:func:`make_network` draws it)."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, image: jax.Array) -> jax.Array:
+        *batch, h, w, c = image.shape
+        kernel = self.param("kernel", nn.initializers.zeros, (3, 3, c, self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        pad = [(0, 0)] * len(batch) + [(1, 1), (1, 1), (0, 0)]
+        padded = jnp.pad(image, pad)
+        patches = jnp.concatenate([padded[..., a:a + h, b:b + w, :] for a in range(3)
+                                   for b in range(3)], axis=-1)  # [*B, H, W, 9C]
+        out = patches @ kernel.reshape(9 * c, self.features)
+        return out + bias.reshape((1,) * (out.ndim - 1) + (self.features,))
+
+
 class ActorCritic(nn.Module):
     """MLP actor and critic, with separate torsos or one shared torso.
 
@@ -113,8 +138,12 @@ class ActorCritic(nn.Module):
       shared_torso: one torso feeds both heads.
       q_critic: the critic outputs Q(s, ·) (A values) instead of V(s).
 
+      image_shape: ``(H, W, C)`` of an image observation (flattened in ``obs``): each torso
+        starts with a 3 × 3 convolution of 16 channels; ``None``: no convolution.
+
     Its kernels are created as zeros; :func:`make_network`'s ``init`` replaces them with
-    orthogonal matrices times :meth:`kernel_scale`.
+    orthogonal matrices times :meth:`kernel_scale` (a convolution's ``[3, 3, C, 16]`` kernel
+    as a ``[9C, 16]`` matrix).
     """
 
     num_outputs: int
@@ -123,6 +152,7 @@ class ActorCritic(nn.Module):
     activation: str = "tanh"
     shared_torso: bool = False
     q_critic: bool = False
+    image_shape: tuple[int, ...] | None = None
 
     @staticmethod
     def kernel_scale(layer: str) -> float:
@@ -135,6 +165,9 @@ class ActorCritic(nn.Module):
         act = {"tanh": nn.tanh, "relu": nn.relu}[self.activation]
 
         def torso(x, name):
+            if self.image_shape is not None:
+                image = x.reshape(*x.shape[:-1], *self.image_shape)
+                x = nn.relu(Conv3x3(16, name=f"{name}_conv")(image)).reshape(*x.shape[:-1], -1)
             for i, width in enumerate(self.hidden):
                 x = act(_dense(width, f"{name}_{i}")(x))
             return x
@@ -166,6 +199,7 @@ def make_network(
     activation: str = "tanh",
     shared_torso: bool = False,
     q_critic: bool = False,
+    image_shape: tuple[int, ...] | None = None,
 ) -> Network:
     """Build the actor-critic ``(init, apply)`` pair (see :class:`ActorCritic`).
 
@@ -178,17 +212,21 @@ def make_network(
     """
     if activation not in ("tanh", "relu"):
         raise ValueError(f"`activation` must be 'tanh' or 'relu', got {activation!r}")
-    module = ActorCritic(num_outputs, discrete, tuple(hidden), activation, shared_torso, q_critic)
+    if image_shape is not None and (len(image_shape) != 3 or min(image_shape) < 1):
+        raise ValueError(f"`image_shape` must be (H, W, C), got {image_shape!r}")
+    module = ActorCritic(num_outputs, discrete, tuple(hidden), activation, shared_torso, q_critic,
+                         None if image_shape is None else tuple(image_shape))
 
     def init(key: jax.Array, obs: jax.Array) -> Params:
         params = module.init(key, obs)  # zero kernels: flax draws nothing
         leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
         kernels = [i for i, (path, _) in enumerate(leaves) if path[-1].key == "kernel"]
-        drawn = orthogonal_matrices(key, [leaves[i][1].shape for i in kernels],
+        shapes = [leaves[i][1].shape for i in kernels]  # a conv kernel as [9C, 16]
+        drawn = orthogonal_matrices(key, [(int(np.prod(s[:-1])), s[-1]) for s in shapes],
                                     [module.kernel_scale(leaves[i][0][-2].key) for i in kernels])
         values = [leaf for _, leaf in leaves]
-        for i, kernel in zip(kernels, drawn, strict=True):
-            values[i] = kernel
+        for i, kernel, shape in zip(kernels, drawn, shapes, strict=True):
+            values[i] = kernel.reshape(shape)
         return jax.tree.unflatten(treedef, values)
 
     return Network(init=init, apply=module.apply)

@@ -193,8 +193,8 @@ class TrainConfig:
     """divide rewards by the running std of the discounted return."""
     env_kwargs: Annotated[tuple[tuple[str, Any], ...], tyro.conf.Suppress] = ()
     """keyword arguments of the environment's constructor, as (name, value) pairs."""
-    network: Literal["mlp", "transformer"] = "mlp"
-    """mlp (actor-critic MLPs of --hidden) or transformer (causal, over a token observation: envs with vocab_size and tokens.pad, e.g. Sequence-v0)."""
+    network: Literal["mlp", "cnn", "transformer"] | None = None
+    """mlp (actor-critic MLPs of --hidden), cnn (a 3x3 convolution of 16 channels before each MLP torso, for image observations such as MinAtar's 10x10xC grids) or transformer (causal, over a token observation: envs with vocab_size and tokens.pad, e.g. Sequence-v0); default: cnn for image observations, else mlp."""
     layers: int = 2
     """transformer: blocks."""
     width: int = 64
@@ -263,7 +263,12 @@ class TrainConfig:
             raise ValueError(f"`hidden` must be a non-empty tuple of positive ints, got {self.hidden!r}")
         check_choice("activation", self.activation, ("tanh", "relu"))
         object.__setattr__(self, "env_kwargs", _env_kwargs_pairs(self.env_kwargs))
-        check_choice("network", self.network, ("mlp", "transformer"))
+        if self.network is None:  # image observations get the convolutional torso
+            object.__setattr__(self, "network", "mlp" if self.spec.image_shape is None else "cnn")
+        check_choice("network", self.network, ("mlp", "cnn", "transformer"))
+        if self.network == "cnn" and self.spec.image_shape is None:
+            raise ValueError(f"`network` = 'cnn' needs image observations (H, W, C); `env` = "
+                             f"{self.env!r} observes shape {self.spec.obs_shape}")
         check_choice("loss_reduction", self.loss_reduction, losses.REDUCTIONS)
         check_choice("kl", self.kl, KL_MODES)
         check_choice("kl_estimator", self.kl_estimator, losses.KL_ESTIMATORS)
@@ -614,7 +619,8 @@ def make_setup(config: TrainConfig) -> Setup:
     else:
         network = make_network(size, discrete=spec.discrete, hidden=config.hidden,
                                activation=config.activation, shared_torso=config.shared_torso,
-                               q_critic=estimator.critic == "q")
+                               q_critic=estimator.critic == "q",
+                               image_shape=spec.image_shape if config.network == "cnn" else None)
     return Setup(
         config=config, env=env, env_params=env_params, spec=spec,
         # the policy *is* softmax(logits / τ): sampled and learned

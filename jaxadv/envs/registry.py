@@ -113,6 +113,8 @@ class EnvSpec(NamedTuple):
       action_high: upper bounds, likewise.
       obs_shape: the observation's shape as the environment returns it (``(obs_dim,)``
         when flattened).
+      image_shape: ``(H, W, C)`` where the unwrapped environment observes an image (a 3-D
+        ``Box``, e.g. MinAtar's 10 × 10 × C grids), flattened or not; else ``None``.
     """
 
     obs_dim: int
@@ -122,6 +124,7 @@ class EnvSpec(NamedTuple):
     action_low: tuple[float, ...] | None
     action_high: tuple[float, ...] | None
     obs_shape: tuple[int, ...] | None = None
+    image_shape: tuple[int, int, int] | None = None
 
 
 def env_spec(env: Any, env_params: Any = None) -> EnvSpec:
@@ -159,6 +162,9 @@ def env_spec(env: Any, env_params: Any = None) -> EnvSpec:
             "env_spec supports Box and Discrete"
         )
     obs_dim = int(np.prod(obs_shape))
+    raw_space = getattr(env, "unwrapped", env).observation_space(env_params)
+    image_shape = (tuple(int(d) for d in raw_space.shape)
+                   if isinstance(raw_space, spaces.Box) and len(raw_space.shape) == 3 else None)
 
     action_space = env.action_space(env_params)
     if isinstance(action_space, spaces.Discrete):
@@ -170,6 +176,7 @@ def env_spec(env: Any, env_params: Any = None) -> EnvSpec:
             action_low=None,
             action_high=None,
             obs_shape=obs_shape,
+            image_shape=image_shape,
         )
     if isinstance(action_space, spaces.Box):
         shape = tuple(int(d) for d in action_space.shape)
@@ -187,6 +194,7 @@ def env_spec(env: Any, env_params: Any = None) -> EnvSpec:
             action_low=bounds(action_space.low),
             action_high=bounds(action_space.high),
             obs_shape=obs_shape,
+            image_shape=image_shape,
         )
     raise ValueError(
         f"`env` has a {type(action_space).__name__} action space; env_spec supports Box and Discrete"
