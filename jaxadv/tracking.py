@@ -128,10 +128,9 @@ class Background:
     """A logger built by ``make()`` and called, in order, on a thread of its own at the
     lowest CPU priority (nice 19, on Linux), so that building and writing the events takes
     the CPU only when XLA's threads leave it idle; building it there also overlaps its
-    start-up with the compile, and a helper process it starts (W&B's ``wandb-core``)
-    inherits the priority. :meth:`wait` and :meth:`close` wait for the calls and raise what
-    one raised (the calls after it are dropped, so neither ever hangs). ``seconds``: the
-    logger's."""
+    start-up with the compile. :meth:`wait` and :meth:`close` wait for the calls and raise
+    what one raised (the calls after it are dropped, so neither ever hangs). ``seconds``:
+    the logger's."""
 
     def __init__(self, make: Any):
         self.logger: Any = None
@@ -187,7 +186,8 @@ class OtherProcess:
     """A logger built by ``make()`` (picklable) in a child process of its own (``spawn``) at
     the lowest CPU priority, called in order through a queue; the same interface as
     :class:`Background`. For a logger whose client is heavy Python (W&B's): in a thread it
-    would hold the trainer's GIL. ``seconds``: the logger's, known after :meth:`close`."""
+    would hold the trainer's GIL. A helper process it starts (``wandb-core``) inherits the
+    priority. ``seconds``: the logger's, as of the last :meth:`wait` or :meth:`close`."""
 
     def __init__(self, make: Any):
         context = multiprocessing.get_context("spawn")
@@ -255,6 +255,8 @@ def _serve(make: Any, calls: Any, results: Any) -> None:
             failed = True
             results.put(("error", repr(exc)))
         finally:
+            if logger is not None:  # before task_done, so that wait() sees it
+                results.put(("seconds", logger.seconds))
             calls.task_done()
     try:
         if logger is not None:
