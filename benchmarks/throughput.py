@@ -53,6 +53,10 @@ parser.add_argument("--no-reference", dest="reference", action="store_false",
                     help="skip the reference PPO (reference_ppo.py) column")
 parser.add_argument("--no-cli", dest="cli", action="store_false",
                     help="skip the jaxadv train driver (cli) column")
+parser.add_argument("--policies", action="store_true",
+                    help="instead of the CartPole table: the other policies and environments "
+                         "(the GRU, the CNN on MinAtar, Brax where installed) against the MLP "
+                         "and raw env stepping (POLICY_ROWS)")
 parser.add_argument("--quick", action="store_true",
                     help="a short run of the whole table (4 and 2048 envs, 16 seeds; 2 repeats, "
                          "2**17 steps): a check on a new machine or an accelerator")
@@ -142,6 +146,74 @@ def ceiling(num_envs: int, total_steps: int):
         return jax.lax.scan(step, (obs, state), jax.random.split(key, steps))[1].sum()
 
     return _compiled(run, jax.random.key(1))
+
+
+def env_ceiling(env_name: str, num_envs: int, total_steps: int):
+    """Raw stepping of ``env_name`` (jaxadv's wrappers) with uniformly random actions, for
+    ``total_steps`` env steps in one scan: the environment's own cost, no network."""
+    env, env_params = make(env_name)
+    space = env.action_space(env_params)
+
+    def run(key):
+        _, state = jax.vmap(env.reset, in_axes=(0, None))(
+            jax.random.split(key, num_envs), env_params)
+
+        def step(state, key):
+            key_act, key_env = jax.random.split(key)
+            action = jax.vmap(space.sample)(jax.random.split(key_act, num_envs))
+            _, state, reward, *_ = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
+                jax.random.split(key_env, num_envs), state, action, env_params)
+            return state, reward
+
+        steps = max(total_steps // num_envs, 1)
+        return jax.lax.scan(step, state, jax.random.split(key, steps))[1].sum()
+
+    return _compiled(run, jax.random.key(1))
+
+
+POLICY_ROWS = [
+    ("CartPole-v1", "mlp", {"num_envs": 64, "num_steps": 128}),
+    ("CartPole-v1", "gru", {"num_envs": 64, "num_steps": 128}),
+    ("CartPole-v1", "gru", {"num_envs": 64, "num_steps": 128, "seq_len": 32, "burn_in": 16}),
+    ("MemoryChain-bsuite", "mlp", {"num_envs": 16, "num_steps": 32}),
+    ("MemoryChain-bsuite", "gru", {"num_envs": 16, "num_steps": 32}),
+    ("Breakout-MinAtar", "mlp", {"num_envs": 64, "num_steps": 32, "hidden": (64,)}),
+    ("Breakout-MinAtar", "cnn", {"num_envs": 64, "num_steps": 32, "hidden": (64,)}),
+]
+"""``--policies``: (env, network, config changes) of each row; each env's first row is the
+MLP the others are compared with."""
+
+
+def policy_table() -> None:
+    """``--policies``: train steps/s of each :data:`POLICY_ROWS` row (PPO, 4 × 4 minibatches,
+    ``--total-timesteps``), its ratio to the same env's MLP row and to raw env stepping with
+    random actions, interleaved over ``--repeats`` runs."""
+    print("| env | network | settings | train steps/s | ÷ MLP | env steps/s (random actions) "
+          "| train ÷ env | compile s |")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
+    jobs, steps = {}, {}
+    for env_name, network, changes in POLICY_ROWS:
+        config = TrainConfig(env=env_name, network=network, total_timesteps=ARGS.total_timesteps,
+                             **changes)
+        steps[env_name, network, str(changes)] = config.num_updates * config.batch_size
+        jobs[env_name, network, str(changes)] = _compiled(make_train(config), jax.random.key(0),
+                                                          HParams())
+        if ("env", env_name) not in jobs:
+            jobs["env", env_name] = env_ceiling(env_name, config.num_envs, ARGS.total_timesteps)
+            steps["env", env_name] = ARGS.total_timesteps
+    times = {name: [] for name in jobs}
+    for _ in range(ARGS.repeats):
+        for name, job in jobs.items():
+            times[name].append(_seconds(job)[0])
+    speed = {name: steps[name] / float(np.median(t)) for name, t in times.items()}
+    baseline = {}
+    for env_name, network, changes in POLICY_ROWS:
+        name = (env_name, network, str(changes))
+        baseline.setdefault(env_name, speed[name])
+        settings = ", ".join(f"{k} {v}" for k, v in changes.items())
+        print(f"| {env_name} | {network} | {settings} | {speed[name]:,.0f} "
+              f"| {speed[name] / baseline[env_name]:.2f} | {speed['env', env_name]:,.0f} "
+              f"| {speed[name] / speed['env', env_name]:.2f} | {jobs[name][0]:.1f} |", flush=True)
 
 
 def _flops(fn, *args) -> float:
@@ -247,6 +319,8 @@ def main() -> None:
         "(2048³ fp32 matmul)"
     )
     print()
+    if ARGS.policies:
+        return policy_table()
     print("| num_envs | seeds | train steps/s | cli steps/s | cli ÷ train | reference steps/s "
           "| train ÷ ref | cli ÷ ref | kFLOP/step | GFLOP/s | ÷ GEMM peak | cores busy "
           "| ceiling steps/s | train ÷ ceiling | compile s: train | cli (first, cached) "

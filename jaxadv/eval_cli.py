@@ -135,6 +135,10 @@ def _evaluate_run(args: EvalArgs) -> dict[str, Any]:
         run = load_sweep_point(args.run_dir, args.point)
     if args.render is not None:
         check_render(run.config.env, args.render)
+        if run.config.env == "Gridworld-v0" and run.config.network == "gru":
+            raise ValueError("`render`: a recurrent policy's action in a cell depends on the "
+                             "path that led there, so it has no one picture; evaluate it without "
+                             "--render")
     setup = make_setup(run.config)
     max_steps = args.max_steps or int(setup.env_params.max_steps_in_episode)
     with console.status(f"{args.episodes} episodes × {run.seeds} seed(s) of {run.config.env} …"):

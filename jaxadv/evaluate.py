@@ -39,7 +39,7 @@ def evaluate(setup: Setup, key: jax.Array, params: Any, obs_stats: Any = None, *
     with the network ``params`` of ``setup`` (:func:`~jaxadv.train.make_setup`), observations
     normalised by ``obs_stats`` where the run normalised them: :func:`jaxadv.rollout.play_episodes`
     with the setup's network, policy, environment and metrics."""
-    return play_episodes(key, params, obs_stats, apply_fn=setup.network.apply,
+    return play_episodes(key, params, obs_stats, **setup.acting,
                          policy=setup.policy, env=setup.env, env_params=setup.env_params,
                          episodes=episodes, max_steps=max_steps, greedy=greedy,
                          info_keys=setup.info_keys, final_observation=final_observation)
@@ -58,18 +58,23 @@ def episode_states(setup: Setup, key: jax.Array, params: Any, obs_stats: Any = N
     noise = policy.noise(key_noise, (max_steps,))
     if greedy:
         noise = jnp.zeros_like(noise)
+    net = setup.network
 
     def step(carry, xs):
-        obs, state = carry
+        obs, state, h = carry
         noise_t, key_t = xs
-        pi, _ = setup.network.apply(params, norm(obs)[None])
+        if net.hidden_size:  # one episode: the state is never reset within it
+            (pi, _), h = net.step(params, norm(obs)[None], h)
+        else:
+            pi, _ = net.apply(params, norm(obs)[None])
         action = policy.sample(jax.tree.map(lambda x: x[0], pi), noise_t)
         raw = _unwrapped_state(state)
         obs, state, reward, _, _, info = env.step(key_t, state, policy.to_env(action), env_params)
-        return (obs, state), (raw, reward, info["episode_done"])
+        return (obs, state, h), (raw, reward, info["episode_done"])
 
+    h0 = jnp.zeros((1, net.hidden_size))
     _, (states, rewards, done) = jax.lax.scan(
-        step, (obs, state), (noise, jax.random.split(key_env, max_steps)))
+        step, (obs, state, h0), (noise, jax.random.split(key_env, max_steps)))
     length = jnp.where(jnp.any(done), jnp.argmax(done) + 1, 0)
     return states, rewards, length
 

@@ -27,7 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["ActorCritic", "Conv3x3", "Network", "make_network", "orthogonal", "orthogonal_matrices"]
+__all__ = ["GRU", "ActorCritic", "Conv3x3", "Network", "RecurrentActorCritic", "make_network",
+           "orthogonal", "orthogonal_matrices"]
 
 Params = Any
 
@@ -127,6 +128,78 @@ class Conv3x3(nn.Module):
         return out + bias.reshape((1,) * (out.ndim - 1) + (self.features,))
 
 
+class _Affine(nn.Module):
+    """The ``(kernel [fan_in, features], bias [features])`` of one affine map, created as
+    zeros (:func:`make_network` draws the kernel), for modules that fuse several maps."""
+
+    fan_in: int
+    features: int
+    use_bias: bool = True
+
+    @nn.compact
+    def __call__(self) -> tuple[jax.Array, jax.Array | None]:
+        kernel = self.param("kernel", nn.initializers.zeros, (self.fan_in, self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,)) if self.use_bias else None
+        return kernel, bias
+
+
+GRU_GATES = ("ir", "iz", "in", "hr", "hz", "hn")
+"""The names of a :class:`GRU`'s six kernels: input (``i``) and hidden (``h``) maps of the
+reset (``r``), update (``z``) and candidate (``n``) gates."""
+
+
+class GRU(nn.Module):
+    """A gated recurrent unit (Cho et al., 2014, in the form of PyTorch and flax's
+    ``GRUCell``) of ``features`` units: ``(h [*B, H], x [*B, I]) -> h' [*B, H]``::
+
+        r = σ(x W_ir + b_ir + h W_hr)          z = σ(x W_iz + b_iz + h W_hz)
+        n = tanh(x W_in + b_in + r ⊙ (h W_hn + b_hn))
+        h' = (1 − z) ⊙ n + z ⊙ h
+
+    The three input maps run as one ``[I, 3H]`` matrix product and the three hidden maps as
+    one ``[H, 3H]`` product. Kernels created as zeros (:func:`make_network` draws them
+    orthogonal, scale 1), biases zero."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, h: jax.Array, x: jax.Array) -> jax.Array:
+        size = self.features
+        maps = {g: _Affine(x.shape[-1] if g[0] == "i" else size, size, g != "hr" and g != "hz",
+                           name=g)() for g in GRU_GATES}
+        w_i = jnp.concatenate([maps[g][0] for g in ("ir", "iz", "in")], axis=1)
+        b_i = jnp.concatenate([maps[g][1] for g in ("ir", "iz", "in")])
+        w_h = jnp.concatenate([maps[g][0] for g in ("hr", "hz", "hn")], axis=1)
+        lead = (1,) * (x.ndim - 1)
+        gx = x @ w_i + b_i.reshape(*lead, -1)  # [*B, 3H]
+        gh = h @ w_h  # [*B, 3H]
+        r = jax.nn.sigmoid(gx[..., :size] + gh[..., :size])
+        z = jax.nn.sigmoid(gx[..., size:2 * size] + gh[..., size:2 * size])
+        n = jnp.tanh(gx[..., 2 * size:] + r * (gh[..., 2 * size:] + maps["hn"][1].reshape(*lead, -1)))
+        return (1.0 - z) * n + z * h
+
+
+def _heads(module: nn.Module, actor_h: jax.Array, critic_h: jax.Array):
+    """The policy head (logits, or the Gaussian's mean and state-independent log-std) and the
+    critic head (``V [*B]``, or ``Q [*B, A]`` with ``q_critic``) of an actor-critic module."""
+    out = _dense(module.num_outputs, "policy_head")(actor_h)
+    critic_width = module.num_outputs if module.q_critic else 1
+    critic = _dense(critic_width, "critic_head")(critic_h)
+    critic = critic if module.q_critic else critic[..., 0]
+    if module.discrete:
+        return out, critic
+    log_std = module.param("log_std", nn.initializers.zeros, (module.num_outputs,))
+    return (out, jnp.broadcast_to(log_std, out.shape)), critic
+
+
+def _kernel_scale(layer: str) -> float:
+    """The orthogonal init's scale of a layer's kernel: 0.01 for the policy head, 1 for the
+    critic head and a GRU's gates, √2 for the hidden layers (as is customary for PPO)."""
+    if layer in GRU_GATES:
+        return 1.0
+    return {"policy_head": 0.01, "critic_head": 1.0}.get(layer, 2.0**0.5)
+
+
 class ActorCritic(nn.Module):
     """MLP actor and critic, with separate torsos or one shared torso.
 
@@ -142,7 +215,7 @@ class ActorCritic(nn.Module):
         starts with a 3 × 3 convolution of 16 channels; ``None``: no convolution.
 
     Its kernels are created as zeros; :func:`make_network`'s ``init`` replaces them with
-    orthogonal matrices times :meth:`kernel_scale` (a convolution's ``[3, 3, C, 16]`` kernel
+    orthogonal matrices times :func:`_kernel_scale` (a convolution's ``[3, 3, C, 16]`` kernel
     as a ``[9C, 16]`` matrix).
     """
 
@@ -153,12 +226,6 @@ class ActorCritic(nn.Module):
     shared_torso: bool = False
     q_critic: bool = False
     image_shape: tuple[int, ...] | None = None
-
-    @staticmethod
-    def kernel_scale(layer: str) -> float:
-        """The orthogonal init's scale of a layer's kernel: 0.01 for the policy head, 1 for
-        the critic head and √2 for the hidden layers (as is customary for PPO)."""
-        return {"policy_head": 0.01, "critic_head": 1.0}.get(layer, 2.0**0.5)
 
     @nn.compact
     def __call__(self, obs: jax.Array):
@@ -174,21 +241,62 @@ class ActorCritic(nn.Module):
 
         actor_h = torso(obs, "torso" if self.shared_torso else "actor")
         critic_h = actor_h if self.shared_torso else torso(obs, "critic")
-        out = _dense(self.num_outputs, "policy_head")(actor_h)
-        critic_width = self.num_outputs if self.q_critic else 1
-        critic = _dense(critic_width, "critic_head")(critic_h)
-        critic = critic if self.q_critic else critic[..., 0]
-        if self.discrete:
-            return out, critic
-        log_std = self.param("log_std", nn.initializers.zeros, (self.num_outputs,))
-        return (out, jnp.broadcast_to(log_std, out.shape)), critic
+        return _heads(self, actor_h, critic_h)
+
+
+class RecurrentActorCritic(nn.Module):
+    """A recurrent actor-critic: one torso of dense layers, then a :class:`GRU` of
+    ``hidden[-1]`` units whose output feeds both heads (as PureJaxRL's ``ppo_rnn``).
+
+    ``(obs [*B, obs_dim], h [*B, H]) -> ((policy, critic), h' [*B, H])``; the attributes are
+    :class:`ActorCritic`'s."""
+
+    num_outputs: int
+    discrete: bool = True
+    hidden: tuple[int, ...] = (64, 64)
+    activation: str = "tanh"
+    q_critic: bool = False
+
+    @nn.compact
+    def __call__(self, obs: jax.Array, h: jax.Array):
+        act = {"tanh": nn.tanh, "relu": nn.relu}[self.activation]
+        x = obs
+        for i, width in enumerate(self.hidden[:-1]):
+            x = act(_dense(width, f"torso_{i}")(x))
+        h = GRU(self.hidden[-1], name="gru")(h, x)
+        return _heads(self, h, h), h
 
 
 class Network(NamedTuple):
-    """A pure ``init(key, obs) -> params`` and ``apply(params, obs) -> (policy, critic)``."""
+    """A pure ``init(key, obs) -> params`` and ``apply(params, obs) -> (policy, critic)``.
+
+    A recurrent network (``hidden_size`` H > 0) acts with ``step(params, obs [*B, ...],
+    h [*B, H]) -> ((policy, critic), h')`` from ``h = 0`` at each episode's first step, and
+    re-evaluates sequences with ``unroll`` (:func:`unroll`); its ``apply`` raises, since its
+    policy depends on the history."""
 
     init: Callable[[jax.Array, jax.Array], Params]
     apply: Callable[[Params, jax.Array], tuple[Any, jax.Array]]
+    hidden_size: int = 0
+    step: Callable | None = None
+
+    def unroll(self, params: Params, obs: jax.Array, h0: jax.Array, done: jax.Array,
+               start: jax.Array | None = None) -> tuple[Any, jax.Array]:
+        """``(policy, critic)`` ``[T, B, ...]`` of a recurrent network along ``obs [T, B, ...]``
+        from the hidden state ``h0 [B, H]``, the state set to zero after each step where
+        ``done [T, B]`` (an episode ended there: the next observation starts a new one), as a
+        rollout carried it. ``start [B]`` (optional): the step from which gradients flow
+        into the carried state (the steps before it are a burn-in)."""
+        steps = jnp.arange(obs.shape[0])
+
+        def body(h, xs):
+            x, d, t = xs
+            if start is not None:
+                h = jnp.where((t == start)[:, None], jax.lax.stop_gradient(h), h)
+            out, h = self.step(params, x, h)
+            return jnp.where(d[:, None], jnp.zeros_like(h), h), out
+
+        return jax.lax.scan(body, h0, (obs, done, steps))[1]
 
 
 def make_network(
@@ -200,8 +308,11 @@ def make_network(
     shared_torso: bool = False,
     q_critic: bool = False,
     image_shape: tuple[int, ...] | None = None,
+    recurrent: bool = False,
 ) -> Network:
-    """Build the actor-critic ``(init, apply)`` pair (see :class:`ActorCritic`).
+    """Build the actor-critic ``(init, apply)`` pair (see :class:`ActorCritic`), or with
+    ``recurrent`` a :class:`RecurrentActorCritic` (a GRU of ``hidden[-1]`` units; ``step``
+    and ``unroll`` instead of ``apply``).
 
     >>> import jax, jax.numpy as jnp
     >>> net = make_network(2, hidden=(8,))
@@ -214,19 +325,34 @@ def make_network(
         raise ValueError(f"`activation` must be 'tanh' or 'relu', got {activation!r}")
     if image_shape is not None and (len(image_shape) != 3 or min(image_shape) < 1):
         raise ValueError(f"`image_shape` must be (H, W, C), got {image_shape!r}")
-    module = ActorCritic(num_outputs, discrete, tuple(hidden), activation, shared_torso, q_critic,
-                         None if image_shape is None else tuple(image_shape))
+    if recurrent and (image_shape is not None or shared_torso or not hidden):
+        raise ValueError("a recurrent network has one dense torso and no convolution, and "
+                         "needs at least one hidden width (the GRU's)")
+    if recurrent:
+        module = RecurrentActorCritic(num_outputs, discrete, tuple(hidden), activation, q_critic)
+    else:
+        module = ActorCritic(num_outputs, discrete, tuple(hidden), activation, shared_torso,
+                             q_critic, None if image_shape is None else tuple(image_shape))
+    size = hidden[-1] if recurrent else 0
 
     def init(key: jax.Array, obs: jax.Array) -> Params:
-        params = module.init(key, obs)  # zero kernels: flax draws nothing
+        inputs = (obs, jnp.zeros((*obs.shape[:-1], size), jnp.float32)) if recurrent else (obs,)
+        params = module.init(key, *inputs)  # zero kernels: flax draws nothing
         leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
         kernels = [i for i, (path, _) in enumerate(leaves) if path[-1].key == "kernel"]
         shapes = [leaves[i][1].shape for i in kernels]  # a conv kernel as [9C, 16]
         drawn = orthogonal_matrices(key, [(int(np.prod(s[:-1])), s[-1]) for s in shapes],
-                                    [module.kernel_scale(leaves[i][0][-2].key) for i in kernels])
+                                    [_kernel_scale(leaves[i][0][-2].key) for i in kernels])
         values = [leaf for _, leaf in leaves]
         for i, kernel, shape in zip(kernels, drawn, shapes, strict=True):
             values[i] = kernel.reshape(shape)
         return jax.tree.unflatten(treedef, values)
 
-    return Network(init=init, apply=module.apply)
+    if not recurrent:
+        return Network(init=init, apply=module.apply)
+
+    def apply(params: Params, obs: jax.Array):
+        raise TypeError("a recurrent network's policy depends on its hidden state: use "
+                        "`step(params, obs, h)` or `unroll`")
+
+    return Network(init=init, apply=apply, hidden_size=size, step=module.apply)

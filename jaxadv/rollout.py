@@ -41,6 +41,8 @@ class Transition(NamedTuple):
       episode_done: ``[T, N]`` bool, an episode ended at t.
       extras: ``{name: [T, N]}`` of the ``info`` entries asked for with ``info_keys``
         (e.g. a sequence task's ``exact_match``), else ``None``.
+      hidden: ``[T, N, H]`` a recurrent network's hidden state entering step t (zero at an
+        episode's first step), else ``None``.
     """
 
     obs: jax.Array
@@ -56,6 +58,7 @@ class Transition(NamedTuple):
     episode_length: jax.Array
     episode_done: jax.Array
     extras: Any = None
+    hidden: Any = None
 
 
 class Policy(NamedTuple):
@@ -127,6 +130,8 @@ class Rollout(NamedTuple):
       traj: the :class:`Transition` ``[T, N, ...]``.
       raw_obs: ``[T, N, obs_dim]`` the unnormalised observations of each step, for updating
         the observation statistics.
+      hidden: ``[N, H]`` a recurrent network's hidden state after the last step (where the
+        next window starts), else ``None``.
     """
 
     env_state: Any
@@ -134,6 +139,7 @@ class Rollout(NamedTuple):
     reward_scaler: RewardScaler | None
     traj: Transition
     raw_obs: jax.Array
+    hidden: Any = None
 
 
 def rollout(
@@ -153,6 +159,7 @@ def rollout(
     q_critic: bool = False,
     greedy: bool = False,
     info_keys: tuple[str, ...] = (),
+    hidden: jax.Array | None = None,
 ) -> Rollout:
     """Collect ``num_steps`` steps from ``N`` environments with the current policy.
 
@@ -170,6 +177,11 @@ def rollout(
       q_critic: the critic outputs Q(s, ·).
       greedy: act with the most likely action (zero sampling noise), e.g. ReMax's baseline.
       info_keys: ``info`` entries to keep in ``Transition.extras``.
+      hidden: ``[N, H]`` a recurrent network's hidden state at the window's start; then
+        ``apply_fn(params, obs, h) -> ((policy, critic), h')`` (``Network.step``), and ``h``
+        is set to zero after each step that ends an episode (terminated or truncated).
+        ``next_value`` of a step is the critic's at the final observation with the
+        episode's own state ``h'`` (before that reset), so truncations bootstrap from it.
 
     Returns:
       a :class:`Rollout`: the carried state after the last step, the :class:`Transition`
@@ -180,10 +192,14 @@ def rollout(
     step_envs = jax.vmap(env.step, in_axes=(0, 0, 0, None, 0))
 
     def step(carry, xs):
-        env_state, obs, scaler = carry
+        env_state, obs, scaler, h = carry
         noise, env_keys, reset = xs
         x = norm(obs)
-        pi, critic = apply_fn(params, x)
+        if h is None:
+            pi, critic = apply_fn(params, x)
+            h_out = None
+        else:
+            (pi, critic), h_out = apply_fn(params, x, h)
         action = policy.sample(pi, noise)
         log_prob = policy.log_prob(pi, action)
         value = _state_values(pi, critic, q_critic)
@@ -211,11 +227,15 @@ def rollout(
                 episode_length=info["episode_length"],
                 episode_done=done,
                 extras={k: info[k] for k in info_keys} if info_keys else None,
+                hidden=h,
             ),
             info["final_observation"],
             obs,
+            h_out,
         )
-        return (env_state, next_obs, scaler), out
+        if h is not None:  # the next observation starts a new episode
+            h_out = jnp.where(done[:, None], jnp.zeros_like(h_out), h_out)
+        return (env_state, next_obs, scaler, h_out), out
 
     # All randomness of the window is drawn outside the loop, in a few batched ops:
     # action noise, env keys, and the states each env would auto-reset to at each step
@@ -228,12 +248,15 @@ def rollout(
     resets = jax.vmap(jax.vmap(env.reset, in_axes=(0, None)), in_axes=(0, None))(
         jax.random.split(key_reset, (num_steps, num_envs)), env_params
     )
-    (env_state, obs, reward_scaler), (traj, final_obs, raw_obs) = jax.lax.scan(
-        step, (env_state, obs, reward_scaler), (noise, env_keys, resets), unroll=2
+    (env_state, obs, reward_scaler, hidden), (traj, final_obs, raw_obs, h_out) = jax.lax.scan(
+        step, (env_state, obs, reward_scaler, hidden), (noise, env_keys, resets), unroll=2
     )
-    pi, critic = apply_fn(params, norm(final_obs))
+    if hidden is None:
+        pi, critic = apply_fn(params, norm(final_obs))
+    else:  # each step's final observation, with the state its episode had reached
+        (pi, critic), _ = apply_fn(params, norm(final_obs), h_out)
     traj = traj._replace(next_value=_state_values(pi, critic, q_critic))
-    return Rollout(env_state, obs, reward_scaler, traj, raw_obs)
+    return Rollout(env_state, obs, reward_scaler, traj, raw_obs, hidden)
 
 
 def group_resets(key: jax.Array, env: Any, env_params: Any, num_envs: int, group_size: int = 1):
@@ -280,16 +303,18 @@ class Episodes(NamedTuple):
 def play_episodes(key: jax.Array, params: Any, obs_stats: RunningMeanStd | None, *, apply_fn: Any,
                   policy: Policy, env: Any, env_params: Any, episodes: int, max_steps: int,
                   greedy: bool = True, info_keys: tuple[str, ...] = (),
-                  final_observation: bool = False) -> Episodes:
+                  final_observation: bool = False, hidden_size: int = 0) -> Episodes:
     """Play ``episodes`` fresh episodes (static), one environment each, for at most
     ``max_steps`` steps (static) with :func:`rollout`, acting greedily or by sampling, and
-    keep each environment's first episode (:class:`Episodes`)."""
+    keep each environment's first episode (:class:`Episodes`). ``hidden_size`` H > 0: the
+    network is recurrent (``apply_fn`` is its ``step``), started from ``h = 0``."""
     key_reset, key_roll = jax.random.split(key)
     obs, state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(key_reset, episodes),
                                                        env_params)
     traj = rollout(key_roll, params, state, obs, obs_stats, None, apply_fn=apply_fn, policy=policy,
                    env=env, env_params=env_params, num_steps=max_steps, greedy=greedy,
-                   info_keys=(*info_keys, "final_observation")).traj
+                   info_keys=(*info_keys, "final_observation"),
+                   hidden=jnp.zeros((episodes, hidden_size)) if hidden_size else None).traj
     done = traj.episode_done
     finished = jnp.any(done, axis=0)
     end = jnp.argmax(done, axis=0), jnp.arange(episodes)  # each env's first episode end

@@ -102,6 +102,8 @@ __all__ = [
     "optimise",
     "optimizer",
     "permutations",
+    "policy_outputs",
+    "training_sequences",
     "truncated_importance_weights",
     "update",
 ]
@@ -193,8 +195,12 @@ class TrainConfig:
     """divide rewards by the running std of the discounted return."""
     env_kwargs: Annotated[tuple[tuple[str, Any], ...], tyro.conf.Suppress] = ()
     """keyword arguments of the environment's constructor, as (name, value) pairs."""
-    network: Literal["mlp", "cnn", "transformer"] | None = None
-    """mlp (actor-critic MLPs of --hidden), cnn (a 3x3 convolution of 16 channels before each MLP torso, for image observations such as MinAtar's 10x10xC grids) or transformer (causal, over a token observation: envs with vocab_size and tokens.pad, e.g. Sequence-v0); default: cnn for image observations, else mlp."""
+    network: Literal["mlp", "cnn", "gru", "transformer"] | None = None
+    """mlp (actor-critic MLPs of --hidden), cnn (a 3x3 convolution of 16 channels before each MLP torso, for image observations such as MinAtar's 10x10xC grids), gru (a recurrent actor-critic: dense layers of --hidden, the last width a GRU whose state is carried through the rollout and reset at episode ends; for partial observability) or transformer (causal, over a token observation: envs with vocab_size and tokens.pad, e.g. Sequence-v0); default: cnn for image observations, else mlp."""
+    seq_len: int | None = None
+    """--network gru: steps per training sequence; the update re-runs the GRU along whole sequences (num_steps / seq_len per env, each from the hidden state the rollout stored at its first step), and a minibatch holds whole sequences, split over envs. Default: num_steps."""
+    burn_in: int = 0
+    """--network gru: steps before each training sequence that re-run the GRU from the state stored there to refresh the sequence's starting state, without loss or gradient (R2D2's burn-in); the window's first sequence has none."""
     layers: int = 2
     """transformer: blocks."""
     width: int = 64
@@ -265,7 +271,7 @@ class TrainConfig:
         object.__setattr__(self, "env_kwargs", _env_kwargs_pairs(self.env_kwargs))
         if self.network is None:  # image observations get the convolutional torso
             object.__setattr__(self, "network", "mlp" if self.spec.image_shape is None else "cnn")
-        check_choice("network", self.network, ("mlp", "cnn", "transformer"))
+        check_choice("network", self.network, ("mlp", "cnn", "gru", "transformer"))
         if self.network == "cnn" and self.spec.image_shape is None:
             raise ValueError(f"`network` = 'cnn' needs image observations (H, W, C); `env` = "
                              f"{self.env!r} observes shape {self.spec.obs_shape}")
@@ -348,6 +354,37 @@ class TrainConfig:
                     f"num_envs * num_steps / num_minibatches = {self.minibatch_size}")
         if self.warm_start_steps and self.network != "transformer":
             raise ValueError("`warm_start_steps` > 0 needs `network` = 'transformer' (teacher forcing)")
+        self._check_recurrent()
+
+    def _check_recurrent(self) -> None:
+        """``seq_len`` and ``burn_in`` belong to ``network = 'gru'``, which does not combine
+        with what re-evaluates a policy outside its sequences."""
+        positive_int("burn_in", self.burn_in, minimum=0)
+        if self.network != "gru":
+            if self.seq_len is not None or self.burn_in:
+                raise ValueError("`seq_len` and `burn_in` cut a recurrent policy's training "
+                                 f"sequences: they need `network` = 'gru', got {self.network!r}")
+            return
+        unsupported = {"episodic": self.episodic, "shared_torso": self.shared_torso,
+                       "image observations": self.spec.image_shape is not None,
+                       "kl": self.kl != "none", "micro_batch_size": bool(self.micro_batch_size),
+                       "behaviour_temperature": self.behaviour_temperature is not None}
+        bad = [name for name, on in unsupported.items() if on]
+        if bad:
+            raise ValueError(f"`network` = 'gru' does not support {', '.join(bad)}: it trains "
+                             "one recurrent torso on whole sequences of a continuing rollout")
+        if self.seq_len is None:
+            object.__setattr__(self, "seq_len", self.num_steps)
+        positive_int("seq_len", self.seq_len)
+        if self.num_steps % self.seq_len or self.seq_len + self.burn_in > self.num_steps:
+            raise ValueError(f"`seq_len` = {self.seq_len} must divide `num_steps` = "
+                             f"{self.num_steps}, and `seq_len` + `burn_in` = "
+                             f"{self.seq_len + self.burn_in} must not exceed it")
+        sequences = self.num_envs * (self.num_steps // self.seq_len)
+        if sequences % self.num_minibatches:
+            raise ValueError(f"`num_minibatches` = {self.num_minibatches} must divide the "
+                             f"{sequences} training sequences (num_envs * num_steps / seq_len): "
+                             "a minibatch holds whole sequences")
 
     def _check_token_env(self) -> None:
         """A transformer policy reads token ids: the env must be a token environment."""
@@ -472,6 +509,9 @@ class TrainState(NamedTuple):
     update: jax.Array
     ref_params: Any = None
     """the frozen reference policy's parameters (``kl`` ≠ ``"none"``), else ``None``."""
+    hidden: Any = None
+    """``[num_envs, H]`` a recurrent network's hidden state where the next rollout starts,
+    else ``None``."""
 
 
 class Trainer(NamedTuple):
@@ -547,9 +587,16 @@ def _radix_order(keys: jax.Array, low: int) -> jax.Array:
 
 
 def _tempered(network: Network, temperature: float) -> Network:
-    """``network`` with its logits divided by ``temperature`` (``apply`` and any ``apply_all``)."""
+    """``network`` with its logits divided by ``temperature`` (``apply``, and any ``apply_all``
+    or recurrent ``step``)."""
     scale = lambda out: (out[0] / temperature, out[1])
     changes = {"apply": lambda params, obs: scale(network.apply(params, obs))}
+    if network.hidden_size:
+        def step(params, obs, h):
+            out, h = network.step(params, obs, h)
+            return scale(out), h
+
+        changes["step"] = step
     if hasattr(network, "apply_all"):
         changes["apply_all"] = lambda params, tokens: scale(network.apply_all(params, tokens))
     return network._replace(**changes)
@@ -602,6 +649,14 @@ class Setup:
         """The critic outputs ``Q(s, ·)``, one value per discrete action (``qv``)."""
         return self.estimator.critic == "q"
 
+    @property
+    def acting(self) -> dict[str, Any]:
+        """How :func:`~jaxadv.rollout.play_episodes` acts with the network: its ``apply`` (or
+        a recurrent network's ``step``) and ``hidden_size``."""
+        net = self.network
+        return {"apply_fn": net.step if net.hidden_size else net.apply,
+                "hidden_size": net.hidden_size}
+
 
 def make_setup(config: TrainConfig) -> Setup:
     """Build the environment, network and policy ``config`` names, and look up its table rows."""
@@ -620,7 +675,8 @@ def make_setup(config: TrainConfig) -> Setup:
         network = make_network(size, discrete=spec.discrete, hidden=config.hidden,
                                activation=config.activation, shared_torso=config.shared_torso,
                                q_critic=estimator.critic == "q",
-                               image_shape=spec.image_shape if config.network == "cnn" else None)
+                               image_shape=spec.image_shape if config.network == "cnn" else None,
+                               recurrent=config.network == "gru")
     return Setup(
         config=config, env=env, env_params=env_params, spec=spec,
         # the policy *is* softmax(logits / τ): sampled and learned
@@ -644,7 +700,7 @@ def micro_batch_size(config: TrainConfig, backend: str | None = None) -> int:
     (default: JAX's) when it divides a larger minibatch, else 0 (whole minibatches)."""
     if config.micro_batch_size is not None:
         return config.micro_batch_size
-    if config.episodic or (backend or jax.default_backend()) != "cpu":
+    if config.episodic or config.network == "gru" or (backend or jax.default_backend()) != "cpu":
         return 0
     mb = config.minibatch_size
     return AUTO_MICRO_BATCH if mb > AUTO_MICRO_BATCH and mb % AUTO_MICRO_BATCH == 0 else 0
@@ -683,15 +739,23 @@ def init(setup: Setup, key: jax.Array, hp: HParams) -> TrainState:
         reward_scaler=reward_scaler_init(config.num_envs),
         key=key,
         update=jnp.zeros((), jnp.int32),
+        hidden=jnp.zeros((config.num_envs, setup.network.hidden_size))
+        if setup.network.hidden_size else None,
     )
 
 
-def policy_outputs(setup: Setup, params: Any, obs: jax.Array, mask: jax.Array | None):
-    """``(policy, critic)`` at every step of ``obs [T, B, ...]``.
+def policy_outputs(setup: Setup, params: Any, traj: Transition, mask: jax.Array | None):
+    """``(policy, critic)`` at every step of ``traj.obs [T, B, ...]``.
 
     A causal transformer on episodes (``setup.pad`` set) does it in one teacher-forced
     pass over each episode's last observation, which holds every earlier step's tokens
-    (T× fewer token evaluations)."""
+    (T× fewer token evaluations). A recurrent network re-runs each column from its stored
+    state at the first step (``traj.hidden[0]``), reset where episodes end; gradients flow
+    into the carried state from each column's first step in ``mask`` on (a burn-in before)."""
+    obs = traj.obs
+    if setup.network.hidden_size:
+        start = None if mask is None else jnp.argmax(mask > 0, axis=0)
+        return setup.network.unroll(params, obs, traj.hidden[0], traj.episode_done, start)
     if setup.pad is None:
         return setup.network.apply(params, obs)
     last = jnp.maximum(jnp.sum(mask, axis=0).astype(jnp.int32) - 1, 0)  # [B]
@@ -734,22 +798,22 @@ def collect(setup: Setup, state: TrainState, hp: HParams, key: jax.Array,
         key, state.params, *start,
         state.obs_stats if config.normalize_obs else None,
         state.reward_scaler if config.scale_rewards else None,
-        apply_fn=sampler.apply, policy=setup.policy, env=setup.env,
-        env_params=setup.env_params, num_steps=config.num_steps, gamma=hp.gamma,
-        q_critic=setup.q_critic, **kw,
+        apply_fn=sampler.step if sampler.hidden_size else sampler.apply, policy=setup.policy,
+        env=setup.env, env_params=setup.env_params, num_steps=config.num_steps, gamma=hp.gamma,
+        q_critic=setup.q_critic, hidden=state.hidden, **kw,
     )
     collected = roll(key, info_keys=setup.info_keys)
     traj = collected.traj
     mask = first_episode_mask(traj.episode_done) if config.episodic else None
     tis_weight = None
     if config.behaviour_temperature is not None:  # π's own log-probs of the sampled actions
-        log_prob = setup.policy.log_prob(policy_outputs(setup, state.params, traj.obs, mask)[0],
+        log_prob = setup.policy.log_prob(policy_outputs(setup, state.params, traj, mask)[0],
                                          traj.action)
         tis_weight = truncated_importance_weights(log_prob, traj.log_prob, config.tis_cap)
         traj = traj._replace(log_prob=log_prob)
     ref_log_prob = None
     if config.kl != "none":
-        ref_logits = policy_outputs(setup, state.ref_params, traj.obs, mask)[0]
+        ref_logits = policy_outputs(setup, state.ref_params, traj, mask)[0]
         ref_log_prob = setup.policy.log_prob(ref_logits, traj.action)
         if config.kl == "reward":  # the per-step k1 estimate, as RLHF pipelines do
             traj = traj._replace(reward=traj.reward - hp.kl_coef * (traj.log_prob - ref_log_prob))
@@ -814,7 +878,7 @@ def loss_fn(setup: Setup, params: Any, batch: tuple, hp: HParams, *,
     traj, advantages, targets, mask, ref_log_prob = batch
     config = setup.config
     reduction = config.loss_reduction
-    pi, critic = policy_outputs(setup, params, traj.obs, mask)
+    pi, critic = policy_outputs(setup, params, traj, mask)
     log_prob = setup.policy.log_prob(pi, traj.action)
     entropy = losses.entropy_bonus(setup.policy.entropy(pi), mask, reduction=reduction)
     if config.normalize_advantages if normalize is None else normalize:
@@ -865,8 +929,9 @@ def minibatch_gradient(setup: Setup, loss: Callable, flat_params: jax.Array,
 def optimise(setup: Setup, flat_params: jax.Array, opt_state: Any, unravel: Any, data: tuple,
              key: jax.Array, hp: HParams) -> tuple[jax.Array, Any, dict]:
     """``update_epochs`` passes of ``num_minibatches`` shuffled minibatches over ``data``
-    (flat ``[batch, ...]``; with ``episodic``, time-major ``[T, N, ...]`` split along the
-    envs): one gradient step each on the raveled parameter vector ``flat_params``.
+    (flat ``[batch, ...]``; with ``episodic`` or a recurrent network, time-major ``[T, N,
+    ...]`` split along the envs or sequences): one gradient step each on the raveled
+    parameter vector ``flat_params``.
 
     Returns the parameters, the optimiser state and per-step metrics ``[epochs, minibatches]``.
     """
@@ -874,7 +939,9 @@ def optimise(setup: Setup, flat_params: jax.Array, opt_state: Any, unravel: Any,
     opt = optimizer(setup, hp)
     loss = lambda flat, batch, normalize: loss_fn(setup, unravel(flat), batch, hp,
                                                   normalize=normalize)
-    axis, size = (1, config.num_envs) if config.episodic else (0, config.batch_size)
+    time_major = config.episodic or config.network == "gru"
+    axis = 1 if time_major else 0
+    size = data[1].shape[axis]  # the envs (or sequences), else the samples
     mb = size // config.num_minibatches
 
     def minibatch(carry, batch):
@@ -890,7 +957,7 @@ def optimise(setup: Setup, flat_params: jax.Array, opt_state: Any, unravel: Any,
         shuffled = data
         if config.num_minibatches > 1:  # one gather per epoch, then contiguous slices
             shuffled = jax.tree.map(lambda x: jnp.take(x, perm, axis=axis), data)
-        if config.episodic:
+        if time_major:
             split = lambda x: jnp.moveaxis(
                 x.reshape(x.shape[0], config.num_minibatches, mb, *x.shape[2:]), 1, 0)
         else:
@@ -931,6 +998,38 @@ def _rollout_metrics(setup: Setup, state: TrainState, batch: Batch,
     return metrics
 
 
+def training_sequences(data: tuple, seq_len: int, burn_in: int = 0) -> tuple:
+    """Cut a window's time-major ``data = (traj, advantages, targets, mask, ref_log_prob)``
+    (leaves ``[T, N, ...]``, ``mask`` ``None``) into ``C = T / seq_len`` training sequences per
+    env, each ``burn_in + seq_len`` steps long: leaves ``[burn_in + seq_len, N·C, ...]``,
+    sequence ``n·C + c`` holding env ``n``'s steps from ``s = clip(c·seq_len − burn_in, 0,
+    T − burn_in − seq_len)``, and ``mask`` 1 on the ``seq_len`` steps ``c·seq_len …`` that it
+    trains on (0 on the burn-in before them, or on the steps after them for ``c = 0``).
+    ``traj.hidden[0]`` of each sequence is the state stored at its first step.
+
+    >>> import jax.numpy as jnp
+    >>> x = jnp.arange(6.0)[:, None]  # T = 6, one env
+    >>> _, a, _, mask, _ = training_sequences((None, x, None, None, None), 2, burn_in=1)
+    >>> a[:, :, 0].T.tolist(), mask.T.tolist()  # three sequences of 1 + 2 steps
+    ([[0.0, 1.0, 2.0], [1.0, 2.0, 3.0], [3.0, 4.0, 5.0]], [[1.0, 1.0, 0.0], [0.0, 1.0, 1.0], [0.0, 1.0, 1.0]])
+    """
+    traj, advantages, targets, _, ref_log_prob = data
+    steps, envs = advantages.shape
+    chunks, length = steps // seq_len, burn_in + seq_len
+    if chunks == 1 and not burn_in:
+        return traj, advantages, targets, jnp.ones_like(advantages), ref_log_prob
+    first = np.arange(chunks) * seq_len
+    start = np.clip(first - burn_in, 0, steps - length)  # [C]
+    time = start[None, :] + np.arange(length)[:, None]  # [L, C]
+    trained = (time >= first) & (time < first + seq_len)
+    rows = np.repeat(time[:, None, :], envs, axis=1).reshape(length, envs * chunks)
+    cols = np.repeat(np.arange(envs), chunks)[None, :]
+    gather = lambda x: None if x is None else x[rows, cols]
+    mask = jnp.asarray(np.tile(trained, (1, envs)), advantages.dtype)
+    return (jax.tree.map(gather, traj), gather(advantages), gather(targets), mask,
+            gather(ref_log_prob))
+
+
 def informative_mask(rewards: jax.Array, mask: jax.Array, group_size: int) -> tuple[jax.Array, jax.Array]:
     """DAPO's dynamic sampling on a fixed-shape batch: ``mask [T, N]`` (each column's first
     episode) with the columns of every group whose returns are all equal
@@ -967,7 +1066,9 @@ def update(setup: Setup, state: TrainState, hp: HParams) -> tuple[TrainState, di
         advantages = advantages * on
         hp = hp.replace(ent_coef=hp.ent_coef * on, kl_coef=hp.kl_coef * on)
     data = (batch.traj._replace(extras=None), advantages, targets, mask, batch.ref_log_prob)
-    if not config.episodic:  # steps are independent: one flat batch
+    if config.network == "gru":  # whole sequences, each from its stored hidden state
+        data = training_sequences(data, config.seq_len, config.burn_in)
+    elif not config.episodic:  # steps are independent: one flat batch
         data = jax.tree.map(lambda x: x.reshape(config.batch_size, *x.shape[2:]), data)
     # The optimiser works on one flat parameter vector: a few fused ops per step instead
     # of several per parameter array.
@@ -993,6 +1094,7 @@ def update(setup: Setup, state: TrainState, hp: HParams) -> tuple[TrainState, di
         key=key,
         update=state.update + 1,
         ref_params=state.ref_params,
+        hidden=batch.rollout.hidden,
     )
     return new_state, metrics
 
@@ -1033,7 +1135,7 @@ def greedy_evaluation(setup: Setup, state: TrainState) -> dict[str, jax.Array]:
     config = setup.config
     episodes = play_episodes(
         jax.random.fold_in(state.key, EVAL_STREAM), state.params,
-        state.obs_stats if config.normalize_obs else None, apply_fn=setup.network.apply,
+        state.obs_stats if config.normalize_obs else None, **setup.acting,
         policy=setup.policy, env=setup.env, env_params=setup.env_params,
         episodes=config.eval_episodes, max_steps=int(setup.env_params.max_steps_in_episode))
     count = jnp.sum(episodes.finished)

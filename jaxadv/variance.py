@@ -593,6 +593,9 @@ def train_state_report(
       others: as for :func:`network_report`.
     """
     config = trainer.config
+    if trainer.network.hidden_size:
+        raise ValueError("`checkpoint`: a recurrent policy (network = 'gru') depends on its "
+                         "history; the gradient report needs a feed-forward policy")
     if critic not in ("network", "zero"):
         raise ValueError(f"`critic` must be 'network' or 'zero' for a trained network, got {critic!r}")
     if critic == "network" and config.scale_rewards:

@@ -19,6 +19,13 @@ CASES = [
     (["train", "--kl-coef", "-1"], "kl_coef"),
     (["train", "--warm-start-steps", "5"], "warm_start_steps"),
     (["train", "--heads", "3"], "heads"),
+    (["train", "--seq-len", "8"], "seq_len"),
+    (["train", "--network", "gru", "--seq-len", "100"], "seq_len"),
+    (["train", "--network", "gru", "--seq-len", "64", "--burn-in", "65"], "burn_in"),
+    (["train", "--network", "gru", "--burn-in", "-1"], "burn_in"),
+    (["train", "--network", "gru", "--shared-torso"], "shared_torso"),
+    (["train", "--network", "gru", "--env", "Breakout-MinAtar"], "image observations"),
+    (["train", "--network", "gru", "--num-minibatches", "3"], "num_minibatches"),
     # sweep
     (["sweep", "--grid.lr", "-1"], "lr"),
     (["sweep", "--grid.gamma", "2"], "gamma"),

@@ -46,7 +46,8 @@ def _collect(name, *, q_critic=False, obs_stats=None, seed=0):
 
 
 def test_cartpole_transition_shapes_and_value_alignment():
-    (_, last_obs, scaler, traj, raw_obs), net, params, obs0 = _collect("CartPole-v1")
+    roll, net, params, obs0 = _collect("CartPole-v1")
+    last_obs, scaler, traj, raw_obs = roll.obs, roll.reward_scaler, roll.traj, roll.raw_obs
     assert scaler is None
     for name in ("log_prob", "value", "q_value", "next_value", "reward", "episode_return"):
         assert getattr(traj, name).shape == (T, N) and getattr(traj, name).dtype == jnp.float32
@@ -96,7 +97,8 @@ def test_q_critic_value_is_policy_weighted_q():
 def test_observation_normalisation_uses_the_given_statistics():
     stats = running_mean_std_update(running_mean_std_init((4,)),
                                     jnp.array([[0.0, 1.0, -1.0, 2.0], [2.0, 3.0, 1.0, 6.0]]))
-    (_, _, _, traj, raw_obs), _, _, _ = _collect("CartPole-v1", obs_stats=stats)
+    roll = _collect("CartPole-v1", obs_stats=stats)[0]
+    traj, raw_obs = roll.traj, roll.raw_obs
     raw, mean, var = np.asarray(raw_obs), np.asarray(stats.mean), np.asarray(stats.var)
     expected = np.clip((raw - mean) / np.sqrt(var + 1e-8), -10, 10)
     np.testing.assert_allclose(traj.obs, expected, rtol=1e-5, atol=1e-5)

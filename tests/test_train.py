@@ -245,7 +245,8 @@ def test_rollout_bootstraps_truncation_from_final_observation(clock_envs):
                        policy=make_policy(True, 2), env=env, env_params=env_params,
                        num_steps=num_steps)
 
-    _, last_obs, _, traj, _ = collect(jax.random.key(3))
+    roll = collect(jax.random.key(3))
+    last_obs, traj = roll.obs, roll.traj
     truncated = np.asarray(traj.truncated)
     expected = np.zeros((num_steps, num_envs), bool)
     expected[CLOCK_K - 1 :: CLOCK_K] = True  # steps 4 and 9: the 5th step of each episode

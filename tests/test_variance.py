@@ -137,10 +137,10 @@ def test_tabular_env_returns_match_exact_objective():
     n = 4000
     obs, state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(jax.random.key(8), n), params)
     apply = lambda p, x: (x @ p, jnp.zeros(x.shape[:-1]))
-    *_, traj, _ = jax.jit(
+    traj = jax.jit(
         lambda: rollout(jax.random.key(9), logits, state, obs, None, None, apply_fn=apply,
                         policy=make_policy(True, 3), env=env, env_params=params, num_steps=horizon)
-    )()
+    )().traj
     done = np.asarray(traj.episode_done, np.float64)
     alive = np.cumprod(np.concatenate([np.ones((1, n)), 1 - done[:-1]]), axis=0)
     returns = np.sum(alive * mdp.gamma ** np.arange(horizon)[:, None] * np.asarray(traj.reward), axis=0)
