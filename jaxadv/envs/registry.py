@@ -9,6 +9,7 @@ import gymnax
 import numpy as np
 from gymnax.environments import spaces
 
+from jaxadv.envs.brax_envs import brax_names, make_brax
 from jaxadv.envs.wrappers import EpisodeStatisticsWrapper, FloatObservationWrapper
 
 __all__ = ["EnvSpec", "env_spec", "make", "register", "registered_names"]
@@ -39,8 +40,9 @@ def register(name: str, factory: Any) -> None:
 
 
 def registered_names() -> list[str]:
-    """Every name :func:`make` accepts: gymnax's ids, then those added with :func:`register`."""
-    return [*gymnax.registered_envs, *_CUSTOM]
+    """Every name :func:`make` accepts: gymnax's ids, those added with :func:`register`, then
+    Brax's (``brax:<name>[:<backend>]``, :mod:`jaxadv.envs.brax_envs`; the ``brax`` extra)."""
+    return [*gymnax.registered_envs, *_CUSTOM, *brax_names()]
 
 
 def make(name: str, *, flatten_obs: bool = True, **env_kwargs: Any) -> tuple[Any, Any]:
@@ -93,7 +95,10 @@ def make(name: str, *, flatten_obs: bool = True, **env_kwargs: Any) -> tuple[Any
         raise ValueError(
             f"`flatten_obs` must be True or False, got {flatten_obs!r}"
         )
-    factory = _CUSTOM.get(name, lambda **kw: gymnax.make(name, **kw))
+    if name.startswith("brax:"):
+        factory = lambda **kw: make_brax(name, **kw)
+    else:
+        factory = _CUSTOM.get(name, lambda **kw: gymnax.make(name, **kw))
     env, env_params = factory(**env_kwargs)
     env = EpisodeStatisticsWrapper(FloatObservationWrapper(env, flatten=flatten_obs))
     return env, env_params
