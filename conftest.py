@@ -1,9 +1,56 @@
 """Suite-wide settings (no silent rank promotion, float32 by default) and shared fixtures."""
 
+import contextlib
+
 import jax
 import pytest
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "fast_compile: compile with XLA's optimisations mostly off (about half the "
+        "compile time, slower programs), here and in the subprocesses the test starts; for "
+        "tests that compare programs with each other or check mechanics, never for learning "
+        "bars tuned on optimised numerics")
+
+
+@contextlib.contextmanager
+def _fast_compile(request, monkeypatch_factory):
+    """``jax_disable_most_optimizations`` on while the marked module or test runs (and
+    ``JAX_DISABLE_MOST_OPTIMIZATIONS=1`` for its subprocesses)."""
+    if request.node.get_closest_marker("fast_compile") is None:
+        yield
+        return
+    before = jax.config.jax_disable_most_optimizations
+    jax.config.update("jax_disable_most_optimizations", True)
+    with monkeypatch_factory.context() as patch:
+        patch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+        try:
+            yield
+        finally:
+            jax.config.update("jax_disable_most_optimizations", before)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fast_compile_module(request):
+    """A module marked ``fast_compile`` (``pytestmark``): its module fixtures compile fast too."""
+    with _fast_compile(request, pytest.MonkeyPatch):
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _fast_compile_test(request):
+    """A test marked ``fast_compile`` (in a module that is not)."""
+    marks = getattr(getattr(request.node, "module", None), "pytestmark", [])
+    module_marked = any(getattr(m, "name", None) == "fast_compile"
+                        for m in (marks if isinstance(marks, list) else [marks]))
+    if module_marked:
+        yield
+        return
+    with _fast_compile(request, pytest.MonkeyPatch):
+        yield
 
 
 @pytest.fixture

@@ -1010,7 +1010,7 @@ def training_sequences(data: tuple, seq_len: int, burn_in: int = 0) -> tuple:
     >>> import jax.numpy as jnp
     >>> x = jnp.arange(6.0)[:, None]  # T = 6, one env
     >>> _, a, _, mask, _ = training_sequences((None, x, None, None, None), 2, burn_in=1)
-    >>> a[:, :, 0].T.tolist(), mask.T.tolist()  # three sequences of 1 + 2 steps
+    >>> a.T.tolist(), mask.T.tolist()  # three sequences of 1 + 2 steps
     ([[0.0, 1.0, 2.0], [1.0, 2.0, 3.0], [3.0, 4.0, 5.0]], [[1.0, 1.0, 0.0], [0.0, 1.0, 1.0], [0.0, 1.0, 1.0]])
     """
     traj, advantages, targets, _, ref_log_prob = data

@@ -210,6 +210,9 @@ class TransformerNetwork(NamedTuple):
     init: Callable[[jax.Array, jax.Array], Params]
     apply: Callable[[Params, jax.Array], tuple[jax.Array, jax.Array]]
     apply_all: Callable[[Params, jax.Array], tuple[jax.Array, jax.Array]]
+    hidden_size: int = 0
+    """no recurrent state (the interface of :class:`~jaxadv.networks.Network`)."""
+    step: Callable | None = None
 
 
 def make_transformer(

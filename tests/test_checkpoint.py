@@ -22,6 +22,8 @@ from jaxadv import cli, driver, envs
 from jaxadv.checkpoint import CheckpointError, CheckpointStore, checkpoint_steps
 from jaxadv.train import HParams, TrainConfig, make_train, make_trainer
 
+pytestmark = pytest.mark.fast_compile  # compares programs and checks mechanics (conftest.py)
+
 TINY = ["--num-envs", "2", "--num-steps", "8", "--hidden", "8", "--seeds", "2"]
 
 

@@ -15,6 +15,8 @@ import pytest
 from jaxadv import cli, driver
 from jaxadv.train import HParams, TrainConfig, make_train
 
+pytestmark = pytest.mark.fast_compile  # compares programs and checks mechanics (conftest.py)
+
 TINY = ["--num-envs", "2", "--num-steps", "8", "--total-timesteps", "256", "--hidden", "8"]
 
 

@@ -15,6 +15,8 @@ from jaxadv.devices import seed_groups
 from jaxadv.driver import _seed_axis
 from jaxadv.train import HParams, TrainConfig, make_trainer
 
+pytestmark = pytest.mark.fast_compile  # compares programs and checks mechanics (conftest.py)
+
 SMALL = TrainConfig(num_envs=2, num_steps=16, total_timesteps=2 * 16 * 3, hidden=(8,))
 
 

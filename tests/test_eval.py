@@ -69,6 +69,7 @@ def test_greedy_returns_equal_a_plain_loop_over_the_raw_env():
 EVERY = TrainConfig(num_envs=4, num_steps=32, total_timesteps=4 * 32 * 6, hidden=(16,))
 
 
+@pytest.mark.fast_compile
 def test_eval_every_leaves_training_unchanged_and_evaluates_on_schedule():
     """--eval-every 2: the same parameters and metrics, bit for bit, as without; the greedy
     return at updates 2, 4, 6 equals the plain loop's mean over the same first states with
@@ -95,6 +96,7 @@ def test_eval_every_leaves_training_unchanged_and_evaluates_on_schedule():
         assert got["eval_length"][u - 1] == pytest.approx(np.mean([n for _, n in episodes]))
 
 
+@pytest.mark.fast_compile
 def test_eval_every_is_a_real_branch_under_vmap():
     """Vmapped over seeds, the evaluation stays a ``cond`` on the update count (not a select
     that would play the episodes at every update)."""
@@ -104,6 +106,7 @@ def test_eval_every_is_a_real_branch_under_vmap():
     assert "cond[" in str(jaxpr)
 
 
+@pytest.mark.fast_compile
 def test_eval_every_falls_on_multiples_of_it_across_compiled_calls(tmp_path):
     out = tmp_path / "run"
     argv = ["train", "--seeds", "2", "--num-envs", "4", "--num-steps", "32", "--total-timesteps",

@@ -121,6 +121,7 @@ def countdown():
     return COUNTDOWN
 
 
+@pytest.mark.fast_compile
 def test_rollout_carries_resets_and_bootstraps_the_hidden_state(countdown):
     env, env_params = envs.make(countdown)
     net = make_network(2, hidden=(8, 6), recurrent=True)
@@ -158,6 +159,7 @@ def test_rollout_carries_resets_and_bootstraps_the_hidden_state(countdown):
     assert np.all(np.abs(np.asarray(traj.next_value)[rows, cols] - fresh) > 1e-4)
 
 
+@pytest.mark.fast_compile
 def test_training_sequences_with_burn_in_reproduce_the_rollout(countdown):
     config = TrainConfig(env=countdown, network="gru", num_envs=4, num_steps=24, seq_len=8,
                          burn_in=4, hidden=(8, 6), total_timesteps=96)
@@ -190,6 +192,7 @@ def test_training_sequences_with_burn_in_reproduce_the_rollout(countdown):
     assert np.asarray(traj.episode_done).sum() >= 4  # the sequences cross episode ends
 
 
+@pytest.mark.fast_compile
 def test_burn_in_stops_gradients_into_the_carried_state():
     net = make_network(2, hidden=(6,), recurrent=True)
     params = net.init(jax.random.key(0), jnp.zeros(3))
@@ -207,6 +210,7 @@ def test_burn_in_stops_gradients_into_the_carried_state():
     assert np.all(np.abs(np.asarray(jax.grad(later_values)(obs, None)))[:4].max(axis=-1) > 1e-5)
 
 
+@pytest.mark.fast_compile
 def test_chunked_runs_carry_the_hidden_state_bitwise(countdown):
     config = TrainConfig(env=countdown, network="gru", num_envs=4, num_steps=16, seq_len=8,
                          burn_in=2, hidden=(8,), total_timesteps=256, num_minibatches=2)

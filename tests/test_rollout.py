@@ -85,7 +85,8 @@ def test_rollout_is_a_pure_function_of_its_key():
 
 
 def test_q_critic_value_is_policy_weighted_q():
-    (_, _, _, traj, _), net, params, _ = _collect("CartPole-v1", q_critic=True)
+    roll, net, params, _ = _collect("CartPole-v1", q_critic=True)
+    traj = roll.traj
     logits, q = net.apply(params, traj.obs)
     assert q.shape == (T, N, 2)
     np.testing.assert_allclose(traj.value, jnp.sum(jax.nn.softmax(logits) * q, -1),
@@ -107,7 +108,8 @@ def test_observation_normalisation_uses_the_given_statistics():
 
 @pytest.mark.parametrize("name", ["Pendulum-v1"])
 def test_gaussian_actions_are_scored_unclipped(name):
-    (_, _, _, traj, _), net, params, _ = _collect(name)
+    roll, net, params, _ = _collect(name)
+    traj = roll.traj
     (mean, log_std), _ = net.apply(params, traj.obs)
     assert traj.action.shape == (T, N, 1) and traj.action.dtype == jnp.float32
     np.testing.assert_allclose(traj.log_prob, dist.gaussian_log_prob(mean, log_std, traj.action),

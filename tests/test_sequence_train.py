@@ -109,6 +109,7 @@ def test_grpo_learns_to_reverse(grpo_run):
     np.testing.assert_array_equal(metrics["nonfinite"], 0)
 
 
+@pytest.mark.fast_compile
 def test_teacher_forced_update_reproduces_the_rollout_log_probs(grpo_run):
     """The first minibatch step re-evaluates the rollout's actions in one teacher-forced pass
     per episode: if a position were off by one, the PPO ratio would not start at 1."""

@@ -42,7 +42,8 @@ WORKER = pathlib.Path(__file__).with_name("_sweep_worker.py")
 PACKAGE_PARENT = pathlib.Path(jaxadv.__file__).parent.parent  # workers import this jaxadv
 TIMEOUT_S = 120  # the workers; a hung collective fails the test instead of stalling CI
 
-pytestmark = pytest.mark.timeout(240)  # in-process sweeps, should a vmapped train hang
+# in-process sweeps, should a vmapped train hang; they compare programs (conftest.py)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.fast_compile]
 
 
 def _config(**overrides) -> TrainConfig:

@@ -28,6 +28,8 @@ from jaxadv import sweep as sweep_module
 from jaxadv.sweep import SweepResult, expand_grid
 from jaxadv.train import HParams, TrainConfig
 
+pytestmark = pytest.mark.fast_compile  # compares programs and checks mechanics (conftest.py)
+
 TINY = ["--num-envs", "2", "--num-steps", "16", "--total-timesteps", "256", "--hidden", "8"]
 HP_FIELDS = [f.name for f in dataclasses.fields(HParams)]
 

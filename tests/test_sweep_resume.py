@@ -27,6 +27,8 @@ from jaxadv.driver import Interrupts
 from jaxadv.sweep import ChunkId, ChunkResult, run_sweep
 from jaxadv.train import TrainConfig
 
+pytestmark = pytest.mark.fast_compile  # compares programs and checks mechanics (conftest.py)
+
 WORKER = [sys.executable, str(pathlib.Path(__file__).with_name("_sweep_resume_worker.py"))]
 SWEEP = ["sweep", "--num-envs", "2", "--num-steps", "16", "--total-timesteps", "256",
          "--hidden", "8", "--grid.lr", "1e-3", "2e-3", "3e-3", "--grid.gae-lambda", "0.5", "1.0",

@@ -14,6 +14,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from jaxadv import cli, tracking
 
+pytestmark = pytest.mark.fast_compile  # compares programs and checks mechanics (conftest.py)
+
 
 @pytest.fixture(scope="module")
 def logged_run(tmp_path_factory):

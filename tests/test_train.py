@@ -319,6 +319,7 @@ def small_train():
     return jax.jit(make_train(SMALL))
 
 
+@pytest.mark.fast_compile
 def test_same_key_and_hparams_give_bitwise_identical_results(small_train):
     key, hp = jax.random.key(42), HParams(lr=1e-3)
     first = small_train(key, hp)
@@ -329,6 +330,7 @@ def test_same_key_and_hparams_give_bitwise_identical_results(small_train):
                               first[0].params["params"]["actor_0"]["kernel"])
 
 
+@pytest.mark.fast_compile
 def test_vmap_over_seeds_matches_each_seed_alone(small_train):
     keys = jax.random.split(jax.random.key(0), 4)
     hp = HParams()
@@ -340,6 +342,7 @@ def test_vmap_over_seeds_matches_each_seed_alone(small_train):
                                     rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.fast_compile
 def test_hparam_grid_compiles_once_and_maps_each_row(small_train):
     chex.clear_trace_counter()
     train = chex.assert_max_traces(make_train(SMALL), n=1)
@@ -388,6 +391,7 @@ _HANG_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.fast_compile
 @pytest.mark.timeout(240)
 def test_16_seed_vmapped_train_never_hangs():
     """DESIGN.md, "Known hazard": batched LAPACK can deadlock jaxlib 0.10 on CPU at 0% CPU.
@@ -517,6 +521,7 @@ def _minibatch(config: TrainConfig, hp: HParams):
     TrainConfig(algo="a2c", env="Pendulum-v1", num_envs=8, num_steps=32, normalize_advantages=True),
     TrainConfig(estimator="qv", num_envs=8, num_steps=64, kl="loss"),
 ])
+@pytest.mark.fast_compile
 def test_micro_batched_gradient_equals_the_whole_minibatch_gradient(config):
     """Summing gradients over 8 micro-batches after standardising the advantages over the
     whole minibatch gives jax.grad of the whole minibatch's loss, up to float reassociation."""
