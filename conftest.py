@@ -23,7 +23,7 @@ def _fast_compile(request, monkeypatch_factory):
     if request.node.get_closest_marker("fast_compile") is None:
         yield
         return
-    before = jax.config.jax_disable_most_optimizations
+    before = jax.config.read("jax_disable_most_optimizations")
     jax.config.update("jax_disable_most_optimizations", True)
     with monkeypatch_factory.context() as patch:
         patch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
