@@ -50,7 +50,8 @@ def small_params(**kwargs):
 @functools.cache
 def _small_net(config) -> TransformerNetwork:
     net = make_transformer(VOCAB, L, VOCAB, **dict(config))
-    return TransformerNetwork(*map(jax.jit, net))
+    return net._replace(init=jax.jit(net.init), apply=jax.jit(net.apply),
+                        apply_all=jax.jit(net.apply_all))
 
 
 @functools.cache
