@@ -165,18 +165,39 @@ class GRU(nn.Module):
     @nn.compact
     def __call__(self, h: jax.Array, x: jax.Array) -> jax.Array:
         size = self.features
-        maps = {g: _Affine(x.shape[-1] if g[0] == "i" else size, size, g != "hr" and g != "hz",
-                           name=g)() for g in GRU_GATES}
-        w_i = jnp.concatenate([maps[g][0] for g in ("ir", "iz", "in")], axis=1)
-        b_i = jnp.concatenate([maps[g][1] for g in ("ir", "iz", "in")])
-        w_h = jnp.concatenate([maps[g][0] for g in ("hr", "hz", "hn")], axis=1)
-        lead = (1,) * (x.ndim - 1)
-        gx = x @ w_i + b_i.reshape(*lead, -1)  # [*B, 3H]
-        gh = h @ w_h  # [*B, 3H]
-        r = jax.nn.sigmoid(gx[..., :size] + gh[..., :size])
-        z = jax.nn.sigmoid(gx[..., size:2 * size] + gh[..., size:2 * size])
-        n = jnp.tanh(gx[..., 2 * size:] + r * (gh[..., 2 * size:] + maps["hn"][1].reshape(*lead, -1)))
-        return (1.0 - z) * n + z * h
+        maps = {g: {k: v for k, v in zip(("kernel", "bias"), _Affine(
+            x.shape[-1] if g[0] == "i" else size, size, g not in ("hr", "hz"), name=g)())
+            if v is not None} for g in GRU_GATES}
+        return gru_state(*gru_weights(maps), h, x)
+
+
+def _bias(b: jax.Array, ndim: int) -> jax.Array:
+    """A bias ``[F]`` shaped to add to ``[*B, F]`` (``ndim`` axes) without rank promotion."""
+    return b.reshape((1,) * (ndim - 1) + b.shape)
+
+
+def gru_weights(p: dict) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """A :class:`GRU`'s parameters ``p`` (``{gate: {"kernel", "bias"}}``) as the fused
+    ``(w_i [I, 3H], b_i [3H], w_h [H, 3H], b_hn [H])``."""
+    w_i = jnp.concatenate([p[g]["kernel"] for g in ("ir", "iz", "in")], axis=1)
+    b_i = jnp.concatenate([p[g]["bias"] for g in ("ir", "iz", "in")])
+    w_h = jnp.concatenate([p[g]["kernel"] for g in ("hr", "hz", "hn")], axis=1)
+    return w_i, b_i, w_h, p["hn"]["bias"]
+
+
+def gru_state(w_i: jax.Array, b_i: jax.Array, w_h: jax.Array, b_hn: jax.Array, h: jax.Array,
+              x: jax.Array | None = None, gx: jax.Array | None = None) -> jax.Array:
+    """The next state ``h' [*B, H]`` of a :class:`GRU` (weights from :func:`gru_weights`) from
+    ``h [*B, H]`` and the input ``x [*B, I]``, or its input maps ``gx = x w_i + b_i`` computed
+    beforehand (for a whole sequence at once)."""
+    size = h.shape[-1]
+    if gx is None:
+        gx = x @ w_i + _bias(b_i, x.ndim)  # [*B, 3H]
+    gh = h @ w_h  # [*B, 3H]
+    r = jax.nn.sigmoid(gx[..., :size] + gh[..., :size])
+    z = jax.nn.sigmoid(gx[..., size:2 * size] + gh[..., size:2 * size])
+    n = jnp.tanh(gx[..., 2 * size:] + r * (gh[..., 2 * size:] + _bias(b_hn, h.ndim)))
+    return (1.0 - z) * n + z * h
 
 
 def _heads(module: nn.Module, actor_h: jax.Array, critic_h: jax.Array):
@@ -267,6 +288,37 @@ class RecurrentActorCritic(nn.Module):
         return _heads(self, h, h), h
 
 
+def _recurrent_unroll(module: RecurrentActorCritic, params: Params, obs: jax.Array, h0: jax.Array,
+                      done: jax.Array, start: jax.Array | None) -> tuple[Any, jax.Array]:
+    """:meth:`Network.unroll` of a :class:`RecurrentActorCritic`: the dense torso and the GRU's
+    input maps of every step in one batched product each, then only the recurrence
+    ``h @ w_h`` in the ``lax.scan``, then both heads on every step's state at once (the same
+    numbers as stepping the module)."""
+    p = params["params"]
+    act = {"tanh": jnp.tanh, "relu": jax.nn.relu}[module.activation]
+    affine = lambda x, layer: x @ layer["kernel"] + _bias(layer["bias"], x.ndim)
+    x = obs
+    for i in range(len(module.hidden) - 1):
+        x = act(affine(x, p[f"torso_{i}"]))
+    w_i, b_i, w_h, b_hn = gru_weights(p["gru"])
+    gx = x @ w_i + _bias(b_i, x.ndim)  # [T, B, 3H]
+
+    def body(h, xs):
+        g, d, t = xs
+        if start is not None:
+            h = jnp.where((t == start)[:, None], jax.lax.stop_gradient(h), h)
+        h = gru_state(w_i, b_i, w_h, b_hn, h, gx=g)
+        return jnp.where(d[:, None], jnp.zeros_like(h), h), h
+
+    _, hs = jax.lax.scan(body, h0, (gx, done, jnp.arange(obs.shape[0])))  # [T, B, H]
+    out = affine(hs, p["policy_head"])
+    critic = affine(hs, p["critic_head"])
+    critic = critic if module.q_critic else critic[..., 0]
+    if module.discrete:
+        return out, critic
+    return (out, jnp.broadcast_to(p["log_std"], out.shape)), critic
+
+
 class Network(NamedTuple):
     """A pure ``init(key, obs) -> params`` and ``apply(params, obs) -> (policy, critic)``.
 
@@ -279,6 +331,7 @@ class Network(NamedTuple):
     apply: Callable[[Params, jax.Array], tuple[Any, jax.Array]]
     hidden_size: int = 0
     step: Callable | None = None
+    module: Any = None
 
     def unroll(self, params: Params, obs: jax.Array, h0: jax.Array, done: jax.Array,
                start: jax.Array | None = None) -> tuple[Any, jax.Array]:
@@ -287,16 +340,7 @@ class Network(NamedTuple):
         ``done [T, B]`` (an episode ended there: the next observation starts a new one), as a
         rollout carried it. ``start [B]`` (optional): the step from which gradients flow
         into the carried state (the steps before it are a burn-in)."""
-        steps = jnp.arange(obs.shape[0])
-
-        def body(h, xs):
-            x, d, t = xs
-            if start is not None:
-                h = jnp.where((t == start)[:, None], jax.lax.stop_gradient(h), h)
-            out, h = self.step(params, x, h)
-            return jnp.where(d[:, None], jnp.zeros_like(h), h), out
-
-        return jax.lax.scan(body, h0, (obs, done, steps))[1]
+        return _recurrent_unroll(self.module, params, obs, h0, done, start)
 
 
 def make_network(
@@ -355,4 +399,4 @@ def make_network(
         raise TypeError("a recurrent network's policy depends on its hidden state: use "
                         "`step(params, obs, h)` or `unroll`")
 
-    return Network(init=init, apply=apply, hidden_size=size, step=module.apply)
+    return Network(init=init, apply=apply, hidden_size=size, step=module.apply, module=module)

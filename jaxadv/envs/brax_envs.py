@@ -20,7 +20,9 @@ normalisation apply unchanged:
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import warnings
 from typing import Any
 
@@ -58,7 +60,9 @@ class BraxEnv(environment.Environment):
 
     def __init__(self, name: str, backend: str = BACKENDS[0], episode_length: int = 1000):
         super().__init__()
-        with warnings.catch_warnings():  # "Failed to import warp", "not actively maintained"
+        # MuJoCo prints "Failed to import warp" (a GPU backend) on import; Brax warns that
+        # its pipelines are "not actively maintained"
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             from brax import envs as brax_envs
 
