@@ -368,7 +368,8 @@ class TrainConfig:
         unsupported = {"episodic": self.episodic, "shared_torso": self.shared_torso,
                        "image observations": self.spec.image_shape is not None,
                        "kl": self.kl != "none", "micro_batch_size": bool(self.micro_batch_size),
-                       "behaviour_temperature": self.behaviour_temperature is not None}
+                       "behaviour_temperature": self.behaviour_temperature is not None,
+                       "temperature": self.temperature != 1.0}
         bad = [name for name, on in unsupported.items() if on]
         if bad:
             raise ValueError(f"`network` = 'gru' does not support {', '.join(bad)}: it trains "
@@ -587,16 +588,10 @@ def _radix_order(keys: jax.Array, low: int) -> jax.Array:
 
 
 def _tempered(network: Network, temperature: float) -> Network:
-    """``network`` with its logits divided by ``temperature`` (``apply``, and any ``apply_all``
-    or recurrent ``step``)."""
+    """``network`` with its logits divided by ``temperature`` (``apply`` and any ``apply_all``;
+    a recurrent network, whose ``unroll`` would not see it, is refused a temperature)."""
     scale = lambda out: (out[0] / temperature, out[1])
     changes = {"apply": lambda params, obs: scale(network.apply(params, obs))}
-    if network.hidden_size:
-        def step(params, obs, h):
-            out, h = network.step(params, obs, h)
-            return scale(out), h
-
-        changes["step"] = step
     if hasattr(network, "apply_all"):
         changes["apply_all"] = lambda params, tokens: scale(network.apply_all(params, tokens))
     return network._replace(**changes)

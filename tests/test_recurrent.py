@@ -231,6 +231,7 @@ def test_chunked_runs_carry_the_hidden_state_bitwise(countdown):
     ({"network": "gru", "episodic": True}, "episodic"),
     ({"network": "gru", "kl": "loss"}, "kl"),
     ({"network": "gru", "micro_batch_size": 128}, "micro_batch_size"),
+    ({"network": "gru", "temperature": 2.0}, "temperature"),
     ({"network": "gru", "seq_len": 48}, "seq_len"),
     ({"burn_in": 4}, "burn_in"),
 ])
