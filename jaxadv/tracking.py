@@ -355,6 +355,11 @@ class WandbLogger:
         self._every = settings.every
         self._last_step = 0
         self.seconds = 0.0
+        # W&B imports pandas (about 0.5 s) and PIL when it first logs an image: import them
+        # now, while the trainer compiles, rather than when the run ends
+        for module in ("pandas", "PIL.Image"):
+            with contextlib.suppress(ImportError):
+                importlib.import_module(module)
 
     def append(self, metrics: dict[str, np.ndarray], first_update: int, wall_seconds: float) -> None:
         """Log ``metrics[name]: [seeds, K]`` of updates ``first_update … first_update + K − 1``
