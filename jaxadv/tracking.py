@@ -29,16 +29,17 @@ import multiprocessing
 import os
 import pathlib
 import queue
+import signal
 import socket
 import struct
-import threading
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-__all__ = ["LOGGERS", "Background", "OtherProcess", "TensorBoardLogger", "WandbLogger",
+__all__ = ["LOGGERS", "OtherProcess", "TensorBoardLogger", "WandbLogger",
            "WandbSettings", "check_loggers", "log_sweep_wandb", "make_loggers", "update_values"]
 
 LOGGERS = {"tensorboard": ("tensorboard", "google_crc32c"), "wandb": ("wandb",)}
@@ -68,28 +69,33 @@ class WandbSettings:
     """W&B entity (user or team); default: yours."""
     group: str | None = None
     """W&B group of the run (a sweep's runs: this, then the point); default: the --out directory's name."""
-    every: int = 1
-    """log update 1 and every this many updates after it, each with all its values (fewer points for W&B's charts and its logging process to handle)."""
+    every: int | None = None
+    """log update 1 and every this many updates after it, each with all its values; default: as few as keep a run within 1,000 logged updates (every update of a run of up to 1,000), so that W&B's work per run is bounded."""
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.every, int) and self.every >= 1):
+        if not (self.every is None or (isinstance(self.every, int) and self.every >= 1)):
             raise ValueError(f"`wandb.every` must be an int >= 1, got {self.every!r}")
 
 
-def make_loggers(kinds: tuple[str, ...], out: pathlib.Path, batch_size: int,
+WANDB_POINTS = 1000
+"""Logged updates per W&B run at most, where ``--wandb.every`` is not given."""
+
+
+def make_loggers(kinds: tuple[str, ...], out: pathlib.Path, batch_size: int, num_updates: int,
                  record: dict[str, Any], wandb: WandbSettings | None = None
-                 ) -> list[Background | OtherProcess]:
+                 ) -> list[OtherProcess]:
     """One logger per ``--log`` choice, writing under ``out`` (``out/tb`` for TensorBoard,
-    ``out/wandb`` for W&B's local files): TensorBoard's on a :class:`Background` thread,
-    W&B's in an :class:`OtherProcess`."""
+    ``out/wandb`` for W&B's local files), each in an :class:`OtherProcess`."""
     check_loggers(kinds)
-    loggers: list[Background | OtherProcess] = []
+    loggers: list[OtherProcess] = []
     for kind in kinds:
         if kind == "tensorboard":
-            loggers.append(Background(lambda: TensorBoardLogger(out / "tb", batch_size, record)))
-        else:  # W&B's client is heavy Python: in a process of its own, off the trainer's GIL
             loggers.append(OtherProcess(functools.partial(
-                WandbLogger, out, batch_size, _plain(record), wandb or WandbSettings())))
+                TensorBoardLogger, out / "tb", batch_size, _plain(record))))
+        else:
+            loggers.append(OtherProcess(functools.partial(
+                WandbLogger, out, batch_size, num_updates, _plain(record),
+                wandb or WandbSettings())))
     return loggers
 
 
@@ -124,74 +130,19 @@ def update_values(metrics: dict[str, np.ndarray]) -> Iterator[list[tuple[str, fl
         yield values
 
 
-class Background:
-    """A logger built by ``make()`` and called, in order, on a thread of its own at the
-    lowest CPU priority (nice 19, on Linux), so that building and writing the events takes
-    the CPU only when XLA's threads leave it idle; building it there also overlaps its
-    start-up with the compile. :meth:`wait` and :meth:`close` wait for the calls and raise
-    what one raised (the calls after it are dropped, so neither ever hangs). ``seconds``:
-    the logger's."""
-
-    def __init__(self, make: Any):
-        self.logger: Any = None
-        self._calls: queue.Queue = queue.Queue()
-        self._error: Exception | None = None  # the first call that failed
-        self._thread = threading.Thread(target=self._work, name="jaxadv-logger", daemon=True)
-        self._thread.start()
-        self._calls.put(lambda: setattr(self, "logger", make()))
-
-    def _work(self) -> None:
-        with contextlib.suppress(AttributeError, OSError):  # Linux: a thread's own nice value
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-        while (call := self._calls.get()) is not None:
-            try:
-                if self._error is None:  # after a failure, drain without calling
-                    call()
-            except Exception as exc:  # raised again in the caller's thread by wait/close
-                self._error = exc
-            finally:
-                self._calls.task_done()
-        self._calls.task_done()
-
-    def _raise(self) -> None:
-        if self._error is not None:
-            raise RuntimeError(f"logging failed: {self._error!r}") from self._error
-
-    @property
-    def seconds(self) -> float:
-        return 0.0 if self.logger is None else self.logger.seconds
-
-    def append(self, metrics: dict[str, np.ndarray], first_update: int, wall_seconds: float) -> None:
-        self._calls.put(lambda: self.logger.append(metrics, first_update, wall_seconds))
-
-    def finish(self, summary: dict[str, Any], returns_png: pathlib.Path) -> None:
-        self._calls.put(lambda: self.logger.finish(summary, returns_png))
-
-    def wait(self) -> None:
-        """Return once every call so far is done; raise if one failed."""
-        self._calls.join()
-        self._raise()
-
-    def close(self) -> None:
-        self._calls.put(lambda: self.logger is not None and self.logger.close())
-        self._calls.put(None)
-        self._thread.join()
-        if self._error is not None and self.logger is not None:  # still close what was opened
-            with contextlib.suppress(Exception):
-                self.logger.close()
-        self._raise()
-
-
 class OtherProcess:
     """A logger built by ``make()`` (picklable) in a child process of its own (``spawn``) at
-    the lowest CPU priority, called in order through a queue; the same interface as
-    :class:`Background`. For a logger whose client is heavy Python (W&B's): in a thread it
-    would hold the trainer's GIL. A helper process it starts (``wandb-core``) inherits the
-    priority. ``seconds``: the logger's, as of the last :meth:`wait` or :meth:`close`."""
+    the lowest CPU priority, called in order through a queue, so that neither its Python
+    (which would hold the trainer's GIL in a thread) nor its CPU time slows training: the
+    child runs when XLA's threads leave a core idle. A helper process it starts
+    (``wandb-core``) inherits the priority. :meth:`wait` and :meth:`close` wait for the
+    calls and raise what one raised, or that the child died (the calls after a failure are
+    dropped, so neither ever hangs). ``seconds``: the logger's, as of the last :meth:`wait`
+    or :meth:`close`."""
 
     def __init__(self, make: Any):
         context = multiprocessing.get_context("spawn")
-        self._calls = context.JoinableQueue()
+        self._calls = context.Queue()
         self._results = context.Queue()
         self._process = context.Process(target=_serve, args=(make, self._calls, self._results),
                                         name="jaxadv-logger", daemon=True)
@@ -206,11 +157,22 @@ class OtherProcess:
     def finish(self, summary: dict[str, Any], returns_png: pathlib.Path) -> None:
         self._calls.put(("finish", (_plain(summary), returns_png)))
 
-    def _collect(self) -> None:
+    def _receive(self, until: str | None = None) -> None:
+        """Take the child's reports: all there are (``until=None``), or up to ``until`` or the
+        child's death."""
         while True:
             try:
-                kind, value = self._results.get_nowait()
+                kind, value = self._results.get(timeout=0.1 if until else 0)
             except queue.Empty:
+                if until is None:
+                    return
+                if not self._process.is_alive():
+                    self._receive()
+                    self._error = self._error or (
+                        f"the logger's process exited (code {self._process.exitcode})")
+                    return
+                continue
+            if kind == until:
                 return
             if kind == "error" and self._error is None:
                 self._error = value
@@ -218,18 +180,19 @@ class OtherProcess:
                 self.seconds = value
 
     def _raise(self) -> None:
-        self._collect()
         if self._error is not None:
             raise RuntimeError(f"logging failed: {self._error}")
 
     def wait(self) -> None:
         """Return once every call so far is done; raise if one failed."""
-        self._calls.join()
+        self._calls.put(("sync", ()))
+        self._receive(until="synced")
         self._raise()
 
     def close(self) -> None:
+        """Make the calls so far, close the logger, end the child; raise if a call failed."""
         self._calls.put(None)
-        self._calls.join()
+        self._receive(until="closed")
         self._process.join(timeout=60)
         if self._process.is_alive():
             self._process.terminate()
@@ -237,7 +200,10 @@ class OtherProcess:
 
 
 def _serve(make: Any, calls: Any, results: Any) -> None:
-    """The child of :class:`OtherProcess`: build the logger, make the calls, close it."""
+    """The child of :class:`OtherProcess`: build the logger, make the calls (answering each
+    ``sync`` with ``synced``), close it, report ``closed`` and exit. It ignores Ctrl-C (which
+    reaches the whole process group): the trainer's process stops the run, then closes it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(AttributeError, OSError):
         os.setpriority(os.PRIO_PROCESS, 0, 19)
     logger, failed = None, False
@@ -247,25 +213,30 @@ def _serve(make: Any, calls: Any, results: Any) -> None:
         failed = True
         results.put(("error", repr(exc)))
     while (item := calls.get()) is not None:
+        name, args = item
         try:
-            if not failed:
-                name, args = item
+            if name == "sync":
+                results.put(("synced", None))
+            elif not failed:
                 getattr(logger, name)(*args)
+                results.put(("seconds", logger.seconds))
         except Exception as exc:
             failed = True
             results.put(("error", repr(exc)))
-        finally:
-            if logger is not None:  # before task_done, so that wait() sees it
-                results.put(("seconds", logger.seconds))
-            calls.task_done()
     try:
         if logger is not None:
             logger.close()
             results.put(("seconds", logger.seconds))
     except Exception as exc:
         results.put(("error", repr(exc)))
-    finally:
-        calls.task_done()
+    # everything is written: skip the interpreter's teardown (unloading W&B's modules takes
+    # about 0.3 s, which the trainer's process would wait for), once the results are sent
+    results.put(("closed", None))
+    results.close()
+    results.join_thread()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(0)
 
 
 class TensorBoardLogger:
@@ -347,12 +318,12 @@ class WandbLogger:
     name is ``out``'s. ``seconds``: the time spent in :meth:`append` so far.
     """
 
-    def __init__(self, out: pathlib.Path, batch_size: int, record: dict[str, Any],
-                 settings: WandbSettings):
+    def __init__(self, out: pathlib.Path, batch_size: int, num_updates: int,
+                 record: dict[str, Any], settings: WandbSettings):
         self._run = _wandb_run(out, settings.project, settings.entity, settings.group or out.name,
                                out.name, _plain(record))
         self._batch_size = batch_size
-        self._every = settings.every
+        self._every = settings.every or -(-num_updates // WANDB_POINTS)
         self._last_step = 0
         self.seconds = 0.0
         # W&B imports pandas (about 0.5 s) and PIL when it first logs an image: import them

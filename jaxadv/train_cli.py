@@ -10,6 +10,7 @@ checkpoint, bit for bit as if it had not stopped.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import pathlib
@@ -177,9 +178,13 @@ def drive_logged(args: TrainArgs, write: Callable[[RunResult], None]) -> RunResu
         write(result)
         for logger in options.loggers:
             logger.finish(result.summary, args.out / "returns.png")
-    finally:
+    except BaseException:  # a stopped run (Ctrl-C, NaN) reports that, not a logger's failure
         for logger in options.loggers:
-            logger.close()
+            with contextlib.suppress(Exception):
+                logger.close()
+        raise
+    for logger in options.loggers:
+        logger.close()
     return result
 
 
@@ -198,7 +203,8 @@ def run_options(args: TrainArgs) -> RunOptions:
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
     record = jsonable({"train_config": config, "hparams": args.hparams, "run": run})
     write_json(out / "config.json", record)
-    loggers = tuple(make_loggers(args.log, out, config.batch_size, record, args.wandb))
+    loggers = tuple(make_loggers(args.log, out, config.batch_size, config.num_updates, record,
+                                 args.wandb))
     return RunOptions(out=out, seed=args.seed, seeds=args.seeds, chunk_updates=k,
                       checkpoint_every=args.checkpoint_every,
                       keep_checkpoints=args.keep_checkpoints, resume=args.resume is not None,

@@ -4,8 +4,11 @@ seeds), the config, the summary and the returns plot; a sweep logs one W&B run p
 seed."""
 
 import csv
+import functools
 import json
 import math
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -134,28 +137,50 @@ def test_a_logger_without_its_package_is_refused_before_compiling(
     assert f"pip install 'jaxadv[{kind}]'" in capsys.readouterr().err
 
 
-def test_a_failing_logger_call_is_raised_by_wait_and_never_hangs_close():
-    class Broken:
-        seconds, calls = 0.0, []
+class _Broken:
+    """A logger whose ``append`` writes its update number to ``path``, then fails."""
 
-        def append(self, metrics, first_update, wall_seconds):
-            self.calls.append(first_update)
-            raise OSError("disk full")
+    seconds = 0.0
 
-        def close(self):
-            pass
+    def __init__(self, path):
+        self.path = path
 
-    logger = tracking.Background(Broken)
+    def append(self, metrics, first_update, wall_seconds):
+        with open(self.path, "a") as f:
+            f.write(f"{first_update}\n")
+        raise OSError("disk full")
+
+    def close(self):
+        pass
+
+
+def test_a_failing_logger_call_is_raised_by_wait_and_never_hangs_close(tmp_path):
+    calls = tmp_path / "calls"
+    logger = tracking.OtherProcess(functools.partial(_Broken, calls))
+    logger.wait()  # started
+    os.kill(logger._process.pid, signal.SIGINT)  # Ctrl-C reaches it too: it carries on
     logger.append({}, 1, 0.0)
     logger.append({}, 2, 0.0)  # dropped after the failure
     with pytest.raises(RuntimeError, match="disk full"):
         logger.wait()
     with pytest.raises(RuntimeError, match="disk full"):
         logger.close()
-    assert Broken.calls == [1]
+    assert calls.read_text().split() == ["1"]
+    assert logger._process.exitcode == 0
 
 
-def test_wandb_every_k_logs_update_one_and_each_multiple_of_k_with_all_their_values():
+def test_a_logger_process_that_dies_is_an_error_not_a_hang(tmp_path):
+    logger = tracking.OtherProcess(functools.partial(_Broken, tmp_path / "calls"))
+    logger.wait()
+    os.kill(logger._process.pid, signal.SIGKILL)
+    with pytest.raises(RuntimeError, match="the logger's process exited"):
+        logger.wait()
+    with pytest.raises(RuntimeError, match="the logger's process exited"):
+        logger.close()
+
+
+def test_wandb_every_k_logs_update_one_and_each_multiple_of_k_with_all_their_values(
+        monkeypatch, tmp_path):
     class FakeRun:
         def __init__(self):
             self.logged = []
@@ -163,9 +188,12 @@ def test_wandb_every_k_logs_update_one_and_each_multiple_of_k_with_all_their_val
         def log(self, data, step):
             self.logged.append((step, data))
 
-    logger = tracking.WandbLogger.__new__(tracking.WandbLogger)
-    logger._run, logger._batch_size, logger._every = FakeRun(), 10, 3
-    logger._last_step, logger.seconds = 0, 0.0
+    monkeypatch.setattr(tracking, "_wandb_run", lambda *args: FakeRun())
+    settings = tracking.WandbSettings()
+    logger = tracking.WandbLogger(tmp_path, 10, 3000, {}, settings)
+    assert logger._every == 3  # 3,000 updates: at most 1,000 logged by default
+    assert tracking.WandbLogger(tmp_path, 10, 1000, {}, settings)._every == 1
+    assert tracking.WandbLogger(tmp_path, 10, 3000, {}, tracking.WandbSettings(every=7))._every == 7
     returns = np.arange(14, dtype=float).reshape(2, 7)  # 2 seeds, updates 1..7
     logger.append({"episode_return": returns[:, :4]}, 1, 0.5)
     logger.append({"episode_return": returns[:, 4:]}, 5, 0.9)
