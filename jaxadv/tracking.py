@@ -354,8 +354,11 @@ class WandbLogger:
         self._run.log({"returns": wandb.Image(str(returns_png))}, step=self._last_step)
 
     def close(self) -> None:
-        """Finish the run (W&B writes its last records)."""
+        """Finish the run (W&B writes its last records) and stop W&B's ``wandb-core`` helper."""
+        import wandb
+
         self._run.finish()
+        wandb.teardown()
 
 
 def _plain(data: dict[str, Any]) -> dict[str, Any]:
