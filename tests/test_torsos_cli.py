@@ -1,6 +1,7 @@
 """The GRU, the CNN and Brax through every command: `jaxadv train` with seeds and chunks, a
-resume that recomputes a lost checkpoint bit for bit (the GRU's carried hidden state
-included), `jaxadv eval` of the run, and a `jaxadv sweep` over two learning rates."""
+resume that recomputes a lost checkpoint's updates with bit-identical metrics (``repr``
+floats; for the GRU they depend on the hidden state restored from the checkpoint before),
+`jaxadv eval` of the run, and a `jaxadv sweep` over two learning rates."""
 
 import csv
 import json
