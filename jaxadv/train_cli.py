@@ -66,7 +66,7 @@ class TrainArgs:
     quiet: bool = False
     """no progress bar and no summary table."""
     log: tuple[Literal["tensorboard", "wandb"], ...] = ()
-    """also log every metric of metrics.csv (mean over seeds and per seed, against env steps), the config, the summary and the returns plot: tensorboard, event files under --out/tb (pip install 'jaxadv[tensorboard]'); wandb, a Weights & Biases run with its local files under --out/wandb (pip install 'jaxadv[wandb]'; WANDB_MODE=offline works without a network). Written between compiled calls, on a low-priority thread."""
+    """also log every metric of metrics.csv (mean over seeds and per seed, against env steps), the config, the summary and the returns plot: tensorboard, event files under --out/tb (pip install 'jaxadv[tensorboard]'); wandb, a Weights & Biases run with its local files under --out/wandb (pip install 'jaxadv[wandb]'; WANDB_MODE=offline works without a network). Handed over between compiled calls to a low-priority process of its own."""
     wandb: WandbSettings = WandbSettings()
     compile_cache: bool = True
     """keep compiled programs in JAX's persistent cache ($JAXADV_CACHE_DIR, default ~/.cache/jaxadv/xla), so the same configuration compiles once; --no-compile-cache turns it off."""
@@ -169,7 +169,7 @@ def drive_logged(args: TrainArgs, write: Callable[[RunResult], None]) -> RunResu
     options = run_options(args)
     try:
         result = drive(args.config, args.hparams, options)
-        if options.loggers:  # what the logging thread still had to do when training ended
+        if options.loggers:  # what the logging processes still had to do when training ended
             t0 = time.perf_counter()
             for logger in options.loggers:
                 logger.wait()

@@ -20,3 +20,19 @@ def interrupt_when(cmd: Sequence[str], ready: Callable[[], bool], *, within: flo
     finally:
         proc.kill()
     return proc.returncode, err
+
+
+class ModulesLogger:
+    """A logger (for :class:`jaxadv.tracking.OtherProcess`) that writes, when built, whether
+    its process has imported jax to ``path``."""
+
+    seconds = 0.0
+
+    def __init__(self, path):
+        import sys
+
+        with open(path, "w") as f:
+            f.write(str("jax" in sys.modules))
+
+    def close(self):
+        pass

@@ -8,7 +8,10 @@ import functools
 import json
 import math
 import os
+import pathlib
 import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -167,6 +170,25 @@ def test_a_failing_logger_call_is_raised_by_wait_and_never_hangs_close(tmp_path)
         logger.close()
     assert calls.read_text().split() == ["1"]
     assert logger._process.exitcode == 0
+
+
+def test_the_logger_process_does_not_run_the_main_module_again(tmp_path):
+    """A script that imports jax and has no ``__main__`` guard: spawn's child would run it
+    again (importing jax, 2 s of CPU, and starting a second logger); ours runs it once."""
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import functools, sys\n"
+        f"sys.path.insert(0, {str(pathlib.Path(__file__).parent)!r})\n"
+        "import jax\n"
+        "from _processes import ModulesLogger\n"
+        "from jaxadv.tracking import OtherProcess\n"
+        f"with open({str(tmp_path / 'runs')!r}, 'a') as f:\n"
+        "    f.write('run\\n')\n"
+        f"logger = OtherProcess(functools.partial(ModulesLogger, {str(tmp_path / 'child')!r}))\n"
+        "logger.close()\n")
+    subprocess.run([sys.executable, str(script)], check=True, timeout=120)
+    assert (tmp_path / "runs").read_text() == "run\n"
+    assert (tmp_path / "child").read_text() == "False"  # the child has not imported jax
 
 
 def test_a_logger_process_that_dies_is_an_error_not_a_hang(tmp_path):
