@@ -115,7 +115,7 @@ def td_errors(
     _time_major_shape(rewards=rewards, values=values, next_values=next_values, terminated=terminated)
     _check_unit_interval("gamma", gamma)
     dtype = _dtype(rewards, values, next_values)
-    discount = gamma * (1.0 - _float(terminated, dtype))
+    discount = _float(gamma, dtype) * (1.0 - _float(terminated, dtype))
     return _float(rewards, dtype) + discount * _float(next_values, dtype) - _float(values, dtype)
 
 
@@ -156,7 +156,7 @@ def discounted_returns(
     _check_unit_interval("gamma", gamma)
     dtype = _dtype(rewards, next_values)
     rewards, next_values = _float(rewards, dtype), _float(next_values, dtype)
-    discount = gamma * (1.0 - _float(terminated, dtype))
+    discount = _float(gamma, dtype) * (1.0 - _float(terminated, dtype))
     cut = _float(truncated, dtype)
 
     def step(ret_next, xs):
@@ -216,7 +216,7 @@ def gae(
     dtype = _dtype(rewards, values, next_values)
     deltas = td_errors(rewards, values, next_values, terminated, gamma=gamma)
     cont = (1.0 - _float(terminated, dtype)) * (1.0 - _float(truncated, dtype))
-    decay = gamma * lambda_ * cont
+    decay = _float(gamma * lambda_, dtype) * cont
 
     def step(adv_next, xs):
         delta, k = xs
@@ -305,7 +305,7 @@ def n_step_advantages(
     dtype = _dtype(rewards, values, next_values)
     n = min(n, shape[0])
     rewards, next_values = _float(rewards, dtype), _float(next_values, dtype)
-    term = _float(terminated, dtype)
+    term, gamma_ = _float(terminated, dtype), _float(gamma, dtype)
     # A trace stops where the episode ends or the window ends; it then bootstraps.
     stop = jnp.maximum(term, _float(truncated, dtype)).at[-1].set(1.0)
 
@@ -313,7 +313,7 @@ def n_step_advantages(
         # later[j] = (j+1)-step return from s_{t+1}; its 0-step return is V(s_{t+1}) = nv.
         r, nv, te, st = xs
         shorter = jnp.concatenate([nv[None], later[:-1]], axis=0)  # j-step returns, j < n
-        discount = gamma * (1.0 - te)
+        discount = gamma_ * (1.0 - te)
         returns = (r + discount * st * nv)[None] + (discount * (1.0 - st))[None] * shorter
         return returns, returns[-1]
 
@@ -354,8 +354,8 @@ def normalize(advantages: ArrayLike, mask: ArrayLike | None = None, eps: float =
     count = jnp.maximum(m.sum(), 1.0)
     mean = (m * advantages).sum() / count
     centred = m * (advantages - mean)
-    std = jnp.sqrt((centred**2).sum() / count)
-    return centred / (std + eps)
+    scale = jnp.sqrt((centred**2).sum() / count) + eps
+    return centred / jnp.where(scale > 0, scale, 1.0)  # a constant batch stays 0 even at eps = 0
 
 
 def _check_groups(rewards: ArrayLike, min_size: int, fn: str) -> Array:
@@ -544,8 +544,11 @@ def sequence_advantages(
     if estimator == "rloo":
         return leave_one_out(grouped).reshape(-1)
     if estimator == "remax":
-        return returns - jnp.asarray(greedy_returns, returns.dtype)
+        greedy = jnp.asarray(greedy_returns)
+        dtype = _dtype(returns, greedy)
+        return returns.astype(dtype) - greedy.astype(dtype)
     centred = returns - jnp.mean(returns)
     if estimator == "rfpp":
-        return centred / (jnp.std(returns) + eps)
+        scale = jnp.std(returns) + eps
+        return centred / jnp.where(scale > 0, scale, 1.0)
     return centred

@@ -368,6 +368,7 @@ def gspo_loss(log_probs, old_log_probs, advantages, mask=None, *, clip_low, clip
     log_ratio = log_probs - old_log_probs
     log_s = jnp.sum(weights * log_ratio, axis=0) / tokens  # [*B]
     s = jnp.exp(log_s)
+    real = jnp.sum(weights, axis=0) > 0  # [*B]: sequences with at least one token
     if token_level:
         s_t = _sg(s)[None] * jnp.exp(log_probs - _sg(log_probs))  # [T, *B], = s_b in value
         a_t = advantages[None]
@@ -375,10 +376,9 @@ def gspo_loss(log_probs, old_log_probs, advantages, mask=None, *, clip_low, clip
         loss = -masked_mean(surrogate, mask, reduction="sequence")
     else:
         surrogate = jnp.minimum(s * advantages, jnp.clip(s, low, high) * advantages)  # [*B]
-        real = (jnp.sum(weights, axis=0) > 0).astype(log_probs.dtype)
-        loss = -jnp.sum(real * surrogate) / jnp.maximum(jnp.sum(real), 1.0)
+        loss = -masked_mean(surrogate, real)
     ratio = jnp.exp(log_ratio)
-    metrics = {"clip_fraction": masked_mean((_sg(s) > high) | (_sg(s) < low)),
+    metrics = {"clip_fraction": masked_mean((_sg(s) > high) | (_sg(s) < low), real),
                "approx_kl": masked_mean((_sg(ratio) - 1.0) - _sg(log_ratio), mask)}
     return loss, metrics
 

@@ -202,6 +202,29 @@ def test_jit_and_vmap_over_batch_and_hyperparameters():
             np.testing.assert_allclose(swept[i], fn(g), rtol=1e-5, atol=1e-6)
 
 
+def test_low_precision_inputs_keep_their_dtype_with_a_traced_float32_gamma():
+    # Sweeping γ (a float32 HParams field) over bf16 rewards and values: each estimator
+    # computes in the inputs' dtype and agrees with the float32 reference to bf16 precision.
+    r, v, nv, term, trunc = _random_inputs(3, (9, 4))
+    r16, v16, nv16 = (jnp.asarray(a, jnp.bfloat16) for a in (r, v, nv))
+    gammas = jnp.array([0.5, 0.9], jnp.float32)
+    cases = [
+        (lambda g: adv.td_errors(r16, v16, nv16, term, gamma=g),
+         lambda g: _per_column(ref_td, r, v, nv, term, gamma=g)),
+        (lambda g: adv.discounted_returns(r16, nv16, term, trunc, gamma=g),
+         lambda g: _per_column(ref_returns, r, nv, term, trunc, gamma=g)),
+        (lambda g: adv.n_step_advantages(r16, v16, nv16, term, trunc, gamma=g, n=3),
+         lambda g: _per_column(ref_nstep_return, r, nv, term, trunc, gamma=g, n=3) - v),
+        (lambda g: adv.gae(r16, v16, nv16, term, trunc, gamma=g, lambda_=jnp.float32(0.8)),
+         lambda g: _per_column(ref_gae, r, v, nv, term, trunc, gamma=g, lam=0.8)),
+    ]
+    for fn, ref in cases:
+        swept = jax.vmap(fn)(gammas)
+        assert swept.dtype == jnp.bfloat16
+        for i, g in enumerate([0.5, 0.9]):
+            np.testing.assert_allclose(np.asarray(swept[i], np.float32), ref(g), rtol=0.05, atol=0.1)
+
+
 def test_estimators_are_differentiable():
     r, v, nv, term, trunc = _random_inputs(1, (9, 2))
     # d/dr_t of Σ_t G_t for a single uncut trajectory of length T: Σ_{s<=t} γ^{t-s}.
@@ -315,8 +338,9 @@ def test_normalize():
     # changing masked-out entries changes nothing
     np.testing.assert_array_equal(jaxadv.normalize(np.where(mask, x, 1e9), mask), out)
     for single in (jnp.array([5.0]), jnp.array([[3.0]]), jnp.full((4,), 2.0)):
-        res = jaxadv.normalize(single)
-        assert jnp.all(jnp.isfinite(res)) and jnp.all(res == 0)
+        for eps in (1e-8, 0.0):
+            res = jaxadv.normalize(single, eps=eps)
+            assert jnp.all(jnp.isfinite(res)) and jnp.all(res == 0)
 
 
 # -------------------------------------------------------------- bad input

@@ -112,6 +112,13 @@ def test_gspo_equals_a_numpy_loop(low, high, token_level):
     # GSPO-token, with one advantage per response, has GSPO's gradient
     np.testing.assert_allclose(grad, want_grad, rtol=1e-4, atol=1e-7)
     assert (np.abs(want_grad) > 0).any()
+    # the fraction of the real (non-empty) sequences whose s_b is clipped
+    real = mask.any(axis=0)
+    s = np.exp(np.nansum(np.where(mask, new - old, 0.0), axis=0)[real] / mask.sum(axis=0)[real])
+    _, metrics = gspo_loss(new, old, seq_adv, mask, clip_low=low, clip_high=high,
+                           token_level=token_level)
+    np.testing.assert_allclose(metrics["clip_fraction"], np.mean((s < 1 - low) | (s > 1 + high)),
+                               rtol=1e-6)
 
 
 def test_gspo_with_one_token_per_sequence_is_ppo():

@@ -47,6 +47,20 @@ def test_sequence_advantages_match_numpy(name):
     np.testing.assert_allclose(got, _numpy_sequence_advantages(name, r, 4, greedy), atol=1e-5)
 
 
+@pytest.mark.parametrize("name", adv.SEQUENCE_ESTIMATORS)
+def test_sequence_advantages_of_integer_rewards_and_constant_batches(name):
+    # 0/1 rewards given as ints, with float greedy returns: float advantages as in numpy
+    r = np.array([1, 0, 0, 1, 1, 1, 0, 1], np.int32)
+    greedy = np.linspace(0.1, 0.8, 8).astype(np.float32) if name == "remax" else None
+    got = adv.sequence_advantages(name, r, group_size=4, greedy_returns=greedy)
+    assert jnp.issubdtype(got.dtype, jnp.floating)
+    np.testing.assert_allclose(got, _numpy_sequence_advantages(name, r, 4, greedy), atol=1e-5)
+    # every response equally good, and no stabiliser: no signal, and never NaN
+    same = adv.sequence_advantages(name, jnp.ones(8), group_size=4, eps=0.0,
+                                   greedy_returns=jnp.ones(8) if name == "remax" else None)
+    np.testing.assert_array_equal(same, np.zeros(8))
+
+
 def test_sequence_advantages_reject_bad_input():
     with pytest.raises(ValueError, match="estimator"):
         adv.sequence_advantages("ppo", jnp.zeros(4))
