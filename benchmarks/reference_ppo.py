@@ -3,8 +3,8 @@
 Same structure as that single-file implementation, so its speed can be measured in the
 same run as jaxadv's: a flax ``TrainState``; separate 64×64 tanh actor and critic MLPs
 with orthogonal init (jaxadv's LAPACK-free initialiser of the same distribution: flax's
-QR-based one deadlocks jaxlib 0.10 when vmapped over seeds, DESIGN.md "Known hazard"),
-evaluated together; ``distrax.Categorical`` for sampling, log-probs
+QR-based one can deadlock jaxlib 0.10 when vmapped over seeds, docs/design.md, "Batched
+LAPACK under vmap"), evaluated together; ``distrax.Categorical`` for sampling, log-probs
 and entropy; one env key per env per step with the auto-reset drawn inside ``env.step``;
 GAE as a reverse ``lax.scan`` (``unroll=16``); per epoch a ``jax.random.permutation`` of
 the flat batch, then a scan over minibatches with the clipped PPO loss, clipped value

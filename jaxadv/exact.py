@@ -14,8 +14,8 @@ with ``logits [S, A]``:
 The inverse is applied by a doubling Neumann series — ``Σ_{k<2^m} (γ P_π)^k`` from
 ``m`` matrix squarings in a ``lax.fori_loop`` — plain ``jnp`` matmuls, so every
 function here can be ``vmap``-ed without touching LAPACK (batched LAPACK can deadlock
-jaxlib 0.10 on CPU; DESIGN.md, "Known hazard"). With ``γ < 1`` or termination, 40
-squarings leave an error below ``ρ(γP)^(2^40)``: nothing at float64.
+jaxlib 0.10 on CPU; docs/design.md, "Batched LAPACK under vmap"). With ``γ < 1`` or
+termination, 40 squarings leave an error below ``ρ(γP)^(2^40)``: nothing at float64.
 """
 
 from __future__ import annotations

@@ -12,9 +12,10 @@ stride 1, as MinAtar's own networks) on the observation reshaped to ``[*B, H, W,
 Weights use an orthogonal initialiser (√2 hidden, 0.01 policy, 1.0 critic, as is
 customary for PPO) written with plain ``jnp`` ops — classical Gram–Schmidt with
 re-orthogonalisation — instead of flax's QR-based one: batched LAPACK calls can
-deadlock jaxlib 0.10 on CPU when ``init`` is ``vmap``-ed over seeds (DESIGN.md,
-"Known hazard"). ``init`` draws all kernels at once (:func:`orthogonal_matrices`), which
-compiles in a fraction of the time of one initialiser per layer.
+deadlock jaxlib 0.10 on CPU when ``init`` is ``vmap``-ed over seeds (docs/design.md,
+"Batched LAPACK under vmap"). ``init`` draws all kernels at once
+(:func:`orthogonal_matrices`), which compiles in a fraction of the time of one initialiser
+per layer.
 """
 
 from __future__ import annotations

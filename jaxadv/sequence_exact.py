@@ -63,8 +63,8 @@ Because no constant can be exactly right for the biased ones, each row also has 
 scale-free *perpendicular* bias: the statistics of the estimates' component orthogonal
 to ``∇J`` against 0, which is 0 for every estimator with ``E ĝ ∥ ∇J``.
 
-Everything here is plain ``jnp`` (no LAPACK), so it may be vmapped (DESIGN.md,
-"Known hazard"); the statistics run in numpy (float64) on the host.
+Everything here is plain ``jnp`` (no LAPACK), so it may be vmapped (docs/design.md,
+"Batched LAPACK under vmap"); the statistics run in numpy (float64) on the host.
 """
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ position of a token is its index among the non-PAD tokens, ``cumsum(obs ≠ pad)
 not depend on where, or how many, PADs there are.
 
 Initialisation uses flax's defaults (LeCun normal; no QR, hence no LAPACK in a
-vmapped ``init``: DESIGN.md, "Known hazard"), with a policy head scaled by 0.01
-so that the initial policy is close to uniform.
+vmapped ``init``: docs/design.md, "Batched LAPACK under vmap"), with a policy head scaled
+by 0.01 so that the initial policy is close to uniform.
 """
 
 from __future__ import annotations

@@ -26,8 +26,8 @@ regression on separate trajectories); :func:`network_report` on any environment 
 trained actor-critic, against a reference from a batch ``100×`` larger than the largest
 ``N``, whose own standard error is reported.
 
-Everything vmapped here is LAPACK-free (DESIGN.md, "Known hazard"); the statistics
-run in numpy (float64) on the host.
+Everything vmapped here is LAPACK-free (docs/design.md, "Batched LAPACK under vmap"); the
+statistics run in numpy (float64) on the host.
 """
 
 from __future__ import annotations

@@ -381,6 +381,7 @@ def plot_variance(path: pathlib.Path | None, rows: list[dict[str, Any]], title: 
     gradient vs N, one line per estimator (first critic). Saved to ``path`` unless ``None``;
     returns the (pyplot-free) figure."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullLocator
 
     fig = Figure(figsize=(11.0, 8.0), layout="constrained")
     axes = fig.subplots(2, 2).ravel()
@@ -414,7 +415,12 @@ def plot_variance(path: pathlib.Path | None, rows: list[dict[str, Any]], title: 
         pts = sorted((r["batch_size"], r["cosine"]) for r in rows
                      if r["critic"] == critics[0] and r["estimator"] == label)
         ax.plot(*zip(*pts), marker="o", label=label)
+    # Ticks at the batch sizes measured, as plain numbers, slanted: left to itself, a log axis
+    # under two decades wide labels its minor ticks (2×10¹, 3×10¹, ...) on top of each other.
+    sizes = sorted({r["batch_size"] for r in rows})
     ax.set_xscale("log")
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticks(sizes, [str(n) for n in sizes], rotation=30, ha="right")
     ax.set_xlabel("batch size N (trajectories)")
     ax.set_title(f"mean cos(ĝ, g)  (critic {critics[0]})")
     ax.grid(alpha=0.3)

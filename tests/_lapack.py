@@ -1,8 +1,10 @@
-"""What the no-LAPACK tests look for (DESIGN.md, "Known hazard"), shared by test files."""
+"""What the no-LAPACK tests look for (docs/design.md, "Batched LAPACK under vmap"), shared
+by test files."""
 
 import jax.extend as jex
 
-# Primitives that lower to LAPACK custom calls on CPU (DESIGN.md, "Known hazard").
+# Primitives that lower to LAPACK custom calls on CPU (docs/design.md, "Batched LAPACK under
+# vmap").
 LAPACK_PRIMITIVES = {
     "qr", "householder_product", "geqrf", "geqp3", "orgqr", "lu", "lu_pivots_to_permutation",
     "triangular_solve", "cholesky", "eig", "eigh", "svd", "schur", "hessenberg", "tridiagonal",

@@ -1,4 +1,5 @@
-"""Estimators against plain-Python references, rlax, and the identities of DESIGN.md."""
+"""Estimators against plain-Python references, rlax, and the identities of docs/design.md,
+"Estimator identities"."""
 
 import itertools
 

@@ -394,7 +394,8 @@ _HANG_SCRIPT = textwrap.dedent(
 @pytest.mark.fast_compile
 @pytest.mark.timeout(240)
 def test_16_seed_vmapped_train_never_hangs():
-    """DESIGN.md, "Known hazard": batched LAPACK can deadlock jaxlib 0.10 on CPU at 0% CPU.
+    """docs/design.md, "Batched LAPACK under vmap": batched LAPACK can deadlock jaxlib 0.10
+    on CPU at 0% CPU.
 
     A 16-seed vmapped train (default (64, 64) orthogonal-initialised networks) runs five
     times in a subprocess; a hang fails the test after the timeout instead of stalling CI.
