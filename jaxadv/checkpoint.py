@@ -9,7 +9,7 @@
 - ``history``: the metrics so far, each ``[seeds, updates]``, and ``wall_seconds``
   ``[updates]`` (what ``metrics.csv`` holds, so a resumed run rewrites it exactly);
 - ``meta``: JSON with the update, the training seconds, each array's path in the state,
-  shape, dtype and SHA-256, and the run's configuration.
+  shape, dtype and SHA-256, and the run's configuration, and the SHA-256 of all of that.
 
 Orbax writes a checkpoint into a temporary directory and renames it when it is complete,
 so one cut short (a crash, a second Ctrl-C) is never listed; the digests catch one that
@@ -23,14 +23,20 @@ temporary name and renamed into place, with the same SHA-256 check on the way ba
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import hashlib
 import io
 import json
+import logging
 import os
 import pathlib
+import re
 import shutil
-from collections.abc import Callable
+import sys
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import jax
@@ -110,6 +116,7 @@ class CheckpointStore:
     def __init__(self, directory: pathlib.Path, keep: int = 2, *, read_only: bool = False):
         import orbax.checkpoint as ocp  # ~1 s to import: only when a run needs it
 
+        _ignore_closed_event_loops()
         self._ocp = ocp
         self.directory = pathlib.Path(directory).absolute()
         self.read_only = read_only
@@ -147,12 +154,32 @@ class CheckpointStore:
                                "sha256": _digest(v)} for name, v in history.items()},
             "config": config,
         }
-        self._manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(arrays),
-            history=ocp.args.StandardSave(history),
-            meta=ocp.args.JsonSave(meta),
-        ), force=True)
-        self._manager.wait_until_finished()
+        meta["sha256"] = _meta_digest(meta)
+        size = sum(a.nbytes for a in arrays.values()) + sum(v.nbytes for v in history.values())
+        self._check_space(step, size)
+        try:
+            with _orbax_quiet():  # its threads log each failure with a traceback; we raise it
+                self._manager.save(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(arrays),
+                    history=ocp.args.StandardSave(history),
+                    meta=ocp.args.JsonSave(meta),
+                ), force=True)
+                self._manager.wait_until_finished()
+        except Exception as exc:
+            code = re.search(r"os_error_code='(\d+)'", str(exc))
+            if code is None:
+                raise
+            number = int(code.group(1))  # tensorstore's OS error, as the OSError it is
+            raise OSError(number, os.strerror(number), str(self.directory / str(step))) from None
+
+    def _check_space(self, step: int, size: int) -> None:
+        """Raise ``OSError(ENOSPC)`` before writing where the filesystem lacks room for a
+        checkpoint of ``size`` array bytes (counted twice, orbax writes a temporary copy,
+        plus 256 KiB of files and metadata): a write that fails part-way through leaves
+        orbax's background threads to fail noisily."""
+        free = shutil.disk_usage(self.directory).free
+        if free < 2 * size + (1 << 18):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.directory / str(step)))
 
     def restore(self, abstract_state: Any, warn: Callable[[str], Any] = print) -> Checkpoint:
         """The latest checkpoint that reads back intact, as a state like ``abstract_state``.
@@ -197,6 +224,8 @@ class CheckpointStore:
         meta = meta["meta"]
         if meta.get("format") != _FORMAT or meta.get("step") != step:
             raise ValueError(f"meta: format {meta.get('format')!r}, step {meta.get('step')!r}")
+        if "sha256" in meta and meta["sha256"] != _meta_digest(meta):  # (older ones have none)
+            raise ValueError("meta: SHA-256 does not match (edited after it was written?)")
         expected = _spec(abstract_state)
         stored = [{k: leaf[k] for k in ("path", "shape", "dtype")} for leaf in meta["leaves"]]
         if stored != expected:
@@ -233,13 +262,56 @@ class CheckpointStore:
 
     def close(self) -> None:
         """Wait for any write in flight and release orbax's resources."""
-        self._manager.close()
+        with _orbax_quiet():
+            self._manager.close()
 
     def __enter__(self) -> CheckpointStore:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _meta_digest(meta: dict[str, Any]) -> str:
+    """SHA-256 of a checkpoint's ``meta`` JSON (sorted keys), its own ``sha256`` left out."""
+    body = json.dumps({k: v for k, v in meta.items() if k != "sha256"}, sort_keys=True)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+_CLOSED_LOOP = "Event loop is closed"
+
+
+def _ignore_closed_event_loops() -> None:
+    """After a failed write, orbax's writer threads call back into the asyncio loops it has
+    closed; each prints a ``RuntimeError: Event loop is closed`` traceback (through
+    ``sys.excepthook`` from its C++ threads, or ``threading.excepthook``) although the
+    failure itself reaches the caller as an exception. Drop those, and only those."""
+    if getattr(sys.excepthook, "_jaxadv", False):
+        return
+    previous_sys, previous_thread = sys.excepthook, threading.excepthook
+
+    def sys_hook(kind, value, tb):
+        if not (isinstance(value, RuntimeError) and str(value) == _CLOSED_LOOP):
+            previous_sys(kind, value, tb)
+
+    def thread_hook(args):
+        if not (isinstance(args.exc_value, RuntimeError) and str(args.exc_value) == _CLOSED_LOOP):
+            previous_thread(args)
+
+    sys_hook._jaxadv = True  # type: ignore[attr-defined]
+    sys.excepthook, threading.excepthook = sys_hook, thread_hook
+
+
+@contextlib.contextmanager
+def _orbax_quiet() -> Iterator[None]:
+    """Orbax's own error logs (``absl``) off: a failure reaches the caller as an exception."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _write_atomic(path: pathlib.Path, data: bytes) -> None:

@@ -35,13 +35,20 @@ before anything compiles.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import itertools
+import logging
+import os
+import re
+import shlex
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import tyro
-
-from jaxadv.devices import use_host_devices
 
 __all__ = ["main"]
 
@@ -68,44 +75,240 @@ def _commands() -> dict[str, tuple[type, Callable[[Any], Any]]]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``), run the subcommand, return the exit status.
 
-    0: done (or ``--help``); 2: a bad flag or value, reported as ``error: ...`` on
-    stderr before anything is compiled. Called as the ``jaxadv`` command (``argv`` ``None``)
-    in a process whose JAX backends have not started, it first gives JAX one CPU device
-    per core (:func:`~jaxadv.devices.use_host_devices`; not where ``XLA_FLAGS`` or
+    0: done (or ``--help``); 2: a bad flag or value, or an OS error (a directory that
+    cannot be written, a full disk, a platform that is not there), reported as one
+    ``error: ...`` line on stderr, before anything is compiled where it can be; 1:
+    non-finite values; 128 + the signal after SIGINT or SIGTERM (:func:`_run`). Called as
+    the ``jaxadv`` command (``argv`` ``None``) in a process whose JAX backends have not
+    started, it first gives JAX one CPU device per core
+    (:func:`~jaxadv.devices.use_host_devices`; not where ``XLA_FLAGS`` or
     ``JAX_NUM_CPU_DEVICES`` sets the count), over which ``train --seeds`` spreads its seeds.
     """
-    if argv is None:
-        use_host_devices()
-    from jaxadv.driver import RunStopped, default_compile_cache, enable_compile_cache
+    early = threading.current_thread() is threading.main_thread()
+    if early:  # while importing and parsing (seconds): a signal ends the command with one line
+        previous = {s: signal.signal(s, _interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        if argv is None:
+            from jaxadv.devices import use_host_devices
+
+            use_host_devices()
+        _check_platform()  # before the commands' modules start JAX's backends at import
+        args = _parse(argv)
+        return _run(args)
+    except (_ParseError, _PlatformError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # --help
+        return exc.code if isinstance(exc.code, int) else 1
+    finally:
+        if early:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+
+def _interrupted(signum: int, _frame: Any) -> None:
+    """SIGINT or SIGTERM while starting up (importing, parsing, checking): nothing is written
+    yet, so the process ends at once (an exception could land in a callback that ignores it)."""
+    name = signal.Signals(signum).name
+    os.write(2, f"\n{name}: stopped while starting up; nothing was written\n".encode())
+    os._exit(128 + signum)
+
+
+class _ParseError(Exception):
+    """A flag or value refused while parsing or checking (printed as ``error: ...``)."""
+
+
+def _parse(argv: Sequence[str] | None) -> Any:
+    """The checked arguments of the subcommand in ``argv``; raises :class:`_ParseError`."""
+    from jaxadv.sequence_cli import SequenceArgs, sequence_resume_args
     from jaxadv.sweep_cli import SweepArgs, sweep_resume_args
     from jaxadv.train_cli import TrainArgs, resume_args
 
+    _refuse_none_grid_values(argv)
     commands = _commands()
+    stderr = io.StringIO()
     try:
-        args = tyro.extras.subcommand_cli_from_dict(
-            {name: cls for name, (cls, _) in commands.items()},
-            prog="jaxadv",
-            description="Advantage-function policy-gradient training as pure JAX functions.",
-            args=argv,
-        )
-        if isinstance(args, TrainArgs) and args.resume is not None:  # the run's own settings
-            args = resume_args(args.resume, _flags_after(argv, "train"))  # under the flags given
-        elif isinstance(args, SweepArgs) and args.resume is not None:  # likewise, a sweep's
-            args = sweep_resume_args(args.resume, _flags_after(argv, "sweep"))
+        with contextlib.redirect_stderr(stderr):  # tyro's box, reworded as one error line
+            args = tyro.extras.subcommand_cli_from_dict(
+                {name: cls for name, (cls, _) in commands.items()},
+                prog="jaxadv",
+                description="Advantage-function policy-gradient training as pure JAX functions.",
+                args=argv,
+            )
+            resumes = ((TrainArgs, "train", resume_args), (SweepArgs, "sweep", sweep_resume_args),
+                       (SequenceArgs, "sequence", sequence_resume_args))
+            for cls, name, resume in resumes:  # the run's own settings under the flags given
+                if isinstance(args, cls) and args.resume is not None:
+                    args = resume(args.resume, _flags_after(argv, name))
         args.check()  # after parsing: tyro would draw its own box around a ValueError
-    except SystemExit as exc:  # --help, or tyro's own message about a malformed flag
-        return exc.code if isinstance(exc.code, int) else 1
+    except SystemExit as exc:
+        if exc.code in (0, None):
+            sys.stderr.write(stderr.getvalue())
+            raise
+        raise _ParseError(_tyro_message(stderr.getvalue())) from None
     except ValueError as exc:  # a config check: TrainConfig's own, or the command's check()
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    enable_compile_cache(default_compile_cache() if getattr(args, "compile_cache", True) else None)
-    command = next(fn for cls, fn in commands.values() if isinstance(args, cls))
-    try:
-        command(args)
-    except RunStopped as stop:  # interrupted, non-finite values, nothing usable to resume
-        print(stop, file=sys.stderr)
-        return stop.status
+        raise _ParseError(str(exc)) from None
+    except OSError as exc:  # a directory the checks could not read
+        from jaxadv.outdir import describe_os_error
+
+        raise _ParseError(describe_os_error(exc)) from None
+    return args
+
+
+def _tyro_message(box: str) -> str:
+    """tyro's error box as one line: its message, the subcommands where it lists them, and
+    where the help is; a list of choices sorted, without ``None``.
+
+    >>> _tyro_message(" Invalid choice \\n ---- \\n  invalid choice 'x' for argument "
+    ...               "'--objective'. Expected one of ('grpo',  \\n  'None', 'dapo').\\n"
+    ...               "  ----\\n  For full helptext, run jaxadv sequence --help \\n")
+    "invalid choice 'x' for argument '--objective'; expected one of: dapo, grpo (see jaxadv sequence --help)"
+    """
+    lines = []
+    for line in box.splitlines():
+        if line.lstrip().startswith("╭"):  # the box's top edge carries the title
+            lines += [line.strip(" ╭╮─"), "-"]
+        else:
+            lines.append(line.strip(" │╰╯\t"))
+    sections: list[list[str]] = [[]]
+    for line in lines:
+        if line and set(line) <= set("-─"):
+            sections.append([])
+        elif line:
+            sections[-1].append(line)
+    usage = [section[1] for section in sections
+             if len(section) > 1 and section[0].startswith("Argument helptext")]
+    body = [" ".join(section) for section in sections[1:] if section]
+    if not body:
+        return box.strip() or "bad arguments (see jaxadv --help)"
+    message = body[0]
+    choices = re.search(r"\. Expected one of \((.*)\)\.?$", message)
+    if choices:
+        names = sorted({c for c in re.findall(r"'([^']*)'", choices.group(1)) if c != "None"})
+        message = f"{message[:choices.start()]}; expected one of: {', '.join(names)}"
+    if usage:
+        message += f"; usage: {usage[0]}"
+    extra = [b for b in body[1:] if b.startswith("Available subcommands")]
+    helps = [b for b in body if b.startswith("For full helptext")]
+    if extra:
+        message += f"; {extra[0][0].lower()}{extra[0][1:]}"
+    if helps:
+        message += f" (see {helps[0].split(maxsplit=3)[-1].removeprefix('run ').removeprefix('see ')})"
+    return message
+
+
+def _refuse_none_grid_values(argv: Sequence[str] | None) -> None:
+    """``--grid.FIELD None``: tyro would read it as the field left out."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for flag, value in itertools.pairwise(argv):
+        if flag.startswith("--grid.") and value in ("None", "none"):
+            raise _ParseError(f"`{flag[2:].replace('-', '_')}`: {value!r} is not a value to "
+                              "sweep; give the values themselves, or leave the flag out")
+
+
+def _resume_hint(args: Any) -> str | None:
+    """The command that continues ``args``'s run where one can be continued, else ``None``."""
+    out = getattr(args, "out", None)
+    name = {"TrainArgs": "train", "SweepArgs": "sweep", "SequenceArgs": "sequence"}.get(
+        type(args).__name__)
+    if name is None or out is None:
+        return None
+    from jaxadv.outdir import find_run
+
+    found = find_run(out)
+    if found is None or found.finished:
+        return None
+    return f"jaxadv {name} --resume {shlex.quote(str(out))}"
+
+
+def _run(args: Any) -> int:
+    """Run the checked ``args``: an error is one ``error: ...`` line; a signal while setting up
+    or compiling ends the process at once (nothing to save), one during training stops after
+    the call in flight, one after the last update lets the outputs be written."""
+    from rich.console import Console
+
+    from jaxadv.driver import Interrupts, RunStopped
+
+    at_once = lambda: ("{signal}: stopped before training began (setting up or compiling); "
+                       "nothing was saved, and nothing stops a fresh start")
+    guard = Interrupts(Console(stderr=True), stopping="the outputs are written", at_once=at_once)
+    with guard:
+        try:
+            _enable_compile_cache(args)
+            command = next(fn for cls, fn in _commands().values() if isinstance(args, cls))
+            command(args)
+        except RunStopped as stop:  # interrupted, non-finite values, nothing usable to resume
+            _quiet_teardown()
+            print(stop, file=sys.stderr)
+            return stop.status
+        except (OSError, MemoryError, _PlatformError) as exc:
+            _quiet_teardown()
+            print(f"error: {_describe(exc, args)}", file=sys.stderr)
+            return 2
+    if guard.signum is not None:
+        name = signal.Signals(guard.signum).name
+        print(f"{name}: arrived after the last update; every output was written", file=sys.stderr)
+        return 128 + guard.signum
     return 0
+
+
+class _PlatformError(RuntimeError):
+    """JAX cannot start the platform asked for (``JAX_PLATFORMS``)."""
+
+
+def _check_platform() -> None:
+    """Start JAX's backends now, turning a missing platform into :class:`_PlatformError`."""
+    import jax
+
+    try:
+        jax.devices()
+    except Exception as exc:  # jaxlib raises RuntimeError, or a bare AssertionError
+        asked = os.environ.get("JAX_PLATFORMS") or jax.config.jax_platforms
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise _PlatformError(f"JAX cannot start the platform {asked!r} (JAX_PLATFORMS) on "
+                             f"this machine: {why}") from None
+
+
+def _enable_compile_cache(args: Any) -> None:
+    """Turn on JAX's persistent cache in ``$JAXADV_CACHE_DIR`` (unless ``--no-compile-cache``)."""
+    from jaxadv.driver import default_compile_cache, enable_compile_cache
+
+    if not getattr(args, "compile_cache", True):
+        enable_compile_cache(None)
+        return
+    directory = default_compile_cache()
+    try:
+        enable_compile_cache(directory)
+    except OSError as exc:
+        raise _PlatformError(f"the compile cache {directory} ($JAXADV_CACHE_DIR, else "
+                             f"~/.cache/jaxadv/xla) cannot be used: "
+                             f"{(exc.strerror or str(exc)).lower()}; set JAXADV_CACHE_DIR to a "
+                             "writable directory, or pass --no-compile-cache") from None
+
+
+def _describe(exc: BaseException, args: Any) -> str:
+    """One line for an OS, memory or platform error, with the resume command where a run
+    can be continued."""
+    from jaxadv.outdir import describe_os_error
+
+    if isinstance(exc, OSError):
+        text = describe_os_error(exc)
+    elif isinstance(exc, MemoryError):
+        text = str(exc) or "out of memory"
+    else:
+        text = str(exc)
+    hint = _resume_hint(args)
+    if hint is None:
+        return text
+    return f"{text}; {'free space and ' if 'no space' in text else ''}resume with: {hint}"
+
+
+def _quiet_teardown() -> None:
+    """After an error line: no tracebacks from background threads (orbax's asyncio loops)
+    or from objects finalised at exit."""
+    threading.excepthook = lambda _args: None
+    sys.unraisablehook = lambda _args: None
+    logging.disable(logging.CRITICAL)
 
 
 def _flags_after(argv: Sequence[str] | None, command: str) -> list[str]:

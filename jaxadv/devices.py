@@ -23,7 +23,7 @@ import numpy as np
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-__all__ = ["map_over_devices", "seed_groups", "use_host_devices"]
+__all__ = ["available_memory", "check_memory", "map_over_devices", "seed_groups", "use_host_devices"]
 
 
 def use_host_devices(count: int | None = None) -> int | None:
@@ -51,6 +51,51 @@ def seed_groups(seeds: int, devices: int) -> int:
     groups over devices: ``seed_groups(groups, devices)`` devices hold as many each."""
     return max(g for g in range(1, min(seeds, max(devices, 1)) + 1) if seeds % g == 0)
 
+
+
+def available_memory(device: jax.Device) -> int | None:
+    """Bytes a program on ``device`` may use: an accelerator's own limit, or the host's
+    ``MemAvailable`` for a CPU device; ``None`` where neither is known."""
+    if device.platform != "cpu":
+        stats = device.memory_stats() or {}
+        limit = stats.get("bytes_limit")
+        return None if limit is None else int(limit) - int(stats.get("bytes_in_use", 0))
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_memory(programs: list[Any], devices: int, what: str) -> None:
+    """Refuse (``MemoryError``) to run compiled ``programs`` whose XLA memory estimate
+    (arguments, outputs and temporaries of the largest, per device) exceeds what the
+    ``devices`` local devices have (CPU devices share the host's memory: the estimate
+    counts once per device). ``what`` names the setting to lower. Does nothing where
+    XLA gives no estimate or the limit is unknown."""
+    sizes = []
+    for program in programs:
+        try:
+            m = program.memory_analysis()
+        except Exception:
+            return
+        if m is None:
+            return
+        sizes.append(m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
+                     - m.alias_size_in_bytes)
+    device = jax.local_devices()[0]
+    limit = available_memory(device)
+    if not sizes or limit is None:
+        return
+    need = max(sizes) * (devices if device.platform == "cpu" else 1)
+    if need > limit:
+        where = "this host has" if device.platform == "cpu" else f"{device.device_kind} has"
+        raise MemoryError(f"the compiled program needs about {need / 2**30:,.1f} GiB (XLA's "
+                          f"estimate) but {where} {limit / 2**30:,.1f} GiB available; "
+                          f"lower {what}")
 
 
 def map_over_devices(fn: Callable, xs: Any, devices: int | None = None) -> Any:

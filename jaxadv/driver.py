@@ -37,7 +37,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import numpy as np
@@ -48,7 +48,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from jaxadv.checkpoint import CheckpointError, CheckpointStore
-from jaxadv.devices import seed_groups
+from jaxadv.devices import check_memory, seed_groups
 from jaxadv.report import MetricsWriter, summarize
 from jaxadv.stats import forward_fill, seed_mean_std
 from jaxadv.train import NONFINITE, HParams, TrainConfig, Trainer, TrainState, make_trainer
@@ -261,6 +261,8 @@ def compile_chunked(
     done = (jax.ShapeDtypeStruct((), np.int32),) if evaluates else ()
     compiled_run = {k: run.lower(state, hp, *done, k).compile() for k in sorted(set(sizes))}
     seconds = time.perf_counter() - t0
+    check_memory([compiled_init, *compiled_run.values()], used,
+                 "--num-envs, --num-steps or --seeds (or spread the seeds over more devices)")
     if debug_nans:
         compiled_run = {k: _raising_nans(c) for k, c in compiled_run.items()}
     cache = "off" if entries is None else "hit" if _cache_entries() == entries else "miss"
@@ -312,23 +314,34 @@ class RunStopped(Exception):
 
 
 class Interrupts:
-    """SIGINT and SIGTERM while training or sweeping: the first asks the driver to stop after
-    the call in flight (``signum`` is set); a second ends the process at once with status
+    """SIGINT and SIGTERM while a command runs: the first asks the driver to stop after the
+    call in flight (``signum`` is set); a second ends the process at once with status
     128 + the signal. Checkpoints and sweep chunks are only ever renamed into place, so the
     last one stays good. ``stopping`` and ``intact`` word the two messages.
 
+    ``at_once``: asked on the first signal; where it returns a message (``{signal}`` is
+    replaced by the signal's name), the process prints it and ends at once with status
+    128 + the signal, as where nothing in flight is worth waiting for (a compile). Where an
+    outer guard is installed (the command line's, for a whole command), entering an inner one
+    marks the outer ``deferring``: the run has started, so from then on its signal waits
+    for the outputs to be written.
+
     A watcher thread reads the signal numbers that Python's C-level handler writes to a
-    wakeup socket, so the second signal acts even while the main thread waits on XLA.
+    wakeup socket, so a signal acts even while the main thread waits on XLA.
     Outside the main thread (where signals cannot be caught) it does nothing.
     """
 
+    _installed_guards: ClassVar[list[Interrupts]] = []
+
     def __init__(self, console: Console, *,
                  stopping: str = "the call in flight to save a checkpoint",
-                 intact: str = "the last finished checkpoint is intact"):
+                 intact: str = "the last finished checkpoint is intact",
+                 at_once: Callable[[], str | None] | None = None):
         self.console = console
         self.signum: int | None = None
+        self.deferring = False
         self._installed = False
-        self._stopping, self._intact = stopping, intact
+        self._stopping, self._intact, self._at_once = stopping, intact, at_once
 
     def stopped(self, progress: str, saved: str, resume: str) -> RunStopped:
         """The :class:`RunStopped` for the signal received: ``"<SIGNAL>: stopped after
@@ -340,6 +353,8 @@ class Interrupts:
     def __enter__(self) -> Interrupts:
         if threading.current_thread() is not threading.main_thread():
             return self
+        for outer in Interrupts._installed_guards:
+            outer.deferring = True
         self._reader, self._writer = socket.socketpair()
         self._writer.setblocking(False)
         self._old_fd = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
@@ -347,6 +362,7 @@ class Interrupts:
         self._thread = threading.Thread(target=self._watch, name="jaxadv-signals", daemon=True)
         self._thread.start()
         self._installed = True
+        Interrupts._installed_guards.append(self)
         return self
 
     def _watch(self) -> None:
@@ -360,10 +376,15 @@ class Interrupts:
             for signum in data:
                 if signum not in (signal.SIGINT, signal.SIGTERM):
                     continue
+                name = signal.Signals(signum).name
                 if self.signum is None:
+                    message = None if self.deferring or self._at_once is None else self._at_once()
+                    if message is not None:
+                        os.write(2, f"\n{message.format(signal=name)}\n".encode())
+                        os._exit(128 + signum)
                     self.signum = signum
-                    self.console.print(f"{signal.Signals(signum).name}: stopping after "
-                                       f"{self._stopping}; again to quit at once")
+                    self.console.print(f"{name}: stopping after {self._stopping}; again to "
+                                       "quit at once")
                 else:
                     os.write(2, f"\nquitting at once; {self._intact}\n".encode())
                     os._exit(128 + signum)
@@ -371,6 +392,7 @@ class Interrupts:
     def __exit__(self, *exc: object) -> None:
         if not self._installed:
             return
+        Interrupts._installed_guards.remove(self)
         for s, handler in self._old.items():
             signal.signal(s, handler)
         signal.set_wakeup_fd(self._old_fd)
@@ -464,14 +486,14 @@ def _nonfinite_message(flags: np.ndarray, first_update: int) -> str:
             f"seed(s) {', '.join(map(str, seeds))}")
 
 
-def _nonfinite_stop(what: str, saver: _Saver, out: pathlib.Path, found: bool = False) -> str:
-    """The message of a run stopped by non-finite values (``found``: by --debug-nans)."""
+def _nonfinite_stop(what: str, saver: _Saver, resume: str, found: bool = False) -> str:
+    """The message of a run stopped by non-finite values (``found``: by --debug-nans;
+    ``resume``: the command that continues the run)."""
     if saver.last:
         kept = (f"The last finite state, after update {saver.last}, is checkpoint "
                 f"{saver.store.directory / str(saver.last)}")
         if not found:
-            kept += (f"; rerun from it with `jaxadv train --resume {shlex.quote(str(out))} "
-                     "--debug-nans` to find the operation")
+            kept += f"; rerun from it with `{resume} --debug-nans` to find the operation"
     else:
         kept = "No checkpoint was written before it"
         if not found:
@@ -506,19 +528,23 @@ class RunOptions:
     """more sinks of each call's metrics beside ``metrics.csv``, each with
     ``append(metrics, first_update, wall_seconds)`` (:mod:`jaxadv.tracking`); a resumed run
     gives them only the updates it computes."""
+    resume_command: str | None = None
+    """the command that continues this run, in messages; default ``jaxadv train --resume OUT``."""
 
 
 @dataclasses.dataclass(frozen=True)
 class RunResult:
     """What :func:`drive` returns: the final ``state`` (leaves ``[seeds, ...]``), the metrics
     ``history`` (each ``[seeds, num_updates]``, plus ``wall_seconds [num_updates]``), the
-    ``summary`` (:func:`~jaxadv.report.summarize` plus the driver's timings) and the
-    :class:`~jaxadv.train.Trainer` that ran."""
+    ``summary`` (:func:`~jaxadv.report.summarize` plus the driver's timings), the
+    :class:`~jaxadv.train.Trainer` that ran and ``resumed_from``, the updates a resumed run
+    had done before (0 for a fresh one)."""
 
     state: TrainState
     history: dict[str, np.ndarray]
     summary: dict[str, Any]
     trainer: Trainer
+    resumed_from: int = 0
 
 
 def _restore(store: CheckpointStore, trainer: Trainer, keys: jax.Array, hp: HParams,
@@ -565,7 +591,8 @@ def drive(config: TrainConfig, hp: HParams, options: RunOptions) -> RunResult:
                 sinks = _Sinks((writer, *options.loggers))
                 state, history, timing = _loop(chunked, keys, hp, config, sinks, err, state=state,
                                                history=history, saver=saver, train_seconds=seconds,
-                                               out=out)
+                                               resume=options.resume_command or
+                                               f"jaxadv train --resume {shlex.quote(str(out))}")
         finally:
             saver.close()
     returns = np.asarray(history["episode_return"], np.float64)
@@ -575,13 +602,13 @@ def drive(config: TrainConfig, hp: HParams, options: RunOptions) -> RunResult:
     summary.update(num_calls=len(chunk_sizes(config.num_updates, k)),
                    host_seconds=timing["host_seconds"], compile_cache=chunked.cache,
                    devices=chunked.devices, seed_groups=chunked.groups)
-    return RunResult(state, history, summary, chunked.trainer)
+    return RunResult(state, history, summary, chunked.trainer, resumed_from=start)
 
 
 def _loop(
     chunked: ChunkedRun, keys: jax.Array, hp: HParams, config: TrainConfig,
     writer: MetricsWriter | _Sinks, console: Console, *, state: TrainState | None,
-    history: dict[str, np.ndarray], saver: _Saver, train_seconds: float, out: pathlib.Path,
+    history: dict[str, np.ndarray], saver: _Saver, train_seconds: float, resume: str,
 ) -> tuple[TrainState, dict[str, np.ndarray], dict[str, float]]:
     """Run every chunk, appending metrics, updating the progress bar and saving checkpoints.
 
@@ -589,7 +616,8 @@ def _loop(
     ``init``), ``train_seconds`` already spent. Returns the final state, the whole
     ``history`` and the timings: ``train_seconds`` (compile excluded) and ``host_seconds``
     (of those, the time the main thread spent on host work between calls, which overlaps
-    the next call). Raises :class:`RunStopped` after a signal or on non-finite values,
+    the next call). ``resume``: the command that continues the run, in messages. Raises
+    :class:`RunStopped` after a signal or on non-finite values,
     having saved the last finite state.
     """
     seeds, batch_size = keys.shape[0], config.batch_size
@@ -619,7 +647,7 @@ def _loop(
             except FloatingPointError as exc:  # --debug-nans: checkify found a NaN
                 saver.save(done, state, history, seconds())
                 saver.wait()
-                raise RunStopped(_nonfinite_stop(str(exc), saver, out, found=True), 1) from None
+                raise RunStopped(_nonfinite_stop(str(exc), saver, resume, found=True), 1) from None
             t_host = time.perf_counter()
             k, now = np.shape(metrics["episode_return"])[1], seconds()
             writer.append(metrics, done + 1, now)
@@ -628,7 +656,7 @@ def _loop(
                 saver.wait()
                 raise RunStopped(_nonfinite_stop(
                     _nonfinite_message(np.asarray(metrics["nonfinite"]), done + 1),
-                    saver, out), 1)
+                    saver, resume), 1)
             state, history, done = new_state, _extend(history, metrics, now), done + k
             chunk_returns = np.asarray(metrics["episode_return"], np.float64)  # [seeds, k]
             latest = forward_fill(np.concatenate([latest, chunk_returns], axis=1))[:, -1:]
@@ -648,6 +676,6 @@ def _loop(
                 raise interrupts.stopped(
                     f"update {done} of {config.num_updates}",
                     f"checkpoint {saver.store.directory / str(done)} and metrics.csv",
-                    f"jaxadv train --resume {shlex.quote(str(out))}")
+                    resume)
         saver.wait()  # the last checkpoint is on disk before the run counts as done
     return state, history, {"train_seconds": seconds(), "host_seconds": host}

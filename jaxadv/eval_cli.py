@@ -20,6 +20,7 @@ import functools
 import math
 import os
 import pathlib
+import sys
 from typing import Annotated, Any, Literal
 
 import jax
@@ -33,12 +34,13 @@ from jaxadv.checkpoint import SweepChunks
 from jaxadv.driver import RunStopped
 from jaxadv.envs import normalize_obs
 from jaxadv.evaluate import RunCheckpoint, episode_states, evaluate, load_run
+from jaxadv.outdir import OutputLock, check_fresh, find_run, remove_run, replace_atomically
 from jaxadv.report import platform_info, write_json
 from jaxadv.stats import t_quantile_975
 from jaxadv.sweep import sweep_point
 from jaxadv.sweep_cli import sweep_resume_args
 from jaxadv.train import Setup, init, make_setup
-from jaxadv.validate import check_positive, positive_int
+from jaxadv.validate import check_positive, check_seed, positive_int
 
 __all__ = ["EvalArgs", "check_render", "episode_stats", "eval_command", "load_sweep_point",
            "render_episodes"]
@@ -48,7 +50,7 @@ __all__ = ["EvalArgs", "check_render", "episode_stats", "eval_command", "load_sw
 class EvalArgs:
     """Evaluate the latest good checkpoint of a `jaxadv train` or `jaxadv sequence` run (or
     the final policy of a sweep's --point) on fresh episodes; write eval.json under --out
-    (DIR is never changed)."""
+    (default DIR/eval; nothing else in DIR is changed)."""
 
     run_dir: Annotated[pathlib.Path, tyro.conf.Positional]
     """the run's (or the sweep's) --out directory."""
@@ -70,11 +72,20 @@ class EvalArgs:
     """episodes drawn by --render, one after another."""
     frame_every: int | None = None
     """--render: draw every k-th step; default: as few as keep an episode within 200 frames."""
+    overwrite: bool = False
+    """replace an earlier evaluation (or another run) in --out instead of refusing."""
     quiet: bool = False
-    """no table."""
+    """no table and no progress (warnings are still printed)."""
+
+    def output_dir(self) -> pathlib.Path:
+        """Where ``eval.json`` goes: ``--out``, else ``DIR/eval`` (a point's: ``DIR/eval/point<P>``)."""
+        if self.out is not None:
+            return self.out
+        return self.run_dir / "eval" / ("" if self.point is None else f"point{self.point}")
 
     def check(self) -> EvalArgs:
         """Refuse a bad value with a ``ValueError`` naming the field; compiles nothing."""
+        check_seed(self.seed)
         positive_int("episodes", self.episodes)
         positive_int("render_episodes", self.render_episodes)
         check_positive(self, "max_steps", "frame_every")
@@ -82,6 +93,7 @@ class EvalArgs:
             positive_int("point", self.point, minimum=0)
         if not self.run_dir.is_dir():
             raise ValueError(f"`run_dir` {str(self.run_dir)!r} is not a directory")
+        check_fresh(self.output_dir(), "eval", overwrite=self.overwrite)
         return self
 
 
@@ -129,8 +141,8 @@ def eval_command(args: EvalArgs) -> dict[str, Any]:
 
 def _evaluate_run(args: EvalArgs) -> dict[str, Any]:
     console = Console(stderr=True, quiet=args.quiet)
-    if args.point is None:
-        run = load_run(args.run_dir, warn=console.print)
+    if args.point is None:  # a damaged checkpoint's warning, even with --quiet
+        run = load_run(args.run_dir, warn=lambda message: print(message, file=sys.stderr))
     else:
         run = load_sweep_point(args.run_dir, args.point)
     if args.render is not None:
@@ -139,6 +151,14 @@ def _evaluate_run(args: EvalArgs) -> dict[str, Any]:
             raise ValueError("`render`: a recurrent policy's action in a cell depends on the "
                              "path that led there, so it has no one picture; evaluate it without "
                              "--render")
+    with OutputLock(args.output_dir()):  # before playing: an unwritable --out fails now
+        args.check()
+        if args.overwrite:
+            remove_run(args.output_dir())
+        return _evaluate(args, run, console)
+
+
+def _evaluate(args: EvalArgs, run: RunCheckpoint, console: Console) -> dict[str, Any]:
     setup = make_setup(run.config)
     max_steps = args.max_steps or int(setup.env_params.max_steps_in_episode)
     with console.status(f"{args.episodes} episodes × {run.seeds} seed(s) of {run.config.env} …"):
@@ -158,8 +178,7 @@ def _evaluate_run(args: EvalArgs) -> dict[str, Any]:
     }
     if args.render is not None:
         record["render"] = render_episodes(setup, run, args, max_steps, console)
-    out = args.out or args.run_dir / "eval" / ("" if args.point is None else f"point{args.point}")
-    out.mkdir(parents=True, exist_ok=True)
+    out = args.output_dir()
     write_json(out / "eval.json", record)
     if not args.quiet:
         Console().print(_table(record))
@@ -176,8 +195,12 @@ def load_sweep_point(run_dir: pathlib.Path, point: int) -> RunCheckpoint:
     try:
         stored = sweep_resume_args(run_dir)
     except ValueError as exc:
+        found = find_run(run_dir)
+        why = (f"it holds a {found.kind} run: evaluate that without --point"
+               if found is not None and found.kind != "sweep"
+               else str(exc).removeprefix("`resume`: ").split(";")[0])
         raise ValueError(f"`point`: {str(run_dir)!r} is not a jaxadv sweep's directory "
-                         f"({str(exc).removeprefix('`resume`: ')})") from None
+                         f"({why})") from None
     where = sweep_point(stored.config, stored.grid_spec(), stored.seeds, point,
                         hparams=stored.hparams, key=jax.random.key(stored.seed),
                         num_samples=stored.samples)
@@ -354,7 +377,8 @@ def _gridworld_picture(setup: Setup, run: RunCheckpoint, path: pathlib.Path,
     ax.set_title(f"{run.config.algo} · Gridworld-v0 · seed 0 · update {run.update}\n"
                  f"arrows: π(a | cell); J(π) = {objective:.3f} from the start")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80, bbox_inches="tight")
+    with replace_atomically(path) as tmp:
+        fig.savefig(tmp, dpi=80, bbox_inches="tight")
     plt.close(fig)
     console.print(f"wrote the policy of seed 0 to {path}")
     return {"path": str(path), "frames": 1, "lengths": [], "objective": objective,
@@ -372,5 +396,6 @@ def _sequence_text(setup: Setup, params: Any, key: jax.Array, args: EvalArgs, gr
     lines = [f"{decode_tokens(setup.env, row)}\treward {float(r):.3f}"
              for row, r in zip(episodes.final_observation, episodes.returns)]
     args.render.parent.mkdir(parents=True, exist_ok=True)
-    args.render.write_text("\n".join(lines) + "\n")
+    with replace_atomically(args.render) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
     return len(lines)

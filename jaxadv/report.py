@@ -22,6 +22,7 @@ import jax
 import numpy as np
 from rich.table import Table
 
+from jaxadv.outdir import replace_atomically
 from jaxadv.stats import final_returns, forward_fill, mean_ci95, seed_mean_std, windowed_returns
 
 if TYPE_CHECKING:
@@ -79,7 +80,9 @@ def jsonable(value: Any) -> Any:
 
 def write_json(path: pathlib.Path, data: Any) -> None:
     """Write ``data`` as indented, strict JSON (non-finite floats become ``null``)."""
-    path.write_text(json.dumps(jsonable(data), indent=2, allow_nan=False) + "\n")
+    text = json.dumps(jsonable(data), indent=2, allow_nan=False) + "\n"
+    with replace_atomically(path) as tmp:  # the old file or the whole new one, never part
+        tmp.write_text(text)
 
 
 class MetricsWriter:
@@ -194,7 +197,8 @@ def plot_returns(
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize="small")
-    fig.savefig(path, dpi=120)
+    with replace_atomically(path) as tmp:
+        fig.savefig(tmp, dpi=120)
 
 
 def _figure(panels: int) -> tuple[Figure, list[Axes]]:
@@ -296,7 +300,7 @@ def write_sweep_csv(path: pathlib.Path, result: SweepResult, hparams: Any) -> No
     """
     hp_fields = _hparam_fields()
     static = [f for f in _swept(result) if f not in hp_fields]
-    with path.open("w", newline="") as f:
+    with replace_atomically(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["point", "seed", *static, *hp_fields, "env_steps", "final_return", "auc"])
         for p, point in enumerate(result.points):
@@ -495,4 +499,5 @@ def plot_sweep(path: pathlib.Path, result: SweepResult, title: str) -> None:
     for ax, field in zip(axes[cells is not None:], fields):
         _plot_field(ax, result, field, [f for f in fields if f != field], mean, half)
     fig.suptitle(title)
-    fig.savefig(path, dpi=120)
+    with replace_atomically(path) as tmp:
+        fig.savefig(tmp, dpi=120)

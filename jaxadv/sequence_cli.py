@@ -14,12 +14,15 @@ initial (after the optional supervised warm start) and the final policy.
 from __future__ import annotations
 
 import dataclasses
+import json
 import pathlib
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tyro
 from rich.console import Console
 
 from jaxadv.driver import RunResult
@@ -27,13 +30,22 @@ from jaxadv.envs.sequence import SequenceTask
 from jaxadv.envs.token import decode_tokens
 from jaxadv.estimators import SEQUENCE_ESTIMATORS
 from jaxadv.losses import REDUCTIONS
+from jaxadv.outdir import OutputLock, check_fresh, replace_atomically
+from jaxadv.report import jsonable, write_json
 from jaxadv.rollout import rollout
 from jaxadv.tracking import WandbSettings, check_loggers
 from jaxadv.train import KL_MODES, HParams, TrainConfig, make_trainer
-from jaxadv.train_cli import TrainArgs, drive_logged, write_run_outputs
-from jaxadv.validate import positive_int
+from jaxadv.train_cli import (
+    TrainArgs,
+    _stored_args,
+    drive_logged,
+    prepare_out,
+    write_run_outputs,
+)
+from jaxadv.validate import check_seed, field_changes, positive_int, refuse_changes
 
-__all__ = ["OBJECTIVES", "SequenceArgs", "generate", "plot_sequence", "sequence_command"]
+__all__ = ["OBJECTIVES", "RESUME_MAY_CHANGE", "SequenceArgs", "generate", "plot_sequence",
+           "sequence_command", "sequence_resume_args", "stored_sequence_args"]
 
 OBJECTIVES: dict[str, dict[str, Any]] = {
     "grpo": {"algo": "ppo", "estimator": "grpo"},
@@ -137,9 +149,15 @@ class SequenceArgs:
     samples_shown: int = 4
     """sample generations printed before and after training."""
     out: pathlib.Path = pathlib.Path("runs/sequence")
-    """output directory."""
+    """output directory (created); one that holds a run is refused unless --overwrite."""
+    overwrite: bool = False
+    """start afresh in an --out that holds a run (finished or not, of any kind): its files are deleted first."""
+    resume: pathlib.Path | None = None
+    """continue the sequence run in this directory (an earlier --out) from its latest good checkpoint, with the settings in its sequence.json; only --quiet, --samples-shown, --chunk-updates, --checkpoint-every, --log and --wandb.* may change."""
     chunk_updates: int | None = None
-    """updates per compiled call; default: about 32 calls."""
+    """updates per compiled call; default: 16 to 64 calls per run (as jaxadv train)."""
+    checkpoint_every: int | None = None
+    """updates between checkpoints, rounded up to whole calls; one is also written at the end and on Ctrl-C/SIGTERM; default: one per minute of training."""
     quiet: bool = False
     """no progress bar, table or samples."""
     log: tuple[Literal["tensorboard", "wandb"], ...] = ()
@@ -160,7 +178,17 @@ class SequenceArgs:
         return OBJECTIVES.get(self.objective, {}).get(name, _DEFAULTS[name])
 
     def check(self) -> SequenceArgs:
-        """Refuse a bad value with a ``ValueError`` naming the field; compiles nothing."""
+        """Refuse a bad value with a ``ValueError`` naming the field; compiles nothing. With
+        ``resume``: only the settings in :data:`RESUME_MAY_CHANGE` may differ from the run's
+        ``sequence.json``."""
+        if self.resume is not None:
+            refuse_changes(field_changes(stored_sequence_args(self.resume), self, names=[
+                f.name for f in dataclasses.fields(self) if f.name not in RESUME_MAY_CHANGE]),
+                "run", self.resume / "sequence.json")
+            OutputLock(self.resume).check()
+        else:
+            check_fresh(self.out, "sequence", overwrite=self.overwrite)
+        check_seed(self.seed)
         check_loggers(self.log)
         for name in ("group_size", "prompts_per_update", "total_samples", "samples_shown"):
             positive_int(name, getattr(self, name), minimum=0 if name == "samples_shown" else 1)
@@ -206,6 +234,35 @@ class SequenceArgs:
                        length_alpha=self.setting("length_alpha")).validate()
 
 
+RESUME_MAY_CHANGE = ("quiet", "samples_shown", "chunk_updates", "checkpoint_every", "log", "wandb",
+                     "resume", "out")
+"""What ``jaxadv sequence --resume`` may change; ``out`` is the resumed directory."""
+
+
+def stored_sequence_args(run_dir: pathlib.Path) -> SequenceArgs:
+    """The :class:`SequenceArgs` that ``run_dir/sequence.json`` records (``out``, ``resume``: run_dir)."""
+    path = pathlib.Path(run_dir) / "sequence.json"
+    try:
+        data = json.loads(path.read_text())
+        data.update(out=pathlib.Path(run_dir), resume=pathlib.Path(run_dir), overwrite=False,
+                    log=tuple(data["log"]), wandb=WandbSettings(**data["wandb"]))
+        return SequenceArgs(**data)
+    except FileNotFoundError:
+        raise ValueError(f"`resume`: {path} not found; --resume takes the --out directory of "
+                         "an earlier `jaxadv sequence`") from None
+    except OSError as exc:
+        raise ValueError(f"`resume`: {path} cannot be read ({exc.strerror})") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"`resume`: {path} does not describe a sequence run ({exc})") from None
+
+
+def sequence_resume_args(run_dir: pathlib.Path, argv: Sequence[str] = ()) -> SequenceArgs:
+    """The :class:`SequenceArgs` to resume the run in ``run_dir``: its ``sequence.json`` with
+    the ``jaxadv sequence`` flags in ``argv`` parsed on top (checked by :meth:`SequenceArgs.check`)."""
+    return tyro.cli(SequenceArgs, args=list(argv), default=stored_sequence_args(run_dir),
+                    prog="jaxadv sequence")
+
+
 def generate(trainer: Any, params: Any, key: jax.Array, num: int, *, greedy: bool = False) -> list[str]:
     """Decode ``num`` responses of the policy ``params`` to fresh prompts, e.g. ``'31415 → 51413<eos>'``."""
     env, env_params = trainer.env, trainer.env_params
@@ -238,13 +295,18 @@ def plot_sequence(path: pathlib.Path, samples: np.ndarray, reward: np.ndarray, e
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     fig.suptitle(title)
-    fig.savefig(path, dpi=100)
+    with replace_atomically(path) as tmp:
+        fig.savefig(tmp, dpi=100)
 
 
 def sequence_command(args: SequenceArgs) -> dict[str, Any]:
     """Show samples, train with :func:`~jaxadv.driver.drive`, write ``reward.png`` and the
-    outputs of ``jaxadv train``, show samples."""
+    outputs of ``jaxadv train`` (and ``sequence.json``, what ``--resume`` reads), show samples."""
+    with OutputLock(args.out):
+        return _sequence(args)
 
+
+def _sequence(args: SequenceArgs) -> dict[str, Any]:
     args = args.check()
     config, hp = args.config, args.hparams
     console = Console(quiet=args.quiet or args.samples_shown == 0)
@@ -255,9 +317,19 @@ def sequence_command(args: SequenceArgs) -> dict[str, Any]:
         console.print("[bold]before RL[/bold] (seed 0, sampled):")
         for text in generate(trainer, params, key_show, args.samples_shown):
             console.print(f"  {text}")
+    resume = args.resume
     train_args = TrainArgs(config=config, hparams=hp, seed=args.seed, seeds=args.seeds, out=args.out,
                            chunk_updates=args.chunk_updates, quiet=args.quiet, log=args.log,
-                           wandb=args.wandb).check()
+                           checkpoint_every=args.checkpoint_every,
+                           wandb=args.wandb, overwrite=args.overwrite, resume=resume,
+                           resume_command="jaxadv sequence --resume")
+    if resume is not None:  # the run's own seed groups, as jaxadv train --resume keeps them
+        train_args = dataclasses.replace(train_args, seed_groups=_stored_args(resume).seed_groups)
+    train_args.check(kind="sequence")
+    prepare_out(train_args)
+    record = {k: v for k, v in jsonable(args).items() if k not in ("resume", "overwrite")}
+    write_json(args.out / "sequence.json", record)
+
     def write(result: RunResult) -> None:
         history = result.history
         samples = np.arange(1, config.num_updates + 1) * config.num_envs

@@ -38,6 +38,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxadv.checkpoint import ChunkId, ChunkResult
+from jaxadv.devices import check_memory
 from jaxadv.stats import final_returns
 from jaxadv.train import HParams, TrainConfig, make_train
 from jaxadv.validate import positive_int
@@ -214,7 +215,10 @@ def _compile(config: TrainConfig, sharding: NamedSharding, args: tuple) -> Calla
         return metrics["episode_return"], metrics["episodes"], metrics["env_steps"], final
 
     fn = jax.jit(run_chunk, in_shardings=(sharding, sharding), out_shardings=sharding)
-    return fn.lower(*args).compile()
+    compiled = fn.lower(*args).compile()
+    local = sum(d.process_index == jax.process_index() for d in sharding.mesh.devices.flat)
+    check_memory([compiled], local, "--max-parallel, --num-envs or --num-steps")
+    return compiled
 
 
 def _static_groups(
@@ -389,6 +393,7 @@ def run_sweep(
     on_chunk: Callable[[int, int], None] | None = None,
     saved: Mapping[ChunkId, ChunkResult] | None = None,
     on_result: Callable[[ChunkId, ChunkResult], None] | None = None,
+    on_start: Callable[[ChunkId], None] | None = None,
 ) -> SweepResult:
     """Train every point of ``grid`` with ``seeds`` seeds; one compile per static group.
 
@@ -413,6 +418,8 @@ def run_sweep(
       on_result: called as ``on_result(chunk_id, result)`` after each computed chunk
         (not the ``saved`` ones), on every process, with the gathered results — to save
         them as they come. An exception it raises stops the sweep there and propagates.
+      on_start: called as ``on_start(chunk_id)`` before each chunk is computed (compiled
+        first where it is its group's first).
 
     Returns:
       A :class:`SweepResult`; points keep the order of :func:`expand_grid`.
@@ -443,6 +450,8 @@ def run_sweep(
             part = saved.get(chunk_id)
             computed = part is None
             if computed:
+                if on_start is not None:
+                    on_start(chunk_id)
                 compiled, part = _compute_chunk(cfg, plan, chunk_id, sharding, compiled)
             else:
                 _check_saved_chunk(chunk_id, part)

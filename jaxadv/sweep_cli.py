@@ -11,6 +11,7 @@ sweep that never stopped. Ctrl-C and SIGTERM finish and save the chunk in flight
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -29,6 +30,7 @@ from rich.progress import TextColumn
 from jaxadv.checkpoint import SweepChunks
 from jaxadv.driver import Interrupts, progress_bar
 from jaxadv.estimators import ESTIMATORS
+from jaxadv.outdir import OutputLock, check_fresh, remove_run
 from jaxadv.report import plot_sweep, summarize_sweep, sweep_table, write_json, write_sweep_csv
 from jaxadv.sweep import (
     ChunkId,
@@ -41,7 +43,7 @@ from jaxadv.sweep import (
 )
 from jaxadv.tracking import WandbSettings, check_loggers, log_sweep_wandb
 from jaxadv.train import HParams, TrainConfig
-from jaxadv.validate import check_positive, field_changes, refuse_changes
+from jaxadv.validate import check_positive, check_seed, field_changes, refuse_changes
 
 __all__ = ["Grid", "SweepArgs", "sweep_command", "sweep_resume_args"]
 
@@ -119,7 +121,9 @@ class SweepArgs:
     max_parallel: int | None = None
     """most runs (point × seed) in one compiled call; default: a static group at once."""
     out: pathlib.Path = pathlib.Path("runs/sweep")
-    """output directory (created; files in it are overwritten; each finished chunk is saved under OUT/chunks)."""
+    """output directory (created; each finished chunk is saved under OUT/chunks); one that holds a run is refused unless --overwrite."""
+    overwrite: bool = False
+    """start afresh in an --out that holds a run (finished or not, of any kind): its files are deleted first."""
     resume: pathlib.Path | None = None
     """continue the sweep in this directory (an earlier --out), with the settings in its chunks/manifest.json: the chunks saved there are not computed again; a flag that would change the grid, a TrainConfig or HParams field, --samples, --log-uniform, --seed or --seeds is refused (--max-parallel and --quiet may change)."""
     quiet: bool = False
@@ -140,6 +144,7 @@ class SweepArgs:
         but ``max_parallel`` and ``quiet`` may differ from it. Without: ``out`` must not
         hold an unfinished sweep.
         """
+        check_seed(self.seed)
         check_positive(self, "seeds", "max_parallel", "samples")
         check_loggers(self.log)
         self.hparams.validate()
@@ -153,8 +158,12 @@ class SweepArgs:
             raise ValueError("`samples` needs a float --grid.FIELD given as LOW HIGH to draw from")
         self.static_configs()  # every value checked, every static configuration built
         if self.resume is None:
-            _check_fresh_sweep(self.out)
+            check_fresh(self.out, "sweep", overwrite=self.overwrite)
             return self
+        if self.overwrite:
+            raise ValueError("`overwrite`: --resume continues the sweep in its directory; "
+                             "--overwrite would delete it")
+        OutputLock(self.resume).check()
         stored = _stored_sweep_args(self.resume)
         refuse_changes(_sweep_changes(stored, self), "sweep",
                         self.resume / "chunks" / "manifest.json")
@@ -246,21 +255,6 @@ def _sweep_changes(stored: SweepArgs, args: SweepArgs) -> Iterator[tuple[str, An
     yield from field_changes(stored, args, names=("samples", "log_uniform", "seed", "seeds"))
 
 
-def _check_fresh_sweep(out: pathlib.Path) -> None:
-    """Refuse to start over in a directory holding the chunks of an unfinished sweep."""
-    chunks = out / "chunks"
-    try:
-        manifest = SweepChunks(chunks, write=False).read()
-    except ValueError as exc:
-        raise ValueError(f"`out`: {exc}; remove {chunks} to start a new sweep there") from None
-    if manifest is not None and not manifest["complete"]:
-        raise ValueError(
-            f"`out`: {out} holds an unfinished sweep ({len(manifest['chunks'])} chunk(s) "
-            f"saved); continue it with `jaxadv sweep --resume {shlex.quote(str(out))}`, or "
-            f"remove {chunks} to start over"
-        )
-
-
 def sweep_resume_args(run_dir: pathlib.Path, argv: Sequence[str] = ()) -> SweepArgs:
     """The :class:`SweepArgs` to resume the sweep in ``run_dir``: its manifest's settings,
     with the ``jaxadv sweep`` flags in ``argv`` parsed on top (checked by
@@ -318,6 +312,21 @@ def _write_outputs(
     return summary
 
 
+def _prepare_out(args: SweepArgs, writer: bool) -> None:
+    """Warn of repeated grid values; with ``--overwrite``, delete the run in ``--out``."""
+    for field, values in args.grid.given().items():
+        repeated = sorted({v for v in values if values.count(v) > 1}, key=str)
+        if repeated and (args.samples is None or field not in _HPARAM_FIELDS):
+            print(f"warning: --grid.{field.replace('_', '-')} lists "
+                  f"{', '.join(map(str, repeated))} more than once; each copy is its own point, "
+                  "trained again", file=sys.stderr)
+    err = Console(stderr=True, quiet=args.quiet)
+    if writer and args.resume is None and args.overwrite:
+        removed = remove_run(args.out)
+        if removed:
+            err.print(f"--overwrite: deleted {', '.join(removed)} from {args.out}")
+
+
 def sweep_command(args: SweepArgs) -> dict[str, Any]:
     """Run the sweep of ``args`` with a progress bar over its chunks, saving each finished
     chunk under ``--out/chunks`` (:class:`~jaxadv.checkpoint.SweepChunks`); write the
@@ -331,11 +340,15 @@ def sweep_command(args: SweepArgs) -> dict[str, Any]:
     resumed sweep, so ``--out`` must be on a filesystem they share, and a signal must
     reach every process (as a job scheduler sends it).
     """
-    config, hp, grid = args.check().config, args.hparams, args.grid_spec()
-    out = args.out
     writer = jax.process_index() == 0
-    if writer:
-        out.mkdir(parents=True, exist_ok=True)
+    with OutputLock(args.out) if writer else contextlib.nullcontext():
+        return _sweep(args.check(), writer)
+
+
+def _sweep(args: SweepArgs, writer: bool) -> dict[str, Any]:
+    config, hp, grid = args.config, args.hparams, args.grid_spec()
+    out = args.out
+    _prepare_out(args, writer)
     err, console = Console(stderr=True, quiet=args.quiet), Console(quiet=args.quiet)
     warn = lambda message: print(message, file=sys.stderr)  # even with --quiet; not wrapped
     points, compiles = args.num_points(), len(args.static_configs())
@@ -345,8 +358,17 @@ def sweep_command(args: SweepArgs) -> dict[str, Any]:
               f"= {runs} runs, {compiles} compile(s), {jax.device_count()} device(s) …")
     computed: list[ChunkId] = []
     progress = {"done": 0}  # runs done, saved chunks included
+    in_flight = {"last": False}  # whether the chunk being computed is the sweep's last
+
+    def at_once() -> str | None:  # waiting for the last chunk would be waiting for the end
+        if not in_flight["last"]:
+            return None
+        return (f"{{signal}}: stopped during the sweep's last chunk; "
+                f"{len(store.manifest['chunks'])} chunk(s) saved in {store.directory} are "
+                f"intact\nresume with: jaxadv sweep --resume {shlex.quote(str(out))}")
+
     interrupts = Interrupts(err, stopping="the chunk in flight to save it",
-                             intact="the chunks saved so far are intact")
+                             intact="the chunks saved so far are intact", at_once=at_once)
     bar = progress_bar(err, "sweep", TextColumn("{task.completed:,.0f}/{task.total:,.0f} runs"))
     with interrupts, bar:
         task = bar.add_task("sweep", total=runs)
@@ -355,7 +377,11 @@ def sweep_command(args: SweepArgs) -> dict[str, Any]:
             progress["done"] = done
             bar.update(task, completed=done, total=total)
 
+        def on_start(chunk_id: ChunkId) -> None:
+            in_flight["last"] = progress["done"] + chunk_id.stop - chunk_id.start >= runs
+
         def on_result(chunk_id: ChunkId, result: ChunkResult) -> None:
+            in_flight["last"] = False
             store.save(chunk_id, result)
             computed.append(chunk_id)
             if interrupts.signum and progress["done"] < runs:
@@ -365,13 +391,17 @@ def sweep_command(args: SweepArgs) -> dict[str, Any]:
             result = run_sweep(
                 config, grid, args.seeds, hparams=hp, key=jax.random.key(args.seed),
                 num_samples=args.samples, max_parallel=args.max_parallel,
-                on_chunk=on_chunk, saved=saved, on_result=on_result,
+                on_chunk=on_chunk, saved=saved, on_result=on_result, on_start=on_start,
             )
         except _SweepStopped:
             raise interrupts.stopped(
                 f"{progress['done']} of {runs} runs",
                 f"{len(store.manifest['chunks'])} chunk(s) in {store.directory}",
                 f"jaxadv sweep --resume {shlex.quote(str(out))}") from None
+    if args.resume is not None and not computed and (out / "summary.json").is_file():
+        err.print(f"{out} holds a finished sweep: nothing to resume, no output rewritten")
+        store.finish()
+        return json.loads((out / "summary.json").read_text())
     if args.resume is not None:
         err.print(f"computed {len(computed)} chunk(s), "
                   f"{sum(c.stop - c.start for c in computed)} of {runs} runs")

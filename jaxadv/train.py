@@ -488,7 +488,10 @@ class HParams:
             if isinstance(value, jax.core.Tracer):
                 continue
             arr = np.asarray(value, dtype=np.float64)
-            if not np.all(np.isfinite(arr)) or not np.all(ok(arr)):
+            if not np.all(np.isfinite(arr)):
+                raise ValueError(f"`{field}` = {value!r} is not allowed; it must be a finite "
+                                 f"number {allowed}")
+            if not np.all(ok(arr)):
                 raise ValueError(f"`{field}` = {value!r} is not allowed; it must be {allowed}")
         return self
 

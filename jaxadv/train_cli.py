@@ -15,7 +15,6 @@ import dataclasses
 import json
 import pathlib
 import shlex
-import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Annotated, Any, Literal
@@ -28,12 +27,16 @@ from rich.console import Console
 from jaxadv.checkpoint import checkpoint_steps
 from jaxadv.devices import seed_groups
 from jaxadv.driver import RunOptions, RunResult, default_chunk_updates, drive
+from jaxadv.outdir import OutputLock, check_fresh, remove_run
 from jaxadv.report import jsonable, plot_returns, summary_table, write_json
 from jaxadv.tracking import WandbSettings, check_loggers, make_loggers
 from jaxadv.train import HParams, TrainConfig
-from jaxadv.validate import check_positive, field_changes, refuse_changes
+from jaxadv.validate import check_positive, check_seed, field_changes, refuse_changes
 
-__all__ = ["TrainArgs", "drive_logged", "resume_args", "run_options", "train_command", "write_run_outputs"]
+__all__ = [
+    "TrainArgs", "drive_logged", "prepare_out", "resume_args", "run_options", "train_command",
+    "write_run_outputs",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,9 +55,11 @@ class TrainArgs:
     seed_groups: int | None = None
     """compute the seeds in this many equal groups, each one vmapped program, so that every seed's result is the same on any number of devices; default: the largest divisor of --seeds up to the device count."""
     out: pathlib.Path = pathlib.Path("runs/train")
-    """output directory (created; files in it are overwritten)."""
+    """output directory (created); one that holds a run is refused unless --overwrite."""
+    overwrite: bool = False
+    """start afresh in an --out that holds a run (finished or not, of any kind): its files are deleted first."""
     chunk_updates: int | None = None
-    """updates per compiled call; default: about 32 calls per run, all of one length if possible."""
+    """updates per compiled call; default: 16 to 64 calls per run (the count nearest 32 whose calls are all of one length), else about 32."""
     resume: pathlib.Path | None = None
     """continue the run in this directory (an earlier --out) from its latest good checkpoint, with the settings in its config.json; a flag that would change a TrainConfig or HParams field, --seed or --seeds is refused."""
     checkpoint_every: int | None = None
@@ -70,23 +75,37 @@ class TrainArgs:
     wandb: WandbSettings = WandbSettings()
     compile_cache: bool = True
     """keep compiled programs in JAX's persistent cache ($JAXADV_CACHE_DIR, default ~/.cache/jaxadv/xla), so the same configuration compiles once; --no-compile-cache turns it off."""
+    resume_command: tyro.conf.Suppress[str] = "jaxadv train --resume"
+    """the command that continues this run, in messages (jaxadv sequence's runs: its own)."""
 
-    def check(self) -> TrainArgs:
+    def check(self, kind: str = "train") -> TrainArgs:
         """Refuse a bad value with a ``ValueError`` naming the field; compiles nothing.
 
-        With ``resume``: the directory must hold a ``config.json`` and a checkpoint, and
-        no static (:class:`TrainConfig`) or :class:`HParams` field, ``seed`` or ``seeds``
-        may differ from it. Without: ``out`` must not hold an unfinished run's checkpoints.
+        With ``resume``: the directory must hold a ``config.json`` and a checkpoint, no
+        other process may be writing there, and no static (:class:`TrainConfig`) or
+        :class:`HParams` field, ``seed`` or ``seeds`` may differ from it. Without: ``out``
+        must hold no run (:func:`~jaxadv.outdir.check_fresh`; ``kind`` names the command
+        that would resume an unfinished one) unless ``overwrite``.
         """
+        check_seed(self.seed)
         check_positive(self, "seeds", "chunk_updates", "checkpoint_every", "keep_checkpoints",
                        "devices", "seed_groups")
+        if self.resume is not None:  # first: a changed setting is named as what it is
+            self._check_resume()
         if self.seed_groups is not None and self.seeds % self.seed_groups:
             raise ValueError(f"`seed_groups` = {self.seed_groups} must divide `seeds` = {self.seeds}")
         self.hparams.validate()
         check_loggers(self.log)
         if self.resume is None:
-            _check_fresh_out(self.out)
-            return self
+            check_fresh(self.out, kind, overwrite=self.overwrite)
+        return self
+
+    def _check_resume(self) -> None:
+        assert self.resume is not None
+        if self.overwrite:
+            raise ValueError("`overwrite`: --resume continues the run in its directory; "
+                             "--overwrite would delete it")
+        OutputLock(self.resume).check()
         stored = _stored_args(self.resume)
         refuse_changes(_changes(stored, self), "run", self.resume / "config.json")
         if self.out.resolve() != self.resume.resolve():
@@ -95,7 +114,6 @@ class TrainArgs:
         if not checkpoint_steps(self.resume / "checkpoints"):
             raise ValueError(f"`resume`: {self.resume / 'checkpoints'} holds no checkpoint to "
                              "resume from")
-        return self
 
 
 def _stored_args(run_dir: pathlib.Path) -> TrainArgs:
@@ -113,6 +131,10 @@ def _stored_args(run_dir: pathlib.Path) -> TrainArgs:
     except FileNotFoundError:
         raise ValueError(f"`resume`: {path} not found; --resume takes the --out directory of "
                          "an earlier `jaxadv train`") from None
+    except OSError as exc:  # run_dir is a file, or cannot be read
+        what = "is not a directory" if not run_dir.is_dir() else f"cannot be read ({exc.strerror})"
+        raise ValueError(f"`resume`: {run_dir} {what}; --resume takes the --out directory of "
+                         "an earlier `jaxadv train`") from None
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"`resume`: {path} does not describe a train run ({exc})") from None
 
@@ -122,24 +144,6 @@ def _changes(stored: TrainArgs, args: TrainArgs) -> Iterator[tuple[str, Any, Any
     yield from field_changes(stored.config, args.config)
     yield from field_changes(stored.hparams, args.hparams)
     yield from field_changes(stored, args, names=("seed", "seeds", "seed_groups"))
-
-
-def _check_fresh_out(out: pathlib.Path) -> None:
-    """Refuse to start over in a directory whose checkpoints belong to an unfinished run."""
-    steps = checkpoint_steps(out / "checkpoints")
-    if not steps:
-        return
-    try:
-        total = _stored_args(out).config.num_updates
-    except ValueError:
-        total = None
-    if total is None or steps[-1] < total:
-        of = f" of {total}" if total else ""
-        raise ValueError(
-            f"`out`: {out} holds checkpoints of an unfinished run (update {steps[-1]}{of}); "
-            f"continue it with `jaxadv train --resume {shlex.quote(str(out))}`, or remove "
-            f"{out / 'checkpoints'} to start over"
-        )
 
 
 def resume_args(run_dir: pathlib.Path, argv: Sequence[str] = ()) -> TrainArgs:
@@ -158,8 +162,20 @@ def train_command(args: TrainArgs) -> dict[str, Any]:
     ``summary.json`` and ``returns.png`` at the end; return the summary. Raises
     :class:`~jaxadv.driver.RunStopped` when interrupted, on non-finite values, or with no
     usable checkpoint to resume."""
-    args.check()
-    return drive_logged(args, lambda result: write_run_outputs(result, args.out, quiet=args.quiet)).summary
+    with OutputLock(args.out):
+        args.check()
+        prepare_out(args)
+        return drive_logged(args, lambda result: write_run_outputs(result, args.out,
+                                                                   quiet=args.quiet)).summary
+
+
+def prepare_out(args: TrainArgs) -> None:
+    """With ``--overwrite``, delete the run in ``--out`` (:func:`~jaxadv.outdir.remove_run`)."""
+    if args.resume is None and args.overwrite:
+        removed = remove_run(args.out)
+        if removed:
+            Console(stderr=True, quiet=args.quiet).print(
+                f"--overwrite: deleted {', '.join(removed)} from {args.out}")
 
 
 def drive_logged(args: TrainArgs, write: Callable[[RunResult], None]) -> RunResult:
@@ -169,6 +185,14 @@ def drive_logged(args: TrainArgs, write: Callable[[RunResult], None]) -> RunResu
     options = run_options(args)
     try:
         result = drive(args.config, args.hparams, options)
+        if args.resume is not None and result.resumed_from == args.config.num_updates and (
+                args.out / "summary.json").is_file():  # it had finished: its outputs stay
+            Console(stderr=True, quiet=args.quiet).print(
+                f"{args.out} holds a finished run: nothing to resume, no output rewritten")
+            summary = json.loads((args.out / "summary.json").read_text())
+            for logger in options.loggers:
+                logger.close()
+            return dataclasses.replace(result, summary=summary)
         if options.loggers:  # what the logging processes still had to do when training ended
             t0 = time.perf_counter()
             for logger in options.loggers:
@@ -190,8 +214,7 @@ def drive_logged(args: TrainArgs, write: Callable[[RunResult], None]) -> RunResu
 
 def run_options(args: TrainArgs) -> RunOptions:
     """The driver's :class:`~jaxadv.driver.RunOptions` for ``args``: creates ``--out``,
-    clears a finished run's checkpoints (unless resuming), writes ``config.json`` and opens
-    the ``--log`` loggers (the caller closes them)."""
+    writes ``config.json`` and opens the ``--log`` loggers (the caller closes them)."""
     out, config = args.out, args.config
     out.mkdir(parents=True, exist_ok=True)
     k = min(args.chunk_updates or default_chunk_updates(config.num_updates), config.num_updates)
@@ -199,8 +222,6 @@ def run_options(args: TrainArgs) -> RunOptions:
     run = {"seed": args.seed, "seeds": args.seeds, "chunk_updates": k, "out": out,
            "checkpoint_every": args.checkpoint_every, "keep_checkpoints": args.keep_checkpoints,
            "seed_groups": groups}
-    if args.resume is None:  # a finished run's checkpoints (check() refuses an unfinished one)
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
     record = jsonable({"train_config": config, "hparams": args.hparams, "run": run})
     write_json(out / "config.json", record)
     loggers = tuple(make_loggers(args.log, out, config.batch_size, config.num_updates, record,
@@ -209,7 +230,8 @@ def run_options(args: TrainArgs) -> RunOptions:
                       checkpoint_every=args.checkpoint_every,
                       keep_checkpoints=args.keep_checkpoints, resume=args.resume is not None,
                       debug_nans=args.debug_nans, quiet=args.quiet, record=record,
-                      seed_groups=groups, devices=args.devices, loggers=loggers)
+                      seed_groups=groups, devices=args.devices, loggers=loggers,
+                      resume_command=f"{args.resume_command} {shlex.quote(str(out))}")
 
 
 def write_run_outputs(result: RunResult, out: pathlib.Path, *, quiet: bool = False,

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["check_choice", "check_positive", "field_changes", "positive_int", "refuse_changes",
+__all__ = ["SEED_LIMIT", "check_choice", "check_positive", "check_seed", "field_changes", "positive_int", "refuse_changes",
            "same_shape"]
 
 
@@ -28,6 +28,24 @@ def check_choice(field: str, value: Any, allowed: Sequence) -> None:
         hint = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
         extra = f" Did you mean {hint[0]!r}?" if hint else ""
         raise ValueError(f"`{field}` = {value!r} is not allowed; choose one of {list(allowed)}.{extra}")
+
+
+SEED_LIMIT = 2**62
+"""Seeds are integers in (−SEED_LIMIT, SEED_LIMIT): a 64-bit PRNG seed, with room for the
+offsets that commands add to it."""
+
+
+def check_seed(value: Any, field: str = "seed") -> None:
+    """Refuse a seed that is not an ``int`` in (−2⁶², 2⁶²) (``jax.random.key`` takes 64 bits).
+
+    >>> check_seed(99999999999999999999)
+    Traceback (most recent call last):
+    ...
+    ValueError: `seed` = 99999999999999999999 is not allowed; it must be an integer with |seed| < 2**62
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or abs(value) >= SEED_LIMIT:
+        raise ValueError(f"`{field}` = {value!r} is not allowed; it must be an integer with "
+                         f"|{field}| < 2**62")
 
 
 def positive_int(field: str, value: Any, *, minimum: int = 1) -> None:

@@ -34,6 +34,7 @@ from jaxadv.envs.sequence import SequenceTask
 from jaxadv.evaluate import load_run
 from jaxadv.losses import REDUCTIONS
 from jaxadv.objective_exact import OBJECTIVES, Behaviour, ascend, objective_report
+from jaxadv.outdir import replace_atomically
 from jaxadv.report import platform_info, write_json
 from jaxadv.train import HParams, TrainConfig, make_trainer
 from jaxadv.transformer import make_transformer
@@ -312,7 +313,7 @@ _COLUMNS = ("critic", "estimator", "reduction", "prompts", "group_size", "batch_
 
 def write_csv(path: pathlib.Path, rows: list[dict[str, Any]]) -> None:
     """One row per critic, estimator and batch size (the columns of :func:`gradient_statistics`)."""
-    with path.open("w", newline="") as f:
+    with replace_atomically(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
@@ -427,7 +428,8 @@ def plot_variance(path: pathlib.Path | None, rows: list[dict[str, Any]], title: 
     ax.legend(fontsize="x-small", ncol=2)
     fig.suptitle(title)
     if path is not None:
-        fig.savefig(path, dpi=100)
+        with replace_atomically(path) as tmp:
+            fig.savefig(tmp, dpi=100)
     return fig
 
 
@@ -502,7 +504,8 @@ def plot_sequence_variance(path: pathlib.Path, rows: list[dict[str, Any]], title
         ax.legend(title="reduction", fontsize="small")
     axes[1].set_yscale("log")
     fig.suptitle(title)
-    fig.savefig(path, dpi=100)
+    with replace_atomically(path) as tmp:
+        fig.savefig(tmp, dpi=100)
 
 
 # ----------------------------------------------------------------- objectives, on and off policy
@@ -536,7 +539,7 @@ def _objectives_command(args: VarianceArgs, console: Console) -> dict[str, Any]:
     columns = ("setting", "objective", "token_kl", "clip_fraction", "cosine_exact",
                "rel_perp_exact", "scale_exact", "batch_size", "rel_bias", "rel_bias_lo",
                "rel_bias_hi", "variance", "mse", "cosine", "snr")
-    with (out / "objectives.csv").open("w", newline="") as f:
+    with replace_atomically(out / "objectives.csv") as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
@@ -591,4 +594,5 @@ def plot_objectives(path: pathlib.Path, rows: list[dict[str, Any]], title: str) 
         ax.grid(alpha=0.3, axis="y")
     axes[0].legend(fontsize=8)
     fig.suptitle(title)
-    fig.savefig(path, dpi=100)
+    with replace_atomically(path) as tmp:
+        fig.savefig(tmp, dpi=100)

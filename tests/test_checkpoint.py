@@ -298,4 +298,4 @@ def test_resume_without_checkpoints_and_fresh_run_over_an_unfinished_one(
     argv = ["train", "--algo", "a2c", *TINY, "--total-timesteps", "256", "--out", str(unfinished)]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
-    assert "unfinished run (update 12 of 16)" in err and f"--resume {unfinished}" in err
+    assert "unfinished train run (update 12 of 16)" in err and f"--resume {unfinished}" in err

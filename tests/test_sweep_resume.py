@@ -260,10 +260,14 @@ def test_fresh_sweep_over_an_unfinished_one_is_refused(unfinished, finished, tmp
     assert f"`out`: {unfinished} holds an unfinished sweep (1 chunk(s) saved)" in err
     assert f"jaxadv sweep --resume {unfinished}" in err
     assert _chunk_files(unfinished) == before
-    # over a finished one: starts over (its chunks replaced)
+    # over a finished one: refused, then with --overwrite starts over (its chunks replaced)
     out = _copy(finished, tmp_path)
     (out / "chunks" / "group0-runs0-2.npz").write_bytes(b"stale")
-    assert cli.main([*SWEEP, "--out", str(out), "--quiet"]) == 0
+    assert cli.main([*SWEEP, "--out", str(out), "--quiet"]) == 2
+    assert f"`out`: {out} holds a finished sweep; choose another --out, or replace it with " \
+           "--overwrite" in capsys.readouterr().err
+    assert (out / "chunks" / "group0-runs0-2.npz").read_bytes() == b"stale"
+    assert cli.main([*SWEEP, "--out", str(out), "--quiet", "--overwrite"]) == 0
     _assert_same_outputs(out, finished)
 
 
