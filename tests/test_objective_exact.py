@@ -20,6 +20,8 @@ from jaxadv.sequence_exact import (
 )
 from jaxadv.transformer import make_transformer
 
+pytestmark = pytest.mark.fast_compile  # compares gradients with references (conftest.py)
+
 ENV = SequenceTask("reverse", num_digits=2, prompt_length=2, min_prompt_length=1, reward="partial")
 NET = make_transformer(ENV.vocab_size, ENV.obs_length, ENV.num_actions, pad=ENV.tokens.pad,
                        layers=1, width=8, heads=2, value_head=False)
