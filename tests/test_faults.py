@@ -415,3 +415,24 @@ def test_duplicate_grid_values_are_warned_of(tmp_path, capsys):
     assert cli.main(["sweep", *TINY, "--total-timesteps", "64", "--grid.lr", "1e-3", "1e-3",
                      "--quiet", "--out", str(tmp_path / "s")]) == 0
     assert "warning: --grid.lr lists 0.001 more than once" in capsys.readouterr().err
+
+
+def test_brax_environments_print_nothing_on_import():
+    code = "from jaxadv.envs import make; make('brax:inverted_pendulum')"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "Failed to import" not in done.stdout + done.stderr
+
+
+def test_no_usable_checkpoint_is_one_line_without_background_tracebacks(tmp_path, env,
+                                                                         finished):
+    run = copy(finished, tmp_path)
+    (run / "summary.json").unlink()
+    for f in (run / "checkpoints").rglob("*"):
+        if f.is_file() and f.stat().st_size > 100:
+            f.write_bytes(b"garbled")
+    for command in (["train", "--resume", run], ["eval", run, "--out", tmp_path / "e"]):
+        done = jaxadv(*command, "--quiet", env=env)
+        assert done.returncode == 2
+        assert_one_error(done.stderr, "no usable checkpoint")

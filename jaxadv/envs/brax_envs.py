@@ -118,7 +118,8 @@ def make_brax(name: str) -> tuple[BraxEnv, Any]:
     if backend not in BACKENDS:
         raise ValueError(f"`env` {name!r}: backend {backend!r}; choose from {', '.join(BACKENDS)}")
     try:
-        import brax  # noqa: F401
+        with contextlib.redirect_stdout(io.StringIO()):  # MuJoCo's "Failed to import warp"
+            import brax  # noqa: F401
     except ImportError:
         raise ValueError(f"`env` {name!r} needs Brax: pip install 'jaxadv[brax]'") from None
     env = _brax_env(parts[1], backend)
