@@ -57,6 +57,7 @@ def _commands() -> dict[str, tuple[type, Callable[[Any], Any]]]:
     """Each subcommand's argument class and function. Imported on first use: the modules
     start JAX's backends (gymnax makes arrays at import), which :func:`main` first gives one
     host device per core."""
+    from jaxadv.check_cli import CheckArgs, check_command
     from jaxadv.eval_cli import EvalArgs, eval_command
     from jaxadv.sequence_cli import SequenceArgs, sequence_command
     from jaxadv.sweep_cli import SweepArgs, sweep_command
@@ -69,6 +70,7 @@ def _commands() -> dict[str, tuple[type, Callable[[Any], Any]]]:
         "variance": (VarianceArgs, variance_command),
         "sequence": (SequenceArgs, sequence_command),
         "eval": (EvalArgs, eval_command),
+        "check": (CheckArgs, check_command),
     }
 
 
@@ -227,6 +229,7 @@ def _run(args: Any) -> int:
     the call in flight, one after the last update lets the outputs be written."""
     from rich.console import Console
 
+    from jaxadv.check_cli import CheckFailed
     from jaxadv.driver import Interrupts, RunStopped
 
     at_once = lambda: ("{signal}: stopped before training began (setting up or compiling); "
@@ -237,6 +240,9 @@ def _run(args: Any) -> int:
             _enable_compile_cache(args)
             command = next(fn for cls, fn in _commands().values() if isinstance(args, cls))
             command(args)
+        except CheckFailed as failed:  # jaxadv check: the table is printed
+            print(f"jaxadv check: {failed}", file=sys.stderr)
+            return 1
         except RunStopped as stop:  # interrupted, non-finite values, nothing usable to resume
             _quiet_teardown()
             print(stop, file=sys.stderr)

@@ -1,0 +1,113 @@
+"""``jaxadv check MODULE:FUNCTION --kind gae``: run the conformance kit on anyone's estimator.
+
+Imports ``FUNCTION`` from ``MODULE`` (a module on ``sys.path`` or a ``.py`` file path), runs
+:func:`~jaxadv.testing.check_advantages` (``--kind`` one of :data:`~jaxadv.testing.KINDS`) or
+:func:`~jaxadv.testing.check_sequence_advantages` (one of
+:data:`~jaxadv.testing.SEQUENCE_KINDS`) with the ``--adapter`` that says how its signature
+maps onto jaxadv's arrays, prints the report's table and returns exit status 0 when every
+check passed, 1 when one failed (:class:`CheckFailed`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import pathlib
+from collections.abc import Callable
+from typing import Annotated, Literal
+
+import tyro
+
+from jaxadv.testing import (
+    JAXADV,
+    KINDS,
+    PUREJAXRL,
+    RLAX,
+    SEQUENCE_GROUPED,
+    SEQUENCE_JAXADV,
+    SEQUENCE_KINDS,
+    Report,
+    check_advantages,
+    check_sequence_advantages,
+)
+
+__all__ = ["ADAPTERS", "CheckArgs", "CheckFailed", "check_command", "load_function"]
+
+ADAPTERS = {"jaxadv": (JAXADV, SEQUENCE_JAXADV), "rlax": (RLAX, None),
+            "purejaxrl": (PUREJAXRL, None), "grouped": (None, SEQUENCE_GROUPED)}
+"""``--adapter`` choices: the kit's adapter for a time-major and for a sequence-level kind
+(``None``: not for that family)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckArgs:
+    """Check an advantage estimator of yours against jaxadv's definitions (numpy loop
+    references, termination and truncation on the same, last and every step, T = 1, a
+    batch of one, bf16, jit and vmap over a traced γ/λ); exit status 1 if a check fails."""
+
+    target: Annotated[str, tyro.conf.Positional]
+    """MODULE:FUNCTION, e.g. mypkg.returns:gae or path/to/file.py:gae."""
+    kind: Literal[(*KINDS, *SEQUENCE_KINDS)]  # type: ignore[valid-type]
+    """what the function claims to compute."""
+    adapter: Literal[tuple(ADAPTERS)] = "jaxadv"  # type: ignore[valid-type]
+    """how its signature maps onto jaxadv's arrays: jaxadv (jaxadv's own signatures), rlax (per sequence, a discount array, no truncation input), purejaxrl (done = terminated or truncated, returns (advantages, targets)), grouped (group estimators over [groups, K] returns)."""
+
+    def check(self) -> CheckArgs:
+        """Refuse a target that is not MODULE:FUNCTION, does not import or names no function,
+        and an adapter of the other family, with a ``ValueError``."""
+        if self.target.count(":") != 1 or not all(self.target.split(":")):
+            raise ValueError(f"`target` {self.target!r} must be MODULE:FUNCTION, e.g. "
+                             "mypkg.returns:gae")
+        family = 1 if self.kind in SEQUENCE_KINDS else 0
+        if ADAPTERS[self.adapter][family] is None:
+            fits = sorted(name for name, pair in ADAPTERS.items() if pair[family] is not None)
+            raise ValueError(f"`adapter` {self.adapter!r} does not fit kind {self.kind!r}; "
+                             f"choose one of {fits}")
+        load_function(self.target)
+        return self
+
+
+class CheckFailed(Exception):
+    """At least one check failed (exit status 1); ``report`` holds them all."""
+
+    def __init__(self, report: Report):
+        super().__init__(f"{len(report.failed)} check(s) failed: {', '.join(report.failed)}")
+        self.report = report
+
+
+def load_function(target: str) -> Callable:
+    """``FUNCTION`` of ``MODULE:FUNCTION`` (``MODULE`` dotted, or a ``.py`` path); raises
+    ``ValueError`` naming what could not be imported or found."""
+    module_name, _, name = target.partition(":")
+    try:
+        if module_name.endswith(".py"):
+            path = pathlib.Path(module_name)
+            spec = importlib.util.spec_from_file_location(path.stem, path)
+            if spec is None or spec.loader is None or not path.is_file():
+                raise ImportError(f"no file {path}")
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except Exception as exc:  # the user's module: any error while importing it
+        raise ValueError(f"`target`: {module_name!r} does not import "
+                         f"({type(exc).__name__}: {exc})") from None
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise ValueError(f"`target`: {module_name!r} has no function {name!r}")
+    return fn
+
+
+def check_command(args: CheckArgs) -> Report:
+    """Run the kit on ``args.target`` (checked by :meth:`CheckArgs.check`), print its table,
+    return the report; raises :class:`CheckFailed` when a check failed."""
+    fn = load_function(args.target)
+    sequence = args.kind in SEQUENCE_KINDS
+    adapter = ADAPTERS[args.adapter][1 if sequence else 0]
+    run = check_sequence_advantages if sequence else check_advantages
+    report = run(fn, args.kind, adapter=adapter)
+    print(report)
+    if not report.passed:
+        raise CheckFailed(report)
+    return report
