@@ -28,6 +28,7 @@ def _play(env, env_params, action, steps, key):
     return obs, jax.lax.scan(step, state, jax.random.split(jax.random.key(9), steps))[1]
 
 
+@pytest.mark.fast_compile  # compares with Brax's own step (conftest.py)
 def test_spec_and_the_brax_env_own_step():
     env, env_params = make(NAME)
     spec = env_spec(env, env_params)
@@ -56,6 +57,7 @@ def test_spec_and_the_brax_env_own_step():
     assert np.abs(obs[5] - info["final_observation"][5]).max() > 1e-4  # reset after the limit
 
 
+@pytest.mark.fast_compile  # mechanics (conftest.py)
 def test_falling_terminates_and_is_not_a_truncation():
     env, env_params = make(NAME)
     _, (_, _, _, terminated, truncated, info) = jax.jit(

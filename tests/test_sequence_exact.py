@@ -11,7 +11,8 @@ from jaxadv import sequence_exact as se
 from jaxadv.envs.sequence import SequenceState, SequenceTask
 from jaxadv.transformer import make_transformer
 
-pytestmark = pytest.mark.timeout(300)
+# exact ground truth against references (conftest.py: fast_compile)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.fast_compile]
 
 # Prompt lengths 1, 2, 3, 3 (difficulty varies); partial reward minus a length penalty
 # (reward correlates with length).

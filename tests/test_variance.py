@@ -12,6 +12,8 @@ from jaxadv import exact, variance
 from jaxadv.envs import make
 from jaxadv.rollout import make_policy
 
+pytestmark = pytest.mark.fast_compile  # estimators against exact gradients (conftest.py)
+
 # ------------------------------------------------------------------ statistics
 
 

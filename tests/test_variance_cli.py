@@ -9,6 +9,8 @@ import pytest
 
 from jaxadv import cli, exact, variance
 
+pytestmark = pytest.mark.fast_compile  # the command's outputs and statistics (conftest.py)
+
 
 def _read_csv(path):
     with path.open() as f:
