@@ -37,6 +37,7 @@ __all__ = [
     "jsonable",
     "platform_info",
     "plot_returns",
+    "plot_selection",
     "plot_sweep",
     "summarize",
     "summarize_sweep",
@@ -378,6 +379,7 @@ def sweep_table(summary: dict[str, Any]) -> Table:
         ("best point", point),
         ("its final return (± 95% CI)",
          _plus_minus(best.get("final_return_mean"), best.get("final_return_ci95"))),
+        *_selection_rows(summary.get("selection")),
         ("points × seeds", f"{summary['points']} × {summary['seeds']} = {summary['runs']}"),
         ("devices · processes", f"{summary['devices']} · {summary['processes']}"),
         ("compile", f"{summary['compile_seconds']:.1f} s"),
@@ -386,6 +388,20 @@ def sweep_table(summary: dict[str, Any]) -> Table:
         ("env steps/s (all runs)", f"{summary['env_steps_per_second']:,.0f}"),
         ("device", f"{summary['device']} · jax {summary['jax_version']}"),
     ])
+
+
+def _selection_rows(selection: list[dict[str, Any]] | None) -> list[tuple[str, str]]:
+    """The sweep table's rows for the re-evaluated top point (its fresh-seed IQM, the gap)."""
+    if not selection:
+        return []
+    top = selection[0]
+    fresh, gap = top["fresh"], top["optimism_gap"]
+    return [
+        (f"point {top['index']}, fresh seeds: IQM [95% CI]",
+         f"{fresh['iqm']:.2f} [{fresh['ci95']['low']:.2f}, {fresh['ci95']['high']:.2f}]"),
+        ("optimism gap (selection − fresh)",
+         f"{gap['value']:+.2f} [{gap['ci95']['low']:+.2f}, {gap['ci95']['high']:+.2f}]"),
+    ]
 
 
 def _heat_cells(points: list[dict[str, Any]], fields: list[str]) -> tuple[list, list, np.ndarray] | None:
@@ -498,6 +514,33 @@ def plot_sweep(path: pathlib.Path, result: SweepResult, title: str) -> None:
         _plot_heat(axes[0], fields, cells, mean, half)
     for ax, field in zip(axes[cells is not None:], fields):
         _plot_field(ax, result, field, [f for f in fields if f != field], mean, half)
+    fig.suptitle(title)
+    with replace_atomically(path) as tmp:
+        fig.savefig(tmp, dpi=120)
+
+
+def plot_selection(path: pathlib.Path, rows: list[dict[str, Any]], title: str) -> None:
+    """Save the re-evaluation of a sweep's top points (PNG): per point, the final return of
+    each selection seed and each fresh seed (dots), and the interquartile mean of each with
+    its bootstrap 95% interval (bars); the optimism gap is the drop from one to the other.
+    ``rows``: :func:`~jaxadv.selection.selection_report`'s."""
+    fig, (ax,) = _figure(1)
+    for i, row in enumerate(rows):
+        for offset, part, colour in ((-0.15, "selected", "tab:blue"), (0.15, "fresh", "tab:orange")):
+            values = np.asarray(row[part]["per_seed"], np.float64)
+            ax.scatter(np.full(values.size, i + offset), values, s=10, alpha=0.4, color=colour)
+            low, high = row[part]["ci95"]["low"], row[part]["ci95"]["high"]
+            mid = row[part]["iqm"]
+            if np.isfinite([mid, low, high]).all():
+                ax.errorbar(i + offset, mid, yerr=[[mid - low], [high - mid]], fmt="o",
+                            color=colour, capsize=4,
+                            label=None if i else f"{part} seeds: IQM, 95% CI")
+    ax.set_xticks(range(len(rows)), [
+        f"point {row['index']}\n" + ", ".join(f"{k}={_fmt(v)}" for k, v in row["point"].items())
+        for row in rows], fontsize="small")
+    ax.set_ylabel("final return (last 10% of updates)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize="small")
     fig.suptitle(title)
     with replace_atomically(path) as tmp:
         fig.savefig(tmp, dpi=120)

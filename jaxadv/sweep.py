@@ -394,6 +394,7 @@ def run_sweep(
     saved: Mapping[ChunkId, ChunkResult] | None = None,
     on_result: Callable[[ChunkId, ChunkResult], None] | None = None,
     on_start: Callable[[ChunkId], None] | None = None,
+    points: Sequence[Mapping[str, Any]] | None = None,
 ) -> SweepResult:
     """Train every point of ``grid`` with ``seeds`` seeds; one compile per static group.
 
@@ -420,6 +421,8 @@ def run_sweep(
         them as they come. An exception it raises stops the sweep there and propagates.
       on_start: called as ``on_start(chunk_id)`` before each chunk is computed (compiled
         first where it is its group's first).
+      points: train these points (dicts of field values, as :func:`expand_grid` makes
+        them) instead of expanding ``grid``, e.g. the configurations a search selected.
 
     Returns:
       A :class:`SweepResult`; points keep the order of :func:`expand_grid`.
@@ -429,7 +432,8 @@ def run_sweep(
         positive_int("max_parallel", max_parallel)
     key = jax.random.key(0) if key is None else key
     base = (hparams or HParams()).validate()
-    points = expand_grid(grid, num_samples=num_samples, key=jax.random.fold_in(key, 1))
+    points = (expand_grid(grid, num_samples=num_samples, key=jax.random.fold_in(key, 1))
+              if points is None else [dict(p) for p in points])
     groups = _static_groups(config, points)
 
     devices = list(jax.devices() if devices is None else devices)

@@ -31,7 +31,15 @@ from jaxadv.checkpoint import SweepChunks
 from jaxadv.driver import Interrupts, progress_bar
 from jaxadv.estimators import ESTIMATORS
 from jaxadv.outdir import OutputLock, check_fresh, remove_run
-from jaxadv.report import plot_sweep, summarize_sweep, sweep_table, write_json, write_sweep_csv
+from jaxadv.report import (
+    plot_selection,
+    plot_sweep,
+    summarize_sweep,
+    sweep_table,
+    write_json,
+    write_sweep_csv,
+)
+from jaxadv.selection import reevaluate, selection_report
 from jaxadv.sweep import (
     ChunkId,
     ChunkResult,
@@ -45,7 +53,7 @@ from jaxadv.tracking import WandbSettings, check_loggers, log_sweep_wandb
 from jaxadv.train import HParams, TrainConfig
 from jaxadv.validate import check_positive, check_seed, field_changes, refuse_changes
 
-__all__ = ["Grid", "SweepArgs", "sweep_command", "sweep_resume_args"]
+__all__ = ["Grid", "Reeval", "SweepArgs", "sweep_command", "sweep_resume_args"]
 
 
 _HPARAM_FIELDS = tuple(f.name for f in dataclasses.fields(HParams))
@@ -102,6 +110,17 @@ class Grid:
 
 
 @dataclasses.dataclass(frozen=True)
+class Reeval:
+    """Honest selection: after the sweep, train its best points again on seeds that no
+    selection step saw, and report both returns and the optimism gap between them."""
+
+    top: int = 0
+    """re-evaluate the top K points (by the interquartile mean of their final returns over --seeds); 0: off."""
+    seeds: int | None = None
+    """fresh seeds per re-evaluated point; default: --seeds."""
+
+
+@dataclasses.dataclass(frozen=True)
 class SweepArgs:
     """Train every point of --grid.* (or --samples random draws) on --seeds seeds, one
     compile per static group; write sweep.csv, summary.json and sweep.png under --out,
@@ -112,6 +131,7 @@ class SweepArgs:
     grid: Grid = Grid()
     samples: int | None = None
     """random search: draw this many points; every float --grid.FIELD then takes two values LOW HIGH, drawn log-uniformly for the fields in --log-uniform and uniformly otherwise; --grid.num-envs/num-steps/estimator stay lists, crossed with the draws."""
+    reeval: Reeval = Reeval()
     log_uniform: tuple[_HParamName, ...] = ("lr",)
     """with --samples: the fields drawn log-uniformly."""
     seed: int = 0
@@ -157,6 +177,7 @@ class SweepArgs:
         ):
             raise ValueError("`samples` needs a float --grid.FIELD given as LOW HIGH to draw from")
         self.static_configs()  # every value checked, every static configuration built
+        _check_reeval(self.reeval, self.num_points())
         if self.resume is None:
             check_fresh(self.out, "sweep", overwrite=self.overwrite)
             return self
@@ -213,6 +234,18 @@ class SweepArgs:
             if config not in configs:
                 configs.append(config)
         return configs
+
+
+def _check_reeval(reeval: Reeval, points: int) -> None:
+    """Refuse a re-evaluation that cannot run: a negative ``top``, more than the points, or
+    no fresh seeds."""
+    if isinstance(reeval.top, bool) or not isinstance(reeval.top, int) or reeval.top < 0:
+        raise ValueError(f"`reeval.top` must be an integer >= 0, got {reeval.top!r}")
+    if reeval.top > points:
+        raise ValueError(f"`reeval.top` = {reeval.top}: the sweep has only {points} point(s)")
+    if reeval.seeds is not None and (isinstance(reeval.seeds, bool) or reeval.seeds < 1):
+        raise ValueError(f"`reeval.seeds` = {reeval.seeds!r}: re-evaluation needs at least one "
+                         "fresh seed (or --reeval.top 0 for none)")
 
 
 def _grid_json(grid: dict[str, list | Uniform | LogUniform]) -> dict[str, Any]:
@@ -296,20 +329,44 @@ def _write_outputs(
     *,
     points: int,
     writer: bool,
+    selection: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The sweep's summary (:func:`~jaxadv.report.summarize_sweep`); when ``writer``, also
-    ``sweep.csv``, ``summary.json`` and ``sweep.png`` under ``--out``."""
+    """The sweep's summary (:func:`~jaxadv.report.summarize_sweep`, with ``selection``, the
+    re-evaluation of its top points, where there is one); when ``writer``, also
+    ``sweep.csv``, ``summary.json`` and ``sweep.png`` under ``--out`` (and ``selection.png``)."""
     config, hp, out = args.config, args.hparams, args.out
     summary = summarize_sweep(
         result, config, hp, grid=_grid_json(grid), samples=args.samples,
         log_uniform=args.log_uniform, seed=args.seed, max_parallel=args.max_parallel, out=out,
     )
+    if selection is not None:
+        summary["selection"] = selection
+    if writer and selection is not None:
+        plot_selection(out / "selection.png", selection,
+                       f"{config.algo} · {config.env}: selection vs fresh seeds")
     if writer:
         write_sweep_csv(out / "sweep.csv", result, hp)
         write_json(out / "summary.json", summary)
         plot_sweep(out / "sweep.png", result,
                    f"{config.algo} · {config.env} · {points} point(s) × {args.seeds} seed(s)")
     return summary
+
+
+def _reevaluate(args: SweepArgs, result: SweepResult, err: Console) -> list[dict[str, Any]] | None:
+    """With ``--reeval.top K``: the top K points trained again on fresh seeds, as
+    :func:`~jaxadv.selection.selection_report` rows (``None`` without)."""
+    top, seeds = args.reeval.top, args.reeval.seeds or args.seeds
+    if not top:
+        return None
+    err.print(f"re-evaluating the top {top} point(s) on {seeds} fresh seed(s) …")
+    chosen, fresh = reevaluate(args.config, args.hparams, result, top, seeds, seed=args.seed,
+                               max_parallel=args.max_parallel)
+    rows = selection_report(result, chosen, fresh)
+    for row in rows:
+        err.print(f"point {row['index']}: IQM {row['selected']['iqm']:.2f} on the selection "
+                  f"seeds, {row['fresh']['iqm']:.2f} on fresh seeds (optimism gap "
+                  f"{row['optimism_gap']['value']:+.2f})")
+    return rows
 
 
 def _prepare_out(args: SweepArgs, writer: bool) -> None:
@@ -405,7 +462,8 @@ def _sweep(args: SweepArgs, writer: bool) -> dict[str, Any]:
     if args.resume is not None:
         err.print(f"computed {len(computed)} chunk(s), "
                   f"{sum(c.stop - c.start for c in computed)} of {runs} runs")
-    summary = _write_outputs(args, grid, result, points=points, writer=writer)
+    selection = _reevaluate(args, result, err)
+    summary = _write_outputs(args, grid, result, points=points, writer=writer, selection=selection)
     store.finish()
     if writer and args.log:
         err.print(f"logging {runs} runs to Weights & Biases …")
@@ -414,5 +472,6 @@ def _sweep(args: SweepArgs, writer: bool) -> dict[str, Any]:
         summary["log_seconds"] = time.perf_counter() - t0
         write_json(out / "summary.json", summary)
     console.print(sweep_table(summary))
-    console.print(f"wrote sweep.csv, summary.json, sweep.png, chunks/ to {out}/")
+    also = ", selection.png" if selection is not None else ""
+    console.print(f"wrote sweep.csv, summary.json, sweep.png{also}, chunks/ to {out}/")
     return summary
