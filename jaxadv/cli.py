@@ -59,14 +59,15 @@ def _commands() -> dict[str, tuple[type, Callable[[Any], Any]]]:
     host device per core."""
     from jaxadv.check_cli import CheckArgs, check_command
     from jaxadv.eval_cli import EvalArgs, eval_command
+    from jaxadv.search_cli import search_command
     from jaxadv.sequence_cli import SequenceArgs, sequence_command
-    from jaxadv.sweep_cli import SweepArgs, sweep_command
+    from jaxadv.sweep_cli import SweepArgs
     from jaxadv.train_cli import TrainArgs, train_command
     from jaxadv.variance_cli import VarianceArgs, variance_command
 
     return {
         "train": (TrainArgs, train_command),
-        "sweep": (SweepArgs, sweep_command),
+        "sweep": (SweepArgs, search_command),
         "variance": (VarianceArgs, variance_command),
         "sequence": (SequenceArgs, sequence_command),
         "eval": (EvalArgs, eval_command),

@@ -40,12 +40,14 @@ def top_points(result: SweepResult, top: int) -> list[int]:
     return order[:top]
 
 
-def reevaluate(config: TrainConfig, hparams: HParams, result: SweepResult, top: int, seeds: int,
+def reevaluate(config: TrainConfig, hparams: HParams, result: Any, top: int, seeds: int,
                *, seed: int, max_parallel: int | None = None,
-               on_chunk: Callable[[int, int], None] | None = None) -> tuple[list[int], SweepResult]:
-    """Train the :func:`top_points` of ``result`` again on ``seeds`` fresh seeds
-    (:func:`fresh_key` of ``seed``): ``(their indices in result.points, the new result)``."""
-    chosen = top_points(result, top)
+               on_chunk: Callable[[int, int], None] | None = None,
+               ranking: list[int] | None = None) -> tuple[list[int], SweepResult]:
+    """Train the :func:`top_points` of ``result`` (or the first ``top`` of ``ranking``, a
+    search's own order) again on ``seeds`` fresh seeds (:func:`fresh_key` of ``seed``):
+    ``(their indices in result.points, the new result)``."""
+    chosen = top_points(result, top) if ranking is None else list(ranking[:top])
     fresh = run_sweep(config, {}, seeds, hparams=hparams, key=fresh_key(seed),
                       max_parallel=max_parallel, on_chunk=on_chunk,
                       points=[result.points[p] for p in chosen])

@@ -39,6 +39,7 @@ from jaxadv.report import (
     write_json,
     write_sweep_csv,
 )
+from jaxadv.search import rung_budgets
 from jaxadv.selection import reevaluate, selection_report
 from jaxadv.sweep import (
     ChunkId,
@@ -53,7 +54,7 @@ from jaxadv.tracking import WandbSettings, check_loggers, log_sweep_wandb
 from jaxadv.train import HParams, TrainConfig
 from jaxadv.validate import check_positive, check_seed, field_changes, refuse_changes
 
-__all__ = ["Grid", "Reeval", "SweepArgs", "sweep_command", "sweep_resume_args"]
+__all__ = ["Grid", "Halving", "Reeval", "SweepArgs", "sweep_command", "sweep_resume_args"]
 
 
 _HPARAM_FIELDS = tuple(f.name for f in dataclasses.fields(HParams))
@@ -121,6 +122,17 @@ class Reeval:
 
 
 @dataclasses.dataclass(frozen=True)
+class Halving:
+    """--search halving: every point trains for the first rung; only the best 1/eta go on,
+    from their own state, for eta times as many updates in all; and so on."""
+
+    eta: int = 3
+    """the fraction kept after each rung is 1/eta, and each rung trains eta times longer."""
+    min_steps: int | None = None
+    """env steps per run in the first rung (rounded down to whole updates); default: the run's / eta²."""
+
+
+@dataclasses.dataclass(frozen=True)
 class SweepArgs:
     """Train every point of --grid.* (or --samples random draws) on --seeds seeds, one
     compile per static group; write sweep.csv, summary.json and sweep.png under --out,
@@ -131,6 +143,9 @@ class SweepArgs:
     grid: Grid = Grid()
     samples: int | None = None
     """random search: draw this many points; every float --grid.FIELD then takes two values LOW HIGH, drawn log-uniformly for the fields in --log-uniform and uniformly otherwise; --grid.num-envs/num-steps/estimator stay lists, crossed with the draws."""
+    search: Literal["grid", "halving"] = "grid"
+    """grid: train every point (of the grid, or of --samples draws) to the end; halving: successive halving over the same points (traced fields only; --halving.*)."""
+    halving: Halving = Halving()
     reeval: Reeval = Reeval()
     log_uniform: tuple[_HParamName, ...] = ("lr",)
     """with --samples: the fields drawn log-uniformly."""
@@ -178,6 +193,8 @@ class SweepArgs:
             raise ValueError("`samples` needs a float --grid.FIELD given as LOW HIGH to draw from")
         self.static_configs()  # every value checked, every static configuration built
         _check_reeval(self.reeval, self.num_points())
+        if self.search == "halving":
+            self._check_halving()
         if self.resume is None:
             check_fresh(self.out, "sweep", overwrite=self.overwrite)
             return self
@@ -192,6 +209,30 @@ class SweepArgs:
             raise ValueError(f"`out` = {str(self.out)!r}: --resume continues the sweep in its "
                              f"own directory {str(self.resume)!r}; leave --out out")
         return self
+
+    def halving_min_updates(self) -> int:
+        """The first rung's budget in updates (``--halving.min-steps`` in env steps)."""
+        if self.halving.min_steps is None:
+            return max(1, self.config.num_updates // self.halving.eta**2)
+        return self.halving.min_steps // self.config.batch_size
+
+    def _check_halving(self) -> None:
+        static = sorted(f for f in self.grid.given() if f not in _HPARAM_FIELDS)
+        if static:
+            raise ValueError(f"`grid`: {', '.join(static)} cannot be searched with --search "
+                             "halving: each run goes on from its own state in one compiled "
+                             "program, so only HParams fields (traced) may differ between points")
+        if self.resume is not None:
+            raise ValueError("`resume`: a halving search cannot be resumed yet; run it again")
+        if isinstance(self.halving.eta, bool) or self.halving.eta < 2:
+            raise ValueError(f"`halving.eta` must be an integer >= 2, got {self.halving.eta!r}")
+        if self.halving.min_steps is not None and not (
+                self.config.batch_size <= self.halving.min_steps <= self.config.total_timesteps):
+            raise ValueError(
+                f"`halving.min_steps` = {self.halving.min_steps}: the first rung needs at least "
+                f"one update ({self.config.batch_size} env steps) and at most the run's "
+                f"{self.config.total_timesteps}")
+        rung_budgets(self.config.num_updates, self.halving.eta, self.halving_min_updates())
 
     def settings(self) -> dict[str, Any]:
         """What ``chunks/manifest.json`` records: every setting but ``out``, ``resume`` and

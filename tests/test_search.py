@@ -1,0 +1,98 @@
+"""Successive halving: the schedule keeps the true best arm of a fake problem, a run that
+goes on continues from its own state (the same bits as training it in one go), a search
+compiles once per rung plus once to start, and the command's outputs and refusals."""
+
+import json
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from jaxadv import cli
+from jaxadv.search import halving_loop, rung_budgets, successive_halving
+from jaxadv.train import HParams, TrainConfig, make_train
+
+pytestmark = pytest.mark.fast_compile  # compares programs (conftest.py)
+
+TINY = TrainConfig(algo="a2c", num_envs=2, num_steps=8, total_timesteps=2 * 8 * 12, hidden=(8,))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_schedule_keeps_the_true_best_arm_of_a_fake_problem(seed):
+    """27 arms with known means; an arm's measured fitness is its mean plus noise whose
+    scale falls as 1/sqrt(updates trained), as an average over more episodes would."""
+    rng = np.random.default_rng(seed)
+    means = rng.permutation(np.linspace(0.0, 26.0, 27))
+    trained = np.zeros(27, int)
+    calls = []
+
+    def train(points, updates, budget):
+        calls.append((list(points), updates, budget))
+        trained[points] += updates
+        assert np.all(trained[points] == budget)  # each goes on from where it stopped
+        return means[points] + rng.normal(size=len(points)) * 4.0 / np.sqrt(trained[points])
+
+    rungs = halving_loop(27, rung_budgets(81, 3, 1), 3, train)
+    assert [len(r.points) for r in rungs] == [27, 9, 3, 1, 1]
+    assert [r.budget for r in rungs] == [1, 3, 9, 27, 81]
+    assert [c[1] for c in calls] == [1, 2, 6, 18, 54]  # never retrained from zero
+    assert rungs[-1].kept == [int(np.argmax(means))]
+    for r in rungs[:-1]:
+        assert len(r.kept) == math.ceil(len(r.points) / 3)
+
+
+def test_nan_fitness_ranks_last():
+    rungs = halving_loop(4, [1, 2], 2, lambda p, u, b: np.array([np.nan, 1.0, 3.0, 2.0])[p])
+    assert rungs[0].kept == [2, 3]
+
+
+def test_a_run_that_goes_on_is_the_same_bits_as_training_it_in_one_go():
+    hp = HParams(lr=np.float32(3e-3))
+    result = successive_halving(TINY, {"lr": [3e-3]}, 2, key=jax.random.key(3), eta=2,
+                                min_updates=3)
+    assert [r.budget for r in result.rungs] == [3, 6, 12]
+    keys = jax.random.split(jax.random.key(3), 2)
+    _, metrics = jax.jit(jax.vmap(make_train(TINY), (0, None)))(keys, hp)
+    assert np.array_equal(result.returns[0], np.asarray(metrics["episode_return"]), equal_nan=True)
+    assert result.env_steps == 2 * 12 * TINY.batch_size
+
+
+def test_a_search_compiles_once_per_rung_and_once_to_start():
+    compiles = []
+
+    def listener(name, seconds, **kwargs):
+        if name == "/jax/core/compile/backend_compile_duration":
+            compiles.append(name)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        result = successive_halving(TINY, {"lr": [1e-4, 1e-3, 1e-2, 3e-2]}, 2,
+                                    key=jax.random.key(0), eta=2, min_updates=3)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert len(result.rungs) == 3
+    assert len(compiles) <= len(result.rungs) + 1 == result.compiles
+
+
+def test_the_command_writes_the_search_and_refuses_what_it_cannot_search(tmp_path, capsys):
+    out = tmp_path / "search"
+    base = ["sweep", "--search", "halving", "--algo", "a2c", "--num-envs", "2", "--num-steps",
+            "8", "--hidden", "8", "--total-timesteps", "192", "--seeds", "2"]
+    assert cli.main([*base, "--grid.lr", "1e-4", "1e-3", "1e-2", "--halving.eta", "3",
+                     "--halving.min-steps", "16", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["budget"] for r in summary["rungs"]] == [1, 3, 12]
+    assert [len(r["points"]) for r in summary["rungs"]] == [3, 1, 1]
+    assert summary["best"]["index"] == summary["rungs"][-1]["points"][0]
+    rows = (out / "search.csv").read_text().splitlines()
+    assert rows[0] == "rung,updates,env_steps,point,lr,fitness,kept" and len(rows) == 1 + 5
+    assert (out / "search.png").read_bytes()[:4] == b"\x89PNG"
+    capsys.readouterr()
+    for flags, words in [
+        (["--grid.num-envs", "2", "4"], "num_envs cannot be searched with --search halving"),
+        (["--grid.lr", "1e-3", "--halving.eta", "1"], "`halving.eta` must be an integer >= 2"),
+        (["--grid.lr", "1e-3", "--halving.min-steps", "8"], "at least one update (16 env steps)"),
+    ]:
+        assert cli.main([*base, *flags, "--out", str(tmp_path / "x")]) == 2
+        assert words in capsys.readouterr().err
