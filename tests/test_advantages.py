@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 import jaxadv
 from jaxadv import advantages as adv
 
+pytestmark = pytest.mark.fast_compile  # checks against references and mechanics (conftest.py)
+
 # ---------------------------------------------------------------- references
 # Written from the definitions, one trajectory at a time, by walking forward
 # from each t — deliberately not the backward recursions the library uses.

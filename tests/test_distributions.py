@@ -23,6 +23,8 @@ from jaxadv.distributions import (
     gaussian_sample,
 )
 
+pytestmark = pytest.mark.fast_compile  # checks against references and mechanics (conftest.py)
+
 BATCH_SHAPES = [(), (5,), (3, 4)]
 NUM_ACTIONS = 6
 ACTION_DIM = 3

@@ -21,6 +21,8 @@ from jaxadv.envs import (
     running_mean_std_update,
 )
 
+pytestmark = pytest.mark.fast_compile  # checks against references and mechanics (conftest.py)
+
 # ---------------------------------------------------------------- make
 
 

@@ -7,6 +7,8 @@ import pytest
 
 from jaxadv import exact
 
+pytestmark = pytest.mark.fast_compile  # checks against references and mechanics (conftest.py)
+
 
 def _numpy_reference(mdp, logits):
     """V, Q, d and the policy-gradient-theorem gradient with np.linalg.solve (float64)."""

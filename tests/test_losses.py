@@ -22,6 +22,8 @@ from jaxadv.losses import (
     value_loss,
 )
 
+pytestmark = pytest.mark.fast_compile  # checks against references and mechanics (conftest.py)
+
 REDUCTIONS = ("token", "sequence", "constant")
 T, B = 7, 5
 

@@ -8,6 +8,8 @@ from _lapack import LAPACK_PRIMITIVES, primitive_names
 
 from jaxadv.networks import make_network, orthogonal, orthogonal_matrices
 
+pytestmark = pytest.mark.fast_compile  # checks against references and mechanics (conftest.py)
+
 
 def test_primitive_walker_finds_qr_in_flax_orthogonal():
     # The oracle for the checks below: the walker and the HLO scan do see LAPACK where it is.

@@ -16,6 +16,8 @@ from jaxadv.envs import env_spec, make, running_mean_std_init, running_mean_std_
 from jaxadv.networks import make_network
 from jaxadv.rollout import make_policy, rollout
 
+pytestmark = pytest.mark.fast_compile  # checks against references and mechanics (conftest.py)
+
 N, T = 4, 64
 
 

@@ -27,6 +27,8 @@ from jaxadv.envs.token import (
     token_env,
 )
 
+pytestmark = pytest.mark.fast_compile  # checks against references and mechanics (conftest.py)
+
 # ---------------------------------------------------------------- plain-Python references
 
 
