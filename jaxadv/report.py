@@ -39,6 +39,7 @@ __all__ = [
     "plot_returns",
     "plot_selection",
     "plot_sweep",
+    "save_panel",
     "summarize",
     "summarize_sweep",
     "summary_table",
@@ -538,7 +539,12 @@ def plot_selection(path: pathlib.Path, rows: list[dict[str, Any]], title: str) -
     ax.set_xticks(range(len(rows)), [
         f"point {row['index']}\n" + ", ".join(f"{k}={_fmt(v)}" for k, v in row["point"].items())
         for row in rows], fontsize="small")
-    ax.set_ylabel("final return (last 10% of updates)")
+    save_panel(fig, ax, path, title, ylabel="final return (last 10% of updates)")
+
+
+def save_panel(fig: Figure, ax: Axes, path: pathlib.Path, title: str, *, ylabel: str) -> None:
+    """Label, grid and legend one panel, title the figure and save it (renamed into place)."""
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize="small")
     fig.suptitle(title)

@@ -22,7 +22,7 @@ import numpy as np
 from rich.console import Console
 
 from jaxadv.outdir import OutputLock, replace_atomically
-from jaxadv.report import _figure, jsonable, platform_info, plot_selection, write_json
+from jaxadv.report import _figure, jsonable, platform_info, plot_selection, save_panel, write_json
 from jaxadv.search import HalvingResult, Rung, successive_halving
 from jaxadv.selection import reevaluate, selection_report
 from jaxadv.sweep_cli import SweepArgs, _prepare_out, sweep_command
@@ -138,9 +138,4 @@ def plot_search(path: Any, result: HalvingResult, batch_size: int, title: str) -
                 label=f"pick: point {p}" if pick else None)
     ax.set_xscale("log")
     ax.set_xlabel("env steps per run")
-    ax.set_ylabel("fitness (final return, mean over seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize="small")
-    fig.suptitle(title)
-    with replace_atomically(path) as tmp:
-        fig.savefig(tmp, dpi=120)
+    save_panel(fig, ax, path, title, ylabel="fitness (final return, mean over seeds)")

@@ -1,28 +1,15 @@
 """``jaxadv check MODULE:FUNCTION --kind K``: the conformance kit from the command line."""
 
-import textwrap
+import inspect
 
 import pytest
+from test_testing import purejaxrl_gae
 
 from jaxadv import cli
 
 pytestmark = pytest.mark.fast_compile  # mechanics (conftest.py)
 
-INLINE_GAE = textwrap.dedent('''
-    import jax, jax.numpy as jnp
-
-    def gae(rewards, values, dones, last_value, *, gamma, lambda_):
-        """PureJaxRL's inline GAE: one done flag, so a truncation bootstraps nothing."""
-        def step(carry, x):
-            adv, next_value = carry
-            r, v, d = x
-            delta = r + gamma * next_value * (1 - d) - v
-            adv = delta + gamma * lambda_ * (1 - d) * adv
-            return (adv, v), adv
-        _, advs = jax.lax.scan(step, (jnp.zeros_like(last_value), last_value),
-                               (rewards, values, dones), reverse=True)
-        return advs, advs + values
-''')
+INLINE_GAE = "import jax\nimport jax.numpy as jnp\n\n\n" + inspect.getsource(purejaxrl_gae)
 
 
 def test_jaxadv_own_gae_passes_and_an_inline_gae_fails_the_truncation_checks(tmp_path, capsys):
@@ -30,7 +17,8 @@ def test_jaxadv_own_gae_passes_and_an_inline_gae_fails_the_truncation_checks(tmp
     assert "15/15 checks passed" in capsys.readouterr().out
     path = tmp_path / "inline.py"
     path.write_text(INLINE_GAE)
-    assert cli.main(["check", f"{path}:gae", "--kind", "gae", "--adapter", "purejaxrl"]) == 1
+    assert cli.main(["check", f"{path}:purejaxrl_gae", "--kind", "gae", "--adapter",
+                     "purejaxrl"]) == 1
     captured = capsys.readouterr()
     failed = sorted(line.split()[0] for line in captured.out.splitlines() if " FAIL " in line)
     assert failed == ["reference_truncation", "truncated_every_step", "truncated_last_step"]
