@@ -5,6 +5,8 @@ draw, worse under ``vmap``), so most tests draw parameters with ``rbg`` keys —
 model does not care which key implementation it gets — and every observation
 batch has the one shape ``[6, L]``, so each network compiles ``apply`` once.
 The LAPACK check traces and lowers the vmapped ``init`` with default keys.
+The tests that compile, except the overfitting one (a learning bar), are marked ``fast_compile``
+(conftest.py).
 """
 
 import functools
@@ -79,6 +81,7 @@ OBS = jnp.array(
 NONPAD = np.asarray(OBS != PAD)
 
 
+@pytest.mark.fast_compile
 def test_last_position_right_left_interior_and_all_pad():
     np.testing.assert_array_equal(last_position(OBS, PAD), [4, 3, 5, 6, 7, 0])
     assert last_position(OBS, PAD).dtype == jnp.int32
@@ -97,6 +100,7 @@ def test_last_position_right_left_interior_and_all_pad():
     [{}, {"value_head": False}, {"separate_critic": True}, {"num_actions": 3}],
     ids=["shared", "no_value", "separate_critic", "3_actions"],
 )
+@pytest.mark.fast_compile
 def test_shapes(batch, options):
     # Shapes by abstract evaluation (no compilation); values are checked in the tests below.
     options = dict(options)
@@ -113,6 +117,7 @@ def test_shapes(batch, options):
     assert ("critic_trunk" in params["params"]) == options.get("separate_critic", False)
 
 
+@pytest.mark.fast_compile
 def test_apply_runs_on_one_unbatched_row():
     net, params = small_net(), small_params()
     logits, value = net.apply(params, OBS[2])
@@ -122,6 +127,7 @@ def test_apply_runs_on_one_unbatched_row():
     np.testing.assert_allclose(value, batched_value[2], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.fast_compile
 def test_without_value_head_the_value_is_zero_and_logits_are_unchanged():
     # Same key, same module paths: the trunk and policy head get the same parameters.
     params = small_params()
@@ -138,6 +144,7 @@ def test_without_value_head_the_value_is_zero_and_logits_are_unchanged():
     np.testing.assert_array_equal(all_logits, small_net().apply_all(params, OBS)[0])
 
 
+@pytest.mark.fast_compile
 def test_attend_matches_flax_dot_product_attention():
     # Oracle: flax's own masked attention, on random q, k, v and a causal + PAD mask.
     q, k, v = jnp.asarray(np.random.default_rng(2).normal(size=(3, 6, L, 4, 8)), jnp.float32)
@@ -147,6 +154,7 @@ def test_attend_matches_flax_dot_product_attention():
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.fast_compile
 def test_attention_mask_is_causal_hides_pad_keys_and_keeps_the_diagonal():
     nonpad = jnp.array([False, True, False, True])
     mask = np.asarray(transformer._attention_mask(nonpad))
@@ -162,6 +170,7 @@ def test_attention_mask_is_causal_hides_pad_keys_and_keeps_the_diagonal():
     np.testing.assert_array_equal(mask, expected)
 
 
+@pytest.mark.fast_compile
 @pytest.mark.parametrize("p", [0, 3, 6])
 def test_apply_all_is_causal_exactly(p):
     net, params = small_net(separate_critic=True), small_params(separate_critic=True)
@@ -177,6 +186,7 @@ def test_apply_all_is_causal_exactly(p):
             assert not np.allclose(x[:, p + 1 :], y[:, p + 1 :])  # and later outputs do change
 
 
+@pytest.mark.fast_compile
 @pytest.mark.parametrize("separate_critic", [False, True])
 def test_pad_tokens_do_not_influence_outputs(separate_critic):
     # Changing the PAD embedding changes only the (unused) outputs at PAD positions.
@@ -197,6 +207,7 @@ def test_pad_tokens_do_not_influence_outputs(separate_critic):
         np.testing.assert_array_equal(x[:-1], y[:-1])  # (the all-PAD row reads its own PAD)
 
 
+@pytest.mark.fast_compile
 def test_outputs_do_not_depend_on_the_padding_layout():
     # Positions count non-PAD tokens, so a padded prompt reads like the same tokens packed.
     net, params = small_net(), small_params()
@@ -220,6 +231,7 @@ def test_outputs_do_not_depend_on_the_padding_layout():
     np.testing.assert_allclose(all_logits[1, 2:6], all_logits[0, :4], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.fast_compile
 @pytest.mark.parametrize("separate_critic", [False, True])
 def test_apply_equals_apply_all_at_last_position(separate_critic):
     # OBS holds right-padded rows, left-padded prompts, PADs inside and an all-PAD row.
@@ -234,12 +246,14 @@ def test_apply_equals_apply_all_at_last_position(separate_critic):
     np.testing.assert_allclose(value, np.asarray(all_values)[rows, pos], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.fast_compile
 def test_all_pad_row_is_finite():
     net, params = small_net(), small_params()
     for x in (*net.apply(params, OBS), *net.apply_all(params, OBS)):
         assert np.all(np.isfinite(x))
 
 
+@pytest.mark.fast_compile
 def test_initial_policy_is_near_uniform():
     net = small_net()
     for seed in range(3):
@@ -250,6 +264,7 @@ def test_initial_policy_is_near_uniform():
             np.testing.assert_allclose(jax.nn.softmax(logits), 1.0 / VOCAB, rtol=0.2)
 
 
+@pytest.mark.fast_compile
 def test_init_vmapped_over_16_keys_has_no_lapack_and_runs():
     net = make_transformer(VOCAB, L, VOCAB, pad=PAD, width=16, separate_critic=True)
     init = jax.vmap(net.init, (0, None))
@@ -275,6 +290,7 @@ def test_init_vmapped_over_16_keys_has_no_lapack_and_runs():
     assert np.all(np.isfinite(logits)) and not np.allclose(value[0], value[1])
 
 
+@pytest.mark.fast_compile
 def test_gradients_are_finite():
     net, params = small_net(), small_params()
 
@@ -295,6 +311,7 @@ def test_gradients_are_finite():
     assert np.any(grads["params"]["trunk"]["block_0"]["qkv"]["kernel"])
 
 
+@pytest.mark.fast_compile
 def test_separate_critic_is_independent_of_the_policy():
     net, params = small_net(separate_critic=True), small_params(separate_critic=True)
     perturbed = jax.tree.map(lambda x: x, params)
