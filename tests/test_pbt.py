@@ -1,0 +1,94 @@
+"""PBT's exploit and explore step: a replaced member is its donor's parameters, optimiser
+state and normalisation statistics bit for bit, with its own environment state and key;
+every other member is untouched; explored values stay in their valid ranges."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxadv.pbt import COPIED, PBTSettings, exploit_explore, rank
+from jaxadv.train import HParams, TrainConfig, make_trainer
+
+pytestmark = pytest.mark.fast_compile  # mechanics (conftest.py)
+
+CONFIG = TrainConfig(num_envs=2, num_steps=8, total_timesteps=64, hidden=(8,),
+                     normalize_obs=True)
+M = 8
+
+
+@pytest.fixture(scope="module")
+def population():
+    keys = jax.random.split(jax.random.key(0), M)
+    hp = HParams(lr=jnp.geomspace(1e-5, 1e-1, M, dtype=jnp.float32),
+                 gamma=jnp.linspace(0.9, 1.0, M, dtype=jnp.float32),
+                 **{f.name: jnp.full(M, getattr(HParams(), f.name), jnp.float32)
+                    for f in dataclasses.fields(HParams) if f.name not in ("lr", "gamma")})
+    trainer = make_trainer(CONFIG)
+    state = jax.jit(jax.vmap(trainer.init))(keys, hp)
+    state, _ = jax.jit(jax.vmap(lambda s, h: trainer.run(s, h, 2)))(state, hp)  # members differ
+    return state, hp
+
+
+def test_rank_puts_nan_last_and_breaks_ties_by_index():
+    assert rank(jnp.array([1.0, jnp.nan, 3.0, 1.0, 3.0])).tolist() == [2, 4, 0, 3, 1]
+
+
+def test_exploit_copies_the_donor_bitwise_and_leaves_the_rest(population):
+    state, hp = population
+    fitness = jnp.array([5.0, 1.0, 7.0, 3.0, jnp.nan, 8.0, 2.0, 6.0])  # top 2: 5, 2; bottom: 1, 4
+    settings = PBTSettings(ranges={"lr": (1e-5, 1e-1), "gamma": (0.9, 1.0)}, quantile=0.25)
+    new, new_hp, parent = jax.jit(exploit_explore, static_argnums=4)(
+        jax.random.key(1), fitness, state, hp, settings)
+    parent = np.asarray(parent)
+    assert set(np.flatnonzero(parent != np.arange(M))) == {1, 4}
+    assert set(parent[[1, 4]]) <= {5, 2}
+    leaves = lambda tree: jax.tree.leaves(tree)
+    for m in range(M):
+        for field in COPIED:
+            for a, b in zip(leaves(getattr(new, field)), leaves(getattr(state, field))):
+                assert np.array_equal(np.asarray(a[m]), np.asarray(b[parent[m]])), (field, m)
+        for field in ("env_state", "obs", "update"):  # its own environment stays
+            for a, b in zip(leaves(getattr(new, field)), leaves(getattr(state, field))):
+                assert np.array_equal(np.asarray(a[m]), np.asarray(b[m]))
+        assert np.array_equal(jax.random.key_data(new.key[m]), jax.random.key_data(state.key[m]))
+        if parent[m] == m:  # untouched hyperparameters
+            assert float(new_hp.lr[m]) == float(hp.lr[m]) and float(new_hp.gamma[m]) == float(hp.gamma[m])
+        else:  # the donor's, explored: × 0.8, × 1.25 or a draw from the range
+            donor = float(hp.lr[parent[m]])
+            lr = float(new_hp.lr[m])
+            assert np.isclose(lr, donor * 0.8) or np.isclose(lr, donor * 1.25) or 1e-5 <= lr <= 1e-1
+    assert np.array_equal(np.asarray(new_hp.ent_coef), np.asarray(hp.ent_coef))  # not searched
+
+
+def test_explore_stays_in_the_valid_range():
+    m = 512
+    hp = HParams(**{f.name: jnp.full(m, getattr(HParams(), f.name), jnp.float32)
+                    for f in dataclasses.fields(HParams)})
+    hp = dataclasses.replace(hp, gamma=jnp.full(m, 0.999, jnp.float32),
+                             gae_lambda=jnp.full(m, 0.99, jnp.float32))
+    settings = PBTSettings(ranges={"gamma": (0.9, 1.0), "gae_lambda": (0.5, 1.0),
+                                   "lr": (1e-4, 1e-2)}, quantile=0.5, resample=0.3)
+    from jaxadv.pbt import _explore
+
+    for field, _ in settings.ranges:
+        for seed in range(5):
+            value = getattr(hp, field)
+            out = np.asarray(_explore(jax.random.key(seed), value, field, settings))
+            lo, hi = {"gamma": (0, 1), "gae_lambda": (0, 1)}.get(field, (0, np.inf))
+            assert np.all((out >= lo) & (out <= hi)) and np.all(np.isfinite(out))
+            resampled = ~np.isclose(out, value * 0.8) & ~np.isclose(out, value * 1.25)
+            assert 0.15 < resampled.mean() < 0.7  # some clipped at 1 count here too
+
+
+def test_bad_settings_are_refused():
+    for kwargs, words in [({"quantile": 0.0}, "quantile"), ({"quantile": 0.6}, "quantile"),
+                          ({"resample": 1.5}, "resample")]:
+        with pytest.raises(ValueError, match=words):
+            PBTSettings(ranges={"lr": (1e-4, 1e-2)}, **kwargs)
+    with pytest.raises(ValueError, match="not an HParams field"):
+        PBTSettings(ranges={"num_envs": (1, 2)})
+    with pytest.raises(ValueError, match="LOW < HIGH"):
+        PBTSettings(ranges={"lr": (1e-2, 1e-4)})
