@@ -16,15 +16,19 @@ range (:data:`VALID`). Nothing here leaves the device, so a whole PBT run is one
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from jaxadv.train import HParams, TrainState
+from jaxadv.sweep import LogUniform, Uniform, _stacked_hparams, expand_grid
+from jaxadv.train import HParams, TrainConfig, TrainState, make_trainer
 
-__all__ = ["COPIED", "VALID", "PBTSettings", "exploit_explore", "rank"]
+__all__ = ["COPIED", "VALID", "PBTResult", "PBTSettings", "exploit_explore",
+           "population_based_training", "rank"]
 
 COPIED = ("params", "opt_state", "obs_stats", "reward_scaler", "ref_params")
 """The :class:`~jaxadv.train.TrainState` fields a member takes from its donor."""
@@ -107,3 +111,86 @@ def exploit_explore(key: jax.Array, fitness: jax.Array, state: TrainState, hp: H
         explored = _explore(jax.random.fold_in(k_explore, i), value, field, settings)
         changes[field] = jnp.where(copied, explored, getattr(hp, field))
     return state, dataclasses.replace(hp, **changes), parent
+
+
+@dataclasses.dataclass
+class PBTResult:
+    """What :func:`population_based_training` returns: the initial ``points`` (one per
+    hyperparameter draw; member ``m`` is draw ``m // seeds`` on seed ``m % seeds``),
+    ``fitness [intervals, M]``, ``parent [intervals, M]`` (after each interval's exploit;
+    the last interval's is the identity), ``hparams [intervals, M]`` per searched field
+    (the values each member trained with in each interval), the final ``state`` and the
+    per-update ``returns`` and ``episodes`` ``[M, updates]``."""
+
+    points: list[dict[str, Any]]
+    seeds: int
+    interval: int
+    fitness: np.ndarray
+    parent: np.ndarray
+    hparams: dict[str, np.ndarray]
+    state: Any
+    returns: np.ndarray
+    episodes: np.ndarray
+
+    def lineage(self, member: int) -> list[int]:
+        """The member whose state ``member`` carries on in each interval, first to last."""
+        path = [member]
+        for i in range(self.fitness.shape[0] - 2, -1, -1):
+            path.append(int(self.parent[i, path[-1]]))
+        return path[::-1]
+
+
+def _fitness(returns: jax.Array, episodes: jax.Array) -> jax.Array:
+    """Mean return of the episodes that ended in an interval (``[M, k]`` each): NaN if none."""
+    total = jnp.sum(jnp.where(episodes > 0, jnp.nan_to_num(returns) * episodes, 0.0), axis=1)
+    count = jnp.sum(episodes, axis=1)
+    return jnp.where(count > 0, total / jnp.maximum(count, 1), jnp.nan)
+
+
+def population_based_training(config: TrainConfig, settings: PBTSettings, population: int,
+                              seeds: int, interval: int, *, hparams: HParams | None = None,
+                              key: jax.Array | None = None) -> PBTResult:
+    """Train ``population`` draws from ``settings.ranges`` × ``seeds`` seeds as one
+    population in one compiled program: every ``interval`` updates, :func:`exploit_explore`
+    (not after the last interval). ``config.num_updates`` must be a multiple of ``interval``."""
+    if not 0 < interval <= config.num_updates or config.num_updates % interval:
+        raise ValueError(f"`pbt.interval` = {interval} must divide the run's "
+                         f"{config.num_updates} updates")
+    key = jax.random.key(0) if key is None else key
+    grid = {f: (LogUniform if f in settings.log_uniform else Uniform)(lo, hi)
+            for f, (lo, hi) in settings.ranges}
+    points = expand_grid(grid, num_samples=population, key=jax.random.fold_in(key, 1))
+    hp = _stacked_hparams([p for p in points for _ in range(seeds)],
+                          (hparams or HParams()).validate())
+    trainer, intervals = make_trainer(config), config.num_updates // interval
+    fields = [f for f, _ in settings.ranges]
+
+    @jax.jit
+    def program(key, hp):
+        keys = jax.random.key_data(jax.random.split(key, seeds))
+        keys = jax.random.wrap_key_data(jnp.concatenate([keys] * population))
+        state = jax.vmap(trainer.init)(keys, hp)
+        run = jax.vmap(functools.partial(trainer.run, num_updates=interval))
+
+        def step(carry, i):
+            state, hp, k = carry
+            state, metrics = run(state, hp)
+            fitness = _fitness(metrics["episode_return"], metrics["episodes"])
+            k, sub = jax.random.split(k)
+            last = i == intervals - 1
+            new_state, new_hp, parent = exploit_explore(sub, fitness, state, hp, settings)
+            keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(last, b, a), new, old)
+            out = (fitness, jnp.where(last, jnp.arange(parent.shape[0]), parent),
+                   {f: getattr(hp, f) for f in fields},
+                   metrics["episode_return"], metrics["episodes"])
+            return (keep(new_state, state), keep(new_hp, hp), k), out
+
+        (state, _, _), outs = jax.lax.scan(step, (state, hp, jax.random.fold_in(key, 3)),
+                                           jnp.arange(intervals))
+        return state, outs
+
+    state, (fitness, parent, used, returns, episodes) = program(key, hp)
+    flat = lambda x: np.moveaxis(np.asarray(x), 0, 1).reshape(x.shape[1], -1)
+    return PBTResult(points, seeds, interval, np.asarray(fitness), np.asarray(parent),
+                     {f: np.asarray(v) for f, v in used.items()}, state,
+                     flat(returns), flat(episodes))

@@ -22,20 +22,111 @@ import numpy as np
 from rich.console import Console
 
 from jaxadv.outdir import OutputLock, replace_atomically
+from jaxadv.pbt import PBTResult, population_based_training
 from jaxadv.report import _figure, jsonable, platform_info, plot_selection, save_panel, write_json
 from jaxadv.search import HalvingResult, Rung, successive_halving
 from jaxadv.selection import reevaluate, selection_report
 from jaxadv.sweep_cli import SweepArgs, _prepare_out, sweep_command
 
-__all__ = ["halving_command", "search_command"]
+__all__ = ["halving_command", "pbt_command", "search_command"]
 
 
 def search_command(args: SweepArgs) -> dict[str, Any]:
-    """``jaxadv sweep``: :func:`halving_command` for ``--search halving``, else
-    :func:`~jaxadv.sweep_cli.sweep_command`."""
+    """``jaxadv sweep``: :func:`halving_command` for ``--search halving``,
+    :func:`pbt_command` for ``--search pbt``, else :func:`~jaxadv.sweep_cli.sweep_command`."""
     if args.search == "halving":
         return halving_command(args)
+    if args.search == "pbt":
+        return pbt_command(args)
     return sweep_command(args)
+
+
+def pbt_command(args: SweepArgs) -> dict[str, Any]:
+    """Population-based training for ``args`` (one compiled program); writes ``pbt.csv``,
+    ``summary.json`` and ``pbt.png``; returns the summary."""
+    with OutputLock(args.out):
+        args.check()
+        _prepare_out(args, writer=True)
+        config, out = args.config, args.out
+        err, console = Console(stderr=True, quiet=args.quiet), Console(quiet=args.quiet)
+        settings, interval = args.pbt_settings(), args.pbt_interval()
+        members = args.population * args.seeds
+        err.print(f"population-based training of {config.algo} on {config.env}: {members} "
+                  f"members, exploit/explore every {interval} updates, one compiled program …")
+        result = population_based_training(config, settings, args.population, args.seeds,
+                                           interval, hparams=args.hparams,
+                                           key=jax.random.key(args.seed))
+        summary = summarize_pbt(args, result, config.batch_size)
+        write_pbt_csv(out / "pbt.csv", result)
+        write_json(out / "summary.json", summary)
+        plot_pbt(out / "pbt.png", result, config.batch_size,
+                 f"PBT · {config.algo} · {config.env} · {members} members")
+        best = summary["best"]
+        console.print(f"best member {best['member']}: fitness {best['fitness']:.2f} in the last "
+                      f"interval; its lineage's final {', '.join(best['hparams'])}")
+        console.print(f"wrote pbt.csv, summary.json, pbt.png to {out}/")
+        return summary
+
+
+def summarize_pbt(args: SweepArgs, result: PBTResult, batch_size: int) -> dict[str, Any]:
+    """``summary.json`` of a PBT run: the best member of the last interval, its lineage and
+    hyperparameter schedule, the population's fitness per interval, the settings."""
+    last = result.fitness[-1]
+    member = int(np.nanargmax(np.where(np.isfinite(last), last, -np.inf)))
+    path = result.lineage(member)
+    schedule = {f: [float(v[i, m]) for i, m in enumerate(path)] for f, v in result.hparams.items()}
+    return jsonable({
+        "search": "pbt", "env": args.config.env, "algo": args.config.algo,
+        "population": args.population, "seeds": args.seeds, "members": len(last),
+        "interval": result.interval, "quantile": args.pbt.quantile, "resample": args.pbt.resample,
+        "best": {"member": member, "fitness": float(last[member]), "lineage": path,
+                 "schedule": schedule,
+                 "hparams": {f: values[-1] for f, values in schedule.items()}},
+        "fitness_mean": np.nanmean(result.fitness, axis=1).tolist(),
+        "env_steps": int(result.returns.size * batch_size),
+        "train_config": args.config, "hparams": args.hparams, "grid": args.grid.given(),
+        "seed": args.seed, **platform_info(),
+    })
+
+
+def write_pbt_csv(path: Any, result: PBTResult) -> None:
+    """One row per interval and member: its fitness, the member it then descends from, and
+    each searched field before (``<field>``) and after (``<field>_next``) the step."""
+    fields = sorted(result.hparams)
+    intervals, members = result.fitness.shape
+    with replace_atomically(path) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["interval", "update", "member", "parent", "fitness", *fields,
+                         *(f"{name}_next" for name in fields)])
+        for i in range(intervals):
+            for m in range(members):
+                after = [result.hparams[name][i + 1, m] if i + 1 < intervals
+                         else result.hparams[name][i, m] for name in fields]
+                writer.writerow([i, (i + 1) * result.interval, m, int(result.parent[i, m]),
+                                 f"{result.fitness[i, m]:.7g}",
+                                 *(f"{result.hparams[name][i, m]:.7g}" for name in fields),
+                                 *(f"{v:.7g}" for v in after)])
+
+
+def plot_pbt(path: Any, result: PBTResult, batch_size: int, title: str) -> None:
+    """The population's fitness per interval (every member, and the mean) and each searched
+    field's schedule along the best member's lineage."""
+    fields = sorted(result.hparams)
+    fig, axes = _figure(1 + len(fields))
+    steps = (np.arange(result.fitness.shape[0]) + 1) * result.interval * batch_size
+    axes[0].plot(steps, result.fitness, color="grey", alpha=0.3, lw=0.8)
+    axes[0].plot(steps, np.nanmean(result.fitness, axis=1), color="black", lw=2,
+                 label="population mean")
+    axes[0].set_xlabel("env steps per member")
+    last = result.fitness[-1]
+    lineage = result.lineage(int(np.nanargmax(np.where(np.isfinite(last), last, -np.inf))))
+    for ax, name in zip(axes[1:], fields):
+        ax.plot(steps, [result.hparams[name][i, m] for i, m in enumerate(lineage)], "o-")
+        ax.set_yscale("log")
+        ax.set_xlabel("env steps per member")
+        ax.set_title(f"{name} along the best lineage")
+        ax.grid(alpha=0.3)
+    save_panel(fig, axes[0], path, title, ylabel="fitness (mean return in the interval)")
 
 
 def halving_command(args: SweepArgs) -> dict[str, Any]:

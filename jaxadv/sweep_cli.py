@@ -31,6 +31,7 @@ from jaxadv.checkpoint import SweepChunks
 from jaxadv.driver import Interrupts, progress_bar
 from jaxadv.estimators import ESTIMATORS
 from jaxadv.outdir import OutputLock, check_fresh, remove_run
+from jaxadv.pbt import PBTSettings
 from jaxadv.report import (
     plot_selection,
     plot_sweep,
@@ -52,9 +53,9 @@ from jaxadv.sweep import (
 )
 from jaxadv.tracking import WandbSettings, check_loggers, log_sweep_wandb
 from jaxadv.train import HParams, TrainConfig
-from jaxadv.validate import check_positive, check_seed, field_changes, refuse_changes
+from jaxadv.validate import check_positive, check_seed, field_changes, positive_int, refuse_changes
 
-__all__ = ["Grid", "Halving", "Reeval", "SweepArgs", "sweep_command", "sweep_resume_args"]
+__all__ = ["PBT", "Grid", "Halving", "Reeval", "SweepArgs", "sweep_command", "sweep_resume_args"]
 
 
 _HPARAM_FIELDS = tuple(f.name for f in dataclasses.fields(HParams))
@@ -133,6 +134,20 @@ class Halving:
 
 
 @dataclasses.dataclass(frozen=True)
+class PBT:
+    """--search pbt: every --pbt.interval updates, inside the compiled program, the bottom
+    --pbt.quantile of the population copies a top member's parameters and explores its
+    hyperparameters (jaxadv.pbt)."""
+
+    interval: int | None = None
+    """updates between exploit/explore steps; must divide the run's updates; default: about a tenth of the run."""
+    quantile: float = 0.25
+    """the fraction replaced each time (and the fraction copied from), in (0, 0.5]."""
+    resample: float = 0.25
+    """the probability that an explored field is drawn afresh from its LOW HIGH range instead of multiplied by 0.8 or 1.25."""
+
+
+@dataclasses.dataclass(frozen=True)
 class SweepArgs:
     """Train every point of --grid.* (or --samples random draws) on --seeds seeds, one
     compile per static group; write sweep.csv, summary.json and sweep.png under --out,
@@ -143,9 +158,12 @@ class SweepArgs:
     grid: Grid = Grid()
     samples: int | None = None
     """random search: draw this many points; every float --grid.FIELD then takes two values LOW HIGH, drawn log-uniformly for the fields in --log-uniform and uniformly otherwise; --grid.num-envs/num-steps/estimator stay lists, crossed with the draws."""
-    search: Literal["grid", "halving"] = "grid"
-    """grid: train every point (of the grid, or of --samples draws) to the end; halving: successive halving over the same points (traced fields only; --halving.*)."""
+    search: Literal["grid", "halving", "pbt"] = "grid"
+    """grid: train every point (of the grid, or of --samples draws) to the end; halving: successive halving over the same points (traced fields only; --halving.*); pbt: population-based training of --population draws from each --grid.FIELD LOW HIGH range (traced fields only; --pbt.*)."""
     halving: Halving = Halving()
+    population: int = 8
+    """--search pbt: hyperparameter draws in the population (each on --seeds seeds)."""
+    pbt: PBT = PBT()
     reeval: Reeval = Reeval()
     log_uniform: tuple[_HParamName, ...] = ("lr",)
     """with --samples: the fields drawn log-uniformly."""
@@ -195,6 +213,12 @@ class SweepArgs:
         _check_reeval(self.reeval, self.num_points())
         if self.search == "halving":
             self._check_halving()
+        if self.search == "pbt":
+            self.pbt_settings()
+            self.pbt_interval()
+            if self.reeval.top:
+                raise ValueError("`reeval.top`: re-evaluating a PBT pick (replaying its "
+                                 "lineage's schedule) is not built yet")
         if self.resume is None:
             check_fresh(self.out, "sweep", overwrite=self.overwrite)
             return self
@@ -215,6 +239,36 @@ class SweepArgs:
         if self.halving.min_steps is None:
             return max(1, self.config.num_updates // self.halving.eta**2)
         return self.halving.min_steps // self.config.batch_size
+
+    def pbt_settings(self) -> PBTSettings:
+        """The :class:`~jaxadv.pbt.PBTSettings` of ``--search pbt``; ``ValueError`` for a
+        static field, a field without LOW HIGH, or a bad quantile or resample."""
+        if self.resume is not None:
+            raise ValueError("`resume`: a PBT search cannot be resumed yet; run it again")
+        positive_int("population", self.population, minimum=2)
+        ranges = {}
+        for field, values in self.grid.given().items():
+            if field not in _HPARAM_FIELDS:
+                raise ValueError(f"`grid`: {field} cannot change during a PBT run (the members "
+                                 "share one compiled program); only HParams fields can be searched")
+            if len(values) != 2 or not values[0] < values[1]:
+                raise ValueError(f"`grid` field {field!r}: --search pbt takes a range LOW HIGH "
+                                 f"with LOW < HIGH, got {list(values)}")
+            ranges[field] = tuple(values)
+        return PBTSettings(ranges=ranges, quantile=self.pbt.quantile,
+                           resample=self.pbt.resample, log_uniform=self.log_uniform)
+
+    def pbt_interval(self) -> int:
+        """``--pbt.interval``, checked to divide the run's updates (default: the divisor of
+        the run's updates nearest a tenth of them)."""
+        updates = self.config.num_updates
+        if self.pbt.interval is None:
+            return min((k for k in range(1, updates + 1) if updates % k == 0),
+                       key=lambda k: abs(k - updates / 10))
+        if not 0 < self.pbt.interval < updates or updates % self.pbt.interval:
+            raise ValueError(f"`pbt.interval` = {self.pbt.interval}: give a number of updates "
+                             f"that divides the run's {updates} and is shorter than it")
+        return self.pbt.interval
 
     def _check_halving(self) -> None:
         static = sorted(f for f in self.grid.given() if f not in _HPARAM_FIELDS)

@@ -3,6 +3,7 @@ state and normalisation statistics bit for bit, with its own environment state a
 every other member is untouched; explored values stay in their valid ranges."""
 
 import dataclasses
+import json
 
 import jax
 import jax.numpy as jnp
@@ -92,3 +93,57 @@ def test_bad_settings_are_refused():
         PBTSettings(ranges={"num_envs": (1, 2)})
     with pytest.raises(ValueError, match="LOW < HIGH"):
         PBTSettings(ranges={"lr": (1e-2, 1e-4)})
+
+
+TINY = TrainConfig(algo="a2c", num_envs=2, num_steps=8, total_timesteps=2 * 8 * 12, hidden=(8,))
+
+
+def test_the_in_program_loop_follows_its_own_exploit_and_explore():
+    from jaxadv.pbt import population_based_training
+
+    settings = PBTSettings(ranges={"lr": (1e-4, 1e-1)}, quantile=0.5, resample=0.0)
+    result = population_based_training(TINY, settings, 4, 1, 3, key=jax.random.key(2))
+    intervals = TINY.num_updates // 3
+    assert result.fitness.shape == result.parent.shape == (intervals, 4)
+    assert result.parent[-1].tolist() == [0, 1, 2, 3]  # no exploit after the last interval
+    lr = result.hparams["lr"]
+    for i in range(intervals - 1):
+        order = np.asarray(rank(jnp.asarray(result.fitness[i])))
+        replaced = sorted(order[2:].tolist())
+        assert sorted(np.flatnonzero(result.parent[i] != np.arange(4)).tolist()) == replaced
+        for m in range(4):
+            p = result.parent[i, m]
+            if p == m:
+                assert lr[i + 1, m] == lr[i, m]
+            else:  # resample 0: exactly x0.8 or x1.25 of the donor's, in float32
+                assert p in order[:2]
+                assert lr[i + 1, m] in (np.float32(lr[i, p] * np.float32(0.8)),
+                                        np.float32(lr[i, p] * np.float32(1.25)))
+    assert len(result.lineage(0)) == intervals
+    assert result.returns.shape == (4, TINY.num_updates)
+
+
+def test_the_pbt_command_and_its_refusals(tmp_path, capsys):
+    from jaxadv import cli
+
+    base = ["sweep", "--search", "pbt", "--algo", "a2c", "--num-envs", "2", "--num-steps", "8",
+            "--hidden", "8", "--total-timesteps", "192", "--seeds", "1", "--population", "4"]
+    out = tmp_path / "pbt"
+    assert cli.main([*base, "--grid.lr", "1e-4", "1e-1", "--pbt.interval", "4",
+                     "--out", str(out)]) == 0
+    rows = (out / "pbt.csv").read_text().splitlines()
+    assert rows[0] == "interval,update,member,parent,fitness,lr,lr_next" and len(rows) == 1 + 3 * 4
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["best"]["lineage"]) == 3 and summary["members"] == 4
+    assert (out / "pbt.png").read_bytes()[:4] == b"\x89PNG"
+    capsys.readouterr()
+    for flags, words in [
+        (["--grid.num-envs", "2", "4"], "num_envs cannot change during a PBT run"),
+        (["--grid.lr", "1e-3"], "takes a range LOW HIGH"),
+        (["--grid.lr", "1e-4", "1e-1", "--pbt.quantile", "0.6"], "`pbt.quantile` must be in (0, 0.5]"),
+        (["--grid.lr", "1e-4", "1e-1", "--pbt.interval", "5"], "divides the run's 12"),
+        (["--grid.lr", "1e-4", "1e-1", "--pbt.interval", "0"], "`pbt.interval` = 0"),
+        (["--grid.lr", "1e-4", "1e-1", "--reeval.top", "1"], "not built yet"),
+    ]:
+        assert cli.main([*base, *flags, "--out", str(tmp_path / "x")]) == 2
+        assert words in capsys.readouterr().err
