@@ -326,8 +326,9 @@ def _save_animation(vis: Any, labels: list[str], path: pathlib.Path, console: Co
     fps = 1000 // vis.interval
     writer = animation.PillowWriter(fps=fps) if path.suffix.lower() == ".gif" else animation.FFMpegWriter(fps=fps)
     try:
-        with console.status(f"drawing {count} frames …") as status:
-            anim.save(path, writer=writer, dpi=60,
+        with console.status(f"drawing {count} frames …") as status, \
+                replace_atomically(path) as tmp:
+            anim.save(tmp, writer=writer, dpi=60,
                       progress_callback=lambda i, n: status.update(f"drawing frame {i + 1} of {n} …"))
     finally:
         plt.close(vis.fig)
