@@ -55,6 +55,9 @@ OBJECTIVES: dict[str, dict[str, Any]] = {
     "cispo": {"algo": "cispo", "estimator": "grpo", "clip_low": 1.0, "clip_high": 0.28},
     "vapo": {"algo": "dapo", "estimator": "vapo", "clip_low": 0.2, "clip_high": 0.28,
              "lambda_critic": 1.0, "length_alpha": 2.0},
+    "sapo": {"algo": "sapo", "estimator": "grpo"},
+    "gmpo": {"algo": "gmpo", "estimator": "grpo", "clip_low": 0.4, "clip_high": 0.4},
+    "icepop": {"algo": "icepop", "estimator": "grpo", "clip_low": 0.2, "clip_high": 0.28},
 }
 """``--objective`` presets: the settings each one gives where its flag is not set."""
 
@@ -83,11 +86,11 @@ class SequenceArgs:
     length_penalty: float = 0.0
     """subtract length_penalty x (response length / response_length)."""
     objective: Literal[tuple(OBJECTIVES)] | None = None  # type: ignore[valid-type]
-    """a preset of --algo, --estimator and their settings (a flag given explicitly still wins): grpo (ppo's clipped ratio, grpo); dapo (clip-higher 0.2/0.28, dynamic sampling, token-mean loss, grpo); gspo (sequence-level ratio clipped to 3e-4/4e-4, grpo); cispo (clipped stop-gradient weight, no lower bound, upper 0.28, grpo); vapo (clip-higher, decoupled GAE: critic λ 1, length-adaptive policy λ = 1 − 1/(α·|y|) with α = 2, a trace twice as long as the response — VAPO's α = 0.05 is for responses of hundreds of tokens and gives λ = 0 on these — token-level value head)."""
+    """a preset of --algo, --estimator and their settings (a flag given explicitly still wins): grpo (ppo's clipped ratio, grpo); dapo (clip-higher 0.2/0.28, dynamic sampling, token-mean loss, grpo); gspo (sequence-level ratio clipped to 3e-4/4e-4, grpo); cispo (clipped stop-gradient weight, no lower bound, upper 0.28, grpo); vapo (clip-higher, decoupled GAE: critic λ 1, length-adaptive policy λ = 1 − 1/(α·|y|) with α = 2, a trace twice as long as the response — VAPO's α = 0.05 is for responses of hundreds of tokens and gives λ = 0 on these — token-level value head); sapo (a sigmoid gate of the ratio, τ 1/1.05, grpo); gmpo (geometric mean of the token ratios, log-ratio clipped to [−0.4, 0.4], grpo); icepop (clip-higher 0.2/0.28, tokens whose sampler mismatch leaves [1/α, α] dropped, grpo)."""
     estimator: Literal[(*SEQUENCE_ESTIMATORS, "gae", "vapo")] | None = None  # type: ignore[valid-type]
     """grpo, drgrpo (no std), rloo, batchmean (REINFORCE, batch-mean baseline), rfpp (REINFORCE++ global normalisation), remax (greedy baseline), gae (token-level, with a value head) or vapo (gae decoupled: --lambda-policy or length-adaptive for the policy, --lambda-critic for the value head); default: the objective's, else grpo."""
-    algo: Literal["ppo", "reinforce", "dapo", "gspo", "cispo"] | None = None
-    """the policy loss: ppo (clipped ratio, epochs x minibatches), reinforce (one plain policy-gradient step), dapo (ratio clipped to [1-clip_low, 1+clip_high]), gspo (the response's geometric-mean ratio, clipped per response), cispo (clipped stop-gradient ratio times log-prob times A); default: the objective's, else ppo."""
+    algo: Literal["ppo", "reinforce", "dapo", "gspo", "cispo", "sapo", "gmpo", "icepop"] | None = None
+    """the policy loss: ppo (clipped ratio, epochs x minibatches), reinforce (one plain policy-gradient step), dapo (ratio clipped to [1-clip_low, 1+clip_high]), gspo (the response's geometric-mean ratio, clipped per response), cispo (clipped stop-gradient ratio times log-prob times A), sapo (a sigmoid gate of the ratio, --sapo-tau-pos/--sapo-tau-neg), gmpo (the geometric mean of the token ratios, the log-ratio clipped to [-clip_low, clip_high]), icepop (dapo's clip with the tokens whose sampler mismatch leaves [1/--icepop-alpha, --icepop-alpha] dropped); default: the objective's, else ppo."""
     group_size: int = 8
     """samples per prompt (K)."""
     prompts_per_update: int = 64
@@ -121,15 +124,33 @@ class SequenceArgs:
     ent_coef: float = 0.0
     """entropy bonus weight."""
     clip_low: float | None = None
-    """clip range below 1 (ppo's ε; dapo, gspo, cispo: ε_low, 1 = no lower bound); default: the objective's, else 0.2."""
+    """clip range below 1 (ppo's ε; dapo, gspo, cispo, icepop: ε_low, 1 = no lower bound; gmpo: of the log-ratio); default: the objective's, else 0.2."""
     clip_high: float | None = None
-    """dapo, gspo, cispo: clip range above 1 (ε_high); default: the objective's, else 0.28."""
+    """dapo, gspo, cispo, icepop: clip range above 1 (ε_high); gmpo: of the log-ratio; default: the objective's, else 0.28."""
     dynamic_sampling: bool | None = None
     """mask out the groups whose rewards are all equal (DAPO's dynamic sampling, in a fixed-shape batch; metrics.csv: informative_groups); default: the objective's, else off."""
     behaviour_temperature: float | None = None
-    """sample at this temperature instead of --temperature (a sampler that differs from the trained policy) and correct with truncated importance sampling: advantages times min(π/π_b, --tis-cap)."""
+    """sample at this temperature instead of --temperature (a sampler that differs from the trained policy) and correct with --correction (default: truncated importance sampling, advantages times min(π/π_b, --tis-cap))."""
+    behaviour_precision: Literal["float32", "bfloat16"] = "float32"
+    """bfloat16: sample from the policy's logits rounded to bfloat16 (a lower-precision inference engine; then divided by the temperature), and correct with --correction."""
+    correction: tuple[Literal["none", "tis", "token_mis", "seq_tis", "seq_mis"], ...] | None = None
+    """with a behaviour policy: the importance weights of π/π_b on the advantages, at most one token-level and one sequence-level: tis (min(r, --tis-cap) per token), token_mis (r per token inside --mis-range, else 0), seq_tis (the response's ρ truncated at --seq-cap), seq_mis (ρ inside --seq-range, else the response is dropped), none; default: tis, none for icepop."""
     tis_cap: float = 2.0
-    """with --behaviour-temperature: the truncation of the importance weights."""
+    """correction tis: the truncation of the token importance weights."""
+    mis_range: tuple[float, float] = (0.5, 2.0)
+    """correction token_mis: the band [lo, hi] of the token ratios kept."""
+    seq_cap: float = 2.0
+    """correction seq_tis: the truncation of the response's ratio."""
+    seq_range: tuple[float, float] = (0.5, 2.0)
+    """correction seq_mis: the band [lo, hi] of the responses' ratios kept."""
+    seq_aggregate: Literal["product", "geometric"] = "product"
+    """seq_tis, seq_mis: the response's ratio is the product of its token ratios, or their geometric mean."""
+    icepop_alpha: float = 2.0
+    """icepop: the band [1/α, α] of the sampler mismatch kept (> 1)."""
+    sapo_tau_pos: float = 1.0
+    """sapo: the gate's temperature for positive advantages."""
+    sapo_tau_neg: float = 1.05
+    """sapo: the gate's temperature for the others."""
     value_warmup: int = 0
     """gae, vapo: VAPO's value pre-training — the first value_warmup updates train the value head alone."""
     overlong_buffer: int = 0
@@ -223,6 +244,9 @@ class SequenceArgs:
             normalize_advantages=estimator in ("gae", "vapo"), clip_value_loss=False,
             dynamic_sampling=self.setting("dynamic_sampling"), value_warmup=self.value_warmup,
             behaviour_temperature=self.behaviour_temperature, tis_cap=self.tis_cap,
+            behaviour_precision=self.behaviour_precision, correction=self.correction,
+            mis_range=self.mis_range, seq_cap=self.seq_cap, seq_range=self.seq_range,
+            seq_aggregate=self.seq_aggregate,
         )
 
     @property
@@ -231,7 +255,8 @@ class SequenceArgs:
                        ent_coef=self.ent_coef, clip_eps=self.setting("clip_low"),
                        clip_eps_high=self.setting("clip_high"), kl_coef=self.kl_coef,
                        critic_lambda=self.setting("lambda_critic"),
-                       length_alpha=self.setting("length_alpha")).validate()
+                       length_alpha=self.setting("length_alpha"), icepop_alpha=self.icepop_alpha,
+                       sapo_tau_pos=self.sapo_tau_pos, sapo_tau_neg=self.sapo_tau_neg).validate()
 
 
 RESUME_MAY_CHANGE = ("quiet", "samples_shown", "chunk_updates", "checkpoint_every", "log", "wandb",
@@ -244,6 +269,7 @@ def stored_sequence_args(run_dir: pathlib.Path) -> SequenceArgs:
     path = pathlib.Path(run_dir) / "sequence.json"
     try:
         data = json.loads(path.read_text())
+        data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         data.update(out=pathlib.Path(run_dir), resume=pathlib.Path(run_dir), overwrite=False,
                     log=tuple(data["log"]), wandb=WandbSettings(**data["wandb"]))
         return SequenceArgs(**data)

@@ -45,7 +45,7 @@ from jax.flatten_util import ravel_pytree
 
 from jaxadv import advantages as adv
 from jaxadv import losses
-from jaxadv.algorithms import ALGORITHMS, Algorithm
+from jaxadv.algorithms import ALGORITHMS, CORRECTIONS, Algorithm, correction_weights
 from jaxadv.envs import (
     EnvSpec,
     RewardScaler,
@@ -78,6 +78,7 @@ from jaxadv.warm_start import supervised_warm_start
 __all__ = [
     "ALGOS",
     "AUTO_MICRO_BATCH",
+    "BEHAVIOUR_PRECISIONS",
     "ESTIMATORS",
     "EVAL_STREAM",
     "NONFINITE",
@@ -123,6 +124,10 @@ Reduction = Literal[losses.REDUCTIONS]  # type: ignore[valid-type]
 KLEstimator = Literal[losses.KL_ESTIMATORS]  # type: ignore[valid-type]
 KL_MODES = ("none", "loss", "reward")
 """Where the KL penalty against the reference policy goes: nowhere, the loss or the reward."""
+BEHAVIOUR_PRECISIONS = ("float32", "bfloat16")
+"""The precision of the sampler's logits (``behaviour_precision``): the trainer's own, or
+rounded to bfloat16 as a lower-precision inference engine computes them."""
+CorrectionName = Literal[("none", *CORRECTIONS)]  # type: ignore[valid-type]
 
 
 def _table_help(table: dict, what: str) -> str:
@@ -148,7 +153,21 @@ def _algo_defaults(algo: str, estimator: str | None) -> dict[str, Any]:
     sequence_level = estimator in ESTIMATOR_TABLE and ESTIMATOR_TABLE[estimator].sequence_level
     return {"estimator": estimator, "update_epochs": row.update_epochs,
             "num_minibatches": row.num_minibatches,
-            "normalize_advantages": row.normalize_advantages and not sequence_level}
+            "normalize_advantages": row.normalize_advantages and not sequence_level,
+            "correction": () if row.behaviour_loss else ("tis",)}
+
+
+def _band(name: str, value: Any) -> tuple[float, float]:
+    """``value`` as a mask range ``(lo, hi)`` with 0 <= lo < hi, or a ``ValueError`` naming
+    the field ``name``."""
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"`{name}` must be a mask range (lo, hi), got {value!r}") from None
+    if not (0.0 <= lo < hi) or lo == float("inf"):
+        raise ValueError(f"`{name}` = {value!r} is not a mask range: it needs 0 <= lo < hi, "
+                         f"got lo = {lo:g}, hi = {hi:g}")
+    return lo, hi
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,9 +249,21 @@ class TrainConfig:
     eval_episodes: int = 8
     """episodes of each --eval-every evaluation, each until its first end or the env's time limit."""
     behaviour_temperature: float | None = None
-    """sample the rollouts at this temperature instead of `temperature` — a behaviour policy that differs from the one trained, as an inference engine's sampler may — and correct the loss by truncated importance sampling: each step's advantage times min(π/π_b, tis_cap), and PPO's ratios taken against π (discrete actions; not with normalize_advantages)."""
+    """sample the rollouts at this temperature instead of `temperature` — a behaviour policy that differs from the one trained, as an inference engine's sampler may — and correct the loss by `correction` (default: truncated importance sampling, each step's advantage times min(π/π_b, tis_cap)), PPO's ratios taken against π (discrete actions; not with normalize_advantages)."""
     tis_cap: float = 2.0
-    """with behaviour_temperature: the truncation C of the importance weights min(π/π_b, C)."""
+    """with a behaviour policy and correction tis: the truncation C of the importance weights min(π/π_b, C)."""
+    behaviour_precision: Literal[BEHAVIOUR_PRECISIONS] = "float32"  # type: ignore[valid-type]
+    """the sampler's logits: float32 (the trained policy's own) or rounded to bfloat16 before the temperature — a lower-precision inference engine, a behaviour policy that differs from the one trained (corrected as with behaviour_temperature; discrete actions)."""
+    correction: tuple[CorrectionName, ...] | None = None
+    """with a behaviour policy (behaviour_temperature, behaviour_precision): the importance weights of π/π_b that multiply the advantages, at most one per level: tis (token ratio truncated at tis_cap), token_mis (token ratio, 0 outside mis_range), seq_tis (the response's ratio ρ truncated at seq_cap), seq_mis (ρ, 0 outside seq_range: the response dropped); the sequence-level ones need --episodic; none: no weight. Default: tis, none for icepop (which masks the token ratio itself)."""
+    mis_range: tuple[float, float] = (0.5, 2.0)
+    """correction token_mis: the band [lo, hi] (inclusive) of the token ratios kept."""
+    seq_cap: float = 2.0
+    """correction seq_tis: the truncation C of each response's ratio, min(ρ, C)."""
+    seq_range: tuple[float, float] = (0.5, 2.0)
+    """correction seq_mis: the band [lo, hi] (inclusive) of the responses' ratios kept."""
+    seq_aggregate: Literal["product", "geometric"] = "product"
+    """seq_tis, seq_mis: a response's ratio ρ is the product of its token ratios (the unbiased sequence ratio) or their geometric mean (per token, length-independent)."""
     value_warmup: int = 0
     """VAPO's value pre-training: for the first value_warmup updates only the critic learns (the advantages, the entropy bonus and the KL penalty in the loss are multiplied by 0)."""
     dynamic_sampling: bool = False
@@ -249,6 +280,7 @@ class TrainConfig:
                 object.__setattr__(self, field, default)
         check_choice("estimator", self.estimator, tuple(ESTIMATOR_TABLE))
         self._check_fields()
+        self._check_corrections()
         self._check_combinations()
         if self.network == "transformer":
             self._check_token_env()
@@ -306,10 +338,9 @@ class TrainConfig:
                     and self.tis_cap > 0):
                 raise ValueError("`behaviour_temperature` and `tis_cap` must be numbers > 0, got "
                                  f"{self.behaviour_temperature!r} and {self.tis_cap!r}")
-            if not self.spec.discrete or self.normalize_advantages:
-                raise ValueError("`behaviour_temperature` needs discrete actions and "
-                                 "normalize_advantages = False (the importance weights multiply "
-                                 "the advantages)")
+            if not self.spec.discrete:
+                raise ValueError("`behaviour_temperature` tempers a sampler's logits: it needs "
+                                 f"discrete actions; `env` = {self.env!r} is continuous")
         if self.value_warmup and not (self.baseline and estimator.critic == "value"):
             raise ValueError(f"`value_warmup` = {self.value_warmup} trains the critic alone: it "
                              f"needs a value critic; `estimator` = {self.estimator!r} has none")
@@ -369,6 +400,7 @@ class TrainConfig:
                        "image observations": self.spec.image_shape is not None,
                        "kl": self.kl != "none", "micro_batch_size": bool(self.micro_batch_size),
                        "behaviour_temperature": self.behaviour_temperature is not None,
+                       "behaviour_precision": self.behaviour_precision != "float32",
                        "temperature": self.temperature != 1.0}
         bad = [name for name, on in unsupported.items() if on]
         if bad:
@@ -386,6 +418,62 @@ class TrainConfig:
             raise ValueError(f"`num_minibatches` = {self.num_minibatches} must divide the "
                              f"{sequences} training sequences (num_envs * num_steps / seq_len): "
                              "a minibatch holds whole sequences")
+
+    @property
+    def off_policy(self) -> bool:
+        """The rollouts come from a behaviour policy other than the one trained
+        (``behaviour_temperature`` or ``behaviour_precision``)."""
+        return self.behaviour_temperature is not None or self.behaviour_precision != "float32"
+
+    def _check_corrections(self) -> None:
+        """``behaviour_precision``, ``correction`` and their settings: one correction per
+        level, none at the token level with a loss that masks the token ratio itself, the
+        sequence-level ones only on whole responses."""
+        check_choice("behaviour_precision", self.behaviour_precision, BEHAVIOUR_PRECISIONS)
+        check_choice("seq_aggregate", self.seq_aggregate, ("product", "geometric"))
+        for name in ("mis_range", "seq_range"):
+            object.__setattr__(self, name, _band(name, getattr(self, name)))
+        for name in ("tis_cap", "seq_cap"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and value > 0):
+                raise ValueError(f"`{name}` must be a number > 0, got {value!r}")
+        names = (self.correction,) if isinstance(self.correction, str) else self.correction
+        if not isinstance(names, tuple | list):
+            raise ValueError(f"`correction` must be a tuple of names, got {self.correction!r}")
+        for name in names:
+            check_choice("correction", name, ("none", *CORRECTIONS))
+        if "none" in names and len(names) > 1:
+            raise ValueError(f"`correction` = {tuple(names)!r}: 'none' excludes the others")
+        names = tuple(n for n in names if n != "none")
+        object.__setattr__(self, "correction", names)
+        for level in ("token", "sequence"):
+            same = [n for n in names if CORRECTIONS[n].level == level]
+            if len(same) > 1:
+                raise ValueError(f"`correction` = {names!r}: {' and '.join(same)} would both "
+                                 f"reweight the {level} ratio π/π_b; give at most one "
+                                 f"{level}-level correction")
+        token = [n for n in names if CORRECTIONS[n].level == "token"]
+        if token and ALGORITHMS[self.algo].behaviour_loss:
+            raise ValueError(f"`correction` = {names!r}: {token[0]} and `algo` = {self.algo!r} "
+                             "would both reweight the token ratio π/π_b (the loss masks it "
+                             "itself); use correction=('none',) or a sequence-level one")
+        sequence = [n for n in names if CORRECTIONS[n].level == "sequence"]
+        if sequence and not self.episodic:
+            raise ValueError(f"`correction` = {names!r}: {sequence[0]} weighs whole responses by "
+                             "their sequence ratio: it needs sequence rewards on whole "
+                             "episodes, `episodic` = True (e.g. jaxadv sequence)")
+        if not self.off_policy and names not in ((), ("tis",)):
+            raise ValueError(f"`correction` = {names!r} reweights by π/π_b: it needs a behaviour "
+                             "policy (behaviour_temperature or behaviour_precision)")
+        if self.behaviour_precision != "float32" and not self.spec.discrete:
+            raise ValueError("`behaviour_precision` rounds a sampler's logits: it needs discrete "
+                             f"actions; `env` = {self.env!r} is continuous")
+        if self.off_policy and self.normalize_advantages and names:
+            field = ("behaviour_temperature" if self.behaviour_temperature is not None
+                     else "behaviour_precision")
+            raise ValueError(f"`{field}` needs discrete actions and normalize_advantages = False "
+                             f"(the importance weights of `correction` = {names!r} multiply the "
+                             "advantages)")
 
     def _check_token_env(self) -> None:
         """A transformer policy reads token ids: the env must be a token environment."""
@@ -467,6 +555,12 @@ class HParams:
     """vapo estimator: the GAE λ of the critic's targets (gae_lambda is the policy's)."""
     length_alpha: float = 0.0
     """vapo estimator: > 0 makes the policy's λ length-adaptive, 1 − 1/(length_alpha · response length); 0 keeps gae_lambda."""
+    icepop_alpha: float = 2.0
+    """icepop: tokens whose sampler mismatch π/π_b leaves [1/icepop_alpha, icepop_alpha] are dropped (> 1)."""
+    sapo_tau_pos: float = 1.0
+    """sapo: the gate's temperature for tokens with a positive advantage."""
+    sapo_tau_neg: float = 1.05
+    """sapo: the gate's temperature for the others (the paper damps them faster: > sapo_tau_pos)."""
 
     def validate(self) -> HParams:
         """Check concrete values (any leading sweep axes); traced values pass unchecked."""
@@ -482,6 +576,9 @@ class HParams:
             "clip_eps_high": (lambda x: x > 0, "> 0"),
             "critic_lambda": (lambda x: (x >= 0) & (x <= 1), "in [0, 1]"),
             "length_alpha": (lambda x: x >= 0, ">= 0"),
+            "icepop_alpha": (lambda x: x > 1, "> 1"),
+            "sapo_tau_pos": (lambda x: x > 0, "> 0"),
+            "sapo_tau_neg": (lambda x: x > 0, "> 0"),
         }
         for field, (ok, allowed) in rules.items():
             value = getattr(self, field)
@@ -598,6 +695,35 @@ def _tempered(network: Network, temperature: float) -> Network:
     if hasattr(network, "apply_all"):
         changes["apply_all"] = lambda params, tokens: scale(network.apply_all(params, tokens))
     return network._replace(**changes)
+
+
+def _rounded(network: Network, temperature: float) -> Network:
+    """``network`` seen through a lower-precision inference engine: its logits rounded to
+    bfloat16 (round to nearest even), then divided by ``temperature`` in float32."""
+    scale = lambda out: (out[0].astype(jnp.bfloat16).astype(out[0].dtype) / temperature, out[1])
+    changes = {"apply": lambda params, obs: scale(network.apply(params, obs))}
+    if hasattr(network, "apply_all"):
+        changes["apply_all"] = lambda params, tokens: scale(network.apply_all(params, tokens))
+    return network._replace(**changes)
+
+
+def _sampler(setup: Setup) -> Network:
+    """The network the rollouts sample from: the trained policy, or the behaviour policy of
+    ``behaviour_temperature`` and ``behaviour_precision``."""
+    config = setup.config
+    if not config.off_policy:
+        return setup.network
+    if config.behaviour_precision == "float32":
+        return _tempered(setup.base_network, config.behaviour_temperature)
+    temperature = (config.temperature if config.behaviour_temperature is None
+                   else config.behaviour_temperature)
+    return _rounded(setup.base_network, temperature)
+
+
+def _correction_settings(config: TrainConfig) -> dict[str, Any]:
+    """The keywords of :func:`~jaxadv.algorithms.correction_weights` that ``config`` sets."""
+    return {"tis_cap": config.tis_cap, "mis_range": config.mis_range, "seq_cap": config.seq_cap,
+            "seq_range": config.seq_range, "seq_aggregate": config.seq_aggregate}
 
 
 def _explained_variance(pred: jax.Array, target: jax.Array) -> jax.Array:
@@ -773,8 +899,10 @@ class Batch(NamedTuple):
       mask: ``[T, N]`` each env's first episode (``episodic``), else ``None``.
       ref_log_prob: ``[T, N]`` the reference policy's log π(a_t|s_t) (``kl`` ≠ ``"none"``).
       greedy_returns: ``[N]`` the greedy response's return from the same start (``remax``).
-      tis_weight: ``[T, N]`` ``min(π/π_b, tis_cap)`` of each step (``behaviour_temperature``);
-        ``traj.log_prob`` is then the trained policy's, not the sampler's.
+      is_weight: ``[T, N]`` the importance weights of ``config.correction`` of each step (a
+        behaviour policy: ``config.off_policy``; ``tis``: ``min(π/π_b, tis_cap)``), else
+        ``None``; ``traj.log_prob`` is then the trained policy's, not the sampler's.
+      behaviour_log_prob: ``[T, N]`` the sampler's log π_b(a_t|s_t) (``config.off_policy``).
     """
 
     rollout: Rollout
@@ -782,7 +910,8 @@ class Batch(NamedTuple):
     mask: jax.Array | None
     ref_log_prob: jax.Array | None
     greedy_returns: jax.Array | None
-    tis_weight: jax.Array | None = None
+    is_weight: jax.Array | None = None
+    behaviour_log_prob: jax.Array | None = None
 
 
 def collect(setup: Setup, state: TrainState, hp: HParams, key: jax.Array,
@@ -790,8 +919,7 @@ def collect(setup: Setup, state: TrainState, hp: HParams, key: jax.Array,
     """Roll the policy ``state.params`` out from ``start = (env_state, obs)`` for
     ``num_steps`` steps, with what the configuration adds (see :class:`Batch`)."""
     config = setup.config
-    sampler = setup.network if config.behaviour_temperature is None else _tempered(
-        setup.base_network, config.behaviour_temperature)
+    sampler = _sampler(setup)
     roll = lambda key, **kw: rollout(  # the greedy rollout starts from the same state
         key, state.params, *start,
         state.obs_stats if config.normalize_obs else None,
@@ -803,11 +931,13 @@ def collect(setup: Setup, state: TrainState, hp: HParams, key: jax.Array,
     collected = roll(key, info_keys=setup.info_keys)
     traj = collected.traj
     mask = first_episode_mask(traj.episode_done) if config.episodic else None
-    tis_weight = None
-    if config.behaviour_temperature is not None:  # π's own log-probs of the sampled actions
+    is_weight = behaviour_log_prob = None
+    if config.off_policy:  # π's own log-probs of the sampled actions
         log_prob = setup.policy.log_prob(policy_outputs(setup, state.params, traj, mask)[0],
                                          traj.action)
-        tis_weight = truncated_importance_weights(log_prob, traj.log_prob, config.tis_cap)
+        behaviour_log_prob = traj.log_prob
+        is_weight = correction_weights(config.correction, log_prob, behaviour_log_prob, mask,
+                                       **_correction_settings(config))
         traj = traj._replace(log_prob=log_prob)
     ref_log_prob = None
     if config.kl != "none":
@@ -819,7 +949,8 @@ def collect(setup: Setup, state: TrainState, hp: HParams, key: jax.Array,
     if config.estimator == "remax":
         greedy = roll(key_greedy, greedy=True).traj
         greedy_returns = jnp.sum(first_episode_mask(greedy.episode_done) * greedy.reward, axis=0)
-    return Batch(collected, traj, mask, ref_log_prob, greedy_returns, tis_weight)
+    return Batch(collected, traj, mask, ref_log_prob, greedy_returns, is_weight,
+                 behaviour_log_prob)
 
 
 def truncated_importance_weights(log_prob: jax.Array, behaviour_log_prob: jax.Array,
@@ -882,6 +1013,8 @@ def loss_fn(setup: Setup, params: Any, batch: tuple, hp: HParams, *,
     if config.normalize_advantages if normalize is None else normalize:
         advantages = adv.normalize(advantages, mask)
     extra = {name: getattr(hp, name) for name in setup.algorithm.loss_hparams}
+    if setup.algorithm.behaviour_loss:  # the sampler's log-probs (None: no mismatch)
+        extra["behaviour_log_prob"] = (traj.extras or {}).get("behaviour_log_prob")
     policy_loss, info = setup.algorithm.policy_loss(
         log_prob, traj.log_prob, advantages, mask, clip_eps=hp.clip_eps, reduction=reduction,
         **extra)
@@ -1039,6 +1172,30 @@ def informative_mask(rewards: jax.Array, mask: jax.Array, group_size: int) -> tu
     return mask * columns[None].astype(mask.dtype), jnp.mean(keep.astype(jnp.float32))
 
 
+def _correction_metrics(setup: Setup, batch: Batch, mask: jax.Array | None,
+                        hp: HParams) -> dict[str, jax.Array]:
+    """Means over the real steps: ``tis_weight`` (``correction`` = ``("tis",)``) or
+    ``is_weight``, the importance weights; ``masked_fraction``, the share of steps a masking
+    correction (``token_mis``, ``seq_mis``) or the loss (IcePop's band) drops."""
+    config, log_prob = setup.config, batch.traj.log_prob
+    weights = jnp.ones_like(log_prob) if mask is None else mask
+    mean = lambda x: jnp.sum(weights * x) / jnp.maximum(jnp.sum(weights), 1)
+    metrics = {}
+    if batch.is_weight is not None:
+        name = "tis_weight" if config.correction == ("tis",) else "is_weight"
+        metrics[name] = mean(batch.is_weight)
+    dropped = None
+    if {"token_mis", "seq_mis"} & set(config.correction):
+        dropped = batch.is_weight == 0
+    if setup.algorithm.behaviour_loss:
+        kept = correction_weights(("token_mis",), log_prob, batch.behaviour_log_prob,
+                                  mis_range=(1.0 / hp.icepop_alpha, hp.icepop_alpha)) > 0
+        dropped = ~kept if dropped is None else dropped | ~kept
+    if dropped is not None:
+        metrics["masked_fraction"] = mean(dropped.astype(log_prob.dtype))
+    return metrics
+
+
 def update(setup: Setup, state: TrainState, hp: HParams) -> tuple[TrainState, dict]:
     """One update: :func:`collect` → :func:`estimate` → :func:`optimise`. Returns the new
     state and the update's metrics (see :func:`make_train`)."""
@@ -1057,13 +1214,16 @@ def update(setup: Setup, state: TrainState, hp: HParams) -> tuple[TrainState, di
     mask, kept = batch.mask, None
     if config.dynamic_sampling:
         mask, kept = informative_mask(batch.traj.reward, mask, config.group_size)
-    if batch.tis_weight is not None:
-        advantages = advantages * batch.tis_weight
+    if batch.is_weight is not None:
+        advantages = advantages * batch.is_weight
     if config.value_warmup:  # the critic learns alone first: no policy, entropy or KL term
         on = (state.update >= config.value_warmup).astype(advantages.dtype)
         advantages = advantages * on
         hp = hp.replace(ent_coef=hp.ent_coef * on, kl_coef=hp.kl_coef * on)
-    data = (batch.traj._replace(extras=None), advantages, targets, mask, batch.ref_log_prob)
+    extras = None  # a loss that corrects the mismatch itself reads the sampler's log-probs
+    if setup.algorithm.behaviour_loss and batch.behaviour_log_prob is not None:
+        extras = {"behaviour_log_prob": batch.behaviour_log_prob}
+    data = (batch.traj._replace(extras=extras), advantages, targets, mask, batch.ref_log_prob)
     if config.network == "gru":  # whole sequences, each from its stored hidden state
         data = training_sequences(data, config.seq_len, config.burn_in)
     elif not config.episodic:  # steps are independent: one flat batch
@@ -1079,9 +1239,8 @@ def update(setup: Setup, state: TrainState, hp: HParams) -> tuple[TrainState, di
     metrics.update(_rollout_metrics(setup, state, batch, targets))
     if kept is not None:
         metrics["informative_groups"] = kept
-    if batch.tis_weight is not None:  # over the real steps
-        weights = jnp.ones_like(batch.tis_weight) if mask is None else mask
-        metrics["tis_weight"] = jnp.sum(weights * batch.tis_weight) / jnp.maximum(jnp.sum(weights), 1)
+    if batch.behaviour_log_prob is not None:
+        metrics.update(_correction_metrics(setup, batch, mask, hp))
     new_state = TrainState(
         params=unravel(flat_params),
         opt_state=opt_state,
