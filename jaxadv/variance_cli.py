@@ -89,13 +89,15 @@ class VarianceArgs:
     reductions: tuple[Literal[REDUCTIONS], ...] = REDUCTIONS  # type: ignore[valid-type]
     """--sequence: loss aggregations to compare."""
     objectives: tuple[Literal[tuple(OBJECTIVES)], ...] = ()  # type: ignore[valid-type]
-    """--sequence: compare these policy objectives instead (reinforce, ppo, dapo, gspo, cispo): each one's exact expected gradient on-policy, after --stale-steps updates (stale samples) and with samples drawn at --behaviour-temperature, against the exact gradient at the trained policy, and its sampled estimates' bias and variance at N = the largest --batch-sizes (writes objectives.csv and objectives.png)."""
+    """--sequence: compare these policy objectives and off-policy corrections instead (objectives: reinforce, ppo, dapo, gspo, cispo, sapo, gmpo, their ratio against the sampler; corrections, as the trainer applies them with a behaviour policy, PPO's ratio against the trained network at the sampler's parameters: tis, token_mis, seq_tis, seq_mis, icepop): each one's exact expected gradient on-policy, after --stale-steps updates (stale samples), with samples drawn at --behaviour-temperature, from the policy's logits rounded to bfloat16 (a lower-precision inference engine) and at --sampler-temperature, against the exact gradient at the trained policy, and its sampled estimates' bias and variance at N = the largest --batch-sizes (writes objectives.csv and objectives.png)."""
     stale_steps: int = 2
     """--objectives: the trained policy is the behaviour policy after this many normalised exact gradient-ascent steps (an idealised update epoch each)."""
     stale_step_size: float = 0.15
     """--objectives: the length of each of those steps in parameter space."""
     behaviour_temperature: float = 2.0
     """--objectives: the off-policy setting whose samples come from the same policy at this temperature."""
+    sampler_temperature: float = 1.1
+    """--objectives: a sampler-mismatch setting whose samples come from the same policy at this temperature, near 1 as an inference engine's sampler may be."""
     env: str | None = None
     """measure on this registered environment instead of an MDP (e.g. CartPole-v1), for a policy taken mid-training."""
     checkpoint: pathlib.Path | None = None
@@ -150,6 +152,8 @@ class VarianceArgs:
             if not (self.stale_step_size > 0 and self.behaviour_temperature > 0):
                 raise ValueError("`stale_step_size` and `behaviour_temperature` must be > 0, got "
                                  f"{self.stale_step_size} and {self.behaviour_temperature}")
+            if not 0 < self.sampler_temperature < math.inf:
+                raise ValueError(f"`sampler_temperature` must be > 0, got {self.sampler_temperature}")
         for name in ("prompts", "group_size"):
             positive_int(name, getattr(self, name))
         for n in self.batch_sizes:
@@ -513,30 +517,34 @@ def plot_sequence_variance(path: pathlib.Path, rows: list[dict[str, Any]], title
 
 def _objectives_command(args: VarianceArgs, console: Console) -> dict[str, Any]:
     """``--sequence --objectives``: :func:`jaxadv.objective_exact.objective_report` on-policy,
-    with stale samples and with tempered samples; write ``objectives.csv``, ``summary.json``
-    and ``objectives.png``; print the table."""
+    with stale samples, with tempered samples and with two sampler mismatches (logits in
+    bfloat16, a temperature near 1); write ``objectives.csv``, ``summary.json`` and
+    ``objectives.png``; print the table."""
     env, net, behaviour, prompts, key = _sequence_policy(args)
     start = time.perf_counter()
     n = max(args.batch_sizes)
-    settings = [("on-policy", behaviour, 1.0),
-                (f"stale: {args.stale_steps} steps", None, 1.0),
+    settings = [("on-policy", behaviour, 1.0, "float32"),
+                (f"stale: {args.stale_steps} steps", None, 1.0, "float32"),
                 (f"behaviour at temperature {args.behaviour_temperature:g}", behaviour,
-                 args.behaviour_temperature)]
+                 args.behaviour_temperature, "float32"),
+                ("sampler logits in bfloat16", behaviour, 1.0, "bfloat16"),
+                (f"sampler at temperature {args.sampler_temperature:g}", behaviour,
+                 args.sampler_temperature, "float32")]
     rows = []
     with console.status("exact and sampled gradients of each objective …"):
         stale = jax.jit(lambda p: ascend(p, net.apply_all, env, prompts, steps=args.stale_steps,
                                          step_size=args.stale_step_size))(behaviour)
-        for name, theta, temperature in settings:
+        for name, theta, temperature, precision in settings:
             trained = stale if theta is None else theta
             rows += objective_report(
                 key, trained, net.apply_all, env, prompts,
-                [Behaviour(name, behaviour, net.apply_all, temperature)],
+                [Behaviour(name, behaviour, net.apply_all, temperature, precision)],
                 objectives=args.objectives, group_size=args.group_size,
                 num_prompts=n // args.group_size, num_batches=args.num_batches,
                 confidence=args.confidence, devices=args.devices)
     seconds = time.perf_counter() - start
     out = args.out
-    columns = ("setting", "objective", "token_kl", "clip_fraction", "cosine_exact",
+    columns = ("setting", "objective", "token_kl", "clip_fraction", "masked_fraction", "cosine_exact",
                "rel_perp_exact", "scale_exact", "batch_size", "rel_bias", "rel_bias_lo",
                "rel_bias_hi", "variance", "mse", "cosine", "snr")
     with replace_atomically(out / "objectives.csv") as tmp, tmp.open("w", newline="") as f:
@@ -548,7 +556,7 @@ def _objectives_command(args: VarianceArgs, console: Console) -> dict[str, Any]:
     write_json(out / "summary.json", summary)
     plot_objectives(out / "objectives.png", rows, title=f"{args.sequence}: objectives vs the exact gradient")
     if not args.quiet:
-        Console(width=max(Console().width, 120)).print(objective_table(rows))
+        Console(width=max(Console().width, 132)).print(objective_table(rows))
     console.print(f"wrote objectives.csv, summary.json, objectives.png to {out}/ ({seconds:.1f} s)")
     return summary
 
@@ -559,13 +567,13 @@ def objective_table(rows: list[dict[str, Any]]) -> Table:
     n = rows[0]["batch_size"]
     table = Table(title=f"objectives vs the exact gradient at the trained policy (sampled: N = {n})",
                   box=box.SIMPLE_HEAD)
-    for name in ("setting", "objective", "KL/token", "clipped", "cos(g, ∇J)", "‖g⊥‖/g∥",
-                 "‖b‖/‖∇J‖", "tr Cov", "cos ĝ"):
+    for name in ("setting", "objective", "KL/token", "clipped", "masked", "cos(g, ∇J)",
+                 "‖g⊥‖/g∥", "‖b‖/‖∇J‖", "tr Cov", "cos ĝ"):
         table.add_column(name, justify="left" if name in ("setting", "objective") else "right",
                          no_wrap=True)
     for r in rows:
         table.add_row(r["setting"], r["objective"], f"{r['token_kl']:.3g}", f"{r['clip_fraction']:.2f}",
-                      f"{r['cosine_exact']:.3f}", f"{r['rel_perp_exact']:.3f}",
+                      f"{r.get('masked_fraction', 0.0):.2f}", f"{r['cosine_exact']:.3f}", f"{r['rel_perp_exact']:.3f}",
                       f"{r.get('rel_bias', float('nan')):.3f}", f"{r.get('variance', float('nan')):.3g}",
                       f"{r.get('cosine', float('nan')):.3f}")
     return table
@@ -578,7 +586,7 @@ def plot_objectives(path: pathlib.Path, rows: list[dict[str, Any]], title: str) 
 
     settings = list(dict.fromkeys(r["setting"] for r in rows))
     names = list(dict.fromkeys(r["objective"] for r in rows))
-    fig = Figure(figsize=(11.0, 4.0), layout="constrained")
+    fig = Figure(figsize=(max(11.0, 2.6 * len(settings)), 4.0), layout="constrained")
     axes = fig.subplots(1, 2)
     width = 0.8 / len(names)
     for j, name in enumerate(names):
