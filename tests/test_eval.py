@@ -187,6 +187,7 @@ def test_render_files_that_cannot_be_drawn_are_refused(env, name, message, tmp_p
         check_render(env, tmp_path / name)
 
 
+@pytest.mark.fast_compile  # mechanics (conftest.py)
 def test_a_sequence_run_evaluates_with_its_exact_match_and_renders_as_text(tmp_path):
     run = tmp_path / "seq"
     argv = ["sequence", "--num-digits", "3", "--prompt-length", "2", "--group-size", "2",
@@ -246,6 +247,7 @@ def test_a_gridworld_run_trains_and_draws_its_policy(tmp_path):
         assert image.format == "PNG" and min(image.size) > 300
 
 
+@pytest.mark.fast_compile  # mechanics (conftest.py)
 def test_a_sweep_point_evaluates_the_policies_the_sweep_trained(tmp_path, capsys):
     sweep = tmp_path / "sw"
     argv = ["sweep", "--grid.lr", "1e-3", "3e-3", "--grid.num-envs", "2", "4", "--seeds", "2",

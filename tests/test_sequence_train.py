@@ -38,6 +38,7 @@ def _numpy_sequence_advantages(name, r, k, greedy=None):
     return out
 
 
+@pytest.mark.fast_compile  # against references (conftest.py)
 @pytest.mark.parametrize("name", adv.SEQUENCE_ESTIMATORS)
 def test_sequence_advantages_match_numpy(name):
     rng = np.random.default_rng(0)
@@ -47,6 +48,7 @@ def test_sequence_advantages_match_numpy(name):
     np.testing.assert_allclose(got, _numpy_sequence_advantages(name, r, 4, greedy), atol=1e-5)
 
 
+@pytest.mark.fast_compile  # against references (conftest.py)
 @pytest.mark.parametrize("name", adv.SEQUENCE_ESTIMATORS)
 def test_sequence_advantages_of_integer_rewards_and_constant_batches(name):
     # 0/1 rewards given as ints, with float greedy returns: float advantages as in numpy
@@ -73,6 +75,7 @@ def test_sequence_advantages_reject_bad_input():
 # ------------------------------------------------------------------ resets and masks
 
 
+@pytest.mark.fast_compile  # against references (conftest.py)
 def test_group_resets_share_prompts_within_groups_only():
     env, params = make("Sequence-v0", task="sort", prompt_length=6)
     _, state = jax.jit(lambda k: group_resets(k, env, params, 32, 4))(jax.random.key(0))
@@ -81,6 +84,7 @@ def test_group_resets_share_prompts_within_groups_only():
     assert len({p.tobytes() for p in prompts[:, 0]}) == 8  # the groups differ
 
 
+@pytest.mark.fast_compile  # against references (conftest.py)
 def test_first_episode_mask_matches_a_loop():
     done = np.random.default_rng(1).random((9, 5)) < 0.3
     expected = np.zeros((9, 5))
@@ -133,6 +137,7 @@ def test_teacher_forced_update_reproduces_the_rollout_log_probs(grpo_run):
     assert float(np.max(metrics["clip_fraction"])) == 0.0
 
 
+@pytest.mark.fast_compile  # mechanics (conftest.py)
 def test_kl_to_the_reference_starts_at_zero_and_grows():
     config = _config(kl="loss", total_timesteps=128 * 4 * 6)
     _, metrics = jax.jit(make_train(config))(jax.random.key(1), HParams(lr=3e-3, gamma=1.0, gae_lambda=1.0,
@@ -159,6 +164,7 @@ def test_bad_sequence_configs_are_refused(kw, field):
         _config(**kw)
 
 
+@pytest.mark.fast_compile  # mechanics (conftest.py)
 def test_sequence_command_writes_outputs_and_samples(tmp_path, capsys):
     out = tmp_path / "seq"
     argv = ["sequence", "--task", "reverse", "--prompt-length", "3", "--num-digits", "4", "--layers", "1",
@@ -175,6 +181,7 @@ def test_sequence_command_writes_outputs_and_samples(tmp_path, capsys):
     assert summary["samples"] == 96 and 0.0 <= summary["final_exact_match"] <= 1.0
 
 
+@pytest.mark.fast_compile  # mechanics (conftest.py)
 def test_temperature_divides_the_logits_that_are_sampled_and_learned():
     from jaxadv.train import make_trainer
 
@@ -194,6 +201,7 @@ def test_sequence_estimators_are_not_renormalised_by_default():
     assert _config(estimator="gae", baseline=True).normalize_advantages  # token-level: as for ppo
 
 
+@pytest.mark.fast_compile  # mechanics (conftest.py)
 def test_remax_baseline_answers_the_same_prompts():
     """At a temperature near 0 sampling is greedy, so R − R_greedy is exactly 0 — unless the
     greedy rollout answered other prompts — and nothing moves."""
