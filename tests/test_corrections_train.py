@@ -254,6 +254,8 @@ CASES = [
     (["train", "--env", "Pendulum-v1", "--behaviour-precision", "bfloat16"], "behaviour_precision"),
     (["sequence", "--estimator", "gae", "--behaviour-precision", "bfloat16"], "normalize_advantages"),
     (["train", "--algo", "gmpo"], "episodic"),
+    (["variance", "--sequence", "reverse", "--objectives", "icepop", "seq_mis",
+      "--sampler-temperature", "0"], "sampler_temperature"),
 ]
 
 
