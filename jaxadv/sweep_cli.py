@@ -64,7 +64,8 @@ _Floats = Annotated[tuple[float, ...] | None, tyro.conf.arg(metavar="FLOAT [FLOA
 _Ints = Annotated[tuple[int, ...] | None, tyro.conf.arg(metavar="INT [INT ...]")]
 _STEP_ESTIMATORS = tuple(name for name, row in ESTIMATORS.items() if not row.sequence_level)
 _HParamName = Literal["lr", "gamma", "gae_lambda", "clip_eps", "ent_coef", "vf_coef", "max_grad_norm",
-                      "kl_coef", "clip_eps_high", "critic_lambda", "length_alpha"]
+                      "kl_coef", "clip_eps_high", "critic_lambda", "length_alpha", "icepop_alpha",
+                      "sapo_tau_pos", "sapo_tau_neg"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +96,12 @@ class Grid:
     """vapo estimator: the critic targets' GAE λ (in [0, 1])."""
     length_alpha: _Floats = None
     """vapo estimator: α of the length-adaptive policy λ (>= 0; 0 = fixed gae_lambda)."""
+    icepop_alpha: _Floats = None
+    """icepop: the band [1/α, α] of the train/inference ratio outside which tokens are dropped (> 1)."""
+    sapo_tau_pos: _Floats = None
+    """sapo: the gate's temperature for positive advantages (> 0)."""
+    sapo_tau_neg: _Floats = None
+    """sapo: the gate's temperature for negative advantages (> 0)."""
     num_envs: _Ints = None
     """static: environments per run (each value compiles once)."""
     num_steps: _Ints = None
