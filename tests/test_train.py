@@ -228,6 +228,7 @@ def clock_envs():
                   lambda: (env := ConstantRewardClock(CLOCK_K, False), env.default_params))
 
 
+@pytest.mark.fast_compile  # mechanics (conftest.py)
 def test_rollout_bootstraps_truncation_from_final_observation(clock_envs):
     env, env_params = envs.make(TRUNCATED)
     net = make_network(2, hidden=(8,))
@@ -288,6 +289,7 @@ def _clock_values(env_name: str, algo: str, estimator: str, seeds: int = 2):
     "algo, estimator",
     [("a2c", "td"), ("a2c", "gae"), ("a2c", "nstep"), ("reinforce", "mc"), ("a2c", "qv")],
 )
+@pytest.mark.fast_compile  # a fixed point (10.0 ± 0.05 measured) against a 0.5 tolerance
 def test_critic_bootstraps_through_truncation(clock_envs, algo, estimator):
     """Every estimator, through the trainer, learns V = 1/(1 − γ) = 10 on the clock env.
 
@@ -302,6 +304,7 @@ def test_critic_bootstraps_through_truncation(clock_envs, algo, estimator):
         assert name in may_be_nan or np.isfinite(m).all(), name
 
 
+@pytest.mark.fast_compile  # a fixed point, as above
 def test_truncation_as_termination_control(clock_envs):
     """The same env with the limit as a termination: TD converges to ≈ (3.77, 3.08), not 10,
     so the test above can tell the two apart."""
