@@ -84,6 +84,28 @@ def _dtype(*arrays: ArrayLike):
     return dtype if jnp.issubdtype(dtype, jnp.floating) else jnp.float32
 
 
+def _scan_param(value: ArrayLike, dtype, shape: tuple) -> tuple[Array | None, Array | None]:
+    """A hyperparameter of a reverse scan as ``(constant, stream)``: a scalar (possibly
+    traced) is cast to ``dtype`` and closed over; an array is broadcast to ``shape`` and
+    scanned with the data. Exactly one of the two is ``None``."""
+    value = _float(value, dtype)
+    if value.ndim == 0:
+        return value, None
+    return None, jnp.broadcast_to(value, shape)
+
+
+def _reverse_scan(step, init: Array, xs: tuple) -> Array:
+    """``lax.scan(step, init, xs, reverse=True)``'s stacked outputs.
+
+    The estimators below scan the raw inputs (flags in their own dtype, unconverted) and do
+    every elementwise computation in the scan's body, so one pass reads each input once and
+    writes the output once: no ``[T, *B]`` temporaries (each a fresh allocation that the
+    CPU pays in page faults), ``benchmarks/estimators.py`` measures it against the bandwidth
+    roofline."""
+    _, out = jax.lax.scan(step, init, xs, reverse=True, unroll=_UNROLL)
+    return out
+
+
 def td_errors(
     rewards: ArrayLike,
     values: ArrayLike,
@@ -154,20 +176,20 @@ def discounted_returns(
         rewards=rewards, next_values=next_values, terminated=terminated, truncated=truncated
     )
     _check_unit_interval("gamma", gamma)
+    shape = jnp.shape(rewards)
     dtype = _dtype(rewards, next_values)
-    rewards, next_values = _float(rewards, dtype), _float(next_values, dtype)
-    discount = _float(gamma, dtype) * (1.0 - _float(terminated, dtype))
-    cut = _float(truncated, dtype)
+    rewards, next_values = jnp.asarray(rewards), jnp.asarray(next_values)
+    gamma_, gamma_t = _scan_param(gamma, dtype, shape)
 
     def step(ret_next, xs):
-        r, d, c, nv = xs
+        r, nv, te, tr, g = xs
+        r, nv, c = _float(r, dtype), _float(nv, dtype), _float(tr, dtype)
+        d = (gamma_ if g is None else g) * (1.0 - _float(te, dtype))
         ret = r + d * (c * nv + (1.0 - c) * ret_next)
         return ret, ret
 
-    _, returns = jax.lax.scan(
-        step, next_values[-1], (rewards, discount, cut, next_values), reverse=True, unroll=_UNROLL
-    )
-    return returns
+    xs = (rewards, next_values, jnp.asarray(terminated), jnp.asarray(truncated), gamma_t)
+    return _reverse_scan(step, _float(next_values[-1], dtype), xs)
 
 
 def gae(
@@ -204,7 +226,14 @@ def gae(
     >>> gae(r, v, v, no, no, gamma=0.5, lambda_=1.0)
     Array([1.75, 1.5 , 1.  ], dtype=float32)
     """
-    _time_major_shape(
+    return _gae(rewards, values, next_values, terminated, truncated, gamma, lambda_, False)
+
+
+def _gae(rewards, values, next_values, terminated, truncated, gamma, lambda_, plus_values: bool):
+    """:func:`gae` (``plus_values``: :func:`lambda_returns`) as one reverse scan over the raw
+    inputs, δ_t and the decay ``γλ(1 − terminated_t)(1 − truncated_t)`` computed in its body
+    with the same operations, in the same order, as :func:`td_errors` and the recursion."""
+    shape = _time_major_shape(
         rewards=rewards,
         values=values,
         next_values=next_values,
@@ -214,19 +243,19 @@ def gae(
     _check_unit_interval("gamma", gamma)
     _check_unit_interval("lambda_", lambda_)
     dtype = _dtype(rewards, values, next_values)
-    deltas = td_errors(rewards, values, next_values, terminated, gamma=gamma)
-    cont = (1.0 - _float(terminated, dtype)) * (1.0 - _float(truncated, dtype))
-    decay = _float(gamma * lambda_, dtype) * cont
+    gamma_, gamma_t = _scan_param(gamma, dtype, shape)
+    decay_, decay_t = _scan_param(gamma * lambda_, dtype, shape)
 
     def step(adv_next, xs):
-        delta, k = xs
+        r, v, nv, te, tr, g, gl = xs
+        r, v, nv, te = _float(r, dtype), _float(v, dtype), _float(nv, dtype), _float(te, dtype)
+        delta = r + (gamma_ if g is None else g) * (1.0 - te) * nv - v
+        k = (decay_ if gl is None else gl) * ((1.0 - te) * (1.0 - _float(tr, dtype)))
         adv = delta + k * adv_next
-        return adv, adv
+        return adv, (adv + v if plus_values else adv)
 
-    _, advantages = jax.lax.scan(
-        step, jnp.zeros_like(deltas[0]), (deltas, decay), reverse=True, unroll=_UNROLL
-    )
-    return advantages
+    xs = tuple(jnp.asarray(a) for a in (rewards, values, next_values, terminated, truncated))
+    return _reverse_scan(step, jnp.zeros(shape[1:], dtype), (*xs, gamma_t, decay_t))
 
 
 def lambda_returns(
@@ -252,10 +281,7 @@ def lambda_returns(
     >>> lambda_returns(r, v, v, no, no, gamma=0.5, lambda_=0.0)
     Array([1.5, 1.5], dtype=float32)
     """
-    advantages = gae(
-        rewards, values, next_values, terminated, truncated, gamma=gamma, lambda_=lambda_
-    )
-    return advantages + _float(values, advantages.dtype)
+    return _gae(rewards, values, next_values, terminated, truncated, gamma, lambda_, True)
 
 
 def n_step_advantages(
@@ -304,24 +330,25 @@ def n_step_advantages(
     _check_unit_interval("gamma", gamma)
     dtype = _dtype(rewards, values, next_values)
     n = min(n, shape[0])
-    rewards, next_values = _float(rewards, dtype), _float(next_values, dtype)
-    term, gamma_ = _float(terminated, dtype), _float(gamma, dtype)
-    # A trace stops where the episode ends or the window ends; it then bootstraps.
-    stop = jnp.maximum(term, _float(truncated, dtype)).at[-1].set(1.0)
+    rewards, values, next_values = (jnp.asarray(a) for a in (rewards, values, next_values))
+    gamma_, gamma_t = _scan_param(gamma, dtype, shape)
 
     def step(later, xs):
         # later[j] = (j+1)-step return from s_{t+1}; its 0-step return is V(s_{t+1}) = nv.
-        r, nv, te, st = xs
+        r, v, nv, te, tr, g = xs
+        r, nv, te = _float(r, dtype), _float(nv, dtype), _float(te, dtype)
+        # A trace stops where the episode ends; it then bootstraps.
+        st = jnp.maximum(te, _float(tr, dtype))
         shorter = jnp.concatenate([nv[None], later[:-1]], axis=0)  # j-step returns, j < n
-        discount = gamma_ * (1.0 - te)
+        discount = (gamma_ if g is None else g) * (1.0 - te)
         returns = (r + discount * st * nv)[None] + (discount * (1.0 - st))[None] * shorter
-        return returns, returns[-1]
+        return returns, returns[-1] - _float(v, dtype)
 
-    init = jnp.broadcast_to(next_values[-1], (n, *shape[1:]))
-    _, returns = jax.lax.scan(
-        step, init, (rewards, next_values, term, stop), reverse=True, unroll=_UNROLL
-    )
-    return returns - _float(values, dtype)
+    # The window's end is a cut too: every return from s_T is V(s_T) = next_values[T − 1],
+    # so at t = T − 1 each return is r + γ(1 − terminated) next_values[T − 1], cut or not.
+    init = jnp.broadcast_to(_float(next_values[-1], dtype), (n, *shape[1:]))
+    xs = (rewards, values, next_values, jnp.asarray(terminated), jnp.asarray(truncated), gamma_t)
+    return _reverse_scan(step, init, xs)
 
 
 def normalize(advantages: ArrayLike, mask: ArrayLike | None = None, eps: float = 1e-8) -> Array:

@@ -220,12 +220,165 @@ def test_low_precision_inputs_keep_their_dtype_with_a_traced_float32_gamma():
          lambda g: _per_column(ref_nstep_return, r, nv, term, trunc, gamma=g, n=3) - v),
         (lambda g: adv.gae(r16, v16, nv16, term, trunc, gamma=g, lambda_=jnp.float32(0.8)),
          lambda g: _per_column(ref_gae, r, v, nv, term, trunc, gamma=g, lam=0.8)),
+        (lambda g: adv.lambda_returns(r16, v16, nv16, term, trunc, gamma=g, lambda_=jnp.float32(0.8)),
+         lambda g: _per_column(ref_gae, r, v, nv, term, trunc, gamma=g, lam=0.8) + v),
     ]
     for fn, ref in cases:
         swept = jax.vmap(fn)(gammas)
         assert swept.dtype == jnp.bfloat16
         for i, g in enumerate([0.5, 0.9]):
             np.testing.assert_allclose(np.asarray(swept[i], np.float32), ref(g), rtol=0.05, atol=0.1)
+
+
+# ------------------------------------------- one scan over the raw inputs
+# The recursive estimators compute δ_t, the decays and the flags inside one reverse scan
+# over the raw inputs. These pin that arithmetic to the two-pass form it replaced (TD
+# errors and decays as [T, *B] arrays, then a scan), bit for bit, so the trainer's results
+# do not move, and check the hyperparameters that arrive as arrays (scanned with the data).
+
+
+def _two_pass_gae(r, v, nv, term, trunc, gamma, lambda_):
+    dtype = adv._dtype(r, v, nv)
+    deltas = adv.td_errors(r, v, nv, term, gamma=gamma)
+    cont = (1.0 - jnp.asarray(term).astype(dtype)) * (1.0 - jnp.asarray(trunc).astype(dtype))
+    decay = jnp.asarray(gamma * lambda_).astype(dtype) * cont
+    step = lambda a, xs: (xs[0] + xs[1] * a,) * 2
+    return jax.lax.scan(step, jnp.zeros_like(deltas[0]), (deltas, decay), reverse=True)[1]
+
+
+def _two_pass_n_step(r, v, nv, term, trunc, gamma, n):
+    dtype = adv._dtype(r, v, nv)
+    n = min(n, r.shape[0])
+    te = jnp.asarray(term).astype(dtype)
+    stop = jnp.maximum(te, jnp.asarray(trunc).astype(dtype)).at[-1].set(1.0)
+    g = jnp.asarray(gamma).astype(dtype)
+
+    def step(later, xs):
+        r, nv, te, st = xs
+        shorter = jnp.concatenate([nv[None], later[:-1]], axis=0)
+        d = g * (1.0 - te)
+        out = (r + d * st * nv)[None] + (d * (1.0 - st))[None] * shorter
+        return out, out[-1]
+
+    init = jnp.broadcast_to(jnp.asarray(nv[-1], dtype), (n, *r.shape[1:]))
+    returns = jax.lax.scan(step, init, (jnp.asarray(r, dtype), jnp.asarray(nv, dtype), te, stop),
+                           reverse=True)[1]
+    return returns - jnp.asarray(v, dtype)
+
+
+@pytest.fixture
+def optimised():
+    """XLA's optimisations on, as the trainer compiles (this module is ``fast_compile``):
+    which multiplies and adds become one FMA depends on how XLA fuses, so bit-for-bit
+    comparisons of two programs hold for one compile mode at a time."""
+    before = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", False)
+    jax.clear_caches()  # jit's caches do not key on the mode: drop what was compiled fast
+    try:
+        yield
+    finally:
+        jax.config.update("jax_disable_most_optimizations", before)
+        jax.clear_caches()
+
+
+@jax.jit
+def _two_pass_gae_and_returns(r, v, nv, term, trunc, gamma, lambda_):
+    # jitted like the estimators: XLA may contract a multiply and an add into one FMA inside
+    # a fusion, so op-by-op execution can differ in the last bit from either
+    advantages = _two_pass_gae(r, v, nv, term, trunc, gamma, lambda_)
+    return advantages, advantages + jnp.asarray(v, advantages.dtype)
+
+
+_two_pass_n_step_jit = jax.jit(_two_pass_n_step, static_argnums=6)
+
+
+@pytest.mark.parametrize("shape", [(1,), (1, 3), (7, 4), (33, 5)])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_one_scan_is_bitwise_the_two_pass_form(shape, dtype, optimised):
+    for seed, (p_term, p_trunc) in enumerate(FLAGS):
+        r, v, nv, term, trunc = _random_inputs(seed, shape, p_term, p_trunc)
+        r, v, nv = (jnp.asarray(a, dtype) for a in (r, v, nv))
+        for gamma, lam in [(0.99, 0.95), (1.0, 1.0), (0.0, 0.5), (jnp.float32(0.9), jnp.float32(0.8))]:
+            want, want_returns = _two_pass_gae_and_returns(r, v, nv, term, trunc, gamma, lam)
+            got = _gae(r, v, nv, term, trunc, gamma=gamma, lambda_=lam)
+            assert got.dtype == dtype
+            np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
+            np.testing.assert_array_equal(
+                np.asarray(_lambda_returns(r, v, nv, term, trunc, gamma=gamma, lambda_=lam), np.float32),
+                np.asarray(want_returns, np.float32))
+            for n in (1, 3, 40):
+                np.testing.assert_array_equal(
+                    np.asarray(_nstep(r, v, nv, term, trunc, gamma=gamma, n=n), np.float32),
+                    np.asarray(_two_pass_n_step_jit(r, v, nv, term, trunc, gamma, n), np.float32))
+    # and under vmap over a traced γ
+    gammas = jnp.array([0.0, 0.5, 0.97], jnp.float32)
+    got = jax.jit(jax.vmap(lambda g: adv.gae(r, v, nv, term, trunc, gamma=g, lambda_=0.9)))(gammas)
+    want = jax.jit(jax.vmap(lambda g: _two_pass_gae(r, v, nv, term, trunc, g, 0.9)))(gammas)
+    np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
+
+
+def _ref_gae_arrays(r, v, nv, term, trunc, gamma, lam):
+    """GAE with per-step γ_t and λ_t, one column, by the backward recursion in float64."""
+    out, a = np.zeros(len(r)), 0.0
+    for t in reversed(range(len(r))):
+        delta = r[t] + gamma[t] * (1 - term[t]) * nv[t] - v[t]
+        a = delta + gamma[t] * lam[t] * (1 - term[t]) * (1 - trunc[t]) * a
+        out[t] = a
+    return out
+
+
+def _ref_returns_arrays(r, nv, term, trunc, gamma):
+    """Discounted returns with per-step γ_t, one column, by the backward recursion."""
+    out, g = np.zeros(len(r)), nv[-1]
+    for t in reversed(range(len(r))):
+        g = r[t] + gamma[t] * (1 - term[t]) * (nv[t] if trunc[t] else g)
+        out[t] = g
+    return out
+
+
+def test_array_hyperparameters_are_scanned_with_the_data(optimised):
+    # VAPO's length-adaptive λ arrives as a [T, N] array; a per-column λ or γ as [1, N].
+    T, N = 11, 4
+    r, v, nv, term, trunc = _random_inputs(7, (T, N), 0.2, 0.2)
+    rng = np.random.default_rng(8)
+    lam_tn = jnp.asarray(rng.random((T, N)), jnp.float32)
+    lam_n = jnp.asarray(rng.random((1, N)), jnp.float32)
+    gamma_n = jnp.asarray(rng.uniform(0.5, 1.0, (1, N)), jnp.float32)
+    for gamma, lam in [(0.9, lam_tn), (0.9, lam_n), (gamma_n, 0.7), (gamma_n, lam_tn)]:
+        g = np.broadcast_to(np.float64(gamma) if np.ndim(gamma) == 0 else gamma, (T, N))
+        l_ = np.broadcast_to(np.float64(lam) if np.ndim(lam) == 0 else lam, (T, N))
+        want = _per_column(_ref_gae_arrays, r, v, nv, term, trunc, g, l_)
+        kw = {"rtol": 1e-5, "atol": 1e-5}
+        np.testing.assert_allclose(_gae(r, v, nv, term, trunc, gamma=gamma, lambda_=lam), want, **kw)
+        np.testing.assert_allclose(
+            _lambda_returns(r, v, nv, term, trunc, gamma=gamma, lambda_=lam), want + v, **kw)
+        np.testing.assert_array_equal(  # the array path equals the two-pass form bit for bit
+            _gae(r, v, nv, term, trunc, gamma=gamma, lambda_=lam),
+            _two_pass_gae_and_returns(r, v, nv, term, trunc, gamma, lam)[0])
+    for gamma in (gamma_n, np.broadcast_to(gamma_n, (T, N))):
+        g = np.broadcast_to(gamma, (T, N))
+        np.testing.assert_allclose(
+            _returns(r, nv, term, trunc, gamma=gamma),
+            _per_column(_ref_returns_arrays, r, nv, term, trunc, g), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            _nstep(r, v, nv, term, trunc, gamma=gamma, n=1),
+            r + g * (1 - term) * nv - v, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            _nstep(r, v, nv, term, trunc, gamma=gamma, n=T),
+            _returns(r, nv, term, trunc, gamma=gamma) - v, rtol=1e-5, atol=1e-5)
+
+
+def test_mixed_input_dtypes_compute_in_the_widest():
+    r, v, nv, term, trunc = _random_inputs(5, (6, 3))
+    v16 = jnp.asarray(v, jnp.bfloat16)
+    v_back = np.asarray(v16, np.float32)  # what the float32 computation sees
+    for fn in (adv.gae, adv.lambda_returns):
+        got = fn(r, v16, nv, term, trunc, gamma=0.9, lambda_=0.8)
+        assert got.dtype == jnp.float32
+        np.testing.assert_array_equal(got, fn(r, v_back, nv, term, trunc, gamma=0.9, lambda_=0.8))
+    got = adv.n_step_advantages(r, v16, nv, term, trunc, gamma=0.9, n=3)
+    assert got.dtype == jnp.float32
+    np.testing.assert_array_equal(got, adv.n_step_advantages(r, v_back, nv, term, trunc, gamma=0.9, n=3))
 
 
 def test_estimators_are_differentiable():
@@ -383,7 +536,14 @@ def test_public_names_have_docstrings():
 
 def test_all_flag_dtypes_accepted():
     r, v, nv, term, trunc = _random_inputs(3, (6, 2))
-    want = adv.gae(r, v, nv, term, trunc, gamma=0.9, lambda_=0.9)
-    for cast in itertools.product((np.int32, np.float32), repeat=2):
-        got = adv.gae(r, v, nv, term.astype(cast[0]), trunc.astype(cast[1]), gamma=0.9, lambda_=0.9)
-        np.testing.assert_allclose(got, want, rtol=1e-6)
+    fns = [
+        lambda te, tr: adv.gae(r, v, nv, te, tr, gamma=0.9, lambda_=0.9),
+        lambda te, tr: adv.lambda_returns(r, v, nv, te, tr, gamma=0.9, lambda_=0.9),
+        lambda te, tr: adv.n_step_advantages(r, v, nv, te, tr, gamma=0.9, n=3),
+        lambda te, tr: adv.discounted_returns(r, nv, te, tr, gamma=0.9),
+        lambda te, tr: adv.td_errors(r, v, nv, te, gamma=0.9),
+    ]
+    for fn in fns:
+        want = fn(term, trunc)
+        for cast in itertools.product((np.int32, np.float32), repeat=2):
+            np.testing.assert_array_equal(fn(term.astype(cast[0]), trunc.astype(cast[1])), want)
