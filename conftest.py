@@ -65,3 +65,11 @@ def no_compile(monkeypatch):
 
     monkeypatch.setattr(jax, "jit", refuse)
     monkeypatch.setattr(jaxadv.sweep, "make_train", refuse)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The docstring examples (``--doctest-modules``) print shapes and rounded values, no
+    learning: they compile fast too."""
+    for item in items:
+        if type(item).__name__ == "DoctestItem":
+            item.add_marker(pytest.mark.fast_compile)
