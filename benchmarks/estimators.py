@@ -6,9 +6,11 @@ jaxadv's function (with the truncation flag) and rlax's counterpart vmapped over
 has no truncation flag): ``rlax.truncated_generalized_advantage_estimation``,
 ``rlax.lambda_returns``, ``rlax.td_learning`` and ``rlax.n_step_bootstrapped_returns`` minus
 ``V``, each jitted with its discounts ``γ(1 − terminated)`` computed inside. Calls are
-interleaved (one call of each function in turn, repeated), so machine load moves every
-column alike; a time is the median of its calls and ``rlax ÷ jaxadv`` is the median of the
-paired per-round ratios (above 1: jaxadv is faster). Compile time is excluded.
+interleaved (each round calls every function once, in a fresh random order), so machine
+load moves every column alike; a time is the median of its calls and ``rlax ÷ jaxadv`` is
+the median of the paired per-round ratios (above 1: jaxadv is faster). Compile time is
+excluded. At N = 1 a call is mostly dispatch: the header gives the floor, a jitted
+elementwise function of 3, 4 and 5 ``[T, 1]`` arrays (each array adds about 0.4 µs).
 
 Roofline: the bytes an estimator must move (each input read once, the output written once)
 priced at the memory bandwidth measured in the same run by a jitted ``x + 1`` on 256 MB,
@@ -19,11 +21,12 @@ machine its page faults, not DRAM, set the price of a write. ``one pass`` is the
 floor of the same kind: a jitted elementwise function reading the same five inputs once
 and writing one ``[T, N]`` output.
 
-``--levers`` also times what was tried on GAE: the two-pass implementation of jaxadv 0.2.0
-(TD errors and decays as ``[T, N]`` arrays, then a scan over them), the scan unroll factor,
-and an associative scan; and the 0.2.0 ``lambda_returns`` and ``n_step_advantages``. The
-Python loop of jitted steps and the windowed n-step sum are the other two tables.
-Run: ``.venv/bin/python benchmarks/estimators.py [--levers]``.
+Then what was tried on GAE, each against rlax in the same rounds: the two-pass
+implementation of jaxadv 0.2.0 (TD errors and decays as ``[T, N]`` arrays, then a scan over
+them), the scan unroll factor and an associative scan; the 0.2.0 ``lambda_returns``,
+``n_step_advantages`` and ``discounted_returns`` against today's (the same bits, checked);
+a Python loop of jitted steps; and the windowed n-step sum.
+Run: ``.venv/bin/python benchmarks/estimators.py`` (about three minutes).
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ def _time(fn, *args, repeats: int = 20) -> float:
     return statistics.median(times)
 
 
-def _interleaved(calls: dict, seconds: float = 4.0, min_rounds: int = 10, max_rounds: int = 300):
+def _interleaved(calls: dict, seconds: float = 4.0, min_rounds: int = 15, max_rounds: int = 300):
     """``{name: [wall seconds of each round]}`` for ``calls = {name: (fn, args)}``: each round
     calls every function once, in a fresh random order (what ran just before a call, and
     which memory it freed, is no one's systematic advantage), after two warm-up calls each;
@@ -379,8 +382,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--T", type=int, default=128)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 2048, 65536])
-    parser.add_argument("--levers", action="store_true", help="also time what was tried")
-    parser.add_argument("--seconds", type=float, default=4.0,
+    parser.add_argument("--seconds", type=float, default=12.0,
                         help="about how long the interleaved rounds of one size run")
     args = parser.parse_args()
     T = args.T
@@ -427,8 +429,7 @@ def main() -> None:
                   f"| {floor * 1e3:.3f} ms | {roof * 1e3:.3f} ms | {roof / ours:.0%} |")
     print()
 
-    if args.levers:
-        levers(T, args.sizes)
+    levers(T, args.sizes)
 
     gae = jax.jit(functools.partial(jaxadv.gae, gamma=GAMMA, lambda_=LAMBDA))
     print("GAE: a Python loop of jitted steps")

@@ -292,8 +292,8 @@ def _two_pass_gae_and_returns(r, v, nv, term, trunc, gamma, lambda_):
 _two_pass_n_step_jit = jax.jit(_two_pass_n_step, static_argnums=6)
 
 
-@pytest.mark.parametrize("shape", [(1,), (1, 3), (7, 4), (33, 5)])
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("shape, dtype", [((1, 3), jnp.float32), ((33, 5), jnp.float32),
+                                          ((1,), jnp.bfloat16), ((7, 4), jnp.bfloat16)])
 def test_one_scan_is_bitwise_the_two_pass_form(shape, dtype, optimised):
     for seed, (p_term, p_trunc) in enumerate(FLAGS):
         r, v, nv, term, trunc = _random_inputs(seed, shape, p_term, p_trunc)
