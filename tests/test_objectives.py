@@ -55,6 +55,7 @@ def np_dapo(new, old, adv, mask, low, high):
     return -total / n, grad
 
 
+@pytest.mark.fast_compile  # against references (conftest.py)
 @pytest.mark.parametrize(("low", "high"), [(0.2, 0.28), (0.1, 0.5), (0.3, 0.3)])
 def test_dapo_equals_a_numpy_loop(low, high):
     _compare(dapo_clip_loss, np_dapo, 0, low, high)
@@ -71,6 +72,7 @@ def _compare(loss, oracle, seed, low, high):
     return grad, mask
 
 
+@pytest.mark.fast_compile  # against references (conftest.py)
 def test_dapo_with_equal_ranges_is_ppo_with_token_reduction():
     new, old, adv, _, mask = _batch(1)
     dapo = _grad(dapo_clip_loss, new, old, adv, mask, clip_low=0.2, clip_high=0.2)
@@ -101,6 +103,7 @@ def np_gspo(new, old, seq_adv, mask, low, high):
     return -total / len(real), grad
 
 
+@pytest.mark.fast_compile  # against references (conftest.py)
 @pytest.mark.parametrize("token_level", [False, True])
 @pytest.mark.parametrize(("low", "high"), [(3e-4, 4e-4), (0.05, 0.1), (0.5, 0.5)])
 def test_gspo_equals_a_numpy_loop(low, high, token_level):
@@ -121,6 +124,7 @@ def test_gspo_equals_a_numpy_loop(low, high, token_level):
                                rtol=1e-6)
 
 
+@pytest.mark.fast_compile  # against references (conftest.py)
 def test_gspo_with_one_token_per_sequence_is_ppo():
     new, old, _, seq_adv, mask = _batch(3, t=1, b=8, pad=False)
     for token_level in (False, True):
@@ -148,12 +152,14 @@ def np_cispo(new, old, adv, mask, low, high):
     return -total / n, grad
 
 
+@pytest.mark.fast_compile  # against references (conftest.py)
 @pytest.mark.parametrize(("low", "high"), [(np.inf, 0.2), (0.2, 0.28), (np.inf, np.inf)])
 def test_cispo_equals_a_numpy_loop_and_never_drops_a_token(low, high):
     grad, mask = _compare(cispo_loss, np_cispo, 5, low, high)
     assert np.all(grad[mask] != 0)  # every real token keeps a gradient, clipped or not
 
 
+@pytest.mark.fast_compile  # against references (conftest.py)
 def test_cispo_without_clipping_is_importance_weighted_reinforce():
     """Its gradient is that of the unclipped surrogate −mean(ρA) (PPO with no clip)."""
     new, old, adv, _, mask = _batch(6)
@@ -162,6 +168,7 @@ def test_cispo_without_clipping_is_importance_weighted_reinforce():
     np.testing.assert_allclose(cispo, surrogate, rtol=1e-5, atol=1e-8)
 
 
+@pytest.mark.fast_compile  # against references (conftest.py)
 def test_the_objectives_are_vmappable_over_their_clip_ranges():
     new, old, adv, seq_adv, mask = _batch(7)
     highs = jnp.array([0.1, 0.2, 0.4])
@@ -176,6 +183,7 @@ def test_the_objectives_are_vmappable_over_their_clip_ranges():
 # --------------------------------------------------------------------------- shaping helpers
 
 
+@pytest.mark.fast_compile  # against references (conftest.py)
 def test_informative_groups_keep_the_groups_with_unequal_rewards():
     rng = np.random.default_rng(8)
     rewards = rng.integers(0, 2, (50, 4)).astype(np.float32)
@@ -184,6 +192,7 @@ def test_informative_groups_keep_the_groups_with_unequal_rewards():
     assert 0 < sum(want) < 50
 
 
+@pytest.mark.fast_compile  # against references (conftest.py)
 def test_overlong_penalty_follows_dapo_eq_13():
     lengths = np.arange(0, 25)
     got = np.asarray(overlong_penalty(lengths, max_length=20, buffer=5))
@@ -197,6 +206,7 @@ def test_overlong_penalty_follows_dapo_eq_13():
         assert value == pytest.approx(want), length
 
 
+@pytest.mark.fast_compile  # against references (conftest.py)
 def test_length_adaptive_lambda_follows_vapo():
     lengths = np.array([1, 20, 21, 50, 400])
     got = np.asarray(length_adaptive_lambda(lengths, alpha=0.05))
@@ -243,6 +253,7 @@ def np_gae(rewards, values, next_values, done, gamma, lam):
     return out
 
 
+@pytest.mark.fast_compile  # against references (conftest.py)
 @pytest.mark.parametrize("alpha", [0.0, 0.5, 2.0])
 def test_vapo_estimator_decouples_the_policy_and_critic_lambdas(alpha):
     rng = np.random.default_rng(9)
@@ -262,6 +273,7 @@ def test_vapo_estimator_decouples_the_policy_and_critic_lambdas(alpha):
     np.testing.assert_allclose(targets, want_targets, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.fast_compile  # against references (conftest.py)
 def test_dynamic_sampling_masks_out_the_groups_without_signal():
     rng = np.random.default_rng(10)
     t_max, groups, k = 5, 6, 4
@@ -277,6 +289,7 @@ def test_dynamic_sampling_masks_out_the_groups_without_signal():
     assert kept == pytest.approx(np.mean(keep)) and not keep[0] and not keep[1]
 
 
+@pytest.mark.fast_compile  # against references (conftest.py)
 def test_overlong_buffer_is_added_to_the_sequence_reward():
     from jaxadv.envs.sequence import SequenceTask, score
 
@@ -317,6 +330,7 @@ def test_bad_objective_settings_exit_2_before_compiling(argv, words, no_compile,
     assert words in capsys.readouterr().err
 
 
+@pytest.mark.fast_compile  # mechanics (conftest.py)
 def test_value_warmup_trains_the_critic_alone_first():
     """VAPO's value pre-training on separate actor and critic MLPs: the actor's parameters do
     not move in the first ``value_warmup`` updates (Adam's moments of its parameters stay 0),
@@ -363,6 +377,7 @@ def test_a_sampler_at_another_temperature_is_corrected_and_learns(behaviour):
     assert float(np.max(np.abs(metrics["approx_kl"]))) < 1e-6
 
 
+@pytest.mark.fast_compile  # against references (conftest.py)
 def test_truncated_importance_weights_follow_their_definition():
     rng = np.random.default_rng(11)
     log_p, log_b = np.log(rng.uniform(0.01, 1, (2, 50)))

@@ -59,6 +59,7 @@ def np_network(params, obs, h):
     return logits, value, h
 
 
+@pytest.mark.fast_compile  # against references (conftest.py)
 def test_gru_is_its_equations_and_flax_gru_cell():
     net = make_network(3, hidden=(5, 4), recurrent=True)
     params = net.init(jax.random.key(0), jnp.zeros(6))
