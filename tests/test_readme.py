@@ -4,10 +4,13 @@ import pathlib
 import re
 
 import numpy as np
+import pytest
 
 import jaxadv
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+
+pytestmark = pytest.mark.fast_compile  # mechanics and a numpy loop (conftest.py)
 
 
 def test_readme_example_runs():
