@@ -54,6 +54,7 @@ def _plain_greedy_episodes(network, params, key, n):
     return episodes
 
 
+@pytest.mark.fast_compile  # against a plain loop (conftest.py)
 def test_greedy_returns_equal_a_plain_loop_over_the_raw_env():
     """Each episode's return and length equal those of a Python loop stepping gymnax's own
     CartPole from the same first state with the argmax action."""

@@ -366,6 +366,7 @@ def test_hparam_grid_compiles_once_and_maps_each_row(small_train):
     chex.assert_trees_all_close(jax.tree.map(lambda x: x[1, 1], metrics), one, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.fast_compile  # mechanics (conftest.py)
 def test_train_returns_state_and_per_update_metrics():
     """``train(key, hp) -> (TrainState, metrics)``: the state ``init`` builds, metrics ``[num_updates]``."""
     trainer = make_trainer(SMALL)
