@@ -67,31 +67,34 @@ def no_compile(monkeypatch):
     monkeypatch.setattr(jaxadv.sweep, "make_train", refuse)
 
 
-# Rough seconds per file on one worker (2-core machine, after the fast_compile marks): the
-# files that take longest start first (with ``--no-loadscope-reorder``, which keeps this order
-# instead of xdist's "most tests first", that puts the one-test notebooks last), so that the
-# last files to start are short ones and neither worker waits long for the other at the end.
-# Files not listed follow in collection order.
+# Seconds per file in a full two-worker run (2-core machine): the files that take longest
+# start first (with ``--no-loadscope-reorder``, which keeps this order instead of xdist's
+# "most tests first", that puts the one-test notebooks last), so that the last files to start
+# are short ones and neither worker waits long for the other at the end. Files not listed
+# follow in collection order.
 LONGEST_FIRST = {
-    "tests/test_train.py": 240,
-    "tests/test_eval.py": 120,
-    "tests/test_objectives.py": 95,
-    "notebooks/sequence_rl.ipynb": 90,
-    "tests/test_torsos_cli.py": 75,
+    "tests/test_train.py": 330,
+    "tests/test_eval.py": 165,
+    "tests/test_objectives.py": 145,
+    "tests/test_faults.py": 125,
+    "tests/test_torsos_cli.py": 95,
+    "tests/test_objective_exact.py": 85,
+    "notebooks/sequence_rl.ipynb": 75,
+    "tests/test_devices.py": 65,
     "tests/test_sequence_train.py": 60,
-    "tests/test_variance.py": 60,
-    "notebooks/estimator_variance.ipynb": 60,
     "notebooks/quickstart.ipynb": 60,
-    "tests/test_devices.py": 58,
-    "tests/test_sweep.py": 58,
-    "tests/test_brax.py": 50,
-    "tests/test_objective_exact.py": 45,
+    "tests/test_checkpoint.py": 50,
+    "tests/test_brax.py": 45,
+    "notebooks/estimator_variance.ipynb": 45,
+    "tests/test_variance.py": 45,
     "tests/test_recurrent.py": 45,
-    "tests/test_cnn.py": 44,
-    "tests/test_checkpoint.py": 42,
-    "notebooks/sweeps.ipynb": 40,
-    "tests/test_variance_cli.py": 36,
+    "tests/test_sweep.py": 40,
+    "tests/test_advantages.py": 40,
+    "tests/test_cnn.py": 35,
     "tests/test_search.py": 35,
+    "tests/test_variance_cli.py": 30,
+    "tests/test_docs.py": 30,
+    "notebooks/sweeps.ipynb": 25,
 }
 
 
