@@ -212,8 +212,8 @@ def _refuse_none_grid_values(argv: Sequence[str] | None) -> None:
 def _resume_hint(args: Any) -> str | None:
     """The command that continues ``args``'s run where one can be continued, else ``None``."""
     out = getattr(args, "out", None)
-    name = {"TrainArgs": "train", "SweepArgs": "sweep", "SequenceArgs": "sequence"}.get(
-        type(args).__name__)
+    name = next((name for name, (cls, _) in _commands().items()
+                 if isinstance(args, cls) and hasattr(cls, "resume")), None)
     if name is None or out is None:
         return None
     from jaxadv.outdir import find_run
