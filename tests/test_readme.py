@@ -1,4 +1,5 @@
-"""The README's example runs as written and computes what the text says."""
+"""The README's example and the library page's extension example (docs/library.md) run as
+written and compute what the text says."""
 
 import pathlib
 import re
@@ -8,7 +9,9 @@ import pytest
 
 import jaxadv
 
-README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+LIBRARY = ROOT / "docs" / "library.md"
 
 pytestmark = pytest.mark.fast_compile  # mechanics and a numpy loop (conftest.py)
 
@@ -22,22 +25,25 @@ def test_readme_example_runs():
     assert adv.shape == (128, 8)
     # V ≡ 0 and a cut after step 63: step 63's advantage is its own reward.
     np.testing.assert_allclose(adv[63], np.asarray(namespace["rewards"])[63], rtol=1e-6)
+    # the user's own training step took jaxadv's PPO loss: a finite step away from zero
+    w = np.asarray(namespace["w"])
+    assert w.shape == (4, 2) and np.all(np.isfinite(w)) and np.any(w != 0)
     assert "make demo" in text and "make test" in text
     assert callable(jaxadv.gae)
 
 
 def test_readme_extension_example_adds_an_estimator_and_an_algorithm():
-    """The "Extend jaxadv" block: the new rows work in the trainer, and the new estimator
-    computes what its docstring says (checked against a plain numpy loop)."""
-    from jaxadv.algorithms import ALGORITHMS
-    from jaxadv.estimators import ESTIMATORS, EstimatorArgs, EstimatorInput
+    """The "Extend jaxadv" block of docs/library.md: the new rows work in the trainer, and the
+    new estimator computes what its docstring says (checked against a plain numpy loop)."""
+    from jaxadv.engine.algorithms import ALGORITHMS
+    from jaxadv.engine.estimators import ESTIMATORS, EstimatorArgs, EstimatorInput
 
-    text = README.read_text()
+    text = LIBRARY.read_text()
     block = text.split("## Extend jaxadv", 1)[1]
     block = re.search(r"```python\n(.*?)```", block, re.DOTALL).group(1)
     namespace: dict = {}
     try:
-        exec(compile(block, str(README), "exec"), namespace)  # noqa: S102 - our own README
+        exec(compile(block, str(LIBRARY), "exec"), namespace)  # noqa: S102 - our own docs
         metrics = namespace["metrics"]
         assert np.asarray(metrics["env_steps"]).tolist() == [256, 512, 768, 1024]
         for name in ("policy_loss", "entropy", "grad_norm", "approx_kl"):
