@@ -19,8 +19,8 @@ import sys
 import jax
 import numpy as np
 
-from jaxadv.sequence_cli import SequenceArgs
-from jaxadv.train import HParams, TrainConfig, make_train
+from jaxadv.cli.sequence import SequenceArgs
+from jaxadv.engine.train import HParams, TrainConfig, make_train
 
 SMALL = {"num_envs": 4, "num_steps": 32, "total_timesteps": 4 * 32 * 6, "hidden": (16, 16)}
 

@@ -14,7 +14,7 @@ default networks (policy 4 × 32, value 5 × 256, swish); ``--reference ours`` u
 own defaults otherwise (reward scaling 10, clipping 0.3, no gradient clipping); ``none``
 skips it (``--reference-steps N`` trains only Brax's, for N steps). Both final policies are
 scored the same way: 128 fresh episodes of at most 1000 steps with sampled actions (Brax's
-``eval/episode_reward``; ours with :func:`jaxadv.evaluate.evaluate`). It prints a markdown
+``eval/episode_reward``; ours with :func:`jaxadv.engine.evaluate.evaluate`). It prints a markdown
 table. One seed each; it needs the ``brax`` extra. A benchmark, kept out of ``make test``.
 """
 
@@ -28,9 +28,9 @@ import time
 import jax
 import numpy as np
 
+from jaxadv.engine.evaluate import evaluate
+from jaxadv.engine.train import HParams, TrainConfig, make_setup, make_trainer
 from jaxadv.envs.brax_envs import make_brax
-from jaxadv.evaluate import evaluate
-from jaxadv.train import HParams, TrainConfig, make_setup, make_trainer
 
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("--env", default="brax:ant")

@@ -24,8 +24,9 @@ import platform
 
 import jax
 
-from jaxadv import cli, exact, variance
-from jaxadv.variance_cli import _lambda
+from jaxadv import cli
+from jaxadv.cli.variance import _lambda
+from jaxadv.science import exact, variance
 
 ESTIMATORS = ["return", "mc", "td", "nstep:5", "gae:0.5", "gae:0.8", "gae:0.9", "gae:0.95", "gae:0.97",
               "gae:0.99", "return:unweighted", "gae:0.95:unweighted"]

@@ -72,7 +72,7 @@ def replay(mode: str, run_dir: pathlib.Path, out: pathlib.Path, *, calls: bool) 
     handed over, its summary and plot (``calls``; else none), and closed."""
     import numpy as np
 
-    from jaxadv.tracking import make_loggers
+    from jaxadv.cli.tracking import make_loggers
 
     config = json.loads((run_dir / "config.json").read_text())
     summary = json.loads((run_dir / "summary.json").read_text())

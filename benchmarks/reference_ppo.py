@@ -27,7 +27,7 @@ import numpy as np
 import optax
 from flax.training.train_state import TrainState
 
-from jaxadv.networks import orthogonal
+from jaxadv.nets.networks import orthogonal
 
 NUM_STEPS, EPOCHS, MINIBATCHES = 128, 4, 4
 GAMMA, LAMBDA, CLIP, ENT, VF, MAX_NORM, LR = 0.99, 0.95, 0.2, 0.01, 0.5, 0.5, 2.5e-4

@@ -28,8 +28,8 @@ import time
 import jax
 import numpy as np
 
-from jaxadv.sequence_cli import SequenceArgs
-from jaxadv.train import make_train
+from jaxadv.cli.sequence import SequenceArgs
+from jaxadv.engine.train import make_train
 
 ESTIMATORS = ["grpo", "drgrpo", "rloo", "batchmean", "rfpp", "remax", "gae"]
 

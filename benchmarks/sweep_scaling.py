@@ -23,7 +23,7 @@ import os
 import platform
 import time
 
-from jaxadv.devices import use_host_devices
+from jaxadv.engine.devices import use_host_devices
 
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("--agents", type=int, nargs="+", default=[1, 8, 64, 256])
@@ -35,8 +35,8 @@ use_host_devices(ARGS.devices)  # before anything below starts JAX's backends
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxadv.sweep import run_sweep  # noqa: E402
-from jaxadv.train import HParams, TrainConfig, make_train  # noqa: E402
+from jaxadv.engine.sweep import run_sweep  # noqa: E402
+from jaxadv.engine.train import HParams, TrainConfig, make_train  # noqa: E402
 
 
 def main() -> None:

@@ -75,12 +75,12 @@ import numpy as np  # noqa: E402
 from jax.flatten_util import ravel_pytree  # noqa: E402
 
 from jaxadv.envs import make  # noqa: E402
-from jaxadv.networks import make_network  # noqa: E402
+from jaxadv.nets.networks import make_network  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from reference_ppo import make_reference_train  # noqa: E402
 
-from jaxadv.train import (  # noqa: E402
+from jaxadv.engine.train import (  # noqa: E402
     HParams,
     TrainConfig,
     collect,

@@ -50,33 +50,34 @@ napoleon_numpy_docstring = False
 napoleon_use_rtype = False
 
 # the API index's groups of modules (a module in none is listed under "Other modules")
-api_groups = {
-    "Estimators, losses and distributions": [
-        "jaxadv.advantages", "jaxadv.estimators", "jaxadv.losses", "jaxadv.distributions",
-        "jaxadv.corrections", "jaxadv.algorithms",
-    ],
-    "Training": [
-        "jaxadv.train", "jaxadv.rollout", "jaxadv.networks", "jaxadv.transformer",
-        "jaxadv.warm_start", "jaxadv.sweep", "jaxadv.selection", "jaxadv.driver",
-        "jaxadv.checkpoint", "jaxadv.evaluate", "jaxadv.stats",
-    ],
-    "Environments": [
-        "jaxadv.envs", "jaxadv.envs.registry", "jaxadv.envs.wrappers", "jaxadv.envs.normalize",
-        "jaxadv.envs.tabular", "jaxadv.envs.sequence", "jaxadv.envs.token",
-        "jaxadv.envs.brax_envs",
-    ],
-    "Exact gradients and estimator studies": [
-        "jaxadv.mdp", "jaxadv.exact", "jaxadv.objective_exact", "jaxadv.sequence_exact",
-        "jaxadv.variance",
+api_groups = {  # the package's layers, bottom up (jaxadv/__init__.py)
+    "Pure functions: estimators, losses, distributions, corrections": [
+        "jaxadv.advantages", "jaxadv.losses", "jaxadv.distributions", "jaxadv.corrections",
+        "jaxadv.stats", "jaxadv.validate",
     ],
     "Checking your own estimator": ["jaxadv.testing"],
-    "The command line's modules": [
-        "jaxadv.cli", "jaxadv.train_cli", "jaxadv.sweep_cli", "jaxadv.variance_cli",
-        "jaxadv.sequence_cli", "jaxadv.eval_cli", "jaxadv.check_cli",
+    "Environments": [
+        "jaxadv.envs", "jaxadv.envs.registry", "jaxadv.envs.wrappers", "jaxadv.envs.normalize",
+        "jaxadv.envs.mdp", "jaxadv.envs.tabular", "jaxadv.envs.sequence", "jaxadv.envs.token",
+        "jaxadv.envs.brax_envs",
     ],
-    "Runs, devices and checks": [
-        "jaxadv.devices", "jaxadv.outdir", "jaxadv.report", "jaxadv.tracking",
-        "jaxadv.validate",
+    "Networks": ["jaxadv.nets", "jaxadv.nets.networks", "jaxadv.nets.transformer"],
+    "The engine": [
+        "jaxadv.engine", "jaxadv.engine.algorithms", "jaxadv.engine.estimators",
+        "jaxadv.engine.train", "jaxadv.engine.rollout", "jaxadv.engine.warm_start",
+        "jaxadv.engine.driver", "jaxadv.engine.metrics", "jaxadv.engine.checkpoint",
+        "jaxadv.engine.sweep", "jaxadv.engine.evaluate", "jaxadv.engine.devices",
+    ],
+    "Search": ["jaxadv.tuning", "jaxadv.tuning.halving", "jaxadv.tuning.pbt",
+               "jaxadv.tuning.selection"],
+    "Exact gradients and estimator studies": [
+        "jaxadv.science", "jaxadv.science.exact", "jaxadv.science.variance",
+        "jaxadv.science.sequence_exact", "jaxadv.science.objective_exact",
+    ],
+    "The command line": [
+        "jaxadv.cli", "jaxadv.cli.app", "jaxadv.cli.train", "jaxadv.cli.sweep",
+        "jaxadv.cli.search", "jaxadv.cli.eval", "jaxadv.cli.sequence", "jaxadv.cli.variance",
+        "jaxadv.cli.check", "jaxadv.cli.report", "jaxadv.cli.outdir", "jaxadv.cli.tracking",
     ],
 }
 

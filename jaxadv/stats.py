@@ -82,7 +82,7 @@ def final_returns(
     """Per seed, the mean return of the episodes that ended in the last ``fraction`` of
     updates (at least one update): ``[seeds]``, NaN for a seed with none. The one
     definition of a run's final return: ``jaxadv train``'s summary and
-    :func:`~jaxadv.sweep.run_sweep` both use it.
+    :func:`~jaxadv.engine.sweep.run_sweep` both use it.
 
     >>> final_returns(np.array([[1.0, 2.0, np.nan, 4.0]]), np.array([[1, 1, 0, 3]]), 0.5)
     array([4.])

@@ -23,7 +23,7 @@ def interrupt_when(cmd: Sequence[str], ready: Callable[[], bool], *, within: flo
 
 
 class ModulesLogger:
-    """A logger (for :class:`jaxadv.tracking.OtherProcess`) that writes, when built, whether
+    """A logger (for :class:`jaxadv.cli.tracking.OtherProcess`) that writes, when built, whether
     its process has imported jax to ``path``."""
 
     seconds = 0.0

@@ -51,7 +51,7 @@ def stub_make_train(delay: float = 0.0):
 
 if __name__ == "__main__":
     from jaxadv import cli
-    from jaxadv import sweep as sweep_module
+    from jaxadv.engine import sweep as sweep_module
 
     sweep_module.make_train = stub_make_train(float(sys.argv[1]))
     sys.exit(cli.main(sys.argv[2:]))

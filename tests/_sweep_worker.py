@@ -20,7 +20,7 @@ import sys
 
 
 def _decode_grid(grid: dict) -> dict:
-    from jaxadv.sweep import LogUniform, Uniform
+    from jaxadv.engine.sweep import LogUniform, Uniform
 
     dists = {"LogUniform": LogUniform, "Uniform": Uniform}
     out = {}
@@ -65,8 +65,8 @@ def main(argv: list[str]) -> None:
             num_processes=num_processes,
             process_id=process_id,
         )
-    from jaxadv.sweep import run_sweep
-    from jaxadv.train import TrainConfig
+    from jaxadv.engine.sweep import run_sweep
+    from jaxadv.engine.train import TrainConfig
 
     config = TrainConfig(**spec["config"])
     result = run_sweep(

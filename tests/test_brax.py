@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from brax import envs as brax_envs
 
+from jaxadv.engine.train import HParams, TrainConfig, make_train
 from jaxadv.envs import env_spec, make
 from jaxadv.envs.brax_envs import BraxEnv, BraxState, make_brax
-from jaxadv.train import HParams, TrainConfig, make_train
 
 NAME = "brax:inverted_pendulum"
 

@@ -18,9 +18,10 @@ import pytest
 from _processes import interrupt_when
 from rich.console import Console
 
-from jaxadv import cli, driver, envs
-from jaxadv.checkpoint import CheckpointError, CheckpointStore, checkpoint_steps
-from jaxadv.train import HParams, TrainConfig, make_train, make_trainer
+from jaxadv import cli, envs
+from jaxadv.engine import driver
+from jaxadv.engine.checkpoint import CheckpointError, CheckpointStore, checkpoint_steps
+from jaxadv.engine.train import HParams, TrainConfig, make_train, make_trainer
 
 pytestmark = pytest.mark.fast_compile  # compares programs and checks mechanics (conftest.py)
 

@@ -12,8 +12,9 @@ import jax
 import numpy as np
 import pytest
 
-from jaxadv import cli, driver
-from jaxadv.train import HParams, TrainConfig, make_train
+from jaxadv import cli
+from jaxadv.engine import driver
+from jaxadv.engine.train import HParams, TrainConfig, make_train
 
 pytestmark = pytest.mark.fast_compile  # compares programs and checks mechanics (conftest.py)
 

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxadv.networks import make_network
-from jaxadv.train import HParams, TrainConfig, make_train
+from jaxadv.engine.train import HParams, TrainConfig, make_train
+from jaxadv.nets.networks import make_network
 
 
 def _np_conv_same(image, kernel, bias):

@@ -19,13 +19,12 @@ import pytest
 from _bfloat16 import bf16_round, np_log_softmax
 
 from jaxadv import cli
-from jaxadv import train as train_mod
-from jaxadv.algorithms import ALGORITHMS, CORRECTIONS, correction_weights
+from jaxadv.cli.report import jsonable
+from jaxadv.cli.sequence import OBJECTIVES, SequenceArgs, stored_sequence_args
 from jaxadv.corrections import gmpo_loss, icepop_loss, sapo_loss
-from jaxadv.losses import dapo_clip_loss
-from jaxadv.report import jsonable
-from jaxadv.sequence_cli import OBJECTIVES, SequenceArgs, stored_sequence_args
-from jaxadv.train import (
+from jaxadv.engine import train as train_mod
+from jaxadv.engine.algorithms import ALGORITHMS, CORRECTIONS, correction_weights
+from jaxadv.engine.train import (
     HParams,
     TrainConfig,
     collect,
@@ -33,6 +32,7 @@ from jaxadv.train import (
     make_setup,
     truncated_importance_weights,
 )
+from jaxadv.losses import dapo_clip_loss
 
 pytestmark = pytest.mark.fast_compile  # mechanics against references, no learning bars
 

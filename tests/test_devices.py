@@ -11,9 +11,9 @@ import jax
 import numpy as np
 import pytest
 
-from jaxadv.devices import seed_groups
-from jaxadv.driver import _seed_axis
-from jaxadv.train import HParams, TrainConfig, make_trainer
+from jaxadv.engine.devices import seed_groups
+from jaxadv.engine.driver import _seed_axis
+from jaxadv.engine.train import HParams, TrainConfig, make_trainer
 
 pytestmark = pytest.mark.fast_compile  # compares programs and checks mechanics (conftest.py)
 
@@ -65,11 +65,13 @@ def test_two_devices_give_the_same_metrics_as_one(tmp_path):
 
 _SPREAD_BATCHES = """
 import jax, jax.numpy as jnp, numpy as np
-from jaxadv import exact, sequence_exact, variance
+from jaxadv.science import exact
+from jaxadv.science import sequence_exact
+from jaxadv.science import variance
 from jaxadv.envs import RunningMeanStd
 from jaxadv.envs.sequence import SequenceTask
-from jaxadv.train import HParams, TrainConfig, make_trainer
-from jaxadv.transformer import make_transformer
+from jaxadv.engine.train import HParams, TrainConfig, make_trainer
+from jaxadv.nets.transformer import make_transformer
 
 def same(a, b):
     return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
@@ -102,7 +104,7 @@ for name, rows in (("mdp", mdp_rows), ("sequence", seq_rows), ("network", env_ro
 
 
 def test_estimate_batches_spread_over_two_devices_give_the_same_bits():
-    """``jaxadv.devices.map_over_devices``: the variance reports' independent batches on two
+    """``jaxadv.engine.devices.map_over_devices``: the variance reports' independent batches on two
     CPU devices equal those run in turn on one, row for row (tabular MDP, exact sequence
     gradients, a network on CartPole with normalised observations)."""
     env = {**os.environ, "JAX_NUM_CPU_DEVICES": "2"}

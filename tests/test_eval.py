@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 
 from jaxadv import cli
-from jaxadv.eval_cli import check_render
-from jaxadv.evaluate import evaluate, load_run
-from jaxadv.train import EVAL_STREAM, HParams, TrainConfig, init, make_setup, make_trainer
+from jaxadv.cli.eval import check_render
+from jaxadv.engine.evaluate import evaluate, load_run
+from jaxadv.engine.train import EVAL_STREAM, HParams, TrainConfig, init, make_setup, make_trainer
 
 
 def _files(directory):
@@ -36,7 +36,7 @@ def cartpole_run(tmp_path_factory):
 def _plain_greedy_episodes(network, params, key, n):
     """``[(return, length)]`` of ``n`` CartPole episodes by a Python loop stepping gymnax's own
     environment (no wrappers) with the argmax action, from the first states that
-    :func:`jaxadv.rollout.play_episodes` draws from ``key``."""
+    :func:`jaxadv.engine.rollout.play_episodes` draws from ``key``."""
     raw, raw_params = gymnax.make("CartPole-v1")
     _, state = jax.vmap(raw.reset, in_axes=(0, None))(
         jax.random.split(jax.random.split(key)[0], n), raw_params)
@@ -208,7 +208,7 @@ def test_a_sequence_run_evaluates_with_its_exact_match_and_renders_as_text(tmp_p
 
 
 def _discounted_objective(width, height, slip, probs, gamma):
-    """J(π) from the start cell of the gridworld of :func:`~jaxadv.mdp.gridworld_mdp`, built
+    """J(π) from the start cell of the gridworld of :func:`~jaxadv.envs.mdp.gridworld_mdp`, built
     again here cell by cell, with numpy's linear solve: V = (I − γ P_π)⁻¹ r_π."""
     num, goal = width * height, width * height - 1
     p, r = np.zeros((num, num)), np.zeros(num)

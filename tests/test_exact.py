@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxadv import exact
+from jaxadv.science import exact
 
 pytestmark = pytest.mark.fast_compile  # checks against references and mechanics (conftest.py)
 

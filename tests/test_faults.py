@@ -15,7 +15,10 @@ import time
 
 import pytest
 
-from jaxadv import cli, devices, outdir, train_cli
+from jaxadv import cli
+from jaxadv.cli import app, outdir
+from jaxadv.cli import train as train_cli
+from jaxadv.engine import devices
 
 pytestmark = pytest.mark.fast_compile  # mechanics, not learning (conftest.py)
 
@@ -199,7 +202,7 @@ def test_a_signal_while_compiling_exits_at_once_and_leaves_nothing_in_the_way(
 
 def test_a_signal_after_the_last_update_still_writes_every_output(tmp_path, monkeypatch,
                                                                  capsys):
-    cli._commands()  # every command imported before the patch (sequence_cli binds the name)
+    app._commands()  # every command imported before the patch (cli.sequence binds the name)
     write = train_cli.write_run_outputs
 
     def signalled(*args, **kwargs):  # SIGINT lands as the outputs are being written
@@ -321,7 +324,7 @@ def test_eval_into_a_file_fails_before_playing(tmp_path, finished, capsys, monke
     a_file = tmp_path / "file"
     a_file.write_text("x")
     played = []
-    monkeypatch.setattr("jaxadv.eval_cli._play", lambda *a: played.append(1))
+    monkeypatch.setattr("jaxadv.cli.eval._play", lambda *a: played.append(1))
     assert cli.main(["eval", str(finished), "--out", str(a_file)]) == 2
     assert_one_error(capsys.readouterr().err, f"{a_file} is a file")
     assert played == []
@@ -347,7 +350,7 @@ def test_an_edited_checkpoint_meta_is_detected(tmp_path, finished, capsys):
     data = json.loads(meta.read_text())
     data["train_seconds"] += 100.0
     meta.write_text(json.dumps(data))
-    from jaxadv.evaluate import load_run
+    from jaxadv.engine.evaluate import load_run
 
     warnings = []
     loaded = load_run(run, warn=warnings.append)

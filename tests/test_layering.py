@@ -68,7 +68,7 @@ def test_find_cycle_finds_one():
 
 def test_the_package_has_no_import_cycle():
     graph = import_graph()
-    assert {"jaxadv.driver", "jaxadv.train"} <= graph["jaxadv.train_cli"]  # the walk sees imports
+    assert {"jaxadv.engine.driver", "jaxadv.engine.train"} <= graph["jaxadv.cli.train"]  # the walk sees imports
     cycle = find_cycle(graph)
     assert cycle is None, " -> ".join(cycle)
 
@@ -77,7 +77,7 @@ def test_leaves_import_nothing_of_jaxadv():
     """``validate`` imports nothing of jaxadv; the other leaves at most ``validate``."""
     graph = import_graph()
     assert graph["jaxadv.validate"] == set(), graph["jaxadv.validate"]
-    for leaf in ("jaxadv.stats", "jaxadv.mdp", "jaxadv.advantages", "jaxadv.losses",
+    for leaf in ("jaxadv.stats", "jaxadv.envs.mdp", "jaxadv.advantages", "jaxadv.losses",
                  "jaxadv.distributions"):
         assert graph[leaf] <= {"jaxadv.validate"}, (leaf, graph[leaf])
 
@@ -86,4 +86,50 @@ def test_environments_do_not_import_the_analysis_or_the_trainer():
     graph = import_graph()
     for name, deps in graph.items():
         if name.startswith("jaxadv.envs"):
-            assert not deps & {"jaxadv.exact", "jaxadv.variance", "jaxadv.train"}, (name, deps)
+            assert not deps & {"jaxadv.science.exact", "jaxadv.science.variance", "jaxadv.engine.train"}, (name, deps)
+
+
+LAYERS = ("pure", "envs nets", "engine", "tuning science", "cli")
+"""The package's layers, bottom up: the pure functions at the top level of the package, then
+environments and networks, the engine, search and the exact tools, and the commands."""
+
+
+def _layer(module: str) -> tuple[int, str]:
+    """``(floor, group)`` of a module: its subpackage's place in :data:`LAYERS` (a top-level
+    module is a pure function's: floor 0, its own group)."""
+    sub = module.split(".")[1] if module.count(".") >= 1 else ""
+    for floor, names in enumerate(LAYERS):
+        if sub in names.split():
+            return floor, sub
+    return 0, module
+
+
+def test_each_layer_imports_only_from_the_layers_below_it():
+    """An import goes down, or stays inside its own subpackage; never up, and never sideways
+    between the two subpackages of one floor (search and the exact tools know nothing of each
+    other)."""
+    graph = import_graph()
+    wrong = []
+    for name, deps in graph.items():
+        floor, group = _layer(name)
+        for dep in deps:
+            dep_floor, dep_group = _layer(dep)
+            if dep_floor > floor or (dep_floor == floor > 0 and dep_group != group):
+                wrong.append(f"{name} -> {dep}")
+    assert not wrong, wrong
+    assert _layer("jaxadv.cli.train") == (4, "cli") and _layer("jaxadv.losses")[0] == 0
+
+
+def test_moved_modules_keep_their_old_paths():
+    """``jaxadv.<old>`` of every moved module imports as the very module at its new place."""
+    import importlib
+
+    assert "train" in jaxadv.MOVED and "sweep" in jaxadv.MOVED
+    for old, new in jaxadv.MOVED.items():
+        assert importlib.import_module(f"jaxadv.{old}") is importlib.import_module(f"jaxadv.{new}")
+    from jaxadv.train import HParams, TrainConfig, make_train  # the paths users already use
+
+    from jaxadv.engine import train
+
+    assert (make_train, TrainConfig, HParams) == (train.make_train, train.TrainConfig, train.HParams)
+    assert jaxadv.gae is jaxadv.advantages.gae

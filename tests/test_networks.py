@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from _lapack import LAPACK_PRIMITIVES, primitive_names
 
-from jaxadv.networks import make_network, orthogonal, orthogonal_matrices
+from jaxadv.nets.networks import make_network, orthogonal, orthogonal_matrices
 
 pytestmark = pytest.mark.fast_compile  # checks against references and mechanics (conftest.py)
 

@@ -1,4 +1,4 @@
-"""jaxadv.objective_exact: each objective's exact expected gradient against references built
+"""jaxadv.science.objective_exact: each objective's exact expected gradient against references built
 independently from the enumerated responses' token log-probabilities (jnp sums of the
 definitions, differentiated once; the corrections' weights by numpy loops), on-policy and
 off-policy, the bfloat16 sampler against numpy rounding of the logits, and the report's rows."""
@@ -13,8 +13,10 @@ from _bfloat16 import bf16_round, np_log_softmax
 from jax.flatten_util import ravel_pytree
 
 from jaxadv import cli
+from jaxadv.engine.train import HParams, TrainConfig
 from jaxadv.envs.sequence import SequenceTask
-from jaxadv.objective_exact import (
+from jaxadv.nets.transformer import make_transformer
+from jaxadv.science.objective_exact import (
     CORRECTION_SETTINGS,
     LOSS_SETTINGS,
     Behaviour,
@@ -24,7 +26,7 @@ from jaxadv.objective_exact import (
     population_gradients,
     population_gradients_and_masks,
 )
-from jaxadv.sequence_exact import (
+from jaxadv.science.sequence_exact import (
     enumerate_responses,
     exact_gradient,
     make_prompts,
@@ -32,8 +34,6 @@ from jaxadv.sequence_exact import (
     response_tokens,
     token_log_probs,
 )
-from jaxadv.train import HParams, TrainConfig
-from jaxadv.transformer import make_transformer
 
 pytestmark = pytest.mark.fast_compile  # compares gradients with references (conftest.py)
 

@@ -10,10 +10,10 @@ import pytest
 
 from jaxadv import cli
 from jaxadv.advantages import informative_groups, length_adaptive_lambda, overlong_penalty
-from jaxadv.estimators import ESTIMATORS, EstimatorArgs, EstimatorInput
+from jaxadv.cli.sequence import SequenceArgs
+from jaxadv.engine.estimators import ESTIMATORS, EstimatorArgs, EstimatorInput
+from jaxadv.engine.train import informative_mask, make_train, truncated_importance_weights
 from jaxadv.losses import cispo_loss, dapo_clip_loss, gspo_loss, ppo_clip_loss
-from jaxadv.sequence_cli import SequenceArgs
-from jaxadv.train import informative_mask, make_train, truncated_importance_weights
 
 T, B = 6, 5
 
@@ -335,7 +335,7 @@ def test_value_warmup_trains_the_critic_alone_first():
     """VAPO's value pre-training on separate actor and critic MLPs: the actor's parameters do
     not move in the first ``value_warmup`` updates (Adam's moments of its parameters stay 0),
     the critic's do; afterwards the actor learns."""
-    from jaxadv.train import HParams, TrainConfig, make_trainer
+    from jaxadv.engine.train import HParams, TrainConfig, make_trainer
 
     config = TrainConfig(num_envs=4, num_steps=16, total_timesteps=4 * 16 * 4, hidden=(8,),
                          value_warmup=2, update_epochs=1, num_minibatches=1)

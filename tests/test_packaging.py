@@ -45,7 +45,7 @@ def test_the_wheel_holds_the_package_and_nothing_else(dist):
     names = zipfile.ZipFile(wheel).namelist()
     outside = [n for n in names if not (n.startswith("jaxadv/") or n.startswith("jaxadv-0.2.0.dist-info/"))]
     assert outside == []
-    assert "jaxadv/py.typed" in names and "jaxadv/cli.py" in names and "jaxadv/envs/__init__.py" in names
+    assert "jaxadv/py.typed" in names and "jaxadv/cli/app.py" in names and "jaxadv/envs/__init__.py" in names
     assert not any(part in n for n in names for part in ("tests/", "benchmarks/", "runs/", "notebooks/"))
     (sdist,) = dist.glob("jaxadv-0.2.0.tar.gz")
     with tarfile.open(sdist) as archive:

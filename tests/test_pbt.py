@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxadv.pbt import COPIED, PBTSettings, exploit_explore, rank
-from jaxadv.train import HParams, TrainConfig, make_trainer
+from jaxadv.engine.train import HParams, TrainConfig, make_trainer
+from jaxadv.tuning.pbt import COPIED, PBTSettings, exploit_explore, rank
 
 pytestmark = pytest.mark.fast_compile  # mechanics (conftest.py)
 
@@ -72,7 +72,7 @@ def test_explore_stays_in_the_valid_range():
                              gae_lambda=jnp.full(m, 0.99, jnp.float32))
     settings = PBTSettings(ranges={"gamma": (0.9, 1.0), "gae_lambda": (0.5, 1.0),
                                    "lr": (1e-4, 1e-2)}, quantile=0.5, resample=0.3)
-    from jaxadv.pbt import _explore
+    from jaxadv.tuning.pbt import _explore
 
     for field, _ in settings.ranges:
         for seed in range(5):
@@ -99,7 +99,7 @@ TINY = TrainConfig(algo="a2c", num_envs=2, num_steps=8, total_timesteps=2 * 8 * 
 
 
 def test_the_in_program_loop_follows_its_own_exploit_and_explore():
-    from jaxadv.pbt import population_based_training
+    from jaxadv.tuning.pbt import population_based_training
 
     settings = PBTSettings(ranges={"lr": (1e-4, 1e-1)}, quantile=0.5, resample=0.0)
     result = population_based_training(TINY, settings, 4, 1, 3, key=jax.random.key(2))

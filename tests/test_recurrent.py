@@ -12,10 +12,9 @@ from flax import struct
 from gymnax.environments import environment, spaces
 
 from jaxadv import envs
-from jaxadv.evaluate import evaluate
-from jaxadv.networks import GRU, make_network
-from jaxadv.rollout import make_policy, rollout
-from jaxadv.train import (
+from jaxadv.engine.evaluate import evaluate
+from jaxadv.engine.rollout import make_policy, rollout
+from jaxadv.engine.train import (
     HParams,
     TrainConfig,
     collect,
@@ -27,6 +26,7 @@ from jaxadv.train import (
     policy_outputs,
     training_sequences,
 )
+from jaxadv.nets.networks import GRU, make_network
 
 sigmoid = lambda x: 1.0 / (1.0 + np.exp(-x))
 
@@ -45,7 +45,7 @@ def np_gru(p, h, x):
 
 
 def np_network(params, obs, h):
-    """:class:`~jaxadv.networks.RecurrentActorCritic` (tanh torso) in numpy: ``(logits, value,
+    """:class:`~jaxadv.nets.networks.RecurrentActorCritic` (tanh torso) in numpy: ``(logits, value,
     h')``."""
     p = jax.tree.map(lambda a: np.asarray(a, np.float64), params["params"])
     x = np.asarray(obs, np.float64)

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from jaxadv import distributions as dist
+from jaxadv.engine.rollout import make_policy, rollout
 from jaxadv.envs import env_spec, make, running_mean_std_init, running_mean_std_update
-from jaxadv.networks import make_network
-from jaxadv.rollout import make_policy, rollout
+from jaxadv.nets.networks import make_network
 
 pytestmark = pytest.mark.fast_compile  # checks against references and mechanics (conftest.py)
 

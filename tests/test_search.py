@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from jaxadv import cli
-from jaxadv.search import halving_loop, rung_budgets, successive_halving
-from jaxadv.train import HParams, TrainConfig, make_train
+from jaxadv.engine.train import HParams, TrainConfig, make_train
+from jaxadv.tuning.halving import halving_loop, rung_budgets, successive_halving
 
 pytestmark = pytest.mark.fast_compile  # compares programs (conftest.py)
 

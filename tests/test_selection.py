@@ -11,10 +11,10 @@ import pytest
 import scipy.stats
 
 from jaxadv import cli
-from jaxadv.selection import fresh_key, reevaluate, selection_report, top_points
+from jaxadv.engine.sweep import run_sweep
+from jaxadv.engine.train import HParams, TrainConfig, make_train
 from jaxadv.stats import bootstrap_ci, iqm
-from jaxadv.sweep import run_sweep
-from jaxadv.train import HParams, TrainConfig, make_train
+from jaxadv.tuning.selection import fresh_key, reevaluate, selection_report, top_points
 
 pytestmark = pytest.mark.fast_compile  # compares programs (conftest.py)
 

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxadv import sequence_exact as se
 from jaxadv.envs.sequence import SequenceState, SequenceTask
-from jaxadv.transformer import make_transformer
+from jaxadv.nets.transformer import make_transformer
+from jaxadv.science import sequence_exact as se
 
 # exact ground truth against references (conftest.py: fast_compile)
 pytestmark = [pytest.mark.timeout(300), pytest.mark.fast_compile]

@@ -10,9 +10,9 @@ import pytest
 
 from jaxadv import advantages as adv
 from jaxadv import cli
+from jaxadv.engine.rollout import first_episode_mask, group_resets
+from jaxadv.engine.train import HParams, TrainConfig, make_train
 from jaxadv.envs import make
-from jaxadv.rollout import first_episode_mask, group_resets
-from jaxadv.train import HParams, TrainConfig, make_train
 
 # ------------------------------------------------------------------ sequence advantages (numpy)
 
@@ -183,7 +183,7 @@ def test_sequence_command_writes_outputs_and_samples(tmp_path, capsys):
 
 @pytest.mark.fast_compile  # mechanics (conftest.py)
 def test_temperature_divides_the_logits_that_are_sampled_and_learned():
-    from jaxadv.train import make_trainer
+    from jaxadv.engine.train import make_trainer
 
     base, hot = make_trainer(_config()), make_trainer(_config(temperature=2.5))
     params = jax.jit(base.init)(jax.random.key(0), HP).params

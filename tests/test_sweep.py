@@ -28,9 +28,9 @@ import numpy as np
 import pytest
 
 import jaxadv
-from jaxadv import sweep as sweep_module
-from jaxadv.sweep import LogUniform, Uniform, expand_grid, run_sweep
-from jaxadv.train import HParams, TrainConfig, make_train
+from jaxadv.engine import sweep as sweep_module
+from jaxadv.engine.sweep import LogUniform, Uniform, expand_grid, run_sweep
+from jaxadv.engine.train import HParams, TrainConfig, make_train
 
 CONFIG = {"num_envs": 2, "num_steps": 16, "total_timesteps": 256, "hidden": [8]}
 # 9 points × 2 seeds = 18 runs: not a multiple of 4 devices, nor of max_parallel = 8.

@@ -22,11 +22,13 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from jaxadv import cli, report, sweep_cli
+from jaxadv import cli
 from jaxadv import stats as jstats
-from jaxadv import sweep as sweep_module
-from jaxadv.sweep import SweepResult, expand_grid
-from jaxadv.train import HParams, TrainConfig
+from jaxadv.cli import report
+from jaxadv.cli import sweep as sweep_cli
+from jaxadv.engine import sweep as sweep_module
+from jaxadv.engine.sweep import SweepResult, expand_grid
+from jaxadv.engine.train import HParams, TrainConfig
 
 pytestmark = pytest.mark.fast_compile  # compares programs and checks mechanics (conftest.py)
 

@@ -20,12 +20,13 @@ import pytest
 from _processes import interrupt_when
 from _sweep_resume_worker import stub_make_train
 
-from jaxadv import cli, sweep_cli
-from jaxadv import sweep as sweep_module
-from jaxadv.checkpoint import SweepChunks
-from jaxadv.driver import Interrupts
-from jaxadv.sweep import ChunkId, ChunkResult, run_sweep
-from jaxadv.train import TrainConfig
+from jaxadv import cli
+from jaxadv.cli import sweep as sweep_cli
+from jaxadv.engine import sweep as sweep_module
+from jaxadv.engine.checkpoint import SweepChunks
+from jaxadv.engine.driver import Interrupts
+from jaxadv.engine.sweep import ChunkId, ChunkResult, run_sweep
+from jaxadv.engine.train import TrainConfig
 
 pytestmark = pytest.mark.fast_compile  # compares programs and checks mechanics (conftest.py)
 

@@ -18,7 +18,8 @@ import pytest
 from _wandb_files import offline_runs
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from jaxadv import cli, tracking
+from jaxadv import cli
+from jaxadv.cli import tracking
 
 pytestmark = pytest.mark.fast_compile  # compares programs and checks mechanics (conftest.py)
 
@@ -181,7 +182,7 @@ def test_the_logger_process_does_not_run_the_main_module_again(tmp_path):
         f"sys.path.insert(0, {str(pathlib.Path(__file__).parent)!r})\n"
         "import jax\n"
         "from _processes import ModulesLogger\n"
-        "from jaxadv.tracking import OtherProcess\n"
+        "from jaxadv.cli.tracking import OtherProcess\n"
         f"with open({str(tmp_path / 'runs')!r}, 'a') as f:\n"
         "    f.write('run\\n')\n"
         f"logger = OtherProcess(functools.partial(ModulesLogger, {str(tmp_path / 'child')!r}))\n"

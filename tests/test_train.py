@@ -24,10 +24,10 @@ from flax import struct
 from gymnax.environments import environment, spaces
 
 from jaxadv import envs
-from jaxadv import train as engine
-from jaxadv.networks import make_network
-from jaxadv.rollout import make_policy, rollout
-from jaxadv.train import HParams, TrainConfig, make_train, make_trainer, permutations
+from jaxadv.engine import train as engine
+from jaxadv.engine.rollout import make_policy, rollout
+from jaxadv.engine.train import HParams, TrainConfig, make_train, make_trainer, permutations
+from jaxadv.nets.networks import make_network
 
 
 def run_seeds(config: TrainConfig, hp: HParams, seeds: int, first_seed: int = 0):
@@ -387,7 +387,7 @@ def test_train_returns_state_and_per_update_metrics():
 _HANG_SCRIPT = textwrap.dedent(
     """
     import jax
-    from jaxadv.train import HParams, TrainConfig, make_train
+    from jaxadv.engine.train import HParams, TrainConfig, make_train
 
     config = TrainConfig(num_envs=4, num_steps=16, total_timesteps=4 * 16 * 4)
     train16 = jax.jit(jax.vmap(make_train(config), (0, None)))

@@ -19,8 +19,8 @@ import optax
 import pytest
 from _lapack import LAPACK_PRIMITIVES, primitive_names
 
-import jaxadv.transformer as transformer
-from jaxadv.transformer import TransformerNetwork, last_position, make_transformer
+import jaxadv.nets.transformer as transformer
+from jaxadv.nets.transformer import TransformerNetwork, last_position, make_transformer
 
 PAD, SEP = 0, 1
 VOCAB, L = 10, 8

@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxadv import exact, variance
+from jaxadv.engine.rollout import make_policy
 from jaxadv.envs import make
-from jaxadv.rollout import make_policy
+from jaxadv.science import exact, variance
 
 pytestmark = pytest.mark.fast_compile  # estimators against exact gradients (conftest.py)
 
@@ -134,7 +134,7 @@ def test_tabular_env_returns_match_exact_objective():
     logits = jax.random.normal(jax.random.key(7), (4, 3))
     horizon = variance.default_horizon(mdp)
     env, params = make("Tabular-v0", mdp=mdp, max_steps=horizon)
-    from jaxadv.rollout import rollout
+    from jaxadv.engine.rollout import rollout
 
     n = 4000
     obs, state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(jax.random.key(8), n), params)
@@ -277,8 +277,8 @@ def test_network_report_reference_agrees_with_exact_gradient(random_case):
 def test_train_state_report_sees_observations_normalised_by_the_runs_statistics():
     """``obs_stats``: the estimates equal :func:`network_report`'s for a policy and critic
     that normalise their own input (the run's network as it acted), and differ without."""
+    from jaxadv.engine.train import HParams, TrainConfig, make_trainer
     from jaxadv.envs import RunningMeanStd, normalize_obs
-    from jaxadv.train import HParams, TrainConfig, make_trainer
 
     trainer = make_trainer(TrainConfig(normalize_obs=True, hidden=(8,), num_envs=2, num_steps=8,
                                        total_timesteps=16))

@@ -7,7 +7,8 @@ import struct
 import jax
 import pytest
 
-from jaxadv import cli, exact, variance
+from jaxadv import cli
+from jaxadv.science import exact, variance
 
 pytestmark = pytest.mark.fast_compile  # the command's outputs and statistics (conftest.py)
 

@@ -5,7 +5,7 @@
   describes it as an :class:`EnvSpec` of Python values.
 * :mod:`jaxadv.envs.normalize`: batch-level running statistics shared by all
   environments — observation normalisation and "NormalizeReward" reward scaling.
-* :mod:`jaxadv.envs.tabular`: any :class:`~jaxadv.exact.TabularMDP` as a gymnax
+* :mod:`jaxadv.envs.tabular`: any :class:`~jaxadv.science.exact.TabularMDP` as a gymnax
   environment, registered as ``"Tabular-v0"`` (its gridworld as ``"Gridworld-v0"``).
 * :mod:`jaxadv.envs.token`: :class:`TokenEnv`, the protocol of token environments
   (``vocab_size``, ``tokens.pad``; optionally ``response_length``, ``demonstration``,

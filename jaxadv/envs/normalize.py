@@ -137,7 +137,7 @@ def normalize_obs(
     var = jnp.reshape(stats.var, (1,) * lead + stats.var.shape)
     # × rsqrt, not ÷ sqrt: XLA rewrites a ÷ √b into a × rsqrt(b) only where it sees both in
     # one computation, so the quotient's bits would depend on where the statistics are hoisted
-    # (e.g. one device or several: jaxadv.devices.map_over_devices)
+    # (e.g. one device or several: jaxadv.engine.devices.map_over_devices)
     return jnp.clip((x - mean) * jax.lax.rsqrt(var + eps), -clip, clip)
 
 

@@ -1,8 +1,8 @@
-"""A gymnax environment that samples any :class:`~jaxadv.mdp.TabularMDP`.
+"""A gymnax environment that samples any :class:`~jaxadv.envs.mdp.TabularMDP`.
 
-The same MDP then has exact values and gradients (:mod:`jaxadv.exact`) *and* runs
+The same MDP then has exact values and gradients (:mod:`jaxadv.science.exact`) *and* runs
 through the ordinary rollout and trainer, which is what lets
-:mod:`jaxadv.variance` measure sampled estimators against the exact gradient.
+:mod:`jaxadv.science.variance` measure sampled estimators against the exact gradient.
 
 * State: an index ``s`` (``Discrete(S)`` observation; :func:`jaxadv.envs.make` turns
   it into a float one-hot ``[S]``, so a linear policy ``obs @ logits[S, A]`` *is*
@@ -15,7 +15,7 @@ through the ordinary rollout and trainer, which is what lets
 
 Registered with :func:`jaxadv.envs.make` as ``"Tabular-v0"``:
 ``make("Tabular-v0", mdp=mdp, max_steps=100)``; and its gridworld
-(:func:`~jaxadv.mdp.gridworld_mdp`, 5 × 5 by default) as ``"Gridworld-v0"``, which a config
+(:func:`~jaxadv.envs.mdp.gridworld_mdp`, 5 × 5 by default) as ``"Gridworld-v0"``, which a config
 names without arrays (``jaxadv train --env Gridworld-v0``) and ``jaxadv eval --render``
 draws as a picture of the policy.
 """
@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from flax import struct
 from gymnax.environments import environment, spaces
 
-from jaxadv.mdp import TabularMDP, gridworld_mdp, random_mdp
+from jaxadv.envs.mdp import TabularMDP, gridworld_mdp, random_mdp
 from jaxadv.validate import positive_int
 
 __all__ = ["TabularEnv", "TabularParams", "TabularState", "make_gridworld", "make_tabular"]
@@ -55,7 +55,7 @@ class TabularEnv(environment.Environment[TabularState, TabularParams]):
     """Sample a :class:`TabularMDP` with gymnax 1.x's interface (see the module docstring).
 
     >>> import jax
-    >>> from jaxadv.mdp import chain_mdp
+    >>> from jaxadv.envs.mdp import chain_mdp
     >>> env = TabularEnv(chain_mdp(3), max_steps=10)
     >>> obs, state = env.reset(jax.random.key(0), env.default_params)
     >>> int(obs)                                         # the chain starts in state 0
@@ -129,7 +129,7 @@ def make_tabular(mdp: TabularMDP | None = None, max_steps: int = 100) -> tuple[T
 
 def make_gridworld(width: int = 5, height: int = 5, slip: float = 0.1, goal_reward: float = 1.0,
                    step_reward: float = 0.0, max_steps: int = 100) -> tuple[TabularEnv, TabularParams]:
-    """``(env, params)`` of :func:`~jaxadv.mdp.gridworld_mdp` — the factory behind
+    """``(env, params)`` of :func:`~jaxadv.envs.mdp.gridworld_mdp` — the factory behind
     ``make("Gridworld-v0", width=..., height=..., ...)``: start top-left, the episode ends on
     entering the bottom-right cell (reward ``goal_reward``); actions up, down, left, right.
 

@@ -42,7 +42,7 @@ class SpecialTokens(Protocol):
     Attributes:
       pad: the PAD id (an ``int`` in ``[0, vocab_size)``). PAD fills the unused parts
         of an observation; the transformer ignores PAD positions and acts at the last
-        non-PAD one (:func:`jaxadv.transformer.last_position`).
+        non-PAD one (:func:`jaxadv.nets.transformer.last_position`).
 
     :class:`~jaxadv.envs.sequence.Tokens` (``sep``, ``eos``, ``pad``, ``plus``) is one.
     """

@@ -1,0 +1,45 @@
+"""The command line's view of the engine's settings.
+
+:class:`~jaxadv.engine.train.TrainConfig` is a plain dataclass of the engine, which imports no
+command-line library. Here it gains what ``--help`` shows beyond its field docstrings: the
+choices of ``--algo`` and ``--estimator`` described from their tables' rows, and the
+fields that are not flags (``env_kwargs``, set by Python callers and by presets). Commands
+parse :class:`TrainOptions` and hand the engine a plain ``TrainConfig`` (:func:`plain`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Annotated, Any
+
+import tyro
+
+from jaxadv.engine.algorithms import ALGORITHMS
+from jaxadv.engine.estimators import ESTIMATORS
+from jaxadv.engine.train import AlgoName, EstimatorName, TrainConfig
+
+__all__ = ["TrainOptions", "plain", "table_help"]
+
+
+def table_help(table: dict[str, Any], what: str) -> str:
+    """``--help`` text of a choice among a table's rows: ``what: name (summary); ...``."""
+    return f"{what}: " + "; ".join(f"{name} ({row.summary})" for name, row in table.items()) + "."
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainOptions(TrainConfig):
+    """Static settings: they fix array shapes or program structure; changing one recompiles."""
+
+    algo: Annotated[AlgoName, tyro.conf.arg(help=table_help(ALGORITHMS, "algorithm"))] = "ppo"
+    estimator: Annotated[EstimatorName | None, tyro.conf.arg(help=table_help(
+        ESTIMATORS, "advantage estimator (default: the algorithm's; the sequence-level "
+        "ones need --episodic)"))] = None
+    env_kwargs: tyro.conf.Suppress[tuple[tuple[str, Any], ...]] = ()
+
+
+def plain(config: TrainConfig) -> TrainConfig:
+    """``config`` as the engine's own :class:`~jaxadv.engine.train.TrainConfig` (the same
+    field values; a :class:`TrainOptions` compares unequal to a ``TrainConfig``)."""
+    if type(config) is TrainConfig:
+        return config
+    return TrainConfig(**{f.name: getattr(config, f.name) for f in dataclasses.fields(TrainConfig)})

@@ -1,0 +1,233 @@
+"""``jaxadv sweep --search halving``: successive halving, one compiled call per rung.
+
+``jaxadv sweep --search halving --grid.lr 1e-4 3e-4 1e-3 3e-3 --halving.eta 3`` trains every
+point for the first rung, then only the best third from their own state for three times as
+many updates, and so on (:func:`~jaxadv.tuning.halving.successive_halving`), printing each rung as
+it ends. It writes ``search.csv`` (one row per rung and point: the updates and env steps
+trained, the point's settings, its fitness and whether it went on), ``summary.json`` (the
+rungs, the pick, the env steps spent and the compiles) and ``search.png`` (each point's
+fitness against the env steps it was trained for) under ``--out``; with ``--reeval.top K``
+the search's K best are trained again on fresh seeds (:mod:`jaxadv.tuning.selection`). Other
+searches (``grid``, and ``--samples`` random draws) are :func:`~jaxadv.cli.sweep.sweep_command`'s.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from typing import Any
+
+import jax
+import numpy as np
+from rich.console import Console
+
+from jaxadv.cli.outdir import OutputLock, replace_atomically
+from jaxadv.cli.report import _figure, jsonable, plot_selection, save_panel, write_json
+from jaxadv.cli.sweep import SweepArgs, _prepare_out, sweep_command
+from jaxadv.engine.metrics import platform_info
+from jaxadv.tuning.halving import HalvingResult, Rung, successive_halving
+from jaxadv.tuning.pbt import PBTResult, population_based_training
+from jaxadv.tuning.selection import reevaluate, selection_report
+
+__all__ = ["halving_command", "pbt_command", "search_command"]
+
+
+def search_command(args: SweepArgs) -> dict[str, Any]:
+    """``jaxadv sweep``: :func:`halving_command` for ``--search halving``,
+    :func:`pbt_command` for ``--search pbt``, else :func:`~jaxadv.cli.sweep.sweep_command`."""
+    if args.search == "halving":
+        return halving_command(args)
+    if args.search == "pbt":
+        return pbt_command(args)
+    return sweep_command(args)
+
+
+def pbt_command(args: SweepArgs) -> dict[str, Any]:
+    """Population-based training for ``args`` (one compiled program); writes ``pbt.csv``,
+    ``summary.json`` and ``pbt.png``; returns the summary."""
+    with OutputLock(args.out):
+        args.check()
+        _prepare_out(args, writer=True)
+        config, out = args.config, args.out
+        err, console = Console(stderr=True, quiet=args.quiet), Console(quiet=args.quiet)
+        settings, interval = args.pbt_settings(), args.pbt_interval()
+        members = args.population * args.seeds
+        err.print(f"population-based training of {config.algo} on {config.env}: {members} "
+                  f"members, exploit/explore every {interval} updates, one compiled program …")
+        result = population_based_training(config, settings, args.population, args.seeds,
+                                           interval, hparams=args.hparams,
+                                           key=jax.random.key(args.seed))
+        summary = summarize_pbt(args, result, config.batch_size)
+        write_pbt_csv(out / "pbt.csv", result)
+        write_json(out / "summary.json", summary)
+        plot_pbt(out / "pbt.png", result, config.batch_size,
+                 f"PBT · {config.algo} · {config.env} · {members} members")
+        best = summary["best"]
+        console.print(f"best member {best['member']}: fitness {best['fitness']:.2f} in the last "
+                      f"interval; its lineage's final {', '.join(best['hparams'])}")
+        console.print(f"wrote pbt.csv, summary.json, pbt.png to {out}/")
+        return summary
+
+
+def summarize_pbt(args: SweepArgs, result: PBTResult, batch_size: int) -> dict[str, Any]:
+    """``summary.json`` of a PBT run: the best member of the last interval, its lineage and
+    hyperparameter schedule, the population's fitness per interval, the settings."""
+    last = result.fitness[-1]
+    member = int(np.nanargmax(np.where(np.isfinite(last), last, -np.inf)))
+    path = result.lineage(member)
+    schedule = {f: [float(v[i, m]) for i, m in enumerate(path)] for f, v in result.hparams.items()}
+    return jsonable({
+        "search": "pbt", "env": args.config.env, "algo": args.config.algo,
+        "population": args.population, "seeds": args.seeds, "members": len(last),
+        "interval": result.interval, "quantile": args.pbt.quantile, "resample": args.pbt.resample,
+        "best": {"member": member, "fitness": float(last[member]), "lineage": path,
+                 "schedule": schedule,
+                 "hparams": {f: values[-1] for f, values in schedule.items()}},
+        "fitness_mean": np.nanmean(result.fitness, axis=1).tolist(),
+        "env_steps": int(result.returns.size * batch_size),
+        "train_config": args.config, "hparams": args.hparams, "grid": args.grid.given(),
+        "seed": args.seed, **platform_info(),
+    })
+
+
+def write_pbt_csv(path: Any, result: PBTResult) -> None:
+    """One row per interval and member: its fitness, the member it then descends from, and
+    each searched field before (``<field>``) and after (``<field>_next``) the step."""
+    fields = sorted(result.hparams)
+    intervals, members = result.fitness.shape
+    with replace_atomically(path) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["interval", "update", "member", "parent", "fitness", *fields,
+                         *(f"{name}_next" for name in fields)])
+        for i in range(intervals):
+            for m in range(members):
+                after = [result.hparams[name][i + 1, m] if i + 1 < intervals
+                         else result.hparams[name][i, m] for name in fields]
+                writer.writerow([i, (i + 1) * result.interval, m, int(result.parent[i, m]),
+                                 f"{result.fitness[i, m]:.7g}",
+                                 *(f"{result.hparams[name][i, m]:.7g}" for name in fields),
+                                 *(f"{v:.7g}" for v in after)])
+
+
+def plot_pbt(path: Any, result: PBTResult, batch_size: int, title: str) -> None:
+    """The population's fitness per interval (every member, and the mean) and each searched
+    field's schedule along the best member's lineage."""
+    fields = sorted(result.hparams)
+    fig, axes = _figure(1 + len(fields))
+    steps = (np.arange(result.fitness.shape[0]) + 1) * result.interval * batch_size
+    axes[0].plot(steps, result.fitness, color="grey", alpha=0.3, lw=0.8)
+    axes[0].plot(steps, np.nanmean(result.fitness, axis=1), color="black", lw=2,
+                 label="population mean")
+    axes[0].set_xlabel("env steps per member")
+    last = result.fitness[-1]
+    lineage = result.lineage(int(np.nanargmax(np.where(np.isfinite(last), last, -np.inf))))
+    for ax, name in zip(axes[1:], fields):
+        ax.plot(steps, [result.hparams[name][i, m] for i, m in enumerate(lineage)], "o-")
+        ax.set_yscale("log")
+        ax.set_xlabel("env steps per member")
+        ax.set_title(f"{name} along the best lineage")
+        ax.grid(alpha=0.3)
+    save_panel(fig, axes[0], path, title, ylabel="fitness (mean return in the interval)")
+
+
+def halving_command(args: SweepArgs) -> dict[str, Any]:
+    """Run successive halving for ``args``, write its outputs, return the summary."""
+    with OutputLock(args.out):
+        args.check()
+        _prepare_out(args, writer=True)
+        return _halving(args)
+
+
+def _halving(args: SweepArgs) -> dict[str, Any]:
+    config, hp, out = args.config, args.hparams, args.out
+    err, console = Console(stderr=True, quiet=args.quiet), Console(quiet=args.quiet)
+    min_updates = args.halving_min_updates()
+    err.print(f"successive halving of {config.algo} on {config.env}: {args.num_points()} "
+              f"point(s) × {args.seeds} seed(s), eta {args.halving.eta}, first rung "
+              f"{min_updates} update(s) …")
+
+    def on_rung(rung: Rung) -> None:
+        best = max((f for f in rung.fitness if np.isfinite(f)), default=float("nan"))
+        err.print(f"rung at {rung.budget} update(s): {len(rung.points)} point(s), best fitness "
+                  f"{best:.2f}, {len(rung.kept)} go on ({rung.seconds:.1f} s)")
+
+    result = successive_halving(config, args.grid_spec(), args.seeds, hparams=hp,
+                                key=jax.random.key(args.seed), eta=args.halving.eta,
+                                min_updates=min_updates, num_samples=args.samples,
+                                on_rung=on_rung)
+    selection = None
+    if args.reeval.top:
+        seeds = args.reeval.seeds or args.seeds
+        err.print(f"re-evaluating the top {args.reeval.top} point(s) on {seeds} fresh seed(s) …")
+        chosen, fresh = reevaluate(config, hp, result, args.reeval.top, seeds, seed=args.seed,
+                                   ranking=result.ranking)
+        selection = selection_report(result, chosen, fresh)
+    summary = summarize_halving(args, result, selection)
+    write_search_csv(out / "search.csv", result, config.batch_size)
+    write_json(out / "summary.json", summary)
+    plot_search(out / "search.png", result, config.batch_size,
+                f"successive halving · {config.algo} · {config.env}")
+    if selection is not None:
+        plot_selection(out / "selection.png", selection,
+                       f"{config.algo} · {config.env}: selection vs fresh seeds")
+    best = summary["best"]
+    console.print(f"pick: point {best['index']} ({best['point']}), final return "
+                  f"{best['final_return_mean']:.2f} over {args.seeds} seed(s); "
+                  f"{result.env_steps:,} env steps, {result.compiles} compile(s), "
+                  f"{result.wall_seconds:.1f} s")
+    console.print(f"wrote search.csv, summary.json, search.png to {out}/")
+    return summary
+
+
+def summarize_halving(args: SweepArgs, result: HalvingResult,
+                      selection: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """``summary.json`` of a halving search: the rungs, the pick (``best``), the env steps
+    spent, the compiles, the settings, and ``selection`` where there is one."""
+    pick = result.ranking[0]
+    finals = result.final_return[pick]
+    summary = {
+        "search": "halving", "eta": args.halving.eta, "env": args.config.env,
+        "algo": args.config.algo, "points": len(result.points), "seeds": result.seeds,
+        "best": {"index": pick, "point": result.points[pick],
+                 "final_return_mean": float(np.nanmean(finals)) if np.isfinite(finals).any()
+                 else None},
+        "rungs": [dataclasses.asdict(r) for r in result.rungs],
+        "env_steps": result.env_steps, "compiles": result.compiles,
+        "wall_seconds": result.wall_seconds, "train_config": args.config, "hparams": args.hparams,
+        "grid": args.grid.given(), "samples": args.samples, "seed": args.seed,
+        **platform_info(),
+    }
+    if selection is not None:
+        summary["selection"] = selection
+    return jsonable(summary)
+
+
+def write_search_csv(path: Any, result: HalvingResult, batch_size: int) -> None:
+    """One row per rung and point trained in it."""
+    fields = sorted({f for p in result.points for f in p})
+    with replace_atomically(path) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["rung", "updates", "env_steps", "point", *fields, "fitness", "kept"])
+        for r, rung in enumerate(result.rungs):
+            for p, fitness in zip(rung.points, rung.fitness):
+                writer.writerow([r, rung.budget, rung.budget * batch_size, p,
+                                 *(f"{float(result.points[p][k]):.7g}" for k in fields),
+                                 f"{fitness:.7g}", int(p in rung.kept)])
+
+
+def plot_search(path: Any, result: HalvingResult, batch_size: int, title: str) -> None:
+    """Each point's fitness against the env steps (per run) it was trained for: a line
+    through the rungs it reached, the pick in bold."""
+    fig, (ax,) = _figure(1)
+    by_point: dict[int, list[tuple[int, float]]] = {}
+    for rung in result.rungs:
+        for p, fitness in zip(rung.points, rung.fitness):
+            by_point.setdefault(p, []).append((rung.budget * batch_size, fitness))
+    for p, line in by_point.items():
+        steps, fitness = zip(*line)
+        pick = p == result.ranking[0]
+        ax.plot(steps, fitness, "o-", lw=2.5 if pick else 1, alpha=1 if pick else 0.5,
+                label=f"pick: point {p}" if pick else None)
+    ax.set_xscale("log")
+    ax.set_xlabel("env steps per run")
+    save_panel(fig, ax, path, title, ylabel="fitness (final return, mean over seeds)")

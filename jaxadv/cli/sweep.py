@@ -1,0 +1,583 @@
+"""``jaxadv sweep``: every point of a grid (or random draws) on every seed.
+
+``jaxadv sweep --grid.lr 1e-4 3e-4 1e-3 --grid.gae-lambda 0.8 0.95 1.0 --seeds 8`` trains
+every point with :func:`~jaxadv.engine.sweep.run_sweep` — one compile per static group, a
+progress bar over its chunks — and writes ``sweep.csv``, ``summary.json`` and ``sweep.png``
+under ``--out``. Each chunk's results are saved under ``--out/chunks/`` as soon as it
+finishes (:class:`~jaxadv.engine.checkpoint.SweepChunks`); ``jaxadv sweep --resume runs/sweep``
+computes only the chunks that are missing and writes the same files, bit for bit, as a
+sweep that never stopped. Ctrl-C and SIGTERM finish and save the chunk in flight.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import pathlib
+import shlex
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Annotated, Any, Literal
+
+import jax
+import tyro
+from rich.console import Console
+from rich.progress import TextColumn
+
+from jaxadv.cli.options import TrainOptions, plain
+from jaxadv.cli.outdir import OutputLock, check_fresh, remove_run
+from jaxadv.cli.report import (
+    plot_selection,
+    plot_sweep,
+    summarize_sweep,
+    sweep_table,
+    write_json,
+    write_sweep_csv,
+)
+from jaxadv.cli.tracking import WandbSettings, check_loggers, log_sweep_wandb
+from jaxadv.engine.checkpoint import SweepChunks
+from jaxadv.engine.driver import Interrupts, progress_bar
+from jaxadv.engine.estimators import ESTIMATORS
+from jaxadv.engine.sweep import (
+    ChunkId,
+    ChunkResult,
+    LogUniform,
+    SweepResult,
+    Uniform,
+    expand_grid,
+    run_sweep,
+)
+from jaxadv.engine.train import HParams, TrainConfig
+from jaxadv.tuning.halving import rung_budgets
+from jaxadv.tuning.pbt import PBTSettings
+from jaxadv.tuning.selection import reevaluate, selection_report
+from jaxadv.validate import check_positive, check_seed, field_changes, positive_int, refuse_changes
+
+__all__ = ["PBT", "Grid", "Halving", "Reeval", "SweepArgs", "sweep_command", "sweep_resume_args"]
+
+
+_HPARAM_FIELDS = tuple(f.name for f in dataclasses.fields(HParams))
+_STATIC_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+_Floats = Annotated[tuple[float, ...] | None, tyro.conf.arg(metavar="FLOAT [FLOAT ...]")]
+_Ints = Annotated[tuple[int, ...] | None, tyro.conf.arg(metavar="INT [INT ...]")]
+_STEP_ESTIMATORS = tuple(name for name, row in ESTIMATORS.items() if not row.sequence_level)
+_HParamName = Literal["lr", "gamma", "gae_lambda", "clip_eps", "ent_coef", "vf_coef", "max_grad_norm",
+                      "kl_coef", "clip_eps_high", "critic_lambda", "length_alpha", "icepop_alpha",
+                      "sapo_tau_pos", "sapo_tau_neg"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    """Values to sweep: the product of every --grid.FIELD given, crossed in the order listed
+    here (with --samples, a float field takes LOW HIGH to draw from). A field left out is not
+    swept: its base flag applies."""
+
+    lr: _Floats = None
+    """learning rates (HParams.lr, > 0)."""
+    gamma: _Floats = None
+    """discount factors γ (in [0, 1])."""
+    gae_lambda: _Floats = None
+    """GAE λ values (in [0, 1]; 0 = one-step TD, 1 = Monte Carlo minus the baseline)."""
+    clip_eps: _Floats = None
+    """ppo clip ranges ε (> 0)."""
+    ent_coef: _Floats = None
+    """entropy-bonus weights (>= 0)."""
+    vf_coef: _Floats = None
+    """value-loss weights (>= 0)."""
+    max_grad_norm: _Floats = None
+    """gradient-norm clips (> 0)."""
+    kl_coef: _Floats = None
+    """KL-penalty weights (>= 0; with --kl loss or reward)."""
+    clip_eps_high: _Floats = None
+    """upper clip ranges ε_high of dapo, gspo and cispo (> 0)."""
+    critic_lambda: _Floats = None
+    """vapo estimator: the critic targets' GAE λ (in [0, 1])."""
+    length_alpha: _Floats = None
+    """vapo estimator: α of the length-adaptive policy λ (>= 0; 0 = fixed gae_lambda)."""
+    icepop_alpha: _Floats = None
+    """icepop: the band [1/α, α] of the train/inference ratio outside which tokens are dropped (> 1)."""
+    sapo_tau_pos: _Floats = None
+    """sapo: the gate's temperature for positive advantages (> 0)."""
+    sapo_tau_neg: _Floats = None
+    """sapo: the gate's temperature for negative advantages (> 0)."""
+    num_envs: _Ints = None
+    """static: environments per run (each value compiles once)."""
+    num_steps: _Ints = None
+    """static: rollout windows T (each value compiles once)."""
+    estimator: Annotated[
+        tuple[Literal[_STEP_ESTIMATORS], ...] | None,  # type: ignore[valid-type]
+        tyro.conf.arg(metavar="{" + ",".join(_STEP_ESTIMATORS) + "} [...]"),
+    ] = None
+    """static: advantage estimators (each value compiles once)."""
+
+    def given(self) -> dict[str, tuple]:
+        """The fields given on the command line (``()`` for a flag given without values)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if getattr(self, f.name) is not None}
+
+
+@dataclasses.dataclass(frozen=True)
+class Reeval:
+    """Honest selection: after the sweep, train its best points again on seeds that no
+    selection step saw, and report both returns and the optimism gap between them."""
+
+    top: int = 0
+    """re-evaluate the top K points (by the interquartile mean of their final returns over --seeds); 0: off."""
+    seeds: int | None = None
+    """fresh seeds per re-evaluated point; default: --seeds."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Halving:
+    """--search halving: every point trains for the first rung; only the best 1/eta go on,
+    from their own state, for eta times as many updates in all; and so on."""
+
+    eta: int = 3
+    """the fraction kept after each rung is 1/eta, and each rung trains eta times longer."""
+    min_steps: int | None = None
+    """env steps per run in the first rung (rounded down to whole updates); default: the run's / eta²."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PBT:
+    """--search pbt: every --pbt.interval updates, inside the compiled program, the bottom
+    --pbt.quantile of the population copies a top member's parameters and explores its
+    hyperparameters (jaxadv.tuning.pbt)."""
+
+    interval: int | None = None
+    """updates between exploit/explore steps; must divide the run's updates; default: about a tenth of the run."""
+    quantile: float = 0.25
+    """the fraction replaced each time (and the fraction copied from), in (0, 0.5]."""
+    resample: float = 0.25
+    """the probability that an explored field is drawn afresh from its LOW HIGH range instead of multiplied by 0.8 or 1.25."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepArgs:
+    """Train every point of --grid.* (or --samples random draws) on --seeds seeds, one
+    compile per static group; write sweep.csv, summary.json and sweep.png under --out,
+    saving each finished chunk under --out/chunks (--resume DIR continues a sweep)."""
+
+    config: Annotated[TrainOptions, tyro.conf.arg(name="")]
+    hparams: Annotated[HParams, tyro.conf.arg(name="")]
+    grid: Grid = Grid()
+    samples: int | None = None
+    """random search: draw this many points; every float --grid.FIELD then takes two values LOW HIGH, drawn log-uniformly for the fields in --log-uniform and uniformly otherwise; --grid.num-envs/num-steps/estimator stay lists, crossed with the draws."""
+    search: Literal["grid", "halving", "pbt"] = "grid"
+    """grid: train every point (of the grid, or of --samples draws) to the end; halving: successive halving over the same points (traced fields only; --halving.*); pbt: population-based training of --population draws from each --grid.FIELD LOW HIGH range (traced fields only; --pbt.*)."""
+    halving: Halving = Halving()
+    population: int = 8
+    """--search pbt: hyperparameter draws in the population (each on --seeds seeds)."""
+    pbt: PBT = PBT()
+    reeval: Reeval = Reeval()
+    log_uniform: tuple[_HParamName, ...] = ("lr",)
+    """with --samples: the fields drawn log-uniformly."""
+    seed: int = 0
+    """base seed: seed s of every point uses jax.random.split(jax.random.key(seed), seeds)[s]."""
+    seeds: int = 4
+    """seeds per point."""
+    max_parallel: int | None = None
+    """most runs (point × seed) in one compiled call; default: a static group at once."""
+    out: pathlib.Path = pathlib.Path("runs/sweep")
+    """output directory (created; each finished chunk is saved under OUT/chunks); one that holds a run is refused unless --overwrite."""
+    overwrite: bool = False
+    """start afresh in an --out that holds a run (finished or not, of any kind): its files are deleted first."""
+    resume: pathlib.Path | None = None
+    """continue the sweep in this directory (an earlier --out), with the settings in its chunks/manifest.json: the chunks saved there are not computed again; a flag that would change the grid, a TrainConfig or HParams field, --samples, --log-uniform, --seed or --seeds is refused (--max-parallel and --quiet may change)."""
+    quiet: bool = False
+    """no progress bar and no summary table."""
+    log: tuple[Literal["wandb"], ...] = ()
+    """wandb: when the sweep ends, log each point and seed as a Weights & Biases run (episode_return and episodes against env steps, final_return and auc), grouped by point, local files under --out/wandb (pip install 'jaxadv[wandb]'; WANDB_MODE=offline works without a network)."""
+    wandb: WandbSettings = WandbSettings()
+    compile_cache: bool = True
+    """keep compiled programs in JAX's persistent cache ($JAXADV_CACHE_DIR, default ~/.cache/jaxadv/xla); --no-compile-cache turns it off."""
+
+    def __post_init__(self) -> None:  # the engine gets its own TrainConfig, not the CLI's view
+        object.__setattr__(self, "config", plain(self.config))
+
+    def check(self) -> SweepArgs:
+        """Refuse a bad value or grid with a ``ValueError`` naming the field; compiles nothing.
+
+        Checks the options, the base ``hparams``, every grid value (unknown field, empty
+        list, a value outside its field's domain: :func:`~jaxadv.engine.sweep.expand_grid`) and
+        every static configuration the grid makes (``TrainConfig.__post_init__``). With
+        ``resume``: the directory must hold a sweep's ``chunks/manifest.json`` and nothing
+        but ``max_parallel`` and ``quiet`` may differ from it. Without: ``out`` must not
+        hold an unfinished sweep.
+        """
+        check_seed(self.seed)
+        check_positive(self, "seeds", "max_parallel", "samples")
+        check_loggers(self.log)
+        self.hparams.validate()
+        grid = self.grid_spec()
+        if not grid:
+            raise ValueError("`grid` is empty: give at least one --grid.FIELD with values to "
+                             "sweep, e.g. --grid.lr 1e-4 3e-4 1e-3")
+        if self.samples is not None and not any(
+            isinstance(v, Uniform | LogUniform) for v in grid.values()
+        ):
+            raise ValueError("`samples` needs a float --grid.FIELD given as LOW HIGH to draw from")
+        self.static_configs()  # every value checked, every static configuration built
+        _check_reeval(self.reeval, self.num_points())
+        if self.search == "halving":
+            self._check_halving()
+        if self.search == "pbt":
+            self.pbt_settings()
+            self.pbt_interval()
+            if self.reeval.top:
+                raise ValueError("`reeval.top`: re-evaluating a PBT pick (replaying its "
+                                 "lineage's schedule) is not built yet")
+        if self.resume is None:
+            check_fresh(self.out, "sweep", overwrite=self.overwrite)
+            return self
+        if self.overwrite:
+            raise ValueError("`overwrite`: --resume continues the sweep in its directory; "
+                             "--overwrite would delete it")
+        OutputLock(self.resume).check()
+        stored = _stored_sweep_args(self.resume)
+        refuse_changes(_sweep_changes(stored, self), "sweep",
+                        self.resume / "chunks" / "manifest.json")
+        if self.out.resolve() != self.resume.resolve():
+            raise ValueError(f"`out` = {str(self.out)!r}: --resume continues the sweep in its "
+                             f"own directory {str(self.resume)!r}; leave --out out")
+        return self
+
+    def halving_min_updates(self) -> int:
+        """The first rung's budget in updates (``--halving.min-steps`` in env steps)."""
+        if self.halving.min_steps is None:
+            return max(1, self.config.num_updates // self.halving.eta**2)
+        return self.halving.min_steps // self.config.batch_size
+
+    def pbt_settings(self) -> PBTSettings:
+        """The :class:`~jaxadv.tuning.pbt.PBTSettings` of ``--search pbt``; ``ValueError`` for a
+        static field, a field without LOW HIGH, or a bad quantile or resample."""
+        if self.resume is not None:
+            raise ValueError("`resume`: a PBT search cannot be resumed yet; run it again")
+        positive_int("population", self.population, minimum=2)
+        ranges = {}
+        for field, values in self.grid.given().items():
+            if field not in _HPARAM_FIELDS:
+                raise ValueError(f"`grid`: {field} cannot change during a PBT run (the members "
+                                 "share one compiled program); only HParams fields can be searched")
+            if len(values) != 2 or not values[0] < values[1]:
+                raise ValueError(f"`grid` field {field!r}: --search pbt takes a range LOW HIGH "
+                                 f"with LOW < HIGH, got {list(values)}")
+            ranges[field] = tuple(values)
+        return PBTSettings(ranges=ranges, quantile=self.pbt.quantile,
+                           resample=self.pbt.resample, log_uniform=self.log_uniform)
+
+    def pbt_interval(self) -> int:
+        """``--pbt.interval``, checked to divide the run's updates (default: the divisor of
+        the run's updates nearest a tenth of them)."""
+        updates = self.config.num_updates
+        if self.pbt.interval is None:
+            return min((k for k in range(1, updates + 1) if updates % k == 0),
+                       key=lambda k: abs(k - updates / 10))
+        if not 0 < self.pbt.interval < updates or updates % self.pbt.interval:
+            raise ValueError(f"`pbt.interval` = {self.pbt.interval}: give a number of updates "
+                             f"that divides the run's {updates} and is shorter than it")
+        return self.pbt.interval
+
+    def _check_halving(self) -> None:
+        static = sorted(f for f in self.grid.given() if f not in _HPARAM_FIELDS)
+        if static:
+            raise ValueError(f"`grid`: {', '.join(static)} cannot be searched with --search "
+                             "halving: each run goes on from its own state in one compiled "
+                             "program, so only HParams fields (traced) may differ between points")
+        if self.resume is not None:
+            raise ValueError("`resume`: a halving search cannot be resumed yet; run it again")
+        if isinstance(self.halving.eta, bool) or self.halving.eta < 2:
+            raise ValueError(f"`halving.eta` must be an integer >= 2, got {self.halving.eta!r}")
+        if self.halving.min_steps is not None and not (
+                self.config.batch_size <= self.halving.min_steps <= self.config.total_timesteps):
+            raise ValueError(
+                f"`halving.min_steps` = {self.halving.min_steps}: the first rung needs at least "
+                f"one update ({self.config.batch_size} env steps) and at most the run's "
+                f"{self.config.total_timesteps}")
+        rung_budgets(self.config.num_updates, self.halving.eta, self.halving_min_updates())
+
+    def settings(self) -> dict[str, Any]:
+        """What ``chunks/manifest.json`` records: every setting but ``out``, ``resume`` and
+        ``quiet`` (JSON values)."""
+        return json.loads(json.dumps({
+            "train_config": dataclasses.asdict(self.config),
+            "hparams": dataclasses.asdict(self.hparams),
+            "grid": self.grid.given(), "samples": self.samples,
+            "log_uniform": self.log_uniform, "seed": self.seed, "seeds": self.seeds,
+            "max_parallel": self.max_parallel,
+        }))
+
+    def grid_spec(self) -> dict[str, list | Uniform | LogUniform]:
+        """The ``grid`` of :func:`~jaxadv.engine.sweep.run_sweep`: lists, or with ``samples`` a
+        :class:`~jaxadv.engine.sweep.Uniform`/:class:`~jaxadv.engine.sweep.LogUniform` per float field."""
+        spec: dict[str, list | Uniform | LogUniform] = {}
+        for field, values in self.grid.given().items():
+            if self.samples is None or field not in _HPARAM_FIELDS:
+                spec[field] = list(values)
+                continue
+            if len(values) != 2 or not values[0] < values[1]:
+                raise ValueError(f"`grid` field {field!r}: with `samples` give two values "
+                                 f"LOW HIGH with LOW < HIGH, got {list(values)}")
+            spec[field] = (LogUniform if field in self.log_uniform else Uniform)(*values)
+        return spec
+
+    def num_points(self) -> int:
+        """Points in the sweep: the product of the list lengths, times ``samples``."""
+        lists = [v for v in self.grid_spec().values() if isinstance(v, list)]
+        return math.prod(len(v) for v in lists) * (self.samples or 1)
+
+    def static_configs(self) -> list[TrainConfig]:
+        """The distinct static configurations, one compile each. Expanding the grid and
+        building each config checks every value; nothing is compiled."""
+        grid = self.grid_spec()
+        configs: list[TrainConfig] = []
+        for point in expand_grid(grid, num_samples=1 if self.samples else None):
+            static = {f: v for f, v in point.items() if f in _STATIC_FIELDS}
+            config = dataclasses.replace(self.config, **static)
+            if config not in configs:
+                configs.append(config)
+        return configs
+
+
+def _check_reeval(reeval: Reeval, points: int) -> None:
+    """Refuse a re-evaluation that cannot run: a negative ``top``, more than the points, or
+    no fresh seeds."""
+    if isinstance(reeval.top, bool) or not isinstance(reeval.top, int) or reeval.top < 0:
+        raise ValueError(f"`reeval.top` must be an integer >= 0, got {reeval.top!r}")
+    if reeval.top > points:
+        raise ValueError(f"`reeval.top` = {reeval.top}: the sweep has only {points} point(s)")
+    if reeval.seeds is not None and (isinstance(reeval.seeds, bool) or reeval.seeds < 1):
+        raise ValueError(f"`reeval.seeds` = {reeval.seeds!r}: re-evaluation needs at least one "
+                         "fresh seed (or --reeval.top 0 for none)")
+
+
+def _grid_json(grid: dict[str, list | Uniform | LogUniform]) -> dict[str, Any]:
+    """Lists as lists; a distribution as ``{"distribution", "low", "high"}``."""
+    return {
+        field: {"distribution": type(v).__name__, "low": v.low, "high": v.high}
+        if isinstance(v, Uniform | LogUniform) else v
+        for field, v in grid.items()
+    }
+
+
+def _stored_sweep_args(run_dir: pathlib.Path) -> SweepArgs:
+    """The :class:`SweepArgs` that ``run_dir/chunks/manifest.json`` records (``out``,
+    ``resume``: run_dir)."""
+    store = SweepChunks(run_dir / "chunks", write=False)
+    try:
+        manifest = store.read()
+    except ValueError as exc:
+        raise ValueError(f"`resume`: {exc}") from None
+    if manifest is None:
+        raise ValueError(f"`resume`: {store.path} not found; --resume takes the --out "
+                         "directory of an earlier `jaxadv sweep`")
+    try:
+        s = manifest["settings"]
+        return SweepArgs(
+            config=TrainConfig(**s["train_config"]), hparams=HParams(**s["hparams"]),
+            grid=Grid(**{field: tuple(values) for field, values in s["grid"].items()}),
+            samples=s["samples"], log_uniform=tuple(s["log_uniform"]), seed=s["seed"],
+            seeds=s["seeds"], max_parallel=s["max_parallel"], out=run_dir, resume=run_dir,
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"`resume`: {store.path} does not describe a sweep ({exc})") from None
+
+
+def _sweep_changes(stored: SweepArgs, args: SweepArgs) -> Iterator[tuple[str, Any, Any]]:
+    """``(field, stored value, new value)`` for each setting a resumed sweep may not change."""
+    yield from field_changes(stored.config, args.config)
+    yield from field_changes(stored.hparams, args.hparams)
+    yield from field_changes(stored.grid, args.grid, prefix="grid.")
+    yield from field_changes(stored, args, names=("samples", "log_uniform", "seed", "seeds"))
+
+
+def sweep_resume_args(run_dir: pathlib.Path, argv: Sequence[str] = ()) -> SweepArgs:
+    """The :class:`SweepArgs` to resume the sweep in ``run_dir``: its manifest's settings,
+    with the ``jaxadv sweep`` flags in ``argv`` parsed on top (checked by
+    :meth:`SweepArgs.check`)."""
+    return tyro.cli(SweepArgs, args=list(argv), default=_stored_sweep_args(pathlib.Path(run_dir)),
+                    prog="jaxadv sweep")
+
+
+class _SweepStopped(Exception):
+    """Raised from ``run_sweep``'s ``on_result`` to stop after a signal, the chunk saved."""
+
+
+def _open_chunks(
+    args: SweepArgs, *, writer: bool, runs: int, err: Console, warn: Callable[[str], None]
+) -> tuple[SweepChunks, dict[ChunkId, ChunkResult]]:
+    """The chunk store under ``--out/chunks`` and the chunks it already holds: none for a
+    new sweep (its manifest started), the readable saved ones with ``--resume`` (a warning
+    when they were cut for another ``--max-parallel`` or device count)."""
+    store = SweepChunks(args.out / "chunks", write=writer)
+    if args.resume is None:  # a finished sweep's chunks (check() refuses an unfinished one)
+        store.start(args.settings(), jax.device_count())
+        return store, {}
+    before = store.read()
+    cut = (before["settings"]["max_parallel"], before["devices"])
+    if cut != (args.max_parallel, jax.device_count()):
+        warn(f"warning: the saved chunks were cut for --max-parallel {cut[0]} on {cut[1]} "
+             f"device(s), this sweep cuts for {args.max_parallel} on {jax.device_count()}: "
+             "the runs of saved chunks that no longer line up are computed again")
+    saved = store.load(args.settings(), jax.device_count(), warn=warn)
+    err.print(f"resuming {args.out}: {len(saved)} chunk(s) saved, "
+              f"{sum(c.stop - c.start for c in saved)} of {runs} runs")
+    return store, saved
+
+
+def _write_outputs(
+    args: SweepArgs,
+    grid: dict[str, list | Uniform | LogUniform],
+    result: SweepResult,
+    *,
+    points: int,
+    writer: bool,
+    selection: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The sweep's summary (:func:`~jaxadv.cli.report.summarize_sweep`, with ``selection``, the
+    re-evaluation of its top points, where there is one); when ``writer``, also
+    ``sweep.csv``, ``summary.json`` and ``sweep.png`` under ``--out`` (and ``selection.png``)."""
+    config, hp, out = args.config, args.hparams, args.out
+    summary = summarize_sweep(
+        result, config, hp, grid=_grid_json(grid), samples=args.samples,
+        log_uniform=args.log_uniform, seed=args.seed, max_parallel=args.max_parallel, out=out,
+    )
+    if selection is not None:
+        summary["selection"] = selection
+    if writer and selection is not None:
+        plot_selection(out / "selection.png", selection,
+                       f"{config.algo} · {config.env}: selection vs fresh seeds")
+    if writer:
+        write_sweep_csv(out / "sweep.csv", result, hp)
+        write_json(out / "summary.json", summary)
+        plot_sweep(out / "sweep.png", result,
+                   f"{config.algo} · {config.env} · {points} point(s) × {args.seeds} seed(s)")
+    return summary
+
+
+def _reevaluate(args: SweepArgs, result: SweepResult, err: Console) -> list[dict[str, Any]] | None:
+    """With ``--reeval.top K``: the top K points trained again on fresh seeds, as
+    :func:`~jaxadv.tuning.selection.selection_report` rows (``None`` without)."""
+    top, seeds = args.reeval.top, args.reeval.seeds or args.seeds
+    if not top:
+        return None
+    err.print(f"re-evaluating the top {top} point(s) on {seeds} fresh seed(s) …")
+    chosen, fresh = reevaluate(args.config, args.hparams, result, top, seeds, seed=args.seed,
+                               max_parallel=args.max_parallel)
+    rows = selection_report(result, chosen, fresh)
+    for row in rows:
+        err.print(f"point {row['index']}: IQM {row['selected']['iqm']:.2f} on the selection "
+                  f"seeds, {row['fresh']['iqm']:.2f} on fresh seeds (optimism gap "
+                  f"{row['optimism_gap']['value']:+.2f})")
+    return rows
+
+
+def _prepare_out(args: SweepArgs, writer: bool) -> None:
+    """Warn of repeated grid values; with ``--overwrite``, delete the run in ``--out``."""
+    for field, values in args.grid.given().items():
+        repeated = sorted({v for v in values if values.count(v) > 1}, key=str)
+        if repeated and (args.samples is None or field not in _HPARAM_FIELDS):
+            print(f"warning: --grid.{field.replace('_', '-')} lists "
+                  f"{', '.join(map(str, repeated))} more than once; each copy is its own point, "
+                  "trained again", file=sys.stderr)
+    err = Console(stderr=True, quiet=args.quiet)
+    if writer and args.resume is None and args.overwrite:
+        removed = remove_run(args.out)
+        if removed:
+            err.print(f"--overwrite: deleted {', '.join(removed)} from {args.out}")
+
+
+def sweep_command(args: SweepArgs) -> dict[str, Any]:
+    """Run the sweep of ``args`` with a progress bar over its chunks, saving each finished
+    chunk under ``--out/chunks`` (:class:`~jaxadv.engine.checkpoint.SweepChunks`); write the
+    outputs; return the summary (see :func:`~jaxadv.cli.report.summarize_sweep`).
+
+    With ``resume``, the saved chunks are read back (one that is missing or damaged is
+    computed again, with a warning) and only the others are computed; the outputs equal an
+    uninterrupted sweep's. After SIGINT/SIGTERM the chunk in flight is finished and saved
+    and :class:`RunStopped` (status 130/143) says how to resume. Under
+    ``jax.distributed`` only process 0 writes files; every process reads the chunks of a
+    resumed sweep, so ``--out`` must be on a filesystem they share, and a signal must
+    reach every process (as a job scheduler sends it).
+    """
+    writer = jax.process_index() == 0
+    with OutputLock(args.out) if writer else contextlib.nullcontext():
+        return _sweep(args.check(), writer)
+
+
+def _sweep(args: SweepArgs, writer: bool) -> dict[str, Any]:
+    config, hp, grid = args.config, args.hparams, args.grid_spec()
+    out = args.out
+    _prepare_out(args, writer)
+    err, console = Console(stderr=True, quiet=args.quiet), Console(quiet=args.quiet)
+    warn = lambda message: print(message, file=sys.stderr)  # even with --quiet; not wrapped
+    points, compiles = args.num_points(), len(args.static_configs())
+    runs = points * args.seeds
+    store, saved = _open_chunks(args, writer=writer, runs=runs, err=err, warn=warn)
+    err.print(f"sweeping {config.algo} on {config.env}: {points} point(s) × {args.seeds} seed(s) "
+              f"= {runs} runs, {compiles} compile(s), {jax.device_count()} device(s) …")
+    computed: list[ChunkId] = []
+    progress = {"done": 0}  # runs done, saved chunks included
+    in_flight = {"last": False}  # whether the chunk being computed is the sweep's last
+
+    def at_once() -> str | None:  # waiting for the last chunk would be waiting for the end
+        if not in_flight["last"]:
+            return None
+        return (f"{{signal}}: stopped during the sweep's last chunk; "
+                f"{len(store.manifest['chunks'])} chunk(s) saved in {store.directory} are "
+                f"intact\nresume with: jaxadv sweep --resume {shlex.quote(str(out))}")
+
+    interrupts = Interrupts(err, stopping="the chunk in flight to save it",
+                             intact="the chunks saved so far are intact", at_once=at_once)
+    bar = progress_bar(err, "sweep", TextColumn("{task.completed:,.0f}/{task.total:,.0f} runs"))
+    with interrupts, bar:
+        task = bar.add_task("sweep", total=runs)
+
+        def on_chunk(done: int, total: int) -> None:
+            progress["done"] = done
+            bar.update(task, completed=done, total=total)
+
+        def on_start(chunk_id: ChunkId) -> None:
+            in_flight["last"] = progress["done"] + chunk_id.stop - chunk_id.start >= runs
+
+        def on_result(chunk_id: ChunkId, result: ChunkResult) -> None:
+            in_flight["last"] = False
+            store.save(chunk_id, result)
+            computed.append(chunk_id)
+            if interrupts.signum and progress["done"] < runs:
+                raise _SweepStopped
+
+        try:
+            result = run_sweep(
+                config, grid, args.seeds, hparams=hp, key=jax.random.key(args.seed),
+                num_samples=args.samples, max_parallel=args.max_parallel,
+                on_chunk=on_chunk, saved=saved, on_result=on_result, on_start=on_start,
+            )
+        except _SweepStopped:
+            raise interrupts.stopped(
+                f"{progress['done']} of {runs} runs",
+                f"{len(store.manifest['chunks'])} chunk(s) in {store.directory}",
+                f"jaxadv sweep --resume {shlex.quote(str(out))}") from None
+    if args.resume is not None and not computed and (out / "summary.json").is_file():
+        err.print(f"{out} holds a finished sweep: nothing to resume, no output rewritten")
+        store.finish()
+        return json.loads((out / "summary.json").read_text())
+    if args.resume is not None:
+        err.print(f"computed {len(computed)} chunk(s), "
+                  f"{sum(c.stop - c.start for c in computed)} of {runs} runs")
+    selection = _reevaluate(args, result, err)
+    summary = _write_outputs(args, grid, result, points=points, writer=writer, selection=selection)
+    store.finish()
+    if writer and args.log:
+        err.print(f"logging {runs} runs to Weights & Biases …")
+        t0 = time.perf_counter()
+        log_sweep_wandb(out, result, args.settings(), args.wandb)
+        summary["log_seconds"] = time.perf_counter() - t0
+        write_json(out / "summary.json", summary)
+    console.print(sweep_table(summary))
+    also = ", selection.png" if selection is not None else ""
+    console.print(f"wrote sweep.csv, summary.json, sweep.png{also}, chunks/ to {out}/")
+    return summary

@@ -1,0 +1,3 @@
+"""Hyperparameter search on top of vmapped sweeps: successive halving
+(:mod:`jaxadv.tuning.halving`), population-based training inside one compiled program
+(:mod:`jaxadv.tuning.pbt`) and honest selection on fresh seeds (:mod:`jaxadv.tuning.selection`)."""

@@ -1,0 +1,196 @@
+"""Population-based training's exploit and explore step, as a pure function to run inside
+the compiled program (Jaderberg et al., "Population Based Training of Neural Networks", 2017).
+
+A population is ``M`` members: a :class:`~jaxadv.engine.train.TrainState` and
+:class:`~jaxadv.engine.train.HParams` with a leading ``[M]`` axis. :func:`exploit_explore` ranks
+the members by fitness (higher is better; NaN ranks last; equal fitness by member index),
+and each member of the bottom ``quantile`` copies the parameters, optimiser state and
+normalisation statistics (observations, rewards) of a member drawn at random from the top
+``quantile`` — its environment state, observations, PRNG key and recurrent state stay its
+own — then perturbs each searched hyperparameter of the donor: × 0.8 or × 1.25 (each with
+probability 1/2), or, with probability ``resample``, a fresh draw from the field's search
+range (log-uniform for the fields in ``log_uniform``), always clipped into the field's valid
+range (:data:`VALID`). Nothing here leaves the device, so a whole PBT run is one program.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxadv.engine.sweep import LogUniform, Uniform, _stacked_hparams, expand_grid
+from jaxadv.engine.train import HParams, TrainConfig, TrainState, make_trainer
+
+__all__ = ["COPIED", "VALID", "PBTResult", "PBTSettings", "exploit_explore",
+           "population_based_training", "rank"]
+
+COPIED = ("params", "opt_state", "obs_stats", "reward_scaler", "ref_params")
+"""The :class:`~jaxadv.engine.train.TrainState` fields a member takes from its donor."""
+
+VALID = {"gamma": (0.0, 1.0), "gae_lambda": (0.0, 1.0), "critic_lambda": (0.0, 1.0)}
+"""Fields with an upper bound: explored values are clipped into it (every other field is
+positive or non-negative, which × 0.8 / × 1.25 and draws from a positive range keep)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PBTSettings:
+    """``quantile``: the fraction of the population replaced each time (and the fraction it
+    copies from), in (0, 0.5]; ``resample``: the probability that an explored field is drawn
+    afresh from its ``ranges`` entry ``(low, high)`` instead of perturbed; ``log_uniform``:
+    the fields drawn log-uniformly."""
+
+    ranges: Mapping[str, tuple[float, float]]
+    quantile: float = 0.25
+    resample: float = 0.25
+    log_uniform: tuple[str, ...] = ("lr",)
+
+    def __post_init__(self) -> None:  # kept as sorted tuples: hashable, a static argument
+        ranges = self.ranges.items() if isinstance(self.ranges, Mapping) else self.ranges
+        object.__setattr__(self, "ranges", tuple(sorted(
+            (str(f), (float(lo), float(hi))) for f, (lo, hi) in ranges)))
+        object.__setattr__(self, "log_uniform", tuple(self.log_uniform))
+        if not 0.0 < self.quantile <= 0.5:
+            raise ValueError(f"`pbt.quantile` must be in (0, 0.5], got {self.quantile!r}")
+        if not 0.0 <= self.resample <= 1.0:
+            raise ValueError(f"`pbt.resample` must be in [0, 1], got {self.resample!r}")
+        names = {f.name for f in dataclasses.fields(HParams)}
+        for field, (low, high) in self.ranges:
+            if field not in names:
+                raise ValueError(f"`pbt`: {field!r} is not an HParams field")
+            if not low < high:
+                raise ValueError(f"`pbt`: the range of {field!r} needs LOW < HIGH, got {low, high}")
+
+
+def rank(fitness: jax.Array) -> jax.Array:
+    """Member indices from the fittest to the least fit: ``[M]`` int32 (NaN last, ties by
+    index)."""
+    score = jnp.where(jnp.isnan(fitness), -jnp.inf, fitness)
+    return jnp.lexsort((jnp.arange(fitness.shape[0]), -score)).astype(jnp.int32)
+
+
+def _explore(key: jax.Array, value: jax.Array, field: str, settings: PBTSettings) -> jax.Array:
+    low, high = dict(settings.ranges)[field]
+    k_factor, k_resample, k_draw = jax.random.split(key, 3)
+    factor = jnp.where(jax.random.bernoulli(k_factor, 0.5, value.shape), 0.8, 1.25)
+    u = jax.random.uniform(k_draw, value.shape)
+    if field in settings.log_uniform:
+        drawn = jnp.exp(jnp.log(low) + u * (jnp.log(high) - jnp.log(low)))
+    else:
+        drawn = low + u * (high - low)
+    new = jnp.where(jax.random.bernoulli(k_resample, settings.resample, value.shape),
+                    drawn, value * factor)
+    lo, hi = VALID.get(field, (0.0, jnp.inf))
+    return jnp.clip(new, lo, hi).astype(value.dtype)
+
+
+def exploit_explore(key: jax.Array, fitness: jax.Array, state: TrainState, hp: HParams,
+                    settings: PBTSettings) -> tuple[TrainState, HParams, jax.Array]:
+    """One exploit-and-explore step of a population ``[M]``: returns the new state and
+    hyperparameters and ``parent [M]`` (the member each one now descends from: itself, or
+    its donor)."""
+    m = fitness.shape[0]
+    bottom_count = max(1, int(m * settings.quantile)) if m > 1 else 0
+    order = rank(fitness)
+    top, bottom = order[:bottom_count], order[m - bottom_count:]
+    k_donor, k_explore = jax.random.split(key)
+    donors = top[jax.random.randint(k_donor, (bottom_count,), 0, max(bottom_count, 1))]
+    parent = jnp.arange(m, dtype=jnp.int32).at[bottom].set(donors)
+    copied = parent != jnp.arange(m)
+    take = lambda x: x[parent]
+    state = state._replace(**{f: jax.tree.map(take, getattr(state, f)) for f in COPIED
+                              if getattr(state, f) is not None})
+    changes: dict[str, Any] = {}
+    for i, (field, _) in enumerate(settings.ranges):
+        value = getattr(hp, field)[parent]
+        explored = _explore(jax.random.fold_in(k_explore, i), value, field, settings)
+        changes[field] = jnp.where(copied, explored, getattr(hp, field))
+    return state, dataclasses.replace(hp, **changes), parent
+
+
+@dataclasses.dataclass
+class PBTResult:
+    """What :func:`population_based_training` returns: the initial ``points`` (one per
+    hyperparameter draw; member ``m`` is draw ``m // seeds`` on seed ``m % seeds``),
+    ``fitness [intervals, M]``, ``parent [intervals, M]`` (after each interval's exploit;
+    the last interval's is the identity), ``hparams [intervals, M]`` per searched field
+    (the values each member trained with in each interval), the final ``state`` and the
+    per-update ``returns`` and ``episodes`` ``[M, updates]``."""
+
+    points: list[dict[str, Any]]
+    seeds: int
+    interval: int
+    fitness: np.ndarray
+    parent: np.ndarray
+    hparams: dict[str, np.ndarray]
+    state: Any
+    returns: np.ndarray
+    episodes: np.ndarray
+
+    def lineage(self, member: int) -> list[int]:
+        """The member whose state ``member`` carries on in each interval, first to last."""
+        path = [member]
+        for i in range(self.fitness.shape[0] - 2, -1, -1):
+            path.append(int(self.parent[i, path[-1]]))
+        return path[::-1]
+
+
+def _fitness(returns: jax.Array, episodes: jax.Array) -> jax.Array:
+    """Mean return of the episodes that ended in an interval (``[M, k]`` each): NaN if none."""
+    total = jnp.sum(jnp.where(episodes > 0, jnp.nan_to_num(returns) * episodes, 0.0), axis=1)
+    count = jnp.sum(episodes, axis=1)
+    return jnp.where(count > 0, total / jnp.maximum(count, 1), jnp.nan)
+
+
+def population_based_training(config: TrainConfig, settings: PBTSettings, population: int,
+                              seeds: int, interval: int, *, hparams: HParams | None = None,
+                              key: jax.Array | None = None) -> PBTResult:
+    """Train ``population`` draws from ``settings.ranges`` × ``seeds`` seeds as one
+    population in one compiled program: every ``interval`` updates, :func:`exploit_explore`
+    (not after the last interval). ``config.num_updates`` must be a multiple of ``interval``."""
+    if not 0 < interval <= config.num_updates or config.num_updates % interval:
+        raise ValueError(f"`pbt.interval` = {interval} must divide the run's "
+                         f"{config.num_updates} updates")
+    key = jax.random.key(0) if key is None else key
+    grid = {f: (LogUniform if f in settings.log_uniform else Uniform)(lo, hi)
+            for f, (lo, hi) in settings.ranges}
+    points = expand_grid(grid, num_samples=population, key=jax.random.fold_in(key, 1))
+    hp = _stacked_hparams([p for p in points for _ in range(seeds)],
+                          (hparams or HParams()).validate())
+    trainer, intervals = make_trainer(config), config.num_updates // interval
+    fields = [f for f, _ in settings.ranges]
+
+    @jax.jit
+    def program(key, hp):
+        keys = jax.random.key_data(jax.random.split(key, seeds))
+        keys = jax.random.wrap_key_data(jnp.concatenate([keys] * population))
+        state = jax.vmap(trainer.init)(keys, hp)
+        run = jax.vmap(functools.partial(trainer.run, num_updates=interval))
+
+        def step(carry, i):
+            state, hp, k = carry
+            state, metrics = run(state, hp)
+            fitness = _fitness(metrics["episode_return"], metrics["episodes"])
+            k, sub = jax.random.split(k)
+            last = i == intervals - 1
+            new_state, new_hp, parent = exploit_explore(sub, fitness, state, hp, settings)
+            keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(last, b, a), new, old)
+            out = (fitness, jnp.where(last, jnp.arange(parent.shape[0]), parent),
+                   {f: getattr(hp, f) for f in fields},
+                   metrics["episode_return"], metrics["episodes"])
+            return (keep(new_state, state), keep(new_hp, hp), k), out
+
+        (state, _, _), outs = jax.lax.scan(step, (state, hp, jax.random.fold_in(key, 3)),
+                                           jnp.arange(intervals))
+        return state, outs
+
+    state, (fitness, parent, used, returns, episodes) = program(key, hp)
+    flat = lambda x: np.moveaxis(np.asarray(x), 0, 1).reshape(x.shape[1], -1)
+    return PBTResult(points, seeds, interval, np.asarray(fitness), np.asarray(parent),
+                     {f: np.asarray(v) for f, v in used.items()}, state,
+                     flat(returns), flat(episodes))
