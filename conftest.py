@@ -61,10 +61,10 @@ def no_compile(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("compiled (or built a train function) before refusing bad input")
 
-    import jaxadv.sweep
+    import jaxadv.engine.sweep
 
     monkeypatch.setattr(jax, "jit", refuse)
-    monkeypatch.setattr(jaxadv.sweep, "make_train", refuse)
+    monkeypatch.setattr(jaxadv.engine.sweep, "make_train", refuse)
 
 
 # Seconds per file in a full two-worker run (2-core machine): the files that take longest
