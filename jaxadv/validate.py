@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
+import math
 import pathlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
-__all__ = ["SEED_LIMIT", "check_choice", "check_positive", "check_seed", "field_changes", "positive_int", "refuse_changes",
-           "same_shape"]
+__all__ = ["SEED_LIMIT", "HParamSpec", "attribute_docs", "check_choice", "check_positive", "check_seed",
+           "field_changes", "hparam", "hparam_specs", "positive_int", "refuse_changes", "same_shape"]
 
 
 def check_choice(field: str, value: Any, allowed: Sequence) -> None:
@@ -115,3 +117,96 @@ def refuse_changes(changes: Iterator[tuple[str, Any, Any]], what: str, where: pa
             f"{field} = {old!r} (in {where}); a resumed {what} keeps its settings: leave the "
             f"flag out, or start a new {what} with another --out"
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class HParamSpec:
+    """One numeric hyperparameter's definition, kept as its dataclass field's metadata
+    (:func:`hparam`): what it means (``doc``) and its range, bounded below by ``low`` and
+    above by ``high`` (``None``: unbounded), each bound included unless ``low_open`` /
+    ``high_open``. Checks, command-line flags and search bounds are read from it.
+
+    >>> HParamSpec("discount factor γ.", low=0.0, high=1.0).allowed
+    'in [0, 1]'
+    >>> HParamSpec("Adam learning rate.", low=0.0, low_open=True).check("lr", -1.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: `lr` = -1.0 is not allowed; it must be > 0
+    """
+
+    doc: str
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    @property
+    def allowed(self) -> str:
+        """The range in words: ``> 0``, ``>= 0``, ``<= 1``, ``in [0, 1]``, ``in (0, 1]``, ``any``."""
+        if self.low is not None and self.high is not None:
+            return (f"in {'(' if self.low_open else '['}{self.low:g}, "
+                    f"{self.high:g}{')' if self.high_open else ']'}")
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        if self.high is not None:
+            return f"{'<' if self.high_open else '<='} {self.high:g}"
+        return "any"
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """``(low, high)`` with ``-inf`` / ``inf`` for a missing bound (an open bound as given)."""
+        return (-math.inf if self.low is None else self.low,
+                math.inf if self.high is None else self.high)
+
+    def contains(self, value: Any) -> np.ndarray:
+        """Elementwise: whether ``value`` (any shape) lies in the range."""
+        x = np.asarray(value, dtype=np.float64)
+        ok = np.ones(x.shape, dtype=bool)
+        if self.low is not None:
+            ok &= (x > self.low) if self.low_open else (x >= self.low)
+        if self.high is not None:
+            ok &= (x < self.high) if self.high_open else (x <= self.high)
+        return ok
+
+    def check(self, field: str, value: Any) -> None:
+        """Refuse ``value`` (a number or an array of them) unless every entry is finite and
+        in the range, with a ``ValueError`` naming ``field``."""
+        arr = np.asarray(value, dtype=np.float64)
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"`{field}` = {value!r} is not allowed; it must be a finite "
+                             f"number {self.allowed}")
+        if not np.all(self.contains(arr)):
+            raise ValueError(f"`{field}` = {value!r} is not allowed; it must be {self.allowed}")
+
+
+def hparam(default: float, doc: str, *, gt: float | None = None, ge: float | None = None,
+           lt: float | None = None, le: float | None = None) -> Any:
+    """A dataclass field with ``default`` whose metadata ``"hparam"`` is its
+    :class:`HParamSpec`: ``doc`` and the range ``> gt`` or ``>= ge``, ``< lt`` or ``<= le``.
+
+    >>> import dataclasses
+    >>> @dataclasses.dataclass
+    ... class H:
+    ...     gamma: float = hparam(0.99, "discount factor γ.", ge=0.0, le=1.0)
+    >>> hparam_specs(H)["gamma"].allowed, H().gamma
+    ('in [0, 1]', 0.99)
+    """
+    if (gt is not None and ge is not None) or (lt is not None and le is not None):
+        raise TypeError("hparam() takes at most one lower (gt, ge) and one upper (lt, le) bound")
+    spec = HParamSpec(doc, low=ge if gt is None else gt, high=le if lt is None else lt,
+                      low_open=gt is not None, high_open=lt is not None)
+    return dataclasses.field(default=default, metadata={"hparam": spec})
+
+
+def hparam_specs(cls: Any) -> dict[str, HParamSpec]:
+    """``field name -> HParamSpec`` for each field of the dataclass ``cls`` made with
+    :func:`hparam`, in field order."""
+    return {f.name: f.metadata["hparam"] for f in dataclasses.fields(cls) if "hparam" in f.metadata}
+
+
+def attribute_docs(doc: str | None, specs: dict[str, HParamSpec]) -> str:
+    """The class docstring ``doc`` (cleaned of its indentation) followed by a Google-style
+    ``Attributes:`` section of ``specs``' docs, one field a line: what Sphinx and tyro's
+    ``--help`` read for a field without a docstring of its own."""
+    lines = "".join(f"    {name}: {spec.doc}\n" for name, spec in specs.items())
+    return f"{inspect.cleandoc(doc or '')}\n\nAttributes:\n{lines}"

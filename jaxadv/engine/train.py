@@ -72,7 +72,7 @@ from jaxadv.envs import (
 from jaxadv.envs.token import check_token_env, metric_keys, response_length
 from jaxadv.nets.networks import Network, make_network
 from jaxadv.nets.transformer import last_position, make_transformer
-from jaxadv.validate import check_choice, positive_int
+from jaxadv.validate import attribute_docs, check_choice, hparam, hparam_specs, positive_int
 
 __all__ = [
     "ALGOS",
@@ -80,6 +80,7 @@ __all__ = [
     "BEHAVIOUR_PRECISIONS",
     "ESTIMATORS",
     "EVAL_STREAM",
+    "HPARAM_SPECS",
     "NONFINITE",
     "SEQUENCE_ESTIMATORS",
     "Batch",
@@ -523,67 +524,51 @@ class TrainConfig:
 class HParams:
     """Numeric hyperparameters: a pytree of scalars, so ``train`` can be vmapped over them.
 
-    Leaves are Python floats or arrays (with leading axes for a vmapped sweep).
+    Leaves are Python floats or arrays (with leading axes for a vmapped sweep). Each field's
+    default, range and doc are written once, in its :func:`~jaxadv.validate.hparam` metadata
+    (:data:`HPARAM_SPECS`): :meth:`validate`, ``--help``, every ``jaxadv sweep --grid.FIELD``
+    and PBT's bounds read them there.
     """
 
-    lr: float = 2.5e-4
-    """Adam learning rate (the start of the linear decay with --anneal-lr)."""
-    gamma: float = 0.99
-    """discount factor γ."""
-    gae_lambda: float = 0.95
-    """GAE λ: 0 is the one-step TD error, 1 the Monte Carlo return."""
-    clip_eps: float = 0.2
-    """ppo: clip range ε of the probability ratio (and of the value loss)."""
-    ent_coef: float = 0.01
-    """weight of the entropy bonus."""
-    vf_coef: float = 0.5
-    """weight of the value loss."""
-    max_grad_norm: float = 0.5
-    """clip gradients to this global norm."""
-    kl_coef: float = 0.0
-    """weight of the KL penalty against the reference policy (with --kl loss or reward)."""
-    clip_eps_high: float = 0.28
-    """dapo, gspo, cispo: the upper clip range ε_high of the ratio (clip_eps is the lower, ε_low)."""
-    critic_lambda: float = 1.0
-    """vapo estimator: the GAE λ of the critic's targets (gae_lambda is the policy's)."""
-    length_alpha: float = 0.0
-    """vapo estimator: > 0 makes the policy's λ length-adaptive, 1 − 1/(length_alpha · response length); 0 keeps gae_lambda."""
-    icepop_alpha: float = 2.0
-    """icepop: tokens whose sampler mismatch π/π_b leaves [1/icepop_alpha, icepop_alpha] are dropped (> 1)."""
-    sapo_tau_pos: float = 1.0
-    """sapo: the gate's temperature for tokens with a positive advantage."""
-    sapo_tau_neg: float = 1.05
-    """sapo: the gate's temperature for the others (the paper damps them faster: > sapo_tau_pos)."""
+    lr: float = hparam(2.5e-4, "Adam learning rate (the start of the linear decay with --anneal-lr).", gt=0)
+    gamma: float = hparam(0.99, "discount factor γ.", ge=0, le=1)
+    gae_lambda: float = hparam(0.95, "GAE λ: 0 is the one-step TD error, 1 the Monte Carlo return.",
+                               ge=0, le=1)
+    clip_eps: float = hparam(0.2, "ppo: clip range ε of the probability ratio (and of the value loss).",
+                             gt=0)
+    ent_coef: float = hparam(0.01, "weight of the entropy bonus.", ge=0)
+    vf_coef: float = hparam(0.5, "weight of the value loss.", ge=0)
+    max_grad_norm: float = hparam(0.5, "clip gradients to this global norm.", gt=0)
+    kl_coef: float = hparam(0.0, "weight of the KL penalty against the reference policy (with --kl "
+                            "loss or reward).", ge=0)
+    clip_eps_high: float = hparam(0.28, "dapo, gspo, cispo: the upper clip range ε_high of the ratio "
+                                  "(clip_eps is the lower, ε_low).", gt=0)
+    critic_lambda: float = hparam(1.0, "vapo estimator: the GAE λ of the critic's targets (gae_lambda "
+                                  "is the policy's).", ge=0, le=1)
+    length_alpha: float = hparam(0.0, "vapo estimator: > 0 makes the policy's λ length-adaptive, 1 − "
+                                 "1/(length_alpha · response length); 0 keeps gae_lambda.", ge=0)
+    icepop_alpha: float = hparam(2.0, "icepop: tokens whose sampler mismatch π/π_b leaves "
+                                 "[1/icepop_alpha, icepop_alpha] are dropped (> 1).", gt=1)
+    sapo_tau_pos: float = hparam(1.0, "sapo: the gate's temperature for tokens with a positive "
+                                 "advantage.", gt=0)
+    sapo_tau_neg: float = hparam(1.05, "sapo: the gate's temperature for the others (the paper damps "
+                                 "them faster: > sapo_tau_pos).", gt=0)
 
     def validate(self) -> HParams:
-        """Check concrete values (any leading sweep axes); traced values pass unchecked."""
-        rules = {
-            "lr": (lambda x: x > 0, "> 0"),
-            "gamma": (lambda x: (x >= 0) & (x <= 1), "in [0, 1]"),
-            "gae_lambda": (lambda x: (x >= 0) & (x <= 1), "in [0, 1]"),
-            "clip_eps": (lambda x: x > 0, "> 0"),
-            "ent_coef": (lambda x: x >= 0, ">= 0"),
-            "vf_coef": (lambda x: x >= 0, ">= 0"),
-            "max_grad_norm": (lambda x: x > 0, "> 0"),
-            "kl_coef": (lambda x: x >= 0, ">= 0"),
-            "clip_eps_high": (lambda x: x > 0, "> 0"),
-            "critic_lambda": (lambda x: (x >= 0) & (x <= 1), "in [0, 1]"),
-            "length_alpha": (lambda x: x >= 0, ">= 0"),
-            "icepop_alpha": (lambda x: x > 1, "> 1"),
-            "sapo_tau_pos": (lambda x: x > 0, "> 0"),
-            "sapo_tau_neg": (lambda x: x > 0, "> 0"),
-        }
-        for field, (ok, allowed) in rules.items():
+        """Check concrete values (any leading sweep axes) against each field's range in
+        :data:`HPARAM_SPECS`; traced values pass unchecked."""
+        for field, spec in HPARAM_SPECS.items():
             value = getattr(self, field)
-            if isinstance(value, jax.core.Tracer):
-                continue
-            arr = np.asarray(value, dtype=np.float64)
-            if not np.all(np.isfinite(arr)):
-                raise ValueError(f"`{field}` = {value!r} is not allowed; it must be a finite "
-                                 f"number {allowed}")
-            if not np.all(ok(arr)):
-                raise ValueError(f"`{field}` = {value!r} is not allowed; it must be {allowed}")
+            if not isinstance(value, jax.core.Tracer):
+                spec.check(field, value)
         return self
+
+
+HPARAM_SPECS = hparam_specs(HParams)
+"""``field -> HParamSpec`` (:class:`~jaxadv.validate.HParamSpec`): each :class:`HParams` field's
+doc and range, in field order — the one definition that validation, the command line's flags
+and searches read."""
+HParams.__doc__ = attribute_docs(HParams.__doc__, HPARAM_SPECS)
 
 
 class TrainState(NamedTuple):
