@@ -50,59 +50,49 @@ from jaxadv.engine.sweep import (
     expand_grid,
     run_sweep,
 )
-from jaxadv.engine.train import HParams, TrainConfig
+from jaxadv.engine.train import HPARAM_SPECS, HParams, TrainConfig
 from jaxadv.tuning.halving import rung_budgets
 from jaxadv.tuning.pbt import PBTSettings
 from jaxadv.tuning.selection import reevaluate, selection_report
-from jaxadv.validate import check_positive, check_seed, field_changes, positive_int, refuse_changes
+from jaxadv.validate import (
+    HParamSpec,
+    check_positive,
+    check_seed,
+    field_changes,
+    positive_int,
+    refuse_changes,
+)
 
 __all__ = ["PBT", "Grid", "Halving", "Reeval", "SweepArgs", "sweep_command", "sweep_resume_args"]
 
 
-_HPARAM_FIELDS = tuple(f.name for f in dataclasses.fields(HParams))
+_HPARAM_FIELDS = tuple(HPARAM_SPECS)
 _STATIC_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 _Floats = Annotated[tuple[float, ...] | None, tyro.conf.arg(metavar="FLOAT [FLOAT ...]")]
 _Ints = Annotated[tuple[int, ...] | None, tyro.conf.arg(metavar="INT [INT ...]")]
 _STEP_ESTIMATORS = tuple(name for name, row in ESTIMATORS.items() if not row.sequence_level)
-_HParamName = Literal["lr", "gamma", "gae_lambda", "clip_eps", "ent_coef", "vf_coef", "max_grad_norm",
-                      "kl_coef", "clip_eps_high", "critic_lambda", "length_alpha", "icepop_alpha",
-                      "sapo_tau_pos", "sapo_tau_neg"]
+_HParamName = Literal[_HPARAM_FIELDS]  # type: ignore[valid-type]
+
+
+def _grid_field(name: str, spec: HParamSpec) -> tuple[str, Any, Any]:
+    """``--grid.NAME``: values of the HParams field ``name``, its range and doc as the help."""
+    help_text = f"HParams.{name} values ({spec.allowed}): {spec.doc}"
+    return name, Annotated[_Floats, tyro.conf.arg(help=help_text)], dataclasses.field(default=None)
+
+
+_HParamGrid = dataclasses.make_dataclass(
+    "_HParamGrid", [_grid_field(name, spec) for name, spec in HPARAM_SPECS.items()],
+    frozen=True, namespace={"__module__": __name__, "__doc__": "One --grid.FIELD per HParams field, "
+                            "generated from its HPARAM_SPECS entry."})
 
 
 @dataclasses.dataclass(frozen=True)
-class Grid:
+class Grid(_HParamGrid):  # type: ignore[misc,valid-type]
     """Values to sweep: the product of every --grid.FIELD given, crossed in the order listed
     here (with --samples, a float field takes LOW HIGH to draw from). A field left out is not
-    swept: its base flag applies."""
+    swept: its base flag applies. Every HParams field has one (generated from its
+    HPARAM_SPECS entry, jaxadv.engine.train), then the static fields below."""
 
-    lr: _Floats = None
-    """learning rates (HParams.lr, > 0)."""
-    gamma: _Floats = None
-    """discount factors γ (in [0, 1])."""
-    gae_lambda: _Floats = None
-    """GAE λ values (in [0, 1]; 0 = one-step TD, 1 = Monte Carlo minus the baseline)."""
-    clip_eps: _Floats = None
-    """ppo clip ranges ε (> 0)."""
-    ent_coef: _Floats = None
-    """entropy-bonus weights (>= 0)."""
-    vf_coef: _Floats = None
-    """value-loss weights (>= 0)."""
-    max_grad_norm: _Floats = None
-    """gradient-norm clips (> 0)."""
-    kl_coef: _Floats = None
-    """KL-penalty weights (>= 0; with --kl loss or reward)."""
-    clip_eps_high: _Floats = None
-    """upper clip ranges ε_high of dapo, gspo and cispo (> 0)."""
-    critic_lambda: _Floats = None
-    """vapo estimator: the critic targets' GAE λ (in [0, 1])."""
-    length_alpha: _Floats = None
-    """vapo estimator: α of the length-adaptive policy λ (>= 0; 0 = fixed gae_lambda)."""
-    icepop_alpha: _Floats = None
-    """icepop: the band [1/α, α] of the train/inference ratio outside which tokens are dropped (> 1)."""
-    sapo_tau_pos: _Floats = None
-    """sapo: the gate's temperature for positive advantages (> 0)."""
-    sapo_tau_neg: _Floats = None
-    """sapo: the gate's temperature for negative advantages (> 0)."""
     num_envs: _Ints = None
     """static: environments per run (each value compiles once)."""
     num_steps: _Ints = None

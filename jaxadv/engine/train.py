@@ -548,7 +548,7 @@ class HParams:
     length_alpha: float = hparam(0.0, "vapo estimator: > 0 makes the policy's λ length-adaptive, 1 − "
                                  "1/(length_alpha · response length); 0 keeps gae_lambda.", ge=0)
     icepop_alpha: float = hparam(2.0, "icepop: tokens whose sampler mismatch π/π_b leaves "
-                                 "[1/icepop_alpha, icepop_alpha] are dropped (> 1).", gt=1)
+                                 "[1/icepop_alpha, icepop_alpha] are dropped.", gt=1)
     sapo_tau_pos: float = hparam(1.0, "sapo: the gate's temperature for tokens with a positive "
                                  "advantage.", gt=0)
     sapo_tau_neg: float = hparam(1.05, "sapo: the gate's temperature for the others (the paper damps "
