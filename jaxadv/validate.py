@@ -193,7 +193,9 @@ def hparam(default: float, doc: str, *, gt: float | None = None, ge: float | Non
     """
     if (gt is not None and ge is not None) or (lt is not None and le is not None):
         raise TypeError("hparam() takes at most one lower (gt, ge) and one upper (lt, le) bound")
-    spec = HParamSpec(doc, low=ge if gt is None else gt, high=le if lt is None else lt,
+    low, high = ge if gt is None else gt, le if lt is None else lt
+    spec = HParamSpec(doc, low=None if low is None else float(low),
+                      high=None if high is None else float(high),
                       low_open=gt is not None, high_open=lt is not None)
     return dataclasses.field(default=default, metadata={"hparam": spec})
 

@@ -10,7 +10,7 @@ normalisation statistics (observations, rewards) of a member drawn at random fro
 own — then perturbs each searched hyperparameter of the donor: × 0.8 or × 1.25 (each with
 probability 1/2), or, with probability ``resample``, a fresh draw from the field's search
 range (log-uniform for the fields in ``log_uniform``), always clipped into the field's valid
-range (:data:`VALID`). Nothing here leaves the device, so a whole PBT run is one program.
+range (:data:`VALID`, from :data:`~jaxadv.engine.train.HPARAM_SPECS`). Nothing here leaves the device, so a whole PBT run is one program.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxadv.engine.sweep import LogUniform, Uniform, _stacked_hparams, expand_grid
-from jaxadv.engine.train import HParams, TrainConfig, TrainState, make_trainer
+from jaxadv.engine.train import HPARAM_SPECS, HParams, TrainConfig, TrainState, make_trainer
 
 __all__ = ["COPIED", "VALID", "PBTResult", "PBTSettings", "exploit_explore",
            "population_based_training", "rank"]
@@ -33,9 +33,10 @@ __all__ = ["COPIED", "VALID", "PBTResult", "PBTSettings", "exploit_explore",
 COPIED = ("params", "opt_state", "obs_stats", "reward_scaler", "ref_params")
 """The :class:`~jaxadv.engine.train.TrainState` fields a member takes from its donor."""
 
-VALID = {"gamma": (0.0, 1.0), "gae_lambda": (0.0, 1.0), "critic_lambda": (0.0, 1.0)}
-"""Fields with an upper bound: explored values are clipped into it (every other field is
-positive or non-negative, which × 0.8 / × 1.25 and draws from a positive range keep)."""
+VALID = {field: spec.bounds for field, spec in HPARAM_SPECS.items()}
+"""Each HParams field's range ``(low, high)`` from its :class:`~jaxadv.validate.HParamSpec`
+(``inf`` where unbounded): explored values are clipped into it; an open bound (``lr > 0``,
+``icepop_alpha > 1``) clips to the bound itself."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +86,7 @@ def _explore(key: jax.Array, value: jax.Array, field: str, settings: PBTSettings
         drawn = low + u * (high - low)
     new = jnp.where(jax.random.bernoulli(k_resample, settings.resample, value.shape),
                     drawn, value * factor)
-    lo, hi = VALID.get(field, (0.0, jnp.inf))
+    lo, hi = VALID[field]
     return jnp.clip(new, lo, hi).astype(value.dtype)
 
 
