@@ -37,9 +37,13 @@ import jax.numpy as jnp
 from jaxadv.validate import positive_int, same_shape
 
 __all__ = [
+    "SEQUENCE_ESTIMATORS",
+    "batchmean_advantages",
     "discounted_returns",
+    "drgrpo_advantages",
     "gae",
     "group_relative",
+    "grpo_advantages",
     "informative_groups",
     "lambda_returns",
     "leave_one_out",
@@ -47,6 +51,9 @@ __all__ = [
     "n_step_advantages",
     "normalize",
     "overlong_penalty",
+    "remax_advantages",
+    "rfpp_advantages",
+    "rloo_advantages",
     "sequence_advantages",
     "td_errors",
 ]
@@ -519,6 +526,76 @@ def length_adaptive_lambda(lengths: ArrayLike, *, alpha: ArrayLike) -> Array:
 
 
 SEQUENCE_ESTIMATORS = ("grpo", "drgrpo", "rloo", "batchmean", "rfpp", "remax")
+"""The names :func:`sequence_advantages` reads, each the function ``<name>_advantages``."""
+
+
+def _sequence_returns(returns: ArrayLike, group_size: int, greedy_returns: ArrayLike | None,
+                      greedy: bool) -> Array:
+    """``returns`` as an array ``[N]``, or a ``ValueError`` naming the bad argument; ``greedy``:
+    the estimator takes ``greedy_returns`` (and only such an estimator does)."""
+    returns = jnp.asarray(returns)
+    if returns.ndim != 1:
+        raise ValueError(f"`returns` must be [N], got shape {returns.shape}")
+    if not isinstance(group_size, int) or group_size < 1 or returns.shape[0] % group_size:
+        raise ValueError(f"`group_size` must be a positive int dividing N = {returns.shape[0]}, got {group_size!r}")
+    if greedy != (greedy_returns is not None):
+        raise ValueError("`greedy_returns` is required for 'remax' and only for it")
+    return returns
+
+
+def grpo_advantages(returns: ArrayLike, *, group_size: int = 1,
+                    greedy_returns: ArrayLike | None = None, eps: ArrayLike = 1e-6) -> Array:
+    """GRPO: :func:`group_relative` (std-normalised) within each group of ``group_size``
+    adjacent responses; ``returns [N]`` -> ``[N]``."""
+    returns = _sequence_returns(returns, group_size, greedy_returns, greedy=False)
+    return group_relative(returns.reshape(-1, group_size), normalize_std=True, eps=eps).reshape(-1)
+
+
+def drgrpo_advantages(returns: ArrayLike, *, group_size: int = 1,
+                      greedy_returns: ArrayLike | None = None, eps: ArrayLike = 1e-6) -> Array:
+    """Dr. GRPO: :func:`group_relative` without the std (``R − mean`` of each group)."""
+    returns = _sequence_returns(returns, group_size, greedy_returns, greedy=False)
+    return group_relative(returns.reshape(-1, group_size), normalize_std=False, eps=eps).reshape(-1)
+
+
+def rloo_advantages(returns: ArrayLike, *, group_size: int = 1,
+                    greedy_returns: ArrayLike | None = None, eps: ArrayLike = 1e-6) -> Array:
+    """RLOO: :func:`leave_one_out` within each group (``eps`` unused)."""
+    returns = _sequence_returns(returns, group_size, greedy_returns, greedy=False)
+    return leave_one_out(returns.reshape(-1, group_size)).reshape(-1)
+
+
+def batchmean_advantages(returns: ArrayLike, *, group_size: int = 1,
+                         greedy_returns: ArrayLike | None = None, eps: ArrayLike = 1e-6) -> Array:
+    """``R − mean(R)`` over the whole batch (REINFORCE with a mean baseline; ``group_size``
+    is checked, ``eps`` unused)."""
+    returns = _sequence_returns(returns, group_size, greedy_returns, greedy=False)
+    return returns - jnp.mean(returns)
+
+
+def rfpp_advantages(returns: ArrayLike, *, group_size: int = 1,
+                    greedy_returns: ArrayLike | None = None, eps: ArrayLike = 1e-6) -> Array:
+    """REINFORCE++'s global normalisation ``(R − mean(R)) / (std(R) + eps)`` over the whole
+    batch (``group_size`` is checked)."""
+    returns = _sequence_returns(returns, group_size, greedy_returns, greedy=False)
+    centred = returns - jnp.mean(returns)
+    scale = jnp.std(returns) + eps
+    return centred / jnp.where(scale > 0, scale, 1.0)
+
+
+def remax_advantages(returns: ArrayLike, *, group_size: int = 1,
+                     greedy_returns: ArrayLike | None = None, eps: ArrayLike = 1e-6) -> Array:
+    """ReMax: ``R − R_greedy`` with ``greedy_returns [N]`` (required) the return of the greedy
+    response to the same prompt (``group_size`` is checked, ``eps`` unused)."""
+    returns = _sequence_returns(returns, group_size, greedy_returns, greedy=True)
+    greedy = jnp.asarray(greedy_returns)
+    dtype = _dtype(returns, greedy)
+    return returns.astype(dtype) - greedy.astype(dtype)
+
+
+_SEQUENCE_FUNCTIONS = dict(zip(SEQUENCE_ESTIMATORS, (
+    grpo_advantages, drgrpo_advantages, rloo_advantages, batchmean_advantages, rfpp_advantages,
+    remax_advantages), strict=True))
 
 
 def sequence_advantages(
@@ -529,18 +606,21 @@ def sequence_advantages(
     greedy_returns: ArrayLike | None = None,
     eps: ArrayLike = 1e-6,
 ) -> Array:
-    """One advantage per response from the responses' returns, by a critic-free baseline.
+    """One advantage per response from the responses' returns, by a critic-free baseline:
+    the function of :data:`SEQUENCE_ESTIMATORS` named ``estimator``.
 
     ``returns [N]`` holds ``N = G · K`` responses, ordered group by group (the ``K =
     group_size`` samples of a prompt are adjacent):
 
-    * ``"grpo"``: :func:`group_relative` (std-normalised); ``"drgrpo"``: without the std;
-    * ``"rloo"``: :func:`leave_one_out`;
-    * ``"batchmean"``: ``R − mean(R)`` over the whole batch (REINFORCE with a mean baseline);
+    * ``"grpo"``: :func:`group_relative` (std-normalised); ``"drgrpo"``: without the std
+      (:func:`grpo_advantages`, :func:`drgrpo_advantages`);
+    * ``"rloo"``: :func:`leave_one_out` (:func:`rloo_advantages`);
+    * ``"batchmean"``: ``R − mean(R)`` over the whole batch (REINFORCE with a mean baseline;
+      :func:`batchmean_advantages`);
     * ``"rfpp"``: ``(R − mean(R)) / (std(R) + eps)`` over the whole batch (REINFORCE++'s
-      global normalisation);
+      global normalisation; :func:`rfpp_advantages`);
     * ``"remax"``: ``R − R_greedy``, with ``greedy_returns [N]`` the return of the greedy
-      response to the same prompt (ReMax).
+      response to the same prompt (ReMax; :func:`remax_advantages`).
 
     Args:
       estimator: one of :data:`SEQUENCE_ESTIMATORS` (static).
@@ -556,26 +636,7 @@ def sequence_advantages(
     >>> sequence_advantages("rloo", jnp.array([1.0, 0.0, 0.0, 2.0]), group_size=2)
     Array([ 1., -1., -2.,  2.], dtype=float32)
     """
-    if estimator not in SEQUENCE_ESTIMATORS:
+    if estimator not in _SEQUENCE_FUNCTIONS:
         raise ValueError(f"`estimator` must be one of {SEQUENCE_ESTIMATORS}, got {estimator!r}")
-    returns = jnp.asarray(returns)
-    if returns.ndim != 1:
-        raise ValueError(f"`returns` must be [N], got shape {returns.shape}")
-    if not isinstance(group_size, int) or group_size < 1 or returns.shape[0] % group_size:
-        raise ValueError(f"`group_size` must be a positive int dividing N = {returns.shape[0]}, got {group_size!r}")
-    if (estimator == "remax") != (greedy_returns is not None):
-        raise ValueError("`greedy_returns` is required for 'remax' and only for it")
-    grouped = returns.reshape(-1, group_size)
-    if estimator in ("grpo", "drgrpo"):
-        return group_relative(grouped, normalize_std=estimator == "grpo", eps=eps).reshape(-1)
-    if estimator == "rloo":
-        return leave_one_out(grouped).reshape(-1)
-    if estimator == "remax":
-        greedy = jnp.asarray(greedy_returns)
-        dtype = _dtype(returns, greedy)
-        return returns.astype(dtype) - greedy.astype(dtype)
-    centred = returns - jnp.mean(returns)
-    if estimator == "rfpp":
-        scale = jnp.std(returns) + eps
-        return centred / jnp.where(scale > 0, scale, 1.0)
-    return centred
+    return _SEQUENCE_FUNCTIONS[estimator](returns, group_size=group_size,
+                                          greedy_returns=greedy_returns, eps=eps)

@@ -55,7 +55,7 @@ __all__ = [
     "CheckResult",
     "Hyper",
     "Report",
-    "Rollout",
+    "RolloutArrays",
     "SequenceAdapter",
     "check_advantages",
     "check_sequence_advantages",
@@ -75,6 +75,20 @@ SEQUENCE_KINDS = ("grpo", "drgrpo", "rloo", "batchmean", "rfpp", "remax")
 """The sequence-level estimators :func:`check_sequence_advantages` knows (the names of
 :func:`jaxadv.advantages.sequence_advantages`)."""
 
+
+
+def __getattr__(name: str) -> Any:
+    """``Rollout``, :class:`RolloutArrays`' name of 0.3.0 (a rollout of the engine is
+    :class:`jaxadv.engine.rollout.Rollout`), with a ``DeprecationWarning``."""
+    if name == "Rollout":
+        import warnings
+
+        warnings.warn("jaxadv.testing.Rollout is deprecated: use RolloutArrays",
+                      DeprecationWarning, stacklevel=2)
+        return RolloutArrays
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 _GROUP_KINDS = ("grpo", "drgrpo", "rloo")
 _EPS_KINDS = ("grpo", "rfpp")
 _OWN = {"returns": "targets", "td": "advantages", "nstep": "advantages", "gae": "advantages",
@@ -82,7 +96,7 @@ _OWN = {"returns": "targets", "td": "advantages", "nstep": "advantages", "gae": 
 _FLAGS = ("terminated", "truncated")
 
 
-class Rollout(NamedTuple):
+class RolloutArrays(NamedTuple):
     """The arrays of one check, time-major ``[T, B]``, named as :func:`jaxadv.gae` names them:
     ``next_values[t]`` is the value of the observation after step ``t`` (the final one where
     the episode ended at ``t``); ``terminated`` and ``truncated`` are flags."""
@@ -141,7 +155,7 @@ def _column_gae(r, v, nv, term, trunc, gamma: float, lambda_: float) -> np.ndarr
     return out
 
 
-def reference_advantages(kind: str, rollout: Rollout, *, gamma: float, lambda_: float = 0.95,
+def reference_advantages(kind: str, rollout: RolloutArrays, *, gamma: float, lambda_: float = 0.95,
                          n: int = 3) -> dict[str, np.ndarray]:
     """The NumPy float64 reference of ``kind`` on ``rollout`` (arrays ``[T, B]``), one loop
     per batch column, written from the definitions and not from the library's recursions.
@@ -151,7 +165,7 @@ def reference_advantages(kind: str, rollout: Rollout, *, gamma: float, lambda_: 
     ``"lambda_returns"`` compute the targets, the others the advantages.
 
     >>> z, r = np.zeros((2, 1)), np.ones((2, 1))
-    >>> reference_advantages("returns", Rollout(r, z, z, z, z), gamma=0.5)["targets"][:, 0]
+    >>> reference_advantages("returns", RolloutArrays(r, z, z, z, z), gamma=0.5)["targets"][:, 0]
     array([1.5, 1. ])
     """
     if kind not in KINDS:
@@ -217,7 +231,7 @@ class Adapter:
     Attributes:
       name: shown in the report's title.
       call: ``call(fn, kind, rollout, hp) -> fn's output``: calls ``fn`` on the time-major
-        :class:`Rollout` (JAX arrays ``[T, B]``) with the :class:`Hyper` ``hp``, converting
+        :class:`RolloutArrays` (JAX arrays ``[T, B]``) with the :class:`Hyper` ``hp``, converting
         the arrays to ``fn``'s conventions and its output back to time-major ``[T, B]``.
         It runs under ``jax.jit`` and ``jax.vmap`` in those checks.
       outputs: what ``fn`` returns: ``None``, one array, the kind's own quantity (advantages
@@ -228,7 +242,7 @@ class Adapter:
     """
 
     name: str
-    call: Callable[[Callable, str, Rollout, Hyper], Any]
+    call: Callable[[Callable, str, RolloutArrays, Hyper], Any]
     outputs: Any = None
 
     def outputs_for(self, kind: str) -> tuple[tuple[str | None, ...], bool]:
@@ -265,7 +279,7 @@ def jaxadv_style(*, outputs: Any = None, batch_major: bool = False, name: str = 
     :class:`Adapter` (e.g. ``("advantages", "targets")``).
     """
 
-    def call(fn, kind, x: Rollout, hp: Hyper):
+    def call(fn, kind, x: RolloutArrays, hp: Hyper):
         x = _swap(x) if batch_major else x
         if kind == "returns":
             args = (x.rewards, x.next_values, x.terminated, x.truncated)
@@ -289,7 +303,7 @@ def done_only(*, outputs: Any = ("advantages", "targets"), batch_major: bool = F
     where an episode is truncated inside the window.
     """
 
-    def call(fn, kind, x: Rollout, hp: Hyper):
+    def call(fn, kind, x: RolloutArrays, hp: Hyper):
         dones = jnp.logical_or(x.terminated, x.truncated).astype(jnp.asarray(x.terminated).dtype)
         args = (x.rewards, x.values, dones)
         args = _swap(args) if batch_major else args
@@ -311,7 +325,7 @@ def rlax_style(*, name: str = "rlax") -> Adapter:
     ``fn(v_tm1, r_t, discount_t, v_t)`` on scalars (``rlax.td_learning``).
     """
 
-    def call(fn, kind, x: Rollout, hp: Hyper):
+    def call(fn, kind, x: RolloutArrays, hp: Hyper):
         dtype = x.rewards.dtype
         discount = (hp.gamma * (1.0 - x.terminated.astype(dtype))).astype(dtype)
         values = jnp.concatenate([x.values, x.next_values[-1:]], axis=0).astype(dtype)
@@ -576,7 +590,7 @@ def _time_major_runner(fn, kind: str, adapter: Adapter, hp: Hyper):
     def run_case(spec: _Spec, arrays):
         floats = [jnp.asarray(arrays[k], spec.dtype) for k in ("rewards", "values", "next_values")]
         flags = [jnp.asarray(arrays[k], spec.dtype if spec.float_flags else bool) for k in _FLAGS]
-        x = Rollout(*floats, *flags)
+        x = RolloutArrays(*floats, *flags)
         if spec.mode == "vmap":
             out = swept(x, jnp.asarray(_SWEEP_GAMMAS, jnp.float32),
                         jnp.asarray(_SWEEP_LAMBDAS, jnp.float32))

@@ -17,7 +17,7 @@ import pytest
 from jaxadv.envs import env_spec, make
 from jaxadv.envs import sequence as seq
 from jaxadv.envs import token as token_module
-from jaxadv.envs.sequence import SequenceTask, decode, last_position, score, target_for
+from jaxadv.envs.sequence import SequenceTask, decode, last_token_position, score, target_for
 from jaxadv.envs.token import (
     TokenEnv,
     check_token_env,
@@ -261,7 +261,7 @@ def test_optimal_policy_scores_one_and_terminates_after_eos(name):
         room_for_eos = env.response_length > m  # "add" here: R = 3 = m, the episode ends at m
         actions = state.target[:m].tolist() + [env.num_digits] * room_for_eos
         for t, action in enumerate(actions):
-            assert int(last_position(obs, env.tokens.pad)) == env.prompt_size + t
+            assert int(last_token_position(obs, env.tokens.pad)) == env.prompt_size + t
             obs, state, r, term, trunc, info = env.step(jax.random.key(t), state, action, params)
             if t < len(actions) - 1:
                 assert not bool(term) and float(r) == 0.0
@@ -271,7 +271,7 @@ def test_optimal_policy_scores_one_and_terminates_after_eos(name):
         final = np.asarray(info["final_observation"])
         if room_for_eos:
             assert final[env.prompt_size + 1 + m] == env.tokens.eos
-        assert int(last_position(final, env.tokens.pad)) == env.prompt_size + len(actions)
+        assert int(last_token_position(final, env.tokens.pad)) == env.prompt_size + len(actions)
         assert int(state.time) == 0  # auto-reset after the final step
 
 
@@ -289,7 +289,7 @@ def test_writing_response_length_digits_terminates():
     ref = _ref_score(target, response, "partial")
     np.testing.assert_allclose(float(r), ref[0], rtol=1e-6)  # 5/6
     assert float(info["exact_match"]) == 0.0 and int(info["response_length"]) == 6
-    assert int(last_position(info["final_observation"], env.tokens.pad)) == env.obs_length - 1
+    assert int(last_token_position(info["final_observation"], env.tokens.pad)) == env.obs_length - 1
 
 
 def test_vmapped_random_policy_over_1000_envs_matches_reference():
@@ -336,7 +336,7 @@ def test_last_position_rule_with_variable_length_prompts():
     obs, state = _batched_reset(name, seed=2)
     assert len(set(np.asarray(state.target_length).tolist())) == 5  # prompts of 1..5 digits
     for t in range(3):  # three digits written in every env
-        got = np.asarray(last_position(obs, pad))
+        got = np.asarray(last_token_position(obs, pad))
         ref = [max(j for j, tok in enumerate(row) if tok != pad) for row in np.asarray(obs)[:50]]
         assert got[:50].tolist() == ref and np.all(got == P + t)
         keys = jax.random.split(jax.random.key(t), _N)

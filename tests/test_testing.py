@@ -234,14 +234,14 @@ def test_references_against_hand_worked_episodes():
     # tests/test_advantages.py::test_hand_worked_episode_boundaries: truncated at t = 1
     # (final observation's value 10), terminated at t = 3
     col = lambda *xs: np.array(xs, np.float64)[:, None]
-    x = kit.Rollout(col(1, 1, 1, 1), col(0, 0, 0, 0), col(0, 10, 0, 99), col(0, 0, 0, 1),
+    x = kit.RolloutArrays(col(1, 1, 1, 1), col(0, 0, 0, 0), col(0, 10, 0, 99), col(0, 0, 0, 1),
                     col(0, 1, 0, 0))
     returns = kit.reference_advantages("returns", x, gamma=0.5)["targets"][:, 0]
     np.testing.assert_allclose(returns, [4, 6, 1.5, 1])
     gae = kit.reference_advantages("gae", x, gamma=0.5, lambda_=1.0)["advantages"][:, 0]
     np.testing.assert_allclose(gae, [4, 6, 1.5, 1])
     # both flags on one step count as a termination
-    both = kit.Rollout(col(1, 1), col(0, 0), col(7, 7), col(1, 0), col(1, 0))
+    both = kit.RolloutArrays(col(1, 1), col(0, 0), col(7, 7), col(1, 0), col(1, 0))
     gae = kit.reference_advantages("gae", both, gamma=0.9, lambda_=0.9)["advantages"][:, 0]
     np.testing.assert_allclose(gae, [1.0, 1.0 + 0.9 * 7.0])
     np.testing.assert_allclose(

@@ -82,13 +82,13 @@ def test_statistics_reject_bad_shapes():
 @pytest.mark.parametrize(
     "text, expected",
     [
-        ("return", variance.Estimator("return")),
-        ("mc", variance.Estimator("mc")),
-        ("mcb", variance.Estimator("mc")),  # the older spelling of mc
-        ("td:unweighted", variance.Estimator("td", None, False)),
-        ("nstep:5", variance.Estimator("nstep", 5)),
-        ("gae:0.95", variance.Estimator("gae", 0.95)),
-        ("gae:1:unweighted", variance.Estimator("gae", 1.0, False)),
+        ("return", variance.EstimatorSpec("return")),
+        ("mc", variance.EstimatorSpec("mc")),
+        ("mcb", variance.EstimatorSpec("mc")),  # the older spelling of mc
+        ("td:unweighted", variance.EstimatorSpec("td", None, False)),
+        ("nstep:5", variance.EstimatorSpec("nstep", 5)),
+        ("gae:0.95", variance.EstimatorSpec("gae", 0.95)),
+        ("gae:1:unweighted", variance.EstimatorSpec("gae", 1.0, False)),
     ],
 )
 def test_parse_estimator_round_trips(text, expected):

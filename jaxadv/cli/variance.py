@@ -18,11 +18,12 @@ import dataclasses
 import math
 import pathlib
 import time
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tyro
 from rich import box
 from rich.console import Console
 from rich.table import Table
@@ -30,6 +31,7 @@ from rich.table import Table
 from jaxadv.cli.outdir import replace_atomically
 from jaxadv.cli.report import write_json
 from jaxadv.engine.devices import seed_groups
+from jaxadv.engine.estimators import ESTIMATORS
 from jaxadv.engine.evaluate import load_run
 from jaxadv.engine.metrics import platform_info
 from jaxadv.engine.train import HParams, TrainConfig, make_trainer
@@ -46,6 +48,16 @@ if TYPE_CHECKING:
 
 __all__ = ["VarianceArgs", "plot_variance", "variance_command"]
 
+_SEQUENCE_HELP = (
+    f"measure the sequence estimators ({', '.join(sequence_exact.REPORT_ESTIMATORS)} by "
+    "default; also " + ", ".join(name for name in sequence_exact.sequence_estimators()
+                                 if name not in sequence_exact.REPORT_ESTIMATORS)
+    + " with --estimators; reinforce is read as return) x loss reductions on a tiny token task "
+    "of this kind, against the exact gradient from enumerating every response (--num-digits, "
+    "--prompt-length, --response-length, ...; a random 1-layer transformer policy).")
+_ESTIMATORS_HELP = "; ".join(
+    f"{form} ({ESTIMATORS[form.partition(':')[0]].summary})" for form in variance.spec_forms()
+) + "; mcb is read as mc; add :unweighted to drop the γ^t state weighting."
 _DEFAULT_ESTIMATORS = ("return", "mc", "td", "nstep:5", "gae:0.5", "gae:0.8", "gae:0.9", "gae:0.95",
                        "gae:0.99", "gae:0.95:unweighted")
 
@@ -69,8 +81,9 @@ class VarianceArgs:
     """random MDP: mean of the rewards (a large offset is what a baseline removes)."""
     policy_scale: float = 1.0
     """random MDP: the policy's logits are N(0, policy_scale²) per state and action."""
-    sequence: Literal["reverse", "sort", "add"] | None = None
-    """measure the sequence estimators (grpo, drgrpo, rloo, batchmean, rfpp, remax, gae, reinforce) x loss reductions on a tiny token task of this kind, against the exact gradient from enumerating every response (--num-digits, --prompt-length, --response-length, ...; a random 1-layer transformer policy)."""
+    sequence: Annotated[Literal["reverse", "sort", "add"] | None,
+                        tyro.conf.arg(help=_SEQUENCE_HELP)] = None
+    """measure the sequence estimators x loss reductions on a tiny token task of this kind, against the exact gradient from enumerating every response (--num-digits, --prompt-length, --response-length, ...; a random 1-layer transformer policy)."""
     num_digits: int = 2
     """--sequence: digit vocabulary (responses: digits + EOS)."""
     prompt_length: int = 3
@@ -105,8 +118,8 @@ class VarianceArgs:
     """with --env: a `jaxadv train` run directory; its latest checkpoint's first seed is the policy."""
     train_timesteps: int = 50_000
     """with --env and no --checkpoint: train default PPO for this many env steps first."""
-    estimators: tuple[str, ...] = _DEFAULT_ESTIMATORS
-    """return (no baseline), mc (return minus the critic; mcb is read as mc), td, nstep:N, gae:LAMBDA; add :unweighted to drop the γ^t state weighting."""
+    estimators: Annotated[tuple[str, ...], tyro.conf.arg(help=_ESTIMATORS_HELP)] = _DEFAULT_ESTIMATORS
+    """the estimators (their spec forms are listed from the estimator table)."""
     batch_sizes: tuple[int, ...] = (16, 64, 256)
     """trajectories per gradient estimate, N."""
     critic: tuple[str, ...] | None = None
@@ -132,7 +145,7 @@ class VarianceArgs:
     def sequence_estimators(self) -> tuple[str, ...]:
         """``estimators``, or every sequence estimator when left at the MDP default."""
         if self.estimators == _DEFAULT_ESTIMATORS:
-            return sequence_exact.ESTIMATORS
+            return sequence_exact.REPORT_ESTIMATORS
         return self.estimators
 
     def sequence_env(self) -> SequenceTask:
@@ -143,9 +156,10 @@ class VarianceArgs:
     def _check_sequence(self) -> VarianceArgs:
         if self.env is not None:
             raise ValueError("`sequence` and `env` exclude each other")
+        allowed = sequence_exact.sequence_estimators()
         for text in self.sequence_estimators:
-            if text not in sequence_exact.ESTIMATORS:
-                raise ValueError(f"estimator {text!r}: with --sequence choose from {', '.join(sequence_exact.ESTIMATORS)}")
+            if sequence_exact.LEGACY_ESTIMATORS.get(text, text) not in allowed:
+                raise ValueError(f"estimator {text!r}: with --sequence choose from {', '.join(allowed)}")
         if not self.reductions:
             raise ValueError("`reductions` must name at least one reduction")
         if self.objectives:
@@ -325,11 +339,13 @@ def write_csv(path: pathlib.Path, rows: list[dict[str, Any]]) -> None:
 
 
 def _lambda(label: str) -> float | None:
-    """λ of an estimator on the GAE axis (td = 0, mc = 1), or ``None``."""
+    """λ of an estimator on the GAE axis (its row's ``gae_lambda``: td = 0, mc = 1; a spec's
+    λ for a row whose ``param`` is λ, e.g. gae), or ``None``."""
     est = variance.parse_estimator(label)
     if not est.weighted:
         return None
-    return {"td": 0.0, "mc": 1.0}.get(est.name, est.param if est.name == "gae" else None)
+    row = ESTIMATORS[est.name]
+    return est.param if row.param == "lambda_" else row.gae_lambda
 
 
 def best_lambda(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -464,7 +480,7 @@ def _sequence_rows(args: VarianceArgs) -> tuple[list[dict[str, Any]], dict[str, 
         reductions=args.reductions, shapes=shapes, num_batches=args.num_batches,
         confidence=args.confidence, devices=args.devices)
     for r in rows:
-        r["critic"] = "exact" if r["estimator"] == "gae" else "none"
+        r["critic"] = "none" if ESTIMATORS[r["estimator"]].critic == "none" else "exact"
     return rows, info
 
 

@@ -63,9 +63,27 @@ import jax.numpy as jnp
 
 from jaxadv import corrections, losses
 
-__all__ = ["ALGORITHMS", "CORRECTIONS", "Algorithm", "Correction", "PolicyLoss", "cispo_loss",
-           "clip_higher_loss", "clipped_ratio_loss", "correction_weights", "gmpo_loss",
-           "gspo_loss", "icepop_loss", "policy_gradient_loss", "sapo_loss"]
+__all__ = ["ALGORITHMS", "CORRECTIONS", "Algorithm", "Correction", "PolicyLoss",
+           "cispo_policy_loss", "clip_higher_loss", "clipped_ratio_loss", "correction_weights",
+           "gmpo_policy_loss", "gspo_policy_loss", "icepop_policy_loss", "pg_policy_loss",
+           "sapo_policy_loss"]
+
+_DEPRECATED = {"policy_gradient_loss": "pg_policy_loss", "gspo_loss": "gspo_policy_loss",
+               "cispo_loss": "cispo_policy_loss", "sapo_loss": "sapo_policy_loss",
+               "gmpo_loss": "gmpo_policy_loss", "icepop_loss": "icepop_policy_loss"}
+
+
+def __getattr__(name: str) -> Any:
+    """The policy losses' names of 0.3.0, which :mod:`jaxadv.losses` and
+    :mod:`jaxadv.corrections` use for their own functions (:data:`_DEPRECATED`), with a
+    ``DeprecationWarning``."""
+    if name in _DEPRECATED:
+        import warnings
+
+        warnings.warn(f"jaxadv.engine.algorithms.{name} is deprecated: use {_DEPRECATED[name]}",
+                      DeprecationWarning, stacklevel=2)
+        return globals()[_DEPRECATED[name]]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 PolicyLoss = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 """``loss(log_prob, old_log_prob, advantages, mask, *, clip_eps, reduction, **extra) -> (loss,
@@ -81,7 +99,7 @@ def clipped_ratio_loss(log_prob, old_log_prob, advantages, mask=None, *, clip_ep
                                 reduction=reduction)
 
 
-def policy_gradient_loss(log_prob, old_log_prob, advantages, mask=None, *, clip_eps: Any = None,
+def pg_policy_loss(log_prob, old_log_prob, advantages, mask=None, *, clip_eps: Any = None,
                          reduction: str = "token") -> tuple[jax.Array, dict[str, jax.Array]]:
     """``−log π · A`` (:func:`jaxadv.losses.policy_gradient_loss`); ``clip_eps`` is unused.
     ``approx_kl`` is reported as PPO reports it, on the rollout's actions."""
@@ -104,7 +122,7 @@ def _per_response(advantages, mask):
     return jnp.sum(weights * advantages, axis=0) / jnp.maximum(jnp.sum(weights, axis=0), 1.0)
 
 
-def gspo_loss(log_prob, old_log_prob, advantages, mask=None, *, clip_eps: Any,
+def gspo_policy_loss(log_prob, old_log_prob, advantages, mask=None, *, clip_eps: Any,
               clip_eps_high: Any, reduction: str = "token") -> tuple[jax.Array, dict[str, jax.Array]]:
     """GSPO (:func:`jaxadv.losses.gspo_loss`) on ``[T, B]`` responses: each response's
     advantage is the mean of its tokens' (a sequence-level estimator puts the same value on
@@ -114,14 +132,14 @@ def gspo_loss(log_prob, old_log_prob, advantages, mask=None, *, clip_eps: Any,
                             clip_high=clip_eps_high)
 
 
-def cispo_loss(log_prob, old_log_prob, advantages, mask=None, *, clip_eps: Any,
+def cispo_policy_loss(log_prob, old_log_prob, advantages, mask=None, *, clip_eps: Any,
                clip_eps_high: Any, reduction: str = "token") -> tuple[jax.Array, dict[str, jax.Array]]:
     """CISPO (:func:`jaxadv.losses.cispo_loss`), ε_low = ``clip_eps`` (1: no lower bound)."""
     return losses.cispo_loss(log_prob, old_log_prob, advantages, mask, clip_low=clip_eps,
                              clip_high=clip_eps_high, reduction=reduction)
 
 
-def sapo_loss(log_prob, old_log_prob, advantages, mask=None, *, clip_eps: Any = None,
+def sapo_policy_loss(log_prob, old_log_prob, advantages, mask=None, *, clip_eps: Any = None,
               sapo_tau_pos: Any, sapo_tau_neg: Any,
               reduction: str = "token") -> tuple[jax.Array, dict[str, jax.Array]]:
     """SAPO (:func:`jaxadv.corrections.sapo_loss`): a sigmoid gate of temperatures
@@ -133,16 +151,16 @@ def sapo_loss(log_prob, old_log_prob, advantages, mask=None, *, clip_eps: Any = 
     return loss, {"clip_fraction": jnp.zeros(()), "approx_kl": info["approx_kl"]}
 
 
-def gmpo_loss(log_prob, old_log_prob, advantages, mask=None, *, clip_eps: Any,
+def gmpo_policy_loss(log_prob, old_log_prob, advantages, mask=None, *, clip_eps: Any,
               clip_eps_high: Any, reduction: str = "token") -> tuple[jax.Array, dict[str, jax.Array]]:
     """GMPO (:func:`jaxadv.corrections.gmpo_loss`) on ``[T, B]`` responses, the log-ratio
     clipped to [−``clip_eps``, ``clip_eps_high``]: each response's advantage is the mean of its
-    tokens' (as :func:`gspo_loss`); ``reduction`` is GMPO's own, a mean over responses."""
+    tokens' (as :func:`gspo_policy_loss`); ``reduction`` is GMPO's own, a mean over responses."""
     return corrections.gmpo_loss(log_prob, old_log_prob, _per_response(advantages, mask), mask,
                                  clip_low=clip_eps, clip_high=clip_eps_high)
 
 
-def icepop_loss(log_prob, old_log_prob, advantages, mask=None, *, clip_eps: Any,
+def icepop_policy_loss(log_prob, old_log_prob, advantages, mask=None, *, clip_eps: Any,
                 clip_eps_high: Any, icepop_alpha: Any, behaviour_log_prob: jax.Array | None = None,
                 reduction: str = "token") -> tuple[jax.Array, dict[str, jax.Array]]:
     """IcePop (:func:`jaxadv.corrections.icepop_loss`): DAPO's clip-higher (ε_low =
@@ -192,25 +210,25 @@ class Algorithm(NamedTuple):
 ALGORITHMS: dict[str, Algorithm] = {
     "ppo": Algorithm("gae", 4, 4, clipped_ratio_loss, True, True,
                      "clipped ratio, epochs x minibatches"),
-    "a2c": Algorithm("gae", 1, 1, policy_gradient_loss, False, False, "one policy-gradient step"),
-    "reinforce": Algorithm("mc", 1, 1, policy_gradient_loss, False, False,
+    "a2c": Algorithm("gae", 1, 1, pg_policy_loss, False, False, "one policy-gradient step"),
+    "reinforce": Algorithm("mc", 1, 1, pg_policy_loss, False, False,
                            "Monte Carlo returns, one policy-gradient step"),
     "dapo": Algorithm("gae", 4, 4, clip_higher_loss, True, True,
                       "DAPO: ratio clipped to [1-clip_eps, 1+clip_eps_high]",
                       loss_hparams=("clip_eps_high",)),
-    "gspo": Algorithm("grpo", 4, 4, gspo_loss, True, False,
+    "gspo": Algorithm("grpo", 4, 4, gspo_policy_loss, True, False,
                       "GSPO: per-response geometric-mean ratio, clipped (episodic)",
                       loss_hparams=("clip_eps_high",), episodic_only=True),
-    "cispo": Algorithm("gae", 4, 4, cispo_loss, True, True,
+    "cispo": Algorithm("gae", 4, 4, cispo_policy_loss, True, True,
                        "CISPO: clipped stop-gradient ratio times log-prob times A",
                        loss_hparams=("clip_eps_high",)),
-    "sapo": Algorithm("gae", 4, 4, sapo_loss, True, True,
+    "sapo": Algorithm("gae", 4, 4, sapo_policy_loss, True, True,
                       "SAPO: a sigmoid gate of the ratio (sapo_tau_pos/neg) in place of the clip",
                       loss_hparams=("sapo_tau_pos", "sapo_tau_neg")),
-    "gmpo": Algorithm("grpo", 4, 4, gmpo_loss, True, False,
+    "gmpo": Algorithm("grpo", 4, 4, gmpo_policy_loss, True, False,
                       "GMPO: geometric mean of the token ratios, clipped in log space (episodic)",
                       loss_hparams=("clip_eps_high",), episodic_only=True),
-    "icepop": Algorithm("gae", 4, 4, icepop_loss, True, True,
+    "icepop": Algorithm("gae", 4, 4, icepop_policy_loss, True, True,
                         "IcePop: clip-higher, tokens whose sampler mismatch leaves "
                         "[1/icepop_alpha, icepop_alpha] dropped",
                         loss_hparams=("clip_eps_high", "icepop_alpha"), behaviour_loss=True),

@@ -95,7 +95,9 @@ class EstimatorArgs(NamedTuple):
 
 
 class Estimator(NamedTuple):
-    """A row of :data:`ESTIMATORS`.
+    """A row of :data:`ESTIMATORS`: the function and what it needs and allows. The trainer's
+    checks (:class:`~jaxadv.engine.train.TrainConfig`), the command line's choices and the
+    variance tooling (:mod:`jaxadv.science.variance`) read these fields, never a name.
 
     Attributes:
       fn: ``fn(x: EstimatorInput, args: EstimatorArgs) -> (advantages, targets)``, ``[T, N]``.
@@ -104,6 +106,19 @@ class Estimator(NamedTuple):
       sequence_level: one advantage per episode (needs episodic rollouts and ``mask``).
       summary: one line for ``--help`` and error messages.
       baseline_optional: runs without a critic too, with ``value = next_value = 0``.
+      min_group_size: the least ``group_size`` it takes (2: it compares the samples of a
+        group).
+      greedy_rollout: it reads ``greedy_returns``: the trainer rolls a greedy response out from
+        the same start beside the sampled ones.
+      continuous: it allows continuous actions (a Q critic needs discrete ones).
+      hparams: the :class:`~jaxadv.engine.train.HParams` fields it reads.
+      param: the :class:`EstimatorArgs` field that a one-number spec ``name:x`` of the variance
+        tooling sets (``"lambda_"``: a number in [0, 1]; ``"n"``: an int >= 1), or ``None``.
+      monte_carlo: the advantage is a sampled return (minus a baseline): it reads
+        ``next_value`` only where the window cuts an episode.
+      gae_lambda: the GAE λ whose advantages it equals (``td``: 0, ``mc``: 1), where the
+        variance tooling plots it on GAE's λ axis; rows whose ``param`` is ``"lambda_"`` sit at
+        their spec's λ.
     """
 
     fn: Callable[[EstimatorInput, EstimatorArgs], tuple[jax.Array, jax.Array]]
@@ -111,6 +126,13 @@ class Estimator(NamedTuple):
     sequence_level: bool
     summary: str
     baseline_optional: bool = False
+    min_group_size: int = 1
+    greedy_rollout: bool = False
+    continuous: bool = True
+    hparams: tuple[str, ...] = ("gamma",)
+    param: Literal["lambda_", "n"] | None = None
+    monte_carlo: bool = False
+    gae_lambda: float | None = None
 
 
 def _baselined(a: jax.Array, x: EstimatorInput) -> tuple[jax.Array, jax.Array]:
@@ -118,7 +140,7 @@ def _baselined(a: jax.Array, x: EstimatorInput) -> tuple[jax.Array, jax.Array]:
     return a, a + x.value
 
 
-def gae(x: EstimatorInput, args: EstimatorArgs) -> tuple[jax.Array, jax.Array]:
+def gae_estimator(x: EstimatorInput, args: EstimatorArgs) -> tuple[jax.Array, jax.Array]:
     """GAE(λ) (:func:`jaxadv.advantages.gae`); targets are the λ-returns ``A + V``."""
     return _baselined(adv.gae(x.reward, x.value, x.next_value, x.terminated, x.truncated,
                               gamma=args.gamma, lambda_=args.lambda_), x)
@@ -175,37 +197,59 @@ def qv(x: EstimatorInput, args: EstimatorArgs) -> tuple[jax.Array, jax.Array]:
     return x.q_value - x.value, targets
 
 
-def _sequence(name: str) -> Callable[[EstimatorInput, EstimatorArgs], tuple[jax.Array, jax.Array]]:
-    """The sequence-level estimator ``name``: the advantage of each column's first episode
+def _sequence(advantages: Callable[..., jax.Array]
+              ) -> Callable[[EstimatorInput, EstimatorArgs], tuple[jax.Array, jax.Array]]:
+    """The sequence-level estimator of ``advantages`` (e.g.
+    :func:`jaxadv.advantages.grpo_advantages`): the advantage of each column's first episode
     (its masked return), on each of its steps; no critic targets."""
 
     def fn(x: EstimatorInput, args: EstimatorArgs) -> tuple[jax.Array, jax.Array]:
-        a = adv.sequence_advantages(name, jnp.sum(x.mask * x.reward, axis=0),
-                                    group_size=args.group_size, greedy_returns=x.greedy_returns,
-                                    eps=args.eps)
+        a = advantages(jnp.sum(x.mask * x.reward, axis=0), group_size=args.group_size,
+                       greedy_returns=x.greedy_returns, eps=args.eps)
         a = jnp.broadcast_to(a, x.reward.shape)
         return a, jnp.zeros_like(a)
 
+    name = advantages.__name__.removesuffix("_advantages")
     fn.__name__ = fn.__qualname__ = name
-    fn.__doc__ = f"``{name}`` (:func:`jaxadv.advantages.sequence_advantages`) on each step."
+    fn.__doc__ = f"``{name}`` (:func:`jaxadv.advantages.{advantages.__name__}`) on each step."
     return fn
 
 
 SEQUENCE_ESTIMATORS = adv.SEQUENCE_ESTIMATORS
-"""The sequence-level estimators: ``grpo``, ``drgrpo``, ``rloo``, ``batchmean``, ``rfpp``,
-``remax``."""
+"""The sequence-level estimators of :func:`jaxadv.advantages.sequence_advantages`: ``grpo``,
+``drgrpo``, ``rloo``, ``batchmean``, ``rfpp``, ``remax`` (the rows of :data:`ESTIMATORS` with
+``sequence_level`` also count rows added at run time)."""
 
 ESTIMATORS: dict[str, Estimator] = {
-    "gae": Estimator(gae, "value", False, "GAE(lambda)"),
+    "gae": Estimator(gae_estimator, "value", False, "GAE(lambda)",
+                     hparams=("gamma", "gae_lambda"), param="lambda_"),
     "vapo": Estimator(vapo, "value", False, "decoupled GAE: gae_lambda (or length-adaptive) "
-                      "for the policy, critic_lambda for the critic's targets"),
-    "td": Estimator(td, "value", False, "one-step TD error"),
-    "nstep": Estimator(nstep, "value", False, "n-step return minus V"),
+                      "for the policy, critic_lambda for the critic's targets",
+                      hparams=("gamma", "gae_lambda", "critic_lambda", "length_alpha"),
+                      param="lambda_"),
+    "td": Estimator(td, "value", False, "one-step TD error", gae_lambda=0.0),
+    "nstep": Estimator(nstep, "value", False, "n-step return minus V", param="n"),
     "mc": Estimator(mc, "value", False, "discounted return minus V (the return without a critic)",
-                    baseline_optional=True),
-    "return": Estimator(plain_return, "none", False, "discounted return, no baseline"),
-    "qv": Estimator(qv, "q", False, "Q(s,a) minus the policy's mean Q, expected-SARSA critic"),
-    **{name: Estimator(_sequence(name), "none", True, f"sequence-level {name}")
-       for name in SEQUENCE_ESTIMATORS},
+                    baseline_optional=True, monte_carlo=True, gae_lambda=1.0),
+    "return": Estimator(plain_return, "none", False, "discounted return, no baseline",
+                        monte_carlo=True),
+    "qv": Estimator(qv, "q", False, "Q(s,a) minus the policy's mean Q, expected-SARSA critic",
+                    continuous=False),
+    "grpo": Estimator(_sequence(adv.grpo_advantages), "none", True,
+                      "sequence-level: group-relative, std-normalised (GRPO)",
+                      min_group_size=2, hparams=()),
+    "drgrpo": Estimator(_sequence(adv.drgrpo_advantages), "none", True,
+                        "sequence-level: group mean baseline, no std (Dr. GRPO)",
+                        min_group_size=2, hparams=()),
+    "rloo": Estimator(_sequence(adv.rloo_advantages), "none", True,
+                      "sequence-level: leave-one-out group baseline (RLOO)",
+                      min_group_size=2, hparams=()),
+    "batchmean": Estimator(_sequence(adv.batchmean_advantages), "none", True,
+                           "sequence-level: REINFORCE, batch-mean baseline", hparams=()),
+    "rfpp": Estimator(_sequence(adv.rfpp_advantages), "none", True,
+                      "sequence-level: REINFORCE++ global normalisation", hparams=()),
+    "remax": Estimator(_sequence(adv.remax_advantages), "none", True,
+                       "sequence-level: the greedy response's return as baseline (ReMax; "
+                       "one more, greedy rollout)", greedy_rollout=True, hparams=()),
 }
 """Every estimator by name (see the module's table)."""

@@ -26,7 +26,7 @@ target.
   ``response_length``. The prompt is **left-padded**, so it always ends right
   before ``SEP`` (at index ``P``), whatever its length. Response tokens are never
   ``PAD``, so **the last filled position** — where a causal model reads off the next
-  token — is the index of the last non-``PAD`` token: ``last_position(obs, pad) =
+  token — is the index of the last non-``PAD`` token: ``last_token_position(obs, pad) =
   P + t`` after ``t`` response tokens (``P``, i.e. ``SEP``, before the first).
 * Episode: terminates (``terminated=True``, never ``truncated``) when the policy
   emits ``EOS`` or has written ``R`` digits; the reward comes at that step and is 0
@@ -59,7 +59,7 @@ __all__ = [
     "SequenceTask",
     "Tokens",
     "decode",
-    "last_position",
+    "last_token_position",
     "make_sequence",
     "score",
     "target_for",
@@ -233,16 +233,30 @@ def score(
     return value - penalty, exact
 
 
-def last_position(obs: jax.Array, pad: int) -> jax.Array:
+def __getattr__(name: str) -> Any:
+    """``last_position``, :func:`last_token_position`'s name of 0.3.0 (the transformer's own
+    is :func:`jaxadv.nets.transformer.last_position`), with a ``DeprecationWarning``."""
+    if name == "last_position":
+        import warnings
+
+        warnings.warn("jaxadv.envs.sequence.last_position is deprecated: use "
+                      "last_token_position", DeprecationWarning, stacklevel=2)
+        return last_token_position
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def last_token_position(obs: jax.Array, pad: int) -> jax.Array:
     """Index of the last non-``PAD`` token in ``obs [..., L]`` (int32 ``[...]``).
 
     In a :class:`SequenceTask` observation this is ``P + t`` after ``t`` response
     tokens — ``SEP``'s index ``P`` before the first — for prompts of any length (they
     are left-padded), i.e. the position whose causal-model output predicts the next
-    token. ``obs`` may be float (as :func:`jaxadv.envs.make` returns it) or int.
+    token. ``obs`` may be float (as :func:`jaxadv.envs.make` returns it) or int. (An
+    all-``PAD`` ``obs``, which no task observes, gives ``L − 1``, where
+    :func:`jaxadv.nets.transformer.last_position` gives 0.)
 
     >>> import jax.numpy as jnp
-    >>> int(last_position(jnp.array([12, 3, 1, 10, 1, 12, 12.0]), pad=12))
+    >>> int(last_token_position(jnp.array([12, 3, 1, 10, 1, 12, 12.0]), pad=12))
     4
     """
     filled = jnp.asarray(obs) != pad

@@ -30,7 +30,7 @@ with ``norm`` as :func:`jaxadv.losses.policy_gradient_loss`'s ``reduction`` sets
 * ``"sequence"``: ``G·K·n_i`` (the mean over responses of per-response token means);
 * ``"constant"``: ``G·K·R``.
 
-Estimators (:data:`ESTIMATORS`, rows of the estimator table :data:`jaxadv.engine.estimators.ESTIMATORS`):
+Estimators (:data:`REPORT_ESTIMATORS`, rows of the estimator table :data:`jaxadv.engine.estimators.ESTIMATORS`):
 ``"return"`` (``A = r``, no baseline; ``"reinforce"`` is read as ``"return"``), the
 critic-free ones of :func:`jaxadv.advantages.sequence_advantages` (``"batchmean"``,
 ``"grpo"``, ``"drgrpo"``, ``"rloo"``, ``"rfpp"``, ``"remax"`` with the exact greedy
@@ -88,9 +88,9 @@ from jaxadv.science.variance import gradient_statistics
 from jaxadv.validate import positive_int
 
 __all__ = [
-    "ESTIMATORS",
-    "LEGACY_NAMES",
+    "LEGACY_ESTIMATORS",
     "REDUCTIONS",
+    "REPORT_ESTIMATORS",
     "Responses",
     "SequenceTables",
     "enumerate_responses",
@@ -103,15 +103,37 @@ __all__ = [
     "response_rewards",
     "response_tokens",
     "sample_sequence_gradients",
+    "sequence_estimators",
     "sequence_report",
     "sequence_tables",
     "token_log_probs",
 ]
 
-ESTIMATORS = ("return", "batchmean", "grpo", "drgrpo", "rloo", "rfpp", "remax", "gae")
-"""The estimators :func:`sequence_report` compares: rows of :data:`jaxadv.engine.estimators.ESTIMATORS`."""
-LEGACY_NAMES = {"reinforce": "return"}
+REPORT_ESTIMATORS = ("return", "batchmean", "grpo", "drgrpo", "rloo", "rfpp", "remax", "gae")
+"""The estimators :func:`sequence_report` compares by default (the module's analysis knows
+each one's scale): rows of :data:`jaxadv.engine.estimators.ESTIMATORS`."""
+LEGACY_ESTIMATORS = {"reinforce": "return"}
 """Older spellings still read: ``reinforce`` (the reward, no baseline) is ``return``."""
+_DEPRECATED = {"ESTIMATORS": "REPORT_ESTIMATORS", "LEGACY_NAMES": "LEGACY_ESTIMATORS"}
+
+
+def __getattr__(name: str) -> Any:
+    """The names of 0.3.0 renamed since (``ESTIMATORS``, ``LEGACY_NAMES``), with a
+    ``DeprecationWarning``."""
+    if name in _DEPRECATED:
+        import warnings
+
+        warnings.warn(f"jaxadv.science.sequence_exact.{name} is deprecated: use "
+                      f"{_DEPRECATED[name]}", DeprecationWarning, stacklevel=2)
+        return globals()[_DEPRECATED[name]]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def sequence_estimators() -> tuple[str, ...]:
+    """Every row of :data:`jaxadv.engine.estimators.ESTIMATORS` this module computes, in table
+    order (rows added at run time included): all but a Q critic's. Those outside
+    :data:`REPORT_ESTIMATORS` are compared with a target scale of 1."""
+    return tuple(name for name, row in ESTIMATOR_TABLE.items() if row.critic != "q")
 _UNBIASED = ("return", "rloo", "remax", "gae", "batchmean", "drgrpo")  # with "constant"
 _MAX_RESPONSES = 200_000
 
@@ -524,11 +546,11 @@ def sequence_tables(
 def _check_names(estimators, reductions, shapes):
     """The names as tuples (older spellings replaced) and the shapes as int pairs, or a
     ``ValueError`` naming the bad one."""
-    estimators = tuple(LEGACY_NAMES.get(e, e) for e in estimators)
+    estimators = tuple(LEGACY_ESTIMATORS.get(e, e) for e in estimators)
     reductions = tuple(reductions)
     for e in estimators:
-        if e not in ESTIMATORS:
-            raise ValueError(f"`estimators`: {e!r} is not one of {ESTIMATORS}")
+        if e not in sequence_estimators():
+            raise ValueError(f"`estimators`: {e!r} is not one of {sequence_estimators()}")
     for r in reductions:
         if r not in REDUCTIONS:
             raise ValueError(f"`reductions`: {r!r} is not one of {REDUCTIONS}")
@@ -552,7 +574,7 @@ def _advantages(name, returns, values, mask, greedy, group_size, eps):
     v = values.T
     next_v = jnp.concatenate([v[1:], jnp.zeros_like(v[:1])], axis=0)
     x = EstimatorInput(rewards, v, next_v, terminated, jnp.zeros_like(terminated), mask=mask.T,
-                       greedy_returns=greedy if name == "remax" else None)
+                       greedy_returns=greedy if ESTIMATOR_TABLE[name].greedy_rollout else None)
     args = EstimatorArgs(gamma=1.0, lambda_=1.0, group_size=group_size, eps=eps)
     return ESTIMATOR_TABLE[name].fn(x, args)[0]
 
@@ -568,7 +590,7 @@ def sample_sequence_gradients(
     key: jax.Array,
     tables: SequenceTables,
     *,
-    estimators: Sequence[str] = ESTIMATORS,
+    estimators: Sequence[str] = REPORT_ESTIMATORS,
     reductions: Sequence[str] = REDUCTIONS,
     shapes: Sequence[tuple[int, int]] = ((4, 4),),
     num_batches: int = 1000,
@@ -588,7 +610,7 @@ def sample_sequence_gradients(
     Args:
       key: PRNG key.
       tables: :func:`sequence_tables`.
-      estimators: names from :data:`ESTIMATORS` (static).
+      estimators: names from :func:`sequence_estimators` (static).
       reductions: names from :data:`REDUCTIONS` (static).
       shapes: ``(G, K)`` pairs (static), ``K ≥ 2``.
       num_batches: independent batches (static); run by ``jax.lax.map``, one compile,
@@ -651,7 +673,7 @@ def sequence_report(
     env: Any,
     prompts: Any,
     *,
-    estimators: Sequence[str] = ESTIMATORS,
+    estimators: Sequence[str] = REPORT_ESTIMATORS,
     reductions: Sequence[str] = REDUCTIONS,
     shapes: Sequence[tuple[int, int]] = ((4, 4),),
     num_batches: int = 1000,
@@ -723,10 +745,11 @@ def sequence_report(
         for e, name in enumerate(estimators):
             for r, red in enumerate(reductions):
                 scale = float(raw.response_length) if red == "constant" else mean_tokens
-                x = estimates[s, e, r].astype(np.float64) * (scale / target[name])
+                x = estimates[s, e, r].astype(np.float64) * (scale / target.get(name, 1.0))
                 rows.append({
                     "estimator": name, "reduction": red, "prompts": g_count, "group_size": k,
-                    "batch_size": g_count * k, "scale": scale, "target_scale": target[name],
+                    "batch_size": g_count * k, "scale": scale,
+                    "target_scale": target.get(name, 1.0),
                     "unbiased_in_theory": red == "constant" and name in _UNBIASED,
                     **gradient_statistics(x, g, confidence=confidence),
                     **_perp_statistics(x, g, confidence),

@@ -6,7 +6,7 @@ distribution. One *trajectory* ``i`` (an episode from ``t = 0`` to its end, at m
 
     ``ĝ_i = Σ_t w_t Â_t ∇_θ log π_θ(a_t | s_t)``,   ``w_t = γ^t`` (or 1: "unweighted"),
 
-with ``Â_t`` one of the estimators of :mod:`jaxadv.advantages` (:class:`Estimator`);
+with ``Â_t`` one of the estimators of :mod:`jaxadv.advantages` (:class:`EstimatorSpec`);
 a batch of ``N`` trajectories averages ``N`` of them. With ``w_t = γ^t`` and
 ``E[Â_t | s_t, a_t] = Q(s_t, a_t) − b(s_t)`` the estimate is unbiased (policy-gradient
 theorem); dropping ``γ^t`` — as most implementations do — is not, and neither is a
@@ -51,37 +51,66 @@ from jaxadv.validate import positive_int
 
 __all__ = [
     "ESTIMATOR_NAMES",
-    "LEGACY_NAMES",
-    "Estimator",
+    "LEGACY_SPECS",
+    "EstimatorSpec",
     "GradientSamples",
     "critic_values",
     "gradient_statistics",
     "mdp_report",
+    "measurable_estimators",
     "network_report",
     "parse_critic",
     "parse_estimator",
     "sample_gradients",
+    "spec_forms",
     "train_state_report",
 ]
 
-ESTIMATOR_NAMES = ("return", "mc", "td", "nstep", "gae")
-"""The estimators this module measures: rows of :data:`jaxadv.engine.estimators.ESTIMATORS`."""
-LEGACY_NAMES = {"mcb": "mc"}
+
+def measurable_estimators() -> tuple[str, ...]:
+    """The rows of :data:`jaxadv.engine.estimators.ESTIMATORS` this module measures, in table
+    order (rows added at run time included): those of one advantage per step with a value
+    critic or none (not the sequence-level ones, not a Q critic's)."""
+    return tuple(name for name, row in ESTIMATORS.items()
+                 if not row.sequence_level and row.critic != "q")
+
+
+ESTIMATOR_NAMES = measurable_estimators()
+"""The estimators this module measures, as the table held them at import
+(:func:`measurable_estimators`): ``gae``, ``vapo``, ``td``, ``nstep``, ``mc``, ``return``."""
+LEGACY_SPECS = {"mcb": "mc"}
 """Older spellings :func:`parse_estimator` still reads: ``mcb`` (return minus the critic)
 is ``mc``, as everywhere else in jaxadv."""
 _UNWEIGHTED = "unweighted"
+_PARAM_METAVARS = {"lambda_": "LAMBDA", "n": "N"}  # an EstimatorArgs field -> its spec's metavar
+_DEPRECATED = {"Estimator": "EstimatorSpec", "LEGACY_NAMES": "LEGACY_SPECS"}
 
 
-class Estimator(NamedTuple):
+def __getattr__(name: str) -> Any:
+    """The names of 0.3.0 renamed since (:data:`_DEPRECATED`), with a ``DeprecationWarning``."""
+    if name in _DEPRECATED:
+        import warnings
+
+        warnings.warn(f"jaxadv.science.variance.{name} is deprecated: use {_DEPRECATED[name]}",
+                      DeprecationWarning, stacklevel=2)
+        return globals()[_DEPRECATED[name]]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class EstimatorSpec(NamedTuple):
     """One advantage estimator applied inside ``ĝ = Σ_t w_t Â_t ∇ log π(a_t|s_t)``.
 
     Attributes:
-      name: ``"return"`` (discounted return ``G_t``, no baseline), ``"mc"`` (``G_t − V̂(s_t)``),
-        ``"td"`` (``δ_t``), ``"nstep"`` (n-step return ``− V̂``) or ``"gae"`` (GAE(λ)): the
-        rows of :data:`jaxadv.engine.estimators.ESTIMATORS`.
-        Monte Carlo returns never bootstrap (the episode's end, truncation included,
-        ends the objective); the critic-based ones bootstrap at truncation as in training.
-      param: ``n`` for ``nstep``, ``λ`` for ``gae``, else ``None``.
+      name: a row of :data:`jaxadv.engine.estimators.ESTIMATORS` this module measures
+        (:func:`measurable_estimators`: ``"gae"`` (GAE(λ)), ``"vapo"``, ``"td"`` (``δ_t``),
+        ``"nstep"`` (n-step return ``− V̂``), ``"mc"`` (``G_t − V̂(s_t)``), ``"return"``
+        (discounted return ``G_t``, no baseline)), computed by the row's function. The
+        objective here ends at the window's end, so the Monte Carlo rows (``monte_carlo``)
+        get ``V(s_{t+1}) = 0`` where the window cuts an episode (the return is the
+        objective's, never bootstrapped); the critic-based ones bootstrap there as in
+        training.
+      param: the value of the row's ``param`` (``λ`` for ``gae``, ``n`` for ``nstep``), else
+        ``None``.
       weighted: weight step ``t`` by ``γ^t`` (the gradient of the discounted objective);
         ``False`` gives the common estimator that drops it.
     """
@@ -101,12 +130,41 @@ class Estimator(NamedTuple):
         return ":".join(parts)
 
 
-def parse_estimator(text: str) -> Estimator:
-    """Read ``"return"``, ``"mc"``, ``"td"``, ``"nstep:N"``, ``"gae:λ"``, each optionally
-    followed by ``":unweighted"`` (and the older spelling ``"mcb"`` of ``"mc"``).
+def spec_forms() -> tuple[str, ...]:
+    """The spec forms :func:`parse_estimator` reads, one per row of
+    :func:`measurable_estimators`: its name, with ``:LAMBDA`` or ``:N`` for a row whose
+    ``param`` is ``λ`` or ``n`` (e.g. ``"gae:LAMBDA"``, ``"td"``)."""
+    return tuple(name if ESTIMATORS[name].param is None
+                 else f"{name}:{_PARAM_METAVARS[ESTIMATORS[name].param]}"
+                 for name in measurable_estimators())
+
+
+def _allowed() -> str:
+    return f"{', '.join(spec_forms())} (each optionally with ':unweighted')"
+
+
+def _spec_param(text: str, field: str, value: str) -> float | int:
+    """The number of a spec ``name:value`` for the :class:`EstimatorArgs` ``field``."""
+    if field == "n":
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError(f"estimator {text!r}: n must be an integer >= 1, got {value!r}")
+        return int(value)
+    try:
+        lam = float(value)
+    except ValueError:
+        lam = math.nan
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"estimator {text!r}: λ must be a number in [0, 1], got {value!r}")
+    return lam
+
+
+def parse_estimator(text: str) -> EstimatorSpec:
+    """Read a spec ``name``, or ``name:x`` for a row with a ``param`` (``"gae:λ"``,
+    ``"nstep:N"``), each optionally followed by ``":unweighted"`` (and the older spelling
+    ``"mcb"`` of ``"mc"``); ``name`` is one of :func:`measurable_estimators`.
 
     >>> parse_estimator("gae:0.95")
-    Estimator(name='gae', param=0.95, weighted=True)
+    EstimatorSpec(name='gae', param=0.95, weighted=True)
     >>> parse_estimator("nstep:5:unweighted").label
     'nstep:5:unweighted'
     """
@@ -114,30 +172,19 @@ def parse_estimator(text: str) -> Estimator:
     weighted = parts[-1] != _UNWEIGHTED
     if not weighted:
         parts = parts[:-1]
-    name, args = LEGACY_NAMES.get(parts[0], parts[0]), parts[1:]
-    allowed = "return, mc, td, nstep:N, gae:LAMBDA (each optionally with ':unweighted')"
-    if name not in ESTIMATOR_NAMES:
-        raise ValueError(f"estimator {text!r}: unknown name {name!r}; allowed: {allowed}")
-    needs = name in ("nstep", "gae")
-    if len(args) != int(needs):
-        raise ValueError(f"estimator {text!r}: {name} takes {'one' if needs else 'no'} parameter; allowed: {allowed}")
-    if name == "nstep":
-        if not args[0].isdigit() or int(args[0]) < 1:
-            raise ValueError(f"estimator {text!r}: n must be an integer >= 1, got {args[0]!r}")
-        return Estimator(name, int(args[0]), weighted)
-    if name == "gae":
-        try:
-            lam = float(args[0])
-        except ValueError:
-            lam = math.nan
-        if not 0.0 <= lam <= 1.0:
-            raise ValueError(f"estimator {text!r}: λ must be a number in [0, 1], got {args[0]!r}")
-        return Estimator(name, lam, weighted)
-    return Estimator(name, None, weighted)
+    name, args = LEGACY_SPECS.get(parts[0], parts[0]), parts[1:]
+    if name not in measurable_estimators():
+        raise ValueError(f"estimator {text!r}: unknown name {name!r}; allowed: {_allowed()}")
+    field = ESTIMATORS[name].param
+    if len(args) != int(field is not None):
+        raise ValueError(f"estimator {text!r}: {name} takes {'no' if field is None else 'one'} "
+                         f"parameter; allowed: {_allowed()}")
+    return EstimatorSpec(name, None if field is None else _spec_param(text, field, args[0]),
+                         weighted)
 
 
 def estimator_advantages(
-    est: Estimator,
+    est: EstimatorSpec,
     reward: jax.Array,
     value: jax.Array,
     next_value: jax.Array,
@@ -147,14 +194,17 @@ def estimator_advantages(
     gamma: Any,
 ) -> jax.Array:
     """``Â [T, *B]`` of ``est`` from time-major ``[T, *B]`` arrays, by the estimator table
-    (:data:`jaxadv.engine.estimators.ESTIMATORS`). Monte Carlo returns (``return``, ``mc``) never
-    bootstrap: the episode's end, truncation included, ends the objective."""
-    if est.name in ("return", "mc"):
+    (:data:`jaxadv.engine.estimators.ESTIMATORS`). The Monte Carlo rows (``monte_carlo``:
+    ``return``, ``mc``) never bootstrap: the episode's end, truncation included, ends the
+    objective. Settings the spec does not give: ``λ = 1``, ``n = 1``."""
+    row = ESTIMATORS[est.name]
+    if row.monte_carlo:
         next_value = jnp.zeros_like(next_value)
     x = EstimatorInput(reward, value, next_value, terminated, truncated)
-    args = EstimatorArgs(gamma=gamma, lambda_=est.param if est.name == "gae" else 1.0,
-                         n=int(est.param) if est.name == "nstep" else 1)
-    return ESTIMATORS[est.name].fn(x, args)[0]
+    settings: dict[str, Any] = {"lambda_": 1.0, "n": 1}
+    if row.param is not None:
+        settings[row.param] = est.param
+    return row.fn(x, EstimatorArgs(gamma=gamma, **settings))[0]
 
 
 class GradientSamples(NamedTuple):
@@ -181,7 +231,7 @@ def sample_gradients(
     env_params: Any,
     horizon: int,
     gamma: float,
-    estimators: Sequence[Estimator],
+    estimators: Sequence[EstimatorSpec],
     batch_sizes: Sequence[int],
     num_batches: int,
     obs_stats: Any = None,
@@ -430,7 +480,7 @@ def mdp_report(
     mdp: exact.TabularMDP,
     logits: jax.Array,
     *,
-    estimators: Sequence[str | Estimator],
+    estimators: Sequence[str | EstimatorSpec],
     batch_sizes: Sequence[int],
     critics: Sequence[str] = ("exact",),
     num_batches: int = 200,
@@ -444,7 +494,7 @@ def mdp_report(
       key: PRNG key. The same trajectories serve every critic and estimator.
       mdp: the MDP (``gamma`` is the objective's discount).
       logits: ``[S, A]`` the softmax policy's parameters.
-      estimators: :func:`parse_estimator` specs (or :class:`Estimator` s).
+      estimators: :func:`parse_estimator` specs (or :class:`EstimatorSpec` s).
       batch_sizes: trajectories per batch, ``N``.
       critics: :func:`parse_critic` specs.
       num_batches: ``M`` independent batches per ``N``.
@@ -486,8 +536,8 @@ def mdp_report(
     return rows, info
 
 
-def _check_common(estimators, batch_sizes, num_batches) -> tuple[Estimator, ...]:
-    ests = tuple(e if isinstance(e, Estimator) else parse_estimator(e) for e in estimators)
+def _check_common(estimators, batch_sizes, num_batches) -> tuple[EstimatorSpec, ...]:
+    ests = tuple(e if isinstance(e, EstimatorSpec) else parse_estimator(e) for e in estimators)
     if not ests:
         raise ValueError("`estimators` must not be empty")
     if not batch_sizes or any(not isinstance(n, int | np.integer) or n < 1 for n in batch_sizes):
@@ -521,7 +571,7 @@ def network_report(
     policy: Policy,
     gamma: float,
     horizon: int,
-    estimators: Sequence[str | Estimator],
+    estimators: Sequence[str | EstimatorSpec],
     batch_sizes: Sequence[int],
     num_batches: int = 100,
     reference_factor: int = 100,
@@ -550,7 +600,7 @@ def network_report(
     key_sample, key_ref = jax.random.split(key)
     n_max, ref_batches = max(batch_sizes), 100
     ref_size = max(1, math.ceil(reference_factor * n_max / ref_batches))
-    ref = draw(key_ref, (Estimator("mc"),), (ref_size,), ref_batches)
+    ref = draw(key_ref, (EstimatorSpec("mc"),), (ref_size,), ref_batches)
     ref_means = np.asarray(ref.estimates[0, 0], np.float64)  # [100, D]
     g = ref_means.mean(0)
     ref_error = math.sqrt(float(np.sum(np.var(ref_means, axis=0, ddof=1))) / ref_batches)
@@ -571,7 +621,7 @@ def train_state_report(
     gamma: float,
     obs_stats: Any = None,
     critic: str = "network",
-    estimators: Sequence[str | Estimator],
+    estimators: Sequence[str | EstimatorSpec],
     batch_sizes: Sequence[int],
     num_batches: int = 100,
     reference_factor: int = 100,
@@ -604,7 +654,7 @@ def train_state_report(
     if config.normalize_obs and obs_stats is None:
         raise ValueError("the run normalised observations: pass its `obs_stats`")
     apply = trainer.network.apply  # on observations normalised by obs_stats
-    q_critic = config.estimator == "qv"
+    q_critic = ESTIMATORS[config.estimator].critic == "q"
 
     def critic_fn(p, x):
         if critic == "zero":
