@@ -33,6 +33,7 @@ from rich.table import Table
 from jaxadv.cli.outdir import OutputLock, check_fresh, find_run, remove_run, replace_atomically
 from jaxadv.cli.report import write_json
 from jaxadv.cli.sweep import sweep_resume_args
+from jaxadv.engine.architectures import NETWORKS
 from jaxadv.engine.checkpoint import SweepChunks
 from jaxadv.engine.driver import RunStopped
 from jaxadv.engine.evaluate import RunCheckpoint, episode_states, evaluate, load_run
@@ -148,7 +149,7 @@ def _evaluate_run(args: EvalArgs) -> dict[str, Any]:
         run = load_sweep_point(args.run_dir, args.point)
     if args.render is not None:
         check_render(run.config.env, args.render)
-        if run.config.env == "Gridworld-v0" and run.config.network == "gru":
+        if run.config.env == "Gridworld-v0" and NETWORKS[run.config.network].recurrent:
             raise ValueError("`render`: a recurrent policy's action in a cell depends on the "
                              "path that led there, so it has no one picture; evaluate it without "
                              "--render")

@@ -2,7 +2,7 @@
 
 :class:`~jaxadv.engine.train.TrainConfig` is a plain dataclass of the engine, which imports no
 command-line library. Here it gains what ``--help`` shows beyond its field docstrings: the
-choices of ``--algo`` and ``--estimator`` described from their tables' rows, and the
+choices of ``--algo``, ``--estimator`` and ``--network`` described from their tables' rows, and the
 fields that are not flags (``env_kwargs``, set by Python callers and by presets). Commands
 parse :class:`TrainOptions` and hand the engine a plain ``TrainConfig`` (:func:`plain`).
 """
@@ -10,20 +10,29 @@ parse :class:`TrainOptions` and hand the engine a plain ``TrainConfig`` (:func:`
 from __future__ import annotations
 
 import dataclasses
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import tyro
 
 from jaxadv.engine.algorithms import ALGORITHMS
+from jaxadv.engine.architectures import NETWORKS
 from jaxadv.engine.estimators import ESTIMATORS
 from jaxadv.engine.train import AlgoName, EstimatorName, TrainConfig
 
-__all__ = ["TrainOptions", "plain", "table_help"]
+__all__ = ["TrainOptions", "network_help", "plain", "table_help"]
 
 
 def table_help(table: dict[str, Any], what: str) -> str:
     """``--help`` text of a choice among a table's rows: ``what: name (summary); ...``."""
     return f"{what}: " + "; ".join(f"{name} ({row.summary})" for name, row in table.items()) + "."
+
+
+def network_help() -> str:
+    """``--network``'s help: each row of :data:`~jaxadv.engine.architectures.NETWORKS` with its
+    summary, then the rows that are the default for image and for flat observations."""
+    defaults = [f"{name} for {row.default_for} observations" for name, row in NETWORKS.items()
+                if row.default_for]
+    return f"{table_help(NETWORKS, 'network')[:-1]}; default: {', '.join(defaults)}."
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +43,10 @@ class TrainOptions(TrainConfig):
     estimator: Annotated[EstimatorName | None, tyro.conf.arg(help=table_help(
         ESTIMATORS, "advantage estimator (default: the algorithm's; the sequence-level "
         "ones need --episodic)"))] = None
+    # A string under ``from __future__ import annotations``, evaluated when tyro reads the
+    # class: the choices and help of the table as it is then (rows added at run time count).
+    network: Annotated[Literal[tuple(NETWORKS)] | None,  # type: ignore[valid-type]
+                       tyro.conf.arg(help=network_help())] = None
     env_kwargs: tyro.conf.Suppress[tuple[tuple[str, Any], ...]] = ()
 
 

@@ -38,13 +38,19 @@ from typing import Any, Literal, NamedTuple
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
 from jaxadv import advantages as adv
 from jaxadv import losses
 from jaxadv.engine.algorithms import ALGORITHMS, CORRECTIONS, Algorithm, correction_weights
+from jaxadv.engine.architectures import (
+    NETWORK_NAMES,
+    NETWORKS,
+    check_network,
+    default_network,
+    training_sequences,
+)
 from jaxadv.engine.estimators import ESTIMATORS as ESTIMATOR_TABLE
 from jaxadv.engine.estimators import SEQUENCE_ESTIMATORS, Estimator, EstimatorArgs, EstimatorInput
 from jaxadv.engine.rollout import (
@@ -70,8 +76,8 @@ from jaxadv.envs import (
     running_mean_std_update,
 )
 from jaxadv.envs.token import check_token_env, metric_keys, response_length
-from jaxadv.nets.networks import Network, make_network
-from jaxadv.nets.transformer import last_position, make_transformer
+from jaxadv.nets.networks import Network
+from jaxadv.nets.transformer import last_position
 from jaxadv.validate import attribute_docs, check_choice, hparam, hparam_specs, positive_int
 
 __all__ = [
@@ -81,6 +87,7 @@ __all__ = [
     "ESTIMATORS",
     "EVAL_STREAM",
     "HPARAM_SPECS",
+    "NETWORK_NAMES",
     "NONFINITE",
     "SEQUENCE_ESTIMATORS",
     "Batch",
@@ -119,6 +126,7 @@ NONFINITE = ("loss", "grad", "params")
 ``NONFINITE[i]`` held a NaN or ±inf at the update's first optimiser step that had one."""
 
 AlgoName = Literal[ALGOS]  # type: ignore[valid-type]
+NetworkName = Literal[NETWORK_NAMES]  # type: ignore[valid-type]
 EstimatorName = Literal[ESTIMATORS]  # type: ignore[valid-type]
 Reduction = Literal[losses.REDUCTIONS]  # type: ignore[valid-type]
 KLEstimator = Literal[losses.KL_ESTIMATORS]  # type: ignore[valid-type]
@@ -208,8 +216,8 @@ class TrainConfig:
     """divide rewards by the running std of the discounted return."""
     env_kwargs: tuple[tuple[str, Any], ...] = ()
     """keyword arguments of the environment's constructor, as (name, value) pairs."""
-    network: Literal["mlp", "cnn", "gru", "transformer"] | None = None
-    """mlp (actor-critic MLPs of --hidden), cnn (a 3x3 convolution of 16 channels before each MLP torso, for image observations such as MinAtar's 10x10xC grids), gru (a recurrent actor-critic: dense layers of --hidden, the last width a GRU whose state is carried through the rollout and reset at episode ends; for partial observability) or transformer (causal, over a token observation: envs with vocab_size and tokens.pad, e.g. Sequence-v0); default: cnn for image observations, else mlp."""
+    network: NetworkName | None = None
+    """the policy/critic network, a row of jaxadv.engine.architectures.NETWORKS (``--help`` lists them); default: the row that is the default for the env's observations (image or flat)."""
     seq_len: int | None = None
     """--network gru: steps per training sequence; the update re-runs the GRU along whole sequences (num_steps / seq_len per env, each from the hidden state the rollout stored at its first step), and a minibatch holds whole sequences, split over envs. Default: num_steps."""
     burn_in: int = 0
@@ -276,8 +284,6 @@ class TrainConfig:
         self._check_fields()
         self._check_corrections()
         self._check_combinations()
-        if self.network == "transformer":
-            self._check_token_env()
 
     def _check_fields(self) -> None:
         """Each field on its own: types, ranges, choices."""
@@ -295,12 +301,9 @@ class TrainConfig:
             raise ValueError(f"`hidden` must be a non-empty tuple of positive ints, got {self.hidden!r}")
         check_choice("activation", self.activation, ("tanh", "relu"))
         object.__setattr__(self, "env_kwargs", _env_kwargs_pairs(self.env_kwargs))
-        if self.network is None:  # image observations get the convolutional torso
-            object.__setattr__(self, "network", "mlp" if self.spec.image_shape is None else "cnn")
-        check_choice("network", self.network, ("mlp", "cnn", "gru", "transformer"))
-        if self.network == "cnn" and self.spec.image_shape is None:
-            raise ValueError(f"`network` = 'cnn' needs image observations (H, W, C); `env` = "
-                             f"{self.env!r} observes shape {self.spec.obs_shape}")
+        if self.network is None:  # the table's default for these observations
+            object.__setattr__(self, "network", default_network(self.spec.image_shape is not None))
+        check_choice("network", self.network, tuple(NETWORKS))  # the live table
         check_choice("loss_reduction", self.loss_reduction, losses.REDUCTIONS)
         check_choice("kl", self.kl, KL_MODES)
         check_choice("kl_estimator", self.kl_estimator, losses.KL_ESTIMATORS)
@@ -377,29 +380,19 @@ class TrainConfig:
                 raise ValueError(
                     f"`micro_batch_size` = {self.micro_batch_size} must divide the minibatch "
                     f"num_envs * num_steps / num_minibatches = {self.minibatch_size}")
-        if self.warm_start_steps and self.network != "transformer":
-            raise ValueError("`warm_start_steps` > 0 needs `network` = 'transformer' (teacher forcing)")
-        self._check_recurrent()
+        self._check_network()
 
-    def _check_recurrent(self) -> None:
-        """``seq_len`` and ``burn_in`` belong to ``network = 'gru'``, which does not combine
-        with what re-evaluates a policy outside its sequences."""
+    def _check_network(self) -> None:
+        """What the network's row needs and supports (:func:`~jaxadv.engine.architectures.
+        check_network`), a token network's environment, and a sequence network's
+        ``seq_len`` and ``burn_in``."""
         positive_int("burn_in", self.burn_in, minimum=0)
-        if self.network != "gru":
-            if self.seq_len is not None or self.burn_in:
-                raise ValueError("`seq_len` and `burn_in` cut a recurrent policy's training "
-                                 f"sequences: they need `network` = 'gru', got {self.network!r}")
+        check_network(self)
+        row = NETWORKS[self.network]
+        if row.tokens:
+            self._check_token_env()
+        if row.sequences is None:
             return
-        unsupported = {"episodic": self.episodic, "shared_torso": self.shared_torso,
-                       "image observations": self.spec.image_shape is not None,
-                       "kl": self.kl != "none", "micro_batch_size": bool(self.micro_batch_size),
-                       "behaviour_temperature": self.behaviour_temperature is not None,
-                       "behaviour_precision": self.behaviour_precision != "float32",
-                       "temperature": self.temperature != 1.0}
-        bad = [name for name, on in unsupported.items() if on]
-        if bad:
-            raise ValueError(f"`network` = 'gru' does not support {', '.join(bad)}: it trains "
-                             "one recurrent torso on whole sequences of a continuing rollout")
         if self.seq_len is None:
             object.__setattr__(self, "seq_len", self.num_steps)
         positive_int("seq_len", self.seq_len)
@@ -470,15 +463,13 @@ class TrainConfig:
                              "advantages)")
 
     def _check_token_env(self) -> None:
-        """A transformer policy reads token ids: the env must be a token environment."""
+        """A network that reads token ids (a row with ``tokens``): the env's demonstrations
+        for a warm start, and with ``episodic`` room for its longest response."""
         raw = check_token_env(make(self.env, **dict(self.env_kwargs))[0], name=self.env,
                               demonstration=bool(self.warm_start_steps))
         if self.episodic and self.num_steps < response_length(raw):
             raise ValueError(f"`num_steps` = {self.num_steps} is shorter than the longest response "
                              f"({response_length(raw)} tokens): episodes would be cut unscored")
-        if self.normalize_obs or ESTIMATOR_TABLE[self.estimator].critic == "q" or not self.spec.discrete:
-            raise ValueError("`network` = 'transformer' reads token ids: it needs a discrete "
-                             "action space, normalize_obs = False and an estimator other than 'qv'")
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A validated copy with ``changes``; a new ``algo`` re-resolves its defaults.
@@ -767,18 +758,9 @@ def make_setup(config: TrainConfig) -> Setup:
     estimator = ESTIMATOR_TABLE[config.estimator]
     use_critic = config.baseline and estimator.critic != "none"
     size = spec.num_actions if spec.discrete else spec.action_dim
-    if config.network == "transformer":
-        raw = check_token_env(env, name=config.env)
-        network = make_transformer(
-            raw.vocab_size, spec.obs_dim, spec.num_actions, pad=raw.tokens.pad,
-            layers=config.layers, width=config.width, heads=config.heads, value_head=use_critic,
-        )
-    else:
-        network = make_network(size, discrete=spec.discrete, hidden=config.hidden,
-                               activation=config.activation, shared_torso=config.shared_torso,
-                               q_critic=estimator.critic == "q",
-                               image_shape=spec.image_shape if config.network == "cnn" else None,
-                               recurrent=config.network == "gru")
+    row = NETWORKS[config.network]
+    network = row.build(config, env, spec, use_critic=use_critic, q_critic=estimator.critic == "q")
+    teacher_forced = config.episodic and row.tokens  # whole episodes in one pass
     return Setup(
         config=config, env=env, env_params=env_params, spec=spec,
         # the policy *is* softmax(logits / τ): sampled and learned
@@ -787,7 +769,7 @@ def make_setup(config: TrainConfig) -> Setup:
         policy=make_policy(spec.discrete, size, spec.action_low, spec.action_high),
         algorithm=ALGORITHMS[config.algo], estimator=estimator, use_critic=use_critic,
         info_keys=metric_keys(env),
-        pad=raw.tokens.pad if config.episodic and config.network == "transformer" else None,
+        pad=check_token_env(env, name=config.env).tokens.pad if teacher_forced else None,
         micro_batch=micro_batch_size(config),
     )
 
@@ -802,7 +784,8 @@ def micro_batch_size(config: TrainConfig, backend: str | None = None) -> int:
     (default: JAX's) when it divides a larger minibatch, else 0 (whole minibatches)."""
     if config.micro_batch_size is not None:
         return config.micro_batch_size
-    if config.episodic or config.network == "gru" or (backend or jax.default_backend()) != "cpu":
+    if (config.episodic or NETWORKS[config.network].time_major
+            or (backend or jax.default_backend()) != "cpu"):
         return 0
     mb = config.minibatch_size
     return AUTO_MICRO_BATCH if mb > AUTO_MICRO_BATCH and mb % AUTO_MICRO_BATCH == 0 else 0
@@ -1038,7 +1021,7 @@ def minibatch_gradient(setup: Setup, loss: Callable, flat_params: jax.Array,
 def optimise(setup: Setup, flat_params: jax.Array, opt_state: Any, unravel: Any, data: tuple,
              key: jax.Array, hp: HParams) -> tuple[jax.Array, Any, dict]:
     """``update_epochs`` passes of ``num_minibatches`` shuffled minibatches over ``data``
-    (flat ``[batch, ...]``; with ``episodic`` or a recurrent network, time-major ``[T, N,
+    (flat ``[batch, ...]``; with ``episodic`` or a time-major network, time-major ``[T, N,
     ...]`` split along the envs or sequences): one gradient step each on the raveled
     parameter vector ``flat_params``.
 
@@ -1048,7 +1031,7 @@ def optimise(setup: Setup, flat_params: jax.Array, opt_state: Any, unravel: Any,
     opt = optimizer(setup, hp)
     loss = lambda flat, batch, normalize: loss_fn(setup, unravel(flat), batch, hp,
                                                   normalize=normalize)
-    time_major = config.episodic or config.network == "gru"
+    time_major = config.episodic or NETWORKS[config.network].time_major
     axis = 1 if time_major else 0
     size = data[1].shape[axis]  # the envs (or sequences), else the samples
     mb = size // config.num_minibatches
@@ -1105,38 +1088,6 @@ def _rollout_metrics(setup: Setup, state: TrainState, batch: Batch,
     if setup.config.kl != "none":  # k3 estimate of KL(π ‖ π_ref) on the rollout's steps
         metrics["kl_ref"] = losses.kl_penalty(traj.log_prob, batch.ref_log_prob, mask)
     return metrics
-
-
-def training_sequences(data: tuple, seq_len: int, burn_in: int = 0) -> tuple:
-    """Cut a window's time-major ``data = (traj, advantages, targets, mask, ref_log_prob)``
-    (leaves ``[T, N, ...]``, ``mask`` ``None``) into ``C = T / seq_len`` training sequences per
-    env, each ``burn_in + seq_len`` steps long: leaves ``[burn_in + seq_len, N·C, ...]``,
-    sequence ``n·C + c`` holding env ``n``'s steps from ``s = clip(c·seq_len − burn_in, 0,
-    T − burn_in − seq_len)``, and ``mask`` 1 on the ``seq_len`` steps ``c·seq_len …`` that it
-    trains on (0 on the burn-in before them, or on the steps after them for ``c = 0``).
-    ``traj.hidden[0]`` of each sequence is the state stored at its first step.
-
-    >>> import jax.numpy as jnp
-    >>> x = jnp.arange(6.0)[:, None]  # T = 6, one env
-    >>> _, a, _, mask, _ = training_sequences((None, x, None, None, None), 2, burn_in=1)
-    >>> a.T.tolist(), mask.T.tolist()  # three sequences of 1 + 2 steps
-    ([[0.0, 1.0, 2.0], [1.0, 2.0, 3.0], [3.0, 4.0, 5.0]], [[1.0, 1.0, 0.0], [0.0, 1.0, 1.0], [0.0, 1.0, 1.0]])
-    """
-    traj, advantages, targets, _, ref_log_prob = data
-    steps, envs = advantages.shape
-    chunks, length = steps // seq_len, burn_in + seq_len
-    if chunks == 1 and not burn_in:
-        return traj, advantages, targets, jnp.ones_like(advantages), ref_log_prob
-    first = np.arange(chunks) * seq_len
-    start = np.clip(first - burn_in, 0, steps - length)  # [C]
-    time = start[None, :] + np.arange(length)[:, None]  # [L, C]
-    trained = (time >= first) & (time < first + seq_len)
-    rows = np.repeat(time[:, None, :], envs, axis=1).reshape(length, envs * chunks)
-    cols = np.repeat(np.arange(envs), chunks)[None, :]
-    gather = lambda x: None if x is None else x[rows, cols]
-    mask = jnp.asarray(np.tile(trained, (1, envs)), advantages.dtype)
-    return (jax.tree.map(gather, traj), gather(advantages), gather(targets), mask,
-            gather(ref_log_prob))
 
 
 def informative_mask(rewards: jax.Array, mask: jax.Array, group_size: int) -> tuple[jax.Array, jax.Array]:
@@ -1202,8 +1153,9 @@ def update(setup: Setup, state: TrainState, hp: HParams) -> tuple[TrainState, di
     if setup.algorithm.behaviour_loss and batch.behaviour_log_prob is not None:
         extras = {"behaviour_log_prob": batch.behaviour_log_prob}
     data = (batch.traj._replace(extras=extras), advantages, targets, mask, batch.ref_log_prob)
-    if config.network == "gru":  # whole sequences, each from its stored hidden state
-        data = training_sequences(data, config.seq_len, config.burn_in)
+    sequences = NETWORKS[config.network].sequences
+    if sequences is not None:  # e.g. a GRU's: whole sequences, each from its stored state
+        data = sequences(data, config)
     elif not config.episodic:  # steps are independent: one flat batch
         data = jax.tree.map(lambda x: x.reshape(config.batch_size, *x.shape[2:]), data)
     # The optimiser works on one flat parameter vector: a few fused ops per step instead
