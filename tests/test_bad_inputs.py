@@ -53,7 +53,7 @@ CASES = [
     (["variance", "--env", "CartPole-v1", "--critic", "exact"], "critic"),
     (["variance", "--checkpoint", "/nonexistent"], "checkpoint"),
     (["variance", "--env", "CartPole-v1", "--checkpoint", "/nonexistent"], "checkpoint"),
-    (["variance", "--sequence", "reverse", "--estimators", "mc"], "mc"),
+    (["variance", "--sequence", "reverse", "--estimators", "qv"], "qv"),  # no Q critic there
     (["variance", "--sequence", "reverse", "--batch-sizes", "6"], "group_size"),
     (["variance", "--sequence", "reverse", "--num-digits", "4", "--prompt-length", "6"], "responses"),
     # sequence

@@ -20,7 +20,7 @@ from _bfloat16 import bf16_round, np_log_softmax
 
 from jaxadv import cli
 from jaxadv.cli.report import jsonable
-from jaxadv.cli.sequence import OBJECTIVES, SequenceArgs, stored_sequence_args
+from jaxadv.cli.sequence import OBJECTIVE_PRESETS, SequenceArgs, stored_sequence_args
 from jaxadv.corrections import gmpo_loss, icepop_loss, sapo_loss
 from jaxadv.engine import train as train_mod
 from jaxadv.engine.algorithms import ALGORITHMS, CORRECTIONS, correction_weights
@@ -228,7 +228,7 @@ def test_defaults_and_stored_configs_leave_existing_runs_alone(tmp_path):
     back = stored_sequence_args(tmp_path)
     assert dataclasses.replace(back, resume=None) == args
     assert args.config.algo == "gmpo" and args.hparams.clip_eps == 0.4
-    assert {"sapo", "gmpo", "icepop"} <= set(OBJECTIVES)
+    assert {"sapo", "gmpo", "icepop"} <= set(OBJECTIVE_PRESETS)
 
 
 BEHAVIOUR = ["--behaviour-temperature", "1.1"]

@@ -17,7 +17,7 @@ import dataclasses
 import json
 import pathlib
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +25,7 @@ import numpy as np
 import tyro
 from rich.console import Console
 
+from jaxadv.cli.options import table_help
 from jaxadv.cli.outdir import OutputLock, check_fresh, replace_atomically
 from jaxadv.cli.report import jsonable, write_json
 from jaxadv.cli.tracking import WandbSettings, check_loggers
@@ -35,8 +36,9 @@ from jaxadv.cli.train import (
     prepare_out,
     write_run_outputs,
 )
+from jaxadv.engine.algorithms import ALGORITHMS
 from jaxadv.engine.driver import RunResult
-from jaxadv.engine.estimators import SEQUENCE_ESTIMATORS
+from jaxadv.engine.estimators import ESTIMATORS
 from jaxadv.engine.rollout import rollout
 from jaxadv.engine.train import KL_MODES, HParams, TrainConfig, make_trainer
 from jaxadv.envs.sequence import SequenceTask
@@ -44,10 +46,10 @@ from jaxadv.envs.token import decode_tokens
 from jaxadv.losses import REDUCTIONS
 from jaxadv.validate import check_seed, field_changes, positive_int, refuse_changes
 
-__all__ = ["OBJECTIVES", "RESUME_MAY_CHANGE", "SequenceArgs", "generate", "plot_sequence",
+__all__ = ["OBJECTIVE_PRESETS", "RESUME_MAY_CHANGE", "SequenceArgs", "generate", "plot_sequence",
            "sequence_command", "sequence_resume_args", "stored_sequence_args"]
 
-OBJECTIVES: dict[str, dict[str, Any]] = {
+OBJECTIVE_PRESETS: dict[str, dict[str, Any]] = {
     "grpo": {"algo": "ppo", "estimator": "grpo"},
     "dapo": {"algo": "dapo", "estimator": "grpo", "clip_low": 0.2, "clip_high": 0.28,
              "dynamic_sampling": True},
@@ -60,6 +62,23 @@ OBJECTIVES: dict[str, dict[str, Any]] = {
     "icepop": {"algo": "icepop", "estimator": "grpo", "clip_low": 0.2, "clip_high": 0.28},
 }
 """``--objective`` presets: the settings each one gives where its flag is not set."""
+
+def __getattr__(name: str) -> Any:
+    """``OBJECTIVES``, the presets' name of 0.3.0 (:data:`OBJECTIVE_PRESETS`; the exact
+    objectives are :data:`jaxadv.science.objective_exact.OBJECTIVES`), with a
+    ``DeprecationWarning``."""
+    if name == "OBJECTIVES":
+        import warnings
+
+        warnings.warn("jaxadv.cli.sequence.OBJECTIVES is deprecated: use OBJECTIVE_PRESETS",
+                      DeprecationWarning, stacklevel=2)
+        return OBJECTIVE_PRESETS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+_ESTIMATORS = {name: row for name, row in ESTIMATORS.items() if row.critic != "q"}
+"""The estimators a transformer policy takes: every row but a Q critic's."""
+_EPOCHS = ", ".join(name for name, row in ALGORITHMS.items() if row.update_epochs > 1)
 
 _DEFAULTS: dict[str, Any] = {"algo": "ppo", "estimator": "grpo", "clip_low": 0.2, "clip_high": 0.28,
                              "dynamic_sampling": False, "lambda_critic": 1.0, "length_alpha": 0.0}
@@ -85,22 +104,27 @@ class SequenceArgs:
     """exact: 1 for the exact answer, else 0; partial: the fraction of correct positions."""
     length_penalty: float = 0.0
     """subtract length_penalty x (response length / response_length)."""
-    objective: Literal[tuple(OBJECTIVES)] | None = None  # type: ignore[valid-type]
+    objective: Literal[tuple(OBJECTIVE_PRESETS)] | None = None  # type: ignore[valid-type]
     """a preset of --algo, --estimator and their settings (a flag given explicitly still wins): grpo (ppo's clipped ratio, grpo); dapo (clip-higher 0.2/0.28, dynamic sampling, token-mean loss, grpo); gspo (sequence-level ratio clipped to 3e-4/4e-4, grpo); cispo (clipped stop-gradient weight, no lower bound, upper 0.28, grpo); vapo (clip-higher, decoupled GAE: critic λ 1, length-adaptive policy λ = 1 − 1/(α·|y|) with α = 2, a trace twice as long as the response — VAPO's α = 0.05 is for responses of hundreds of tokens and gives λ = 0 on these — token-level value head); sapo (a sigmoid gate of the ratio, τ 1/1.05, grpo); gmpo (geometric mean of the token ratios, log-ratio clipped to [−0.4, 0.4], grpo); icepop (clip-higher 0.2/0.28, tokens whose sampler mismatch leaves [1/α, α] dropped, grpo)."""
-    estimator: Literal[(*SEQUENCE_ESTIMATORS, "gae", "vapo")] | None = None  # type: ignore[valid-type]
-    """grpo, drgrpo (no std), rloo, batchmean (REINFORCE, batch-mean baseline), rfpp (REINFORCE++ global normalisation), remax (greedy baseline), gae (token-level, with a value head) or vapo (gae decoupled: --lambda-policy or length-adaptive for the policy, --lambda-critic for the value head); default: the objective's, else grpo."""
-    algo: Literal["ppo", "reinforce", "dapo", "gspo", "cispo", "sapo", "gmpo", "icepop"] | None = None
-    """the policy loss: ppo (clipped ratio, epochs x minibatches), reinforce (one plain policy-gradient step), dapo (ratio clipped to [1-clip_low, 1+clip_high]), gspo (the response's geometric-mean ratio, clipped per response), cispo (clipped stop-gradient ratio times log-prob times A), sapo (a sigmoid gate of the ratio, --sapo-tau-pos/--sapo-tau-neg), gmpo (the geometric mean of the token ratios, the log-ratio clipped to [-clip_low, clip_high]), icepop (dapo's clip with the tokens whose sampler mismatch leaves [1/--icepop-alpha, --icepop-alpha] dropped); default: the objective's, else ppo."""
+    estimator: Annotated[Literal[tuple(_ESTIMATORS)] | None, tyro.conf.arg(  # type: ignore[valid-type]
+        help=table_help(_ESTIMATORS, "advantage estimator (default: the objective's, else grpo; "
+                        "the token-level ones learn a value head)"))] = None
+    """the advantage estimator (the choices are listed from the estimator table)."""
+    algo: Annotated[Literal[tuple(ALGORITHMS)] | None, tyro.conf.arg(  # type: ignore[valid-type]
+        help=table_help(ALGORITHMS, "the policy loss (default: the objective's, else ppo)"))] = None
+    """the policy loss (the choices are listed from the algorithm table)."""
     group_size: int = 8
     """samples per prompt (K)."""
     prompts_per_update: int = 64
     """prompts per update (G); an update generates G x K responses."""
     total_samples: int = 40_960
     """responses generated in the whole run."""
-    update_epochs: int = 2
-    """ppo: passes over each batch of responses."""
-    num_minibatches: int = 4
-    """ppo: minibatches per pass (of whole responses)."""
+    update_epochs: Annotated[int, tyro.conf.arg(help=(
+        f"{_EPOCHS}: passes over each batch of responses (the others take one)."))] = 2
+    """passes over each batch of responses (the algorithms of several passes)."""
+    num_minibatches: Annotated[int, tyro.conf.arg(help=(
+        f"{_EPOCHS}: minibatches per pass (of whole responses; the others take one)."))] = 4
+    """minibatches per pass (of whole responses; the algorithms of several passes)."""
     loss_reduction: Literal[REDUCTIONS] = "token"  # type: ignore[valid-type]
     """average the per-token losses over all tokens, per response then over responses, or by a constant."""
     layers: int = 2
@@ -196,7 +220,7 @@ class SequenceArgs:
         value = getattr(self, name)
         if value is not None:
             return value
-        return OBJECTIVES.get(self.objective, {}).get(name, _DEFAULTS[name])
+        return OBJECTIVE_PRESETS.get(self.objective, {}).get(name, _DEFAULTS[name])
 
     def check(self) -> SequenceArgs:
         """Refuse a bad value with a ``ValueError`` naming the field; compiles nothing. With
@@ -229,7 +253,7 @@ class SequenceArgs:
                              f"prompts_per_update x group_size = {num_envs}")
         updates = self.total_samples // num_envs
         algo, estimator = self.setting("algo"), self.setting("estimator")
-        epochs = algo != "reinforce"
+        epochs = ALGORITHMS[algo].update_epochs > 1  # a one-pass row takes none of the flags
         return TrainConfig(
             env="Sequence-v0", env_kwargs=self.env_kwargs(), algo=algo, estimator=estimator,
             num_envs=num_envs, num_steps=env.response_length,
@@ -241,7 +265,7 @@ class SequenceArgs:
             kl=self.kl, anneal_lr=False, warm_start_steps=self.warm_start_steps,
             temperature=self.temperature,
             warm_start_prompts=self.warm_start_prompts,
-            normalize_advantages=estimator in ("gae", "vapo"), clip_value_loss=False,
+            normalize_advantages=not ESTIMATORS[estimator].sequence_level, clip_value_loss=False,
             dynamic_sampling=self.setting("dynamic_sampling"), value_warmup=self.value_warmup,
             behaviour_temperature=self.behaviour_temperature, tis_cap=self.tis_cap,
             behaviour_precision=self.behaviour_precision, correction=self.correction,
