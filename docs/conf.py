@@ -64,9 +64,10 @@ api_groups = {  # the package's layers, bottom up (jaxadv/__init__.py)
     "Networks": ["jaxadv.nets", "jaxadv.nets.networks", "jaxadv.nets.transformer"],
     "The engine": [
         "jaxadv.engine", "jaxadv.engine.algorithms", "jaxadv.engine.estimators",
-        "jaxadv.engine.train", "jaxadv.engine.rollout", "jaxadv.engine.warm_start",
-        "jaxadv.engine.driver", "jaxadv.engine.metrics", "jaxadv.engine.checkpoint",
-        "jaxadv.engine.sweep", "jaxadv.engine.evaluate", "jaxadv.engine.devices",
+        "jaxadv.engine.architectures", "jaxadv.engine.train", "jaxadv.engine.rollout",
+        "jaxadv.engine.warm_start", "jaxadv.engine.driver", "jaxadv.engine.metrics",
+        "jaxadv.engine.checkpoint", "jaxadv.engine.sweep", "jaxadv.engine.evaluate",
+        "jaxadv.engine.devices",
     ],
     "Search": ["jaxadv.tuning", "jaxadv.tuning.halving", "jaxadv.tuning.pbt",
                "jaxadv.tuning.selection"],
