@@ -310,7 +310,7 @@ def test_objective_presets_and_explicit_flags():
     args = SequenceArgs(objective="dapo", **TASK)
     assert (args.config.algo, args.config.estimator, args.config.dynamic_sampling) == ("dapo", "grpo", True)
     assert (args.hparams.clip_eps, args.hparams.clip_eps_high) == (0.2, 0.28)
-    args = SequenceArgs(objective="dapo", clip_high=0.4, dynamic_sampling=False, **TASK)
+    args = SequenceArgs(objective="dapo", clip_eps_high=0.4, dynamic_sampling=False, **TASK)
     assert args.hparams.clip_eps_high == 0.4 and not args.config.dynamic_sampling
     args = SequenceArgs(objective="gspo", **TASK)
     assert args.config.algo == "gspo" and args.hparams.clip_eps == 3e-4

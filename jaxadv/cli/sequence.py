@@ -40,26 +40,26 @@ from jaxadv.engine.algorithms import ALGORITHMS
 from jaxadv.engine.driver import RunResult
 from jaxadv.engine.estimators import ESTIMATORS
 from jaxadv.engine.rollout import rollout
-from jaxadv.engine.train import KL_MODES, HParams, TrainConfig, make_trainer
+from jaxadv.engine.train import HPARAM_SPECS, KL_MODES, HParams, TrainConfig, make_trainer
 from jaxadv.envs.sequence import SequenceTask
 from jaxadv.envs.token import decode_tokens
 from jaxadv.losses import REDUCTIONS
 from jaxadv.validate import check_seed, field_changes, positive_int, refuse_changes
 
-__all__ = ["OBJECTIVE_PRESETS", "RESUME_MAY_CHANGE", "SequenceArgs", "generate", "plot_sequence",
+__all__ = ["FLAG_ALIASES", "OBJECTIVE_PRESETS", "RESUME_MAY_CHANGE", "SequenceArgs", "generate", "plot_sequence",
            "sequence_command", "sequence_resume_args", "stored_sequence_args"]
 
 OBJECTIVE_PRESETS: dict[str, dict[str, Any]] = {
     "grpo": {"algo": "ppo", "estimator": "grpo"},
-    "dapo": {"algo": "dapo", "estimator": "grpo", "clip_low": 0.2, "clip_high": 0.28,
+    "dapo": {"algo": "dapo", "estimator": "grpo", "clip_eps": 0.2, "clip_eps_high": 0.28,
              "dynamic_sampling": True},
-    "gspo": {"algo": "gspo", "estimator": "grpo", "clip_low": 3e-4, "clip_high": 4e-4},
-    "cispo": {"algo": "cispo", "estimator": "grpo", "clip_low": 1.0, "clip_high": 0.28},
-    "vapo": {"algo": "dapo", "estimator": "vapo", "clip_low": 0.2, "clip_high": 0.28,
-             "lambda_critic": 1.0, "length_alpha": 2.0},
+    "gspo": {"algo": "gspo", "estimator": "grpo", "clip_eps": 3e-4, "clip_eps_high": 4e-4},
+    "cispo": {"algo": "cispo", "estimator": "grpo", "clip_eps": 1.0, "clip_eps_high": 0.28},
+    "vapo": {"algo": "dapo", "estimator": "vapo", "clip_eps": 0.2, "clip_eps_high": 0.28,
+             "critic_lambda": 1.0, "length_alpha": 2.0},
     "sapo": {"algo": "sapo", "estimator": "grpo"},
-    "gmpo": {"algo": "gmpo", "estimator": "grpo", "clip_low": 0.4, "clip_high": 0.4},
-    "icepop": {"algo": "icepop", "estimator": "grpo", "clip_low": 0.2, "clip_high": 0.28},
+    "gmpo": {"algo": "gmpo", "estimator": "grpo", "clip_eps": 0.4, "clip_eps_high": 0.4},
+    "icepop": {"algo": "icepop", "estimator": "grpo", "clip_eps": 0.2, "clip_eps_high": 0.28},
 }
 """``--objective`` presets: the settings each one gives where its flag is not set."""
 
@@ -80,9 +80,22 @@ _ESTIMATORS = {name: row for name, row in ESTIMATORS.items() if row.critic != "q
 """The estimators a transformer policy takes: every row but a Q critic's."""
 _EPOCHS = ", ".join(name for name, row in ALGORITHMS.items() if row.update_epochs > 1)
 
-_DEFAULTS: dict[str, Any] = {"algo": "ppo", "estimator": "grpo", "clip_low": 0.2, "clip_high": 0.28,
-                             "dynamic_sampling": False, "lambda_critic": 1.0, "length_alpha": 0.0}
+_DEFAULTS: dict[str, Any] = {"algo": "ppo", "estimator": "grpo", "clip_eps": 0.2, "clip_eps_high": 0.28,
+                             "dynamic_sampling": False, "critic_lambda": 1.0, "length_alpha": 0.0}
 """The settings without ``--objective`` (and without their flag)."""
+
+FLAG_ALIASES: dict[str, str] = {"gae_lambda": "lambda_policy", "critic_lambda": "lambda_critic",
+                                "clip_eps": "clip_low", "clip_eps_high": "clip_high"}
+"""The one place of this command's second names: ``HParams`` field -> the friendlier name
+that ``jaxadv sequence`` also takes as a flag (``--lambda-policy`` = ``--gae-lambda``,
+``--lambda-critic`` = ``--critic-lambda``, ``--clip-low`` = ``--clip-eps``, ``--clip-high``
+= ``--clip-eps-high``; the fields themselves and ``sequence.json`` use the HParams names;
+a ``sequence.json`` written with the friendlier names still resumes)."""
+
+
+def _also(field: str) -> Any:
+    """``tyro.conf.arg`` giving the field ``field`` its :data:`FLAG_ALIASES` flag too."""
+    return tyro.conf.arg(aliases=("--" + FLAG_ALIASES[field].replace("_", "-"),))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,17 +152,17 @@ class SequenceArgs:
     """sampling temperature: the policy is softmax(logits / temperature), in rollouts and in the loss."""
     gamma: float = 1.0
     """discount (token-level gae, vapo)."""
-    lambda_policy: float = 1.0
+    gae_lambda: Annotated[float, _also("gae_lambda")] = 1.0
     """GAE λ of the policy's advantages (token-level gae, vapo)."""
-    lambda_critic: float | None = None
+    critic_lambda: Annotated[float | None, _also("critic_lambda")] = None
     """vapo: GAE λ of the value head's targets; default: the objective's, else 1."""
     length_alpha: float | None = None
-    """vapo: > 0 makes the policy's λ length-adaptive, 1 − 1/(α · response length); default: the objective's, else 0 (--lambda-policy)."""
+    """vapo: > 0 makes the policy's λ length-adaptive, 1 − 1/(α · response length); default: the objective's, else 0 (--gae-lambda)."""
     ent_coef: float = 0.0
     """entropy bonus weight."""
-    clip_low: float | None = None
+    clip_eps: Annotated[float | None, _also("clip_eps")] = None
     """clip range below 1 (ppo's ε; dapo, gspo, cispo, icepop: ε_low, 1 = no lower bound; gmpo: of the log-ratio); default: the objective's, else 0.2."""
-    clip_high: float | None = None
+    clip_eps_high: Annotated[float | None, _also("clip_eps_high")] = None
     """dapo, gspo, cispo, icepop: clip range above 1 (ε_high); gmpo: of the log-ratio; default: the objective's, else 0.28."""
     dynamic_sampling: bool | None = None
     """mask out the groups whose rewards are all equal (DAPO's dynamic sampling, in a fixed-shape batch; metrics.csv: informative_groups); default: the objective's, else off."""
@@ -275,12 +288,10 @@ class SequenceArgs:
 
     @property
     def hparams(self) -> HParams:
-        return HParams(lr=self.lr, gamma=self.gamma, gae_lambda=self.lambda_policy,
-                       ent_coef=self.ent_coef, clip_eps=self.setting("clip_low"),
-                       clip_eps_high=self.setting("clip_high"), kl_coef=self.kl_coef,
-                       critic_lambda=self.setting("lambda_critic"),
-                       length_alpha=self.setting("length_alpha"), icepop_alpha=self.icepop_alpha,
-                       sapo_tau_pos=self.sapo_tau_pos, sapo_tau_neg=self.sapo_tau_neg).validate()
+        """Every field named as an :class:`~jaxadv.engine.train.HParams` field, by
+        :meth:`setting` (the others keep HParams' defaults), validated."""
+        flags = {f.name for f in dataclasses.fields(self)}
+        return HParams(**{name: self.setting(name) for name in HPARAM_SPECS if name in flags}).validate()
 
 
 RESUME_MAY_CHANGE = ("quiet", "samples_shown", "chunk_updates", "checkpoint_every", "log", "wandb",
@@ -293,7 +304,8 @@ def stored_sequence_args(run_dir: pathlib.Path) -> SequenceArgs:
     path = pathlib.Path(run_dir) / "sequence.json"
     try:
         data = json.loads(path.read_text())
-        data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        names = {alias: field for field, alias in FLAG_ALIASES.items()}  # an older record's
+        data = {names.get(k, k): tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         data.update(out=pathlib.Path(run_dir), resume=pathlib.Path(run_dir), overwrite=False,
                     log=tuple(data["log"]), wandb=WandbSettings(**data["wandb"]))
         return SequenceArgs(**data)

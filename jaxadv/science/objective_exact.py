@@ -84,14 +84,14 @@ __all__ = ["CORRECTION_SETTINGS", "LOSS_SETTINGS", "OBJECTIVES", "Behaviour", "E
 
 class ExactObjective(NamedTuple):
     """A row of :data:`OBJECTIVES`: the :data:`~jaxadv.engine.algorithms.ALGORITHMS` row, its clip
-    ranges ``(ε_low, ε_high)`` and ``correction``: ``None`` takes the ratio against the
+    ranges ``(ε_low, ε_high)`` (the HParams fields ``clip_eps``, ``clip_eps_high``) and ``correction``: ``None`` takes the ratio against the
     sampler ``π_b``; a tuple of :data:`~jaxadv.engine.algorithms.CORRECTIONS` names (``()``: none)
     takes it against ``π_old`` and weighs the advantages as the trainer does with a
     behaviour policy (module docstring)."""
 
     algo: str
-    clip_low: float
-    clip_high: float
+    clip_eps: float
+    clip_eps_high: float
     correction: tuple[str, ...] | None = None
 
 
@@ -170,18 +170,18 @@ def _loss_fn(objective: str) -> Callable:
     real tokens a correction drops)."""
     entry = OBJECTIVES[objective]
     row = ALGORITHMS[entry.algo]
-    values = {"clip_eps_high": entry.clip_high, **LOSS_SETTINGS}
+    values = {"clip_eps_high": entry.clip_eps_high, **LOSS_SETTINGS}
     extra = {name: values[name] for name in row.loss_hparams}
 
     def loss(lp, old, old_train, a, mask, reduction):
         if entry.correction is None:
-            value, info = row.policy_loss(lp, old, a, mask, clip_eps=entry.clip_low,
+            value, info = row.policy_loss(lp, old, a, mask, clip_eps=entry.clip_eps,
                                           reduction=reduction, **extra)
             return value, {**info, "masked_fraction": jnp.zeros(())}
         w = correction_weights(entry.correction, old_train, old, mask, **CORRECTION_SETTINGS)
         behaviour = {"behaviour_log_prob": old} if row.behaviour_loss else {}
         value, info = row.policy_loss(lp, old_train, a if w is None else a * w, mask,
-                                      clip_eps=entry.clip_low, reduction=reduction,
+                                      clip_eps=entry.clip_eps, reduction=reduction,
                                       **extra, **behaviour)
         dropped = jnp.zeros(mask.shape, bool)
         if set(entry.correction) & set(_MASKING):
