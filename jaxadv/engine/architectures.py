@@ -13,7 +13,8 @@ transformer   a causal transformer over tokens  no              needs a token en
                                                                 actions, normalize_obs, a Q critic
 ============  ================================  ==============  ==================================
 
-A row (:class:`Architecture`) gives the network's builder (:mod:`jaxadv.nets`), whether it
+Only the transformer takes ``warm_start_steps`` (its demonstrations are teacher-forced) and only
+the GRU ``seq_len`` and ``burn_in``. A row (:class:`Architecture`) gives the network's builder (:mod:`jaxadv.nets`), whether it
 trains time-major, its training-sequences hook, and the optional features of a
 configuration (:data:`FEATURES`) that it needs and that it supports.
 :class:`~jaxadv.engine.train.TrainConfig`'s checks (:func:`check_network`), its default
