@@ -66,7 +66,7 @@ MOVED = {  # a module's old name under jaxadv -> its place in the layers
     "sequence_exact": "science.sequence_exact",
     "objective_exact": "science.objective_exact",
 }
-"""The modules that moved into subpackages in 0.3.0, by old name: ``jaxadv.<old>`` still
+"""The modules that moved into subpackages in 0.2.0, by old name: ``jaxadv.<old>`` still
 imports, as the very module ``jaxadv.<new>``."""
 
 

@@ -19,6 +19,7 @@ from _processes import interrupt_when
 from rich.console import Console
 
 from jaxadv import cli, envs
+from jaxadv.cli.interrupts import Interrupts
 from jaxadv.engine import driver
 from jaxadv.engine.checkpoint import CheckpointError, CheckpointStore, checkpoint_steps
 from jaxadv.engine.train import HParams, TrainConfig, make_train, make_trainer
@@ -138,7 +139,7 @@ def test_second_signal_quits_at_once_while_the_main_thread_waits(monkeypatch):
     exits = []
     monkeypatch.setattr(os, "_exit", exits.append)  # the watcher thread's exit, recorded
     previous = signal.getsignal(signal.SIGINT)
-    with driver.Interrupts(Console(quiet=True)) as interrupts:
+    with Interrupts(Console(quiet=True)) as interrupts:
         os.kill(os.getpid(), signal.SIGINT)  # no KeyboardInterrupt: the driver is asked to stop
         deadline = time.monotonic() + 10
         while interrupts.signum is None and time.monotonic() < deadline:

@@ -22,9 +22,9 @@ from _sweep_resume_worker import stub_make_train
 
 from jaxadv import cli
 from jaxadv.cli import sweep as sweep_cli
+from jaxadv.cli.interrupts import Interrupts
 from jaxadv.engine import sweep as sweep_module
 from jaxadv.engine.checkpoint import SweepChunks
-from jaxadv.engine.driver import Interrupts
 from jaxadv.engine.sweep import ChunkId, ChunkResult, run_sweep
 from jaxadv.engine.train import TrainConfig
 

@@ -123,9 +123,9 @@ class _ParseError(Exception):
 
 def _parse(argv: Sequence[str] | None) -> Any:
     """The checked arguments of the subcommand in ``argv``; raises :class:`_ParseError`."""
+    from jaxadv.cli.runs import TrainArgs, resume_args
     from jaxadv.cli.sequence import SequenceArgs, sequence_resume_args
     from jaxadv.cli.sweep import SweepArgs, sweep_resume_args
-    from jaxadv.cli.train import TrainArgs, resume_args
 
     _refuse_none_grid_values(argv)
     commands = _commands()
@@ -231,7 +231,8 @@ def _run(args: Any) -> int:
     from rich.console import Console
 
     from jaxadv.cli.check import CheckFailed
-    from jaxadv.engine.driver import Interrupts, RunStopped
+    from jaxadv.cli.interrupts import Interrupts
+    from jaxadv.engine.driver import RunStopped
 
     at_once = lambda: ("{signal}: stopped before training began (setting up or compiling); "
                        "nothing was saved, and nothing stops a fresh start")

@@ -4,7 +4,8 @@
 command-line library. Here it gains what ``--help`` shows beyond its field docstrings: the
 choices of ``--algo``, ``--estimator`` and ``--network`` described from their tables' rows, and the
 fields that are not flags (``env_kwargs``, set by Python callers and by presets). Commands
-parse :class:`TrainOptions` and hand the engine a plain ``TrainConfig`` (:func:`plain`).
+parse a :class:`TrainOptions`, which is a ``TrainConfig`` with the same fields, checks and
+behaviour, and hand it to the engine as it is.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ import tyro
 from jaxadv.engine.algorithms import ALGORITHMS
 from jaxadv.engine.architectures import NETWORKS
 from jaxadv.engine.estimators import ESTIMATORS
-from jaxadv.engine.train import AlgoName, EstimatorName, TrainConfig
+from jaxadv.engine.train import TrainConfig
 
-__all__ = ["TrainOptions", "network_help", "plain", "table_help"]
+__all__ = ["TrainOptions", "network_help", "table_help"]
 
 
 def table_help(table: dict[str, Any], what: str) -> str:
@@ -39,8 +40,12 @@ def network_help() -> str:
 class TrainOptions(TrainConfig):
     """Static settings: they fix array shapes or program structure; changing one recompiles."""
 
-    algo: Annotated[AlgoName, tyro.conf.arg(help=table_help(ALGORITHMS, "algorithm"))] = "ppo"
-    estimator: Annotated[EstimatorName | None, tyro.conf.arg(help=table_help(
+    # Strings under ``from __future__ import annotations``, evaluated when tyro reads the class:
+    # the choices and help of the tables as they are then (rows added at run time count).
+    algo: Annotated[Literal[tuple(ALGORITHMS)],  # type: ignore[valid-type]
+                    tyro.conf.arg(help=table_help(ALGORITHMS, "algorithm"))] = "ppo"
+    estimator: Annotated[Literal[tuple(ESTIMATORS)] | None,  # type: ignore[valid-type]
+                         tyro.conf.arg(help=table_help(
         ESTIMATORS, "advantage estimator (default: the algorithm's; the sequence-level "
         "ones need --episodic)"))] = None
     # A string under ``from __future__ import annotations``, evaluated when tyro reads the
@@ -49,10 +54,3 @@ class TrainOptions(TrainConfig):
                        tyro.conf.arg(help=network_help())] = None
     env_kwargs: tyro.conf.Suppress[tuple[tuple[str, Any], ...]] = ()
 
-
-def plain(config: TrainConfig) -> TrainConfig:
-    """``config`` as the engine's own :class:`~jaxadv.engine.train.TrainConfig` (the same
-    field values; a :class:`TrainOptions` compares unequal to a ``TrainConfig``)."""
-    if type(config) is TrainConfig:
-        return config
-    return TrainConfig(**{f.name: getattr(config, f.name) for f in dataclasses.fields(TrainConfig)})

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from jaxadv.cli.outdir import replace_atomically
@@ -36,6 +38,7 @@ __all__ = [
     "plot_returns",
     "plot_selection",
     "plot_sweep",
+    "progress_bar",
     "save_panel",
     "summarize_sweep",
     "summary_table",
@@ -446,3 +449,11 @@ def save_panel(fig: Figure, ax: Axes, path: pathlib.Path, title: str, *, ylabel:
     fig.suptitle(title)
     with replace_atomically(path) as tmp:
         fig.savefig(tmp, dpi=120)
+
+
+def progress_bar(console: Console, label: str, *columns: TextColumn) -> Progress:
+    """A progress bar: ``label``, the bar, ``columns``, elapsed and remaining time."""
+    return Progress(
+        TextColumn(f"[bold]{label}"), BarColumn(), *columns, TimeElapsedColumn(),
+        TimeRemainingColumn(), console=console,
+    )

@@ -28,14 +28,14 @@ from rich.console import Console
 from jaxadv.cli.options import table_help
 from jaxadv.cli.outdir import OutputLock, check_fresh, replace_atomically
 from jaxadv.cli.report import jsonable, write_json
-from jaxadv.cli.tracking import WandbSettings, check_loggers
-from jaxadv.cli.train import (
+from jaxadv.cli.runs import (
     TrainArgs,
     _stored_args,
     drive_logged,
     prepare_out,
     write_run_outputs,
 )
+from jaxadv.cli.tracking import WandbSettings, check_loggers
 from jaxadv.engine.algorithms import ALGORITHMS
 from jaxadv.engine.driver import RunResult
 from jaxadv.engine.estimators import ESTIMATORS
@@ -76,9 +76,15 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-_ESTIMATORS = {name: row for name, row in ESTIMATORS.items() if row.critic != "q"}
-"""The estimators a transformer policy takes: every row but a Q critic's."""
-_EPOCHS = ", ".join(name for name, row in ALGORITHMS.items() if row.update_epochs > 1)
+def _estimators() -> dict[str, Any]:
+    """The estimators a transformer policy takes: every row but a Q critic's."""
+    return {name: row for name, row in ESTIMATORS.items() if row.critic != "q"}
+
+
+def _several_passes() -> str:
+    """The algorithms of several passes over a batch, which take --update-epochs."""
+    return ", ".join(name for name, row in ALGORITHMS.items() if row.update_epochs > 1)
+
 
 _DEFAULTS: dict[str, Any] = {"algo": "ppo", "estimator": "grpo", "clip_eps": 0.2, "clip_eps_high": 0.28,
                              "dynamic_sampling": False, "critic_lambda": 1.0, "length_alpha": 0.0}
@@ -119,9 +125,11 @@ class SequenceArgs:
     """subtract length_penalty x (response length / response_length)."""
     objective: Literal[tuple(OBJECTIVE_PRESETS)] | None = None  # type: ignore[valid-type]
     """a preset of --algo, --estimator and their settings (a flag given explicitly still wins): grpo (ppo's clipped ratio, grpo); dapo (clip-higher 0.2/0.28, dynamic sampling, token-mean loss, grpo); gspo (sequence-level ratio clipped to 3e-4/4e-4, grpo); cispo (clipped stop-gradient weight, no lower bound, upper 0.28, grpo); vapo (clip-higher, decoupled GAE: critic λ 1, length-adaptive policy λ = 1 − 1/(α·|y|) with α = 2, a trace twice as long as the response — VAPO's α = 0.05 is for responses of hundreds of tokens and gives λ = 0 on these — token-level value head); sapo (a sigmoid gate of the ratio, τ 1/1.05, grpo); gmpo (geometric mean of the token ratios, log-ratio clipped to [−0.4, 0.4], grpo); icepop (clip-higher 0.2/0.28, tokens whose sampler mismatch leaves [1/α, α] dropped, grpo)."""
-    estimator: Annotated[Literal[tuple(_ESTIMATORS)] | None, tyro.conf.arg(  # type: ignore[valid-type]
-        help=table_help(_ESTIMATORS, "advantage estimator (default: the objective's, else grpo; "
-                        "the token-level ones learn a value head)"))] = None
+    # Strings under ``from __future__ import annotations``, evaluated when tyro reads the class:
+    # the choices and help of the tables as they are then (rows added at run time count).
+    estimator: Annotated[Literal[tuple(_estimators())] | None, tyro.conf.arg(  # type: ignore[valid-type]
+        help=table_help(_estimators(), "advantage estimator (default: the objective's, else "
+                        "grpo; the token-level ones learn a value head)"))] = None
     """the advantage estimator (the choices are listed from the estimator table)."""
     algo: Annotated[Literal[tuple(ALGORITHMS)] | None, tyro.conf.arg(  # type: ignore[valid-type]
         help=table_help(ALGORITHMS, "the policy loss (default: the objective's, else ppo)"))] = None
@@ -133,10 +141,11 @@ class SequenceArgs:
     total_samples: int = 40_960
     """responses generated in the whole run."""
     update_epochs: Annotated[int, tyro.conf.arg(help=(
-        f"{_EPOCHS}: passes over each batch of responses (the others take one)."))] = 2
+        f"{_several_passes()}: passes over each batch of responses (the others take one)."))] = 2
     """passes over each batch of responses (the algorithms of several passes)."""
     num_minibatches: Annotated[int, tyro.conf.arg(help=(
-        f"{_EPOCHS}: minibatches per pass (of whole responses; the others take one)."))] = 4
+        f"{_several_passes()}: minibatches per pass (of whole responses; the others take "
+        "one)."))] = 4
     """minibatches per pass (of whole responses; the algorithms of several passes)."""
     loss_reduction: Literal[REDUCTIONS] = "token"  # type: ignore[valid-type]
     """average the per-token losses over all tokens, per response then over responses, or by a constant."""

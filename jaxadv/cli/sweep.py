@@ -27,11 +27,13 @@ import tyro
 from rich.console import Console
 from rich.progress import TextColumn
 
-from jaxadv.cli.options import TrainOptions, plain
+from jaxadv.cli.interrupts import Interrupts
+from jaxadv.cli.options import TrainOptions
 from jaxadv.cli.outdir import OutputLock, check_fresh, remove_run
 from jaxadv.cli.report import (
     plot_selection,
     plot_sweep,
+    progress_bar,
     summarize_sweep,
     sweep_table,
     write_json,
@@ -39,7 +41,6 @@ from jaxadv.cli.report import (
 )
 from jaxadv.cli.tracking import WandbSettings, check_loggers, log_sweep_wandb
 from jaxadv.engine.checkpoint import SweepChunks
-from jaxadv.engine.driver import Interrupts, progress_bar
 from jaxadv.engine.estimators import ESTIMATORS
 from jaxadv.engine.sweep import (
     ChunkId,
@@ -70,7 +71,14 @@ _HPARAM_FIELDS = tuple(HPARAM_SPECS)
 _STATIC_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 _Floats = Annotated[tuple[float, ...] | None, tyro.conf.arg(metavar="FLOAT [FLOAT ...]")]
 _Ints = Annotated[tuple[int, ...] | None, tyro.conf.arg(metavar="INT [INT ...]")]
-_STEP_ESTIMATORS = tuple(name for name, row in ESTIMATORS.items() if not row.sequence_level)
+
+
+def _step_estimators() -> tuple[str, ...]:
+    """The estimators of one advantage per step (the live table: rows added at run time count,
+    as ``--grid.estimator``'s annotation is read when tyro reads the class)."""
+    return tuple(name for name, row in ESTIMATORS.items() if not row.sequence_level)
+
+
 _HParamName = Literal[_HPARAM_FIELDS]  # type: ignore[valid-type]
 
 
@@ -98,8 +106,8 @@ class Grid(_HParamGrid):  # type: ignore[misc,valid-type]
     num_steps: _Ints = None
     """static: rollout windows T (each value compiles once)."""
     estimator: Annotated[
-        tuple[Literal[_STEP_ESTIMATORS], ...] | None,  # type: ignore[valid-type]
-        tyro.conf.arg(metavar="{" + ",".join(_STEP_ESTIMATORS) + "} [...]"),
+        tuple[Literal[_step_estimators()], ...] | None,  # type: ignore[valid-type]
+        tyro.conf.arg(metavar="{" + ",".join(_step_estimators()) + "} [...]"),
     ] = None
     """static: advantage estimators (each value compiles once)."""
 
@@ -184,9 +192,6 @@ class SweepArgs:
     wandb: WandbSettings = WandbSettings()
     compile_cache: bool = True
     """keep compiled programs in JAX's persistent cache ($JAXADV_CACHE_DIR, default ~/.cache/jaxadv/xla); --no-compile-cache turns it off."""
-
-    def __post_init__(self) -> None:  # the engine gets its own TrainConfig, not the CLI's view
-        object.__setattr__(self, "config", plain(self.config))
 
     def check(self) -> SweepArgs:
         """Refuse a bad value or grid with a ``ValueError`` naming the field; compiles nothing.
@@ -367,7 +372,7 @@ def _stored_sweep_args(run_dir: pathlib.Path) -> SweepArgs:
     try:
         s = manifest["settings"]
         return SweepArgs(
-            config=TrainConfig(**s["train_config"]), hparams=HParams(**s["hparams"]),
+            config=TrainOptions(**s["train_config"]), hparams=HParams(**s["hparams"]),
             grid=Grid(**{field: tuple(values) for field, values in s["grid"].items()}),
             samples=s["samples"], log_uniform=tuple(s["log_uniform"]), seed=s["seed"],
             seeds=s["seeds"], max_parallel=s["max_parallel"], out=run_dir, resume=run_dir,

@@ -1,5 +1,6 @@
-"""The run driver: a compiled trainer in chunks of updates, with progress, checkpoints,
-interruption and non-finite stops; the result comes back in memory.
+"""The run driver, as a library: a compiled trainer in chunks of updates, with optional
+sinks (metrics, checkpoints, progress), a caller's stop request and non-finite stops; the
+result comes back in memory.
 
 :func:`drive` compiles ``init`` and ``run(k)`` (:meth:`~jaxadv.engine.train.Trainer.run`, a
 ``lax.scan`` over ``k`` updates) over a leading seed axis and calls ``run`` once per chunk.
@@ -8,13 +9,15 @@ Each call is one fused program and chaining the calls gives the same numbers as
 one seed (whose program has no seed axis at all, so no matrix product becomes a batched one).
 
 The host work never stalls the program: the next call is dispatched before the metrics of
-the one before are read, and checkpoints are written by a background thread, so CSV rows,
-the progress bar and orbax's writes overlap the computation. Checkpoints are saved at call
-ends every ``checkpoint_every`` updates (default: a minute of training apart), at the end
-and on SIGINT/SIGTERM (:class:`Interrupts`);
-a non-finite loss, gradient or parameter (the ``nonfinite`` metric) stops the run at the end
-of the call in which it appeared, keeping the last finite state. :class:`RunStopped` says why
-a run stopped and how to go on.
+the one before are read, and checkpoints are written by a background thread, so the sinks,
+the progress report and orbax's writes overlap the computation. Checkpoints (when a
+directory is given) are saved at call ends every ``checkpoint_every`` updates (default: a
+minute of training apart), at the end and when the caller's ``stop()`` asks; a non-finite
+loss, gradient or parameter (the ``nonfinite`` metric) stops the run at the end of the call
+in which it appeared, keeping the last finite state. :class:`RunStopped` says why a run
+stopped. The driver installs no signal handler and prints nothing: the command line
+(:mod:`jaxadv.cli.runs`) turns SIGINT/SIGTERM into ``stop()``, shows the progress and words
+the messages.
 
 Compiled programs are kept in JAX's persistent compilation cache
 (:func:`enable_compile_cache`), so a second run of the same configuration — a resumed run,
@@ -24,40 +27,33 @@ a repeated experiment — loads them instead of compiling.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
-import itertools
 import math
 import os
 import pathlib
-import shlex
-import signal
-import socket
-import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, ClassVar
+from typing import Any
 
 import jax
 import numpy as np
 from jax.experimental import checkify
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from jaxadv.engine.checkpoint import CheckpointError, CheckpointStore
 from jaxadv.engine.devices import check_memory, seed_groups
-from jaxadv.engine.metrics import MetricsWriter, summarize
+from jaxadv.engine.metrics import summarize
 from jaxadv.engine.train import NONFINITE, HParams, TrainConfig, Trainer, TrainState, make_trainer
 from jaxadv.stats import forward_fill, seed_mean_std
 
 __all__ = [
     "CHECKPOINT_SECONDS",
     "ChunkedRun",
-    "Interrupts",
     "RunOptions",
+    "RunProgress",
     "RunResult",
     "RunStopped",
     "chunk_sizes",
@@ -66,7 +62,6 @@ __all__ = [
     "default_compile_cache",
     "drive",
     "enable_compile_cache",
-    "progress_bar",
 ]
 
 
@@ -293,112 +288,23 @@ def _raising_nans(compiled: Callable) -> Callable:
     return call
 
 
-def progress_bar(console: Console, label: str, *columns: TextColumn) -> Progress:
-    """A progress bar: ``label``, the bar, ``columns``, elapsed and remaining time."""
-    return Progress(
-        TextColumn(f"[bold]{label}"), BarColumn(), *columns, TimeElapsedColumn(),
-        TimeRemainingColumn(), console=console,
-    )
-
-
 class RunStopped(Exception):
-    """The run stopped before its end: interrupted, non-finite values, or nothing to resume.
+    """The run stopped before its end.
 
-    ``str(exc)`` says why and how to go on; ``status`` is the exit status the command line
-    returns (130 / 143 after SIGINT / SIGTERM, 1 after non-finite values, 2 for an error).
+    ``reason``: ``"stopped"`` (the caller's ``stop()`` asked), ``"nonfinite"`` (a NaN or
+    ±inf in the loss, gradient or parameters) or ``"error"`` (nothing usable to resume).
+    ``update``: the updates done when it stopped; ``checkpoint``: the directory of the last
+    checkpoint saved (``None``: none, or no checkpoints kept); ``found``: with
+    ``debug_nans``, checkify named the operation. ``status`` is the exit status a command
+    line would return for it (1 after non-finite values, 2 for an error; the caller sets its
+    own for ``"stopped"``). ``str(exc)`` says what happened, in the library's words.
     """
 
-    def __init__(self, message: str, status: int):
+    def __init__(self, message: str, status: int, *, reason: str = "error", update: int = 0,
+                 checkpoint: pathlib.Path | None = None, found: bool = False):
         super().__init__(message)
-        self.status = status
-
-
-class Interrupts:
-    """SIGINT and SIGTERM while a command runs: the first asks the driver to stop after the
-    call in flight (``signum`` is set); a second ends the process at once with status
-    128 + the signal. Checkpoints and sweep chunks are only ever renamed into place, so the
-    last one stays good. ``stopping`` and ``intact`` word the two messages.
-
-    ``at_once``: asked on the first signal; where it returns a message (``{signal}`` is
-    replaced by the signal's name), the process prints it and ends at once with status
-    128 + the signal, as where nothing in flight is worth waiting for (a compile). Where an
-    outer guard is installed (the command line's, for a whole command), entering an inner one
-    marks the outer ``deferring``: the run has started, so from then on its signal waits
-    for the outputs to be written.
-
-    A watcher thread reads the signal numbers that Python's C-level handler writes to a
-    wakeup socket, so a signal acts even while the main thread waits on XLA.
-    Outside the main thread (where signals cannot be caught) it does nothing.
-    """
-
-    _installed_guards: ClassVar[list[Interrupts]] = []
-
-    def __init__(self, console: Console, *,
-                 stopping: str = "the call in flight to save a checkpoint",
-                 intact: str = "the last finished checkpoint is intact",
-                 at_once: Callable[[], str | None] | None = None):
-        self.console = console
-        self.signum: int | None = None
-        self.deferring = False
-        self._installed = False
-        self._stopping, self._intact, self._at_once = stopping, intact, at_once
-
-    def stopped(self, progress: str, saved: str, resume: str) -> RunStopped:
-        """The :class:`RunStopped` for the signal received: ``"<SIGNAL>: stopped after
-        <progress>; saved <saved>"`` and the command that resumes, status 128 + the signal."""
-        name = signal.Signals(self.signum).name
-        return RunStopped(f"{name}: stopped after {progress}; saved {saved}\nresume with: {resume}",
-                          128 + self.signum)
-
-    def __enter__(self) -> Interrupts:
-        if threading.current_thread() is not threading.main_thread():
-            return self
-        for outer in Interrupts._installed_guards:
-            outer.deferring = True
-        self._reader, self._writer = socket.socketpair()
-        self._writer.setblocking(False)
-        self._old_fd = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
-        self._old = {s: signal.signal(s, lambda *_: None) for s in (signal.SIGINT, signal.SIGTERM)}
-        self._thread = threading.Thread(target=self._watch, name="jaxadv-signals", daemon=True)
-        self._thread.start()
-        self._installed = True
-        Interrupts._installed_guards.append(self)
-        return self
-
-    def _watch(self) -> None:
-        while True:
-            try:
-                data = self._reader.recv(64)
-            except OSError:
-                return
-            if not data:
-                return
-            for signum in data:
-                if signum not in (signal.SIGINT, signal.SIGTERM):
-                    continue
-                name = signal.Signals(signum).name
-                if self.signum is None:
-                    message = None if self.deferring or self._at_once is None else self._at_once()
-                    if message is not None:
-                        os.write(2, f"\n{message.format(signal=name)}\n".encode())
-                        os._exit(128 + signum)
-                    self.signum = signum
-                    self.console.print(f"{name}: stopping after {self._stopping}; again to "
-                                       "quit at once")
-                else:
-                    os.write(2, f"\nquitting at once; {self._intact}\n".encode())
-                    os._exit(128 + signum)
-
-    def __exit__(self, *exc: object) -> None:
-        if not self._installed:
-            return
-        Interrupts._installed_guards.remove(self)
-        for s, handler in self._old.items():
-            signal.signal(s, handler)
-        signal.set_wakeup_fd(self._old_fd)
-        self._writer.close()  # the watcher's recv returns b""
-        self._thread.join(timeout=5)
-        self._reader.close()
+        self.status, self.reason, self.update = status, reason, update
+        self.checkpoint, self.found = checkpoint, found
 
 
 CHECKPOINT_SECONDS = 60.0
@@ -408,9 +314,10 @@ CHECKPOINT_SECONDS = 60.0
 class _Saver:
     """Checkpoints ``every`` updates apart (``None``: :data:`CHECKPOINT_SECONDS` apart) at call
     ends, and on demand, written by one background thread so that the next call runs
-    meanwhile. :meth:`wait` blocks until the last one is on disk (and re-raises its error)."""
+    meanwhile. :meth:`wait` blocks until the last one is on disk (and re-raises its error).
+    Without a ``store`` it keeps nothing."""
 
-    def __init__(self, store: CheckpointStore, every: int | None, record: dict[str, Any],
+    def __init__(self, store: CheckpointStore | None, every: int | None, record: dict[str, Any],
                  last: int):
         self.store, self.every, self.record = store, every, record
         self.last = last  # the update of the latest checkpoint (0: none)
@@ -419,17 +326,23 @@ class _Saver:
         self._pending: concurrent.futures.Future | None = None
 
     def due(self, done: int) -> bool:
+        if self.store is None:
+            return False
         if self.every is None:
             return time.perf_counter() - self._since >= CHECKPOINT_SECONDS
         return done - self.last >= self.every
 
     def save(self, done: int, state: TrainState, history: dict[str, np.ndarray],
              seconds: float) -> None:
-        if done > self.last:
+        if self.store is not None and done > self.last:
             self.wait()
             self._pending = self._pool.submit(self.store.save, done, state, history,
                                               train_seconds=seconds, config=self.record)
             self.last, self._since = done, time.perf_counter()
+
+    def latest(self) -> pathlib.Path | None:
+        """The directory of the latest checkpoint saved (``None``: none)."""
+        return None if self.store is None or not self.last else self.store.directory / str(self.last)
 
     def wait(self) -> None:
         pending, self._pending = self._pending, None
@@ -454,28 +367,6 @@ def _extend(history: dict[str, np.ndarray], metrics: dict[str, np.ndarray],
     return {n: np.concatenate([history[n], v], axis=-1) for n, v in new.items()}
 
 
-class _Sinks:
-    """Several metrics sinks appended to as one."""
-
-    def __init__(self, sinks: tuple[Any, ...]):
-        self._sinks = sinks
-
-    def append(self, metrics: dict[str, np.ndarray], first_update: int, wall_seconds: float) -> None:
-        for sink in self._sinks:
-            sink.append(metrics, first_update, wall_seconds)
-
-
-def _replay(writer: MetricsWriter, history: dict[str, np.ndarray]) -> None:
-    """Rewrite ``metrics.csv`` rows from a checkpoint's ``history``, one group per call."""
-    if not history:
-        return
-    wall = history["wall_seconds"]
-    metrics = {n: v for n, v in history.items() if n != "wall_seconds"}
-    cuts = [0, *(int(c) + 1 for c in np.flatnonzero(np.diff(wall) != 0)), len(wall)]
-    for i, j in itertools.pairwise(cuts):
-        writer.append({n: v[:, i:j] for n, v in metrics.items()}, i + 1, float(wall[i]))
-
-
 def _nonfinite_message(flags: np.ndarray, first_update: int) -> str:
     """Which quantity went non-finite at which update, for which seeds: ``flags [seeds, k]``."""
     bad = flags != 0
@@ -486,50 +377,78 @@ def _nonfinite_message(flags: np.ndarray, first_update: int) -> str:
             f"seed(s) {', '.join(map(str, seeds))}")
 
 
-def _nonfinite_stop(what: str, saver: _Saver, resume: str, found: bool = False) -> str:
-    """The message of a run stopped by non-finite values (``found``: by --debug-nans;
-    ``resume``: the command that continues the run)."""
-    if saver.last:
-        kept = (f"The last finite state, after update {saver.last}, is checkpoint "
-                f"{saver.store.directory / str(saver.last)}")
-        if not found:
-            kept += f"; rerun from it with `{resume} --debug-nans` to find the operation"
-    else:
-        kept = "No checkpoint was written before it"
-        if not found:
-            kept += "; rerun the same command with --debug-nans to find the operation"
-    return f"error: {what}; training stopped. {kept}."
+def _nonfinite_stop(what: str, saver: _Saver, found: bool = False) -> RunStopped:
+    """The :class:`RunStopped` of a run stopped by non-finite values (``found``: by
+    ``debug_nans``), after its last finite state is on disk."""
+    saver.wait()
+    return RunStopped(what, 1, reason="nonfinite", update=saver.last, checkpoint=saver.latest(),
+                      found=found)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunProgress:
+    """Where a run stands after a call (and once before the first): ``done`` of ``total``
+    updates, ``env_steps`` per seed, all seeds' ``steps_per_second`` since this process
+    started it (``None`` before the first call) and the mean over seeds of each seed's latest
+    finished-episode return (NaN while none has finished)."""
+
+    done: int
+    total: int
+    env_steps: int
+    total_env_steps: int
+    steps_per_second: float | None
+    mean_return: float
+
+
+def _ignore(*_: Any) -> None:
+    """A hook left out: nothing happens."""
 
 
 @dataclasses.dataclass(frozen=True)
 class RunOptions:
     """How :func:`drive` runs a configuration (everything but the config and hparams).
 
-    ``record`` is the run's JSON description (what ``config.json`` holds); every checkpoint
-    carries it.
+    Every output is optional: by default a run keeps no checkpoint, writes no file, prints
+    nothing and runs to its end; the result comes back in memory (:class:`RunResult`).
     """
 
-    out: pathlib.Path
     seed: int = 0
     seeds: int = 1
     chunk_updates: int | None = None
+    """updates per compiled call (default :func:`default_chunk_updates`)."""
+    checkpoints: pathlib.Path | None = None
+    """keep checkpoints in this directory (orbax, :mod:`jaxadv.engine.checkpoint`); ``None``:
+    none (and nothing to resume from)."""
     checkpoint_every: int | None = None
+    """updates between checkpoints, rounded up to whole calls (default: a minute apart); one
+    is also written at the end and when ``stop`` asks."""
     keep_checkpoints: int = 2
     resume: bool = False
+    """continue from the latest good checkpoint in ``checkpoints``."""
     debug_nans: bool = False
-    quiet: bool = False
+    """compile each call with checkify's NaN checks (slower): a NaN raises :class:`RunStopped`
+    naming the operation."""
     record: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """the run's JSON description; every checkpoint carries it."""
     seed_groups: int | None = None
     """the seeds are computed in this many equal groups (default:
     :func:`~jaxadv.engine.devices.seed_groups` of the local devices); a resumed run keeps its own."""
     devices: int | None = None
     """spread the groups over at most this many local devices (default: all)."""
-    loggers: tuple[Any, ...] = ()
-    """more sinks of each call's metrics beside ``metrics.csv``, each with
-    ``append(metrics, first_update, wall_seconds)`` (:mod:`jaxadv.cli.tracking`); a resumed run
-    gives them only the updates it computes."""
-    resume_command: str | None = None
-    """the command that continues this run, in messages; default ``jaxadv train --resume OUT``."""
+    sinks: tuple[Any, ...] = ()
+    """where each call's metrics go: objects with ``append(metrics, first_update,
+    wall_seconds)`` (metrics ``[seeds, k]``), such as
+    :class:`~jaxadv.engine.metrics.MetricsWriter`; once compiled, a resumed run gives a sink
+    that has ``resumed(history)`` the metrics it restored, then only the updates it computes."""
+    progress: Callable[[RunProgress], Any] = _ignore
+    """called before the first call and after each one."""
+    log: Callable[[str], Any] = _ignore
+    """told what happens: resuming, compiling, compiled."""
+    warn: Callable[[str], Any] = _ignore
+    """told of anything odd that does not stop the run (a checkpoint passed over on resume)."""
+    stop: Callable[[], bool] = lambda: False
+    """asked after each call: ``True`` saves a checkpoint and raises :class:`RunStopped`
+    (``reason="stopped"``) unless that call was the last."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -556,43 +475,43 @@ def _restore(store: CheckpointStore, trainer: Trainer, keys: jax.Array, hp: HPar
         raise RunStopped(f"error: {exc}", 2) from None
 
 
-def drive(config: TrainConfig, hp: HParams, options: RunOptions) -> RunResult:
-    """Train ``config`` on ``options.seeds`` seeds in compiled chunks with a progress bar,
-    writing ``metrics.csv`` and ``checkpoints/`` under ``options.out`` as it goes (with
-    ``options.resume``: from the latest good checkpoint there). Returns the
-    :class:`RunResult`; raises :class:`RunStopped` when interrupted, on non-finite values,
-    or with no usable checkpoint to resume."""
-    out = options.out
+def drive(config: TrainConfig, hp: HParams, options: RunOptions = RunOptions()) -> RunResult:
+    """Train ``config`` on ``options.seeds`` seeds in compiled chunks, handing each call's
+    metrics to ``options.sinks`` and keeping checkpoints in ``options.checkpoints`` as it goes
+    (with ``options.resume``: from the latest good one there). Returns the
+    :class:`RunResult`; raises :class:`RunStopped` when ``options.stop()`` asks, on
+    non-finite values, or with no usable checkpoint to resume. Installs no signal handler
+    and prints nothing (``options.log`` / ``warn`` / ``progress`` hear what happens)."""
+    if options.resume and options.checkpoints is None:
+        raise ValueError("`resume` needs `checkpoints`, the directory to resume from")
     k = min(options.chunk_updates or default_chunk_updates(config.num_updates), config.num_updates)
-    err = Console(stderr=True, quiet=options.quiet)
-    warn = lambda message: print(message, file=sys.stderr)  # even with --quiet
     keys = jax.random.split(jax.random.key(options.seed), options.seeds)
-    with CheckpointStore(out / "checkpoints", options.keep_checkpoints) as store:
+    with contextlib.ExitStack() as stack:
+        store = None if options.checkpoints is None else stack.enter_context(
+            CheckpointStore(options.checkpoints, options.keep_checkpoints))
         state, history, seconds = None, {}, 0.0
         if options.resume:
-            checkpoint = _restore(store, make_trainer(config), keys, hp, warn)
+            checkpoint = _restore(store, make_trainer(config), keys, hp, options.warn)
             state, history, seconds = checkpoint.state, checkpoint.history, checkpoint.train_seconds
-            err.print(f"resuming {out} after update {checkpoint.step} of {config.num_updates}")
+            options.log(f"resuming {options.checkpoints.parent} after update {checkpoint.step} "
+                        f"of {config.num_updates}")
         start = len(history["wall_seconds"]) if history else 0
-        err.print(f"compiling {config.algo} on {config.env}: {options.seeds} seed(s), "
-                  f"{config.num_updates} updates, {k} per call"
-                  f"{', with NaN checks' if options.debug_nans else ''} …")
+        options.log(f"compiling {config.algo} on {config.env}: {options.seeds} seed(s), "
+                    f"{config.num_updates} updates, {k} per call"
+                    f"{', with NaN checks' if options.debug_nans else ''} …")
         groups = options.seed_groups or seed_groups(options.seeds, jax.local_device_count())
         chunked = compile_chunked(config, hp, keys, k, start=start, debug_nans=options.debug_nans,
                                   groups=groups, devices=options.devices)
         cached = " (from the compilation cache)" if chunked.cache == "hit" else ""
         spread = (f"; {chunked.groups} groups of seeds on {chunked.devices} device(s)"
                   if chunked.groups > 1 else "")
-        err.print(f"compiled in {chunked.compile_seconds:.1f} s{cached}{spread}")
+        options.log(f"compiled in {chunked.compile_seconds:.1f} s{cached}{spread}")
+        for sink in options.sinks:  # after the compile, which a signal may cut short
+            getattr(sink, "resumed", _ignore)(history)
         saver = _Saver(store, options.checkpoint_every, options.record, start)
         try:
-            with MetricsWriter(out / "metrics.csv", config.batch_size) as writer:
-                _replay(writer, history)
-                sinks = _Sinks((writer, *options.loggers))
-                state, history, timing = _loop(chunked, keys, hp, config, sinks, err, state=state,
-                                               history=history, saver=saver, train_seconds=seconds,
-                                               resume=options.resume_command or
-                                               f"jaxadv train --resume {shlex.quote(str(out))}")
+            state, history, timing = _loop(chunked, keys, hp, config, options, state=state,
+                                           history=history, saver=saver, train_seconds=seconds)
         finally:
             saver.close()
     returns = np.asarray(history["episode_return"], np.float64)
@@ -606,22 +525,21 @@ def drive(config: TrainConfig, hp: HParams, options: RunOptions) -> RunResult:
 
 
 def _loop(
-    chunked: ChunkedRun, keys: jax.Array, hp: HParams, config: TrainConfig,
-    writer: MetricsWriter | _Sinks, console: Console, *, state: TrainState | None,
-    history: dict[str, np.ndarray], saver: _Saver, train_seconds: float, resume: str,
+    chunked: ChunkedRun, keys: jax.Array, hp: HParams, config: TrainConfig, options: RunOptions,
+    *, state: TrainState | None, history: dict[str, np.ndarray], saver: _Saver,
+    train_seconds: float,
 ) -> tuple[TrainState, dict[str, np.ndarray], dict[str, float]]:
-    """Run every chunk, appending metrics, updating the progress bar and saving checkpoints.
+    """Run every chunk, handing metrics to the sinks, reporting progress and saving
+    checkpoints.
 
     Starts from ``state`` after the updates in ``history`` (a resumed run; ``None``: from
     ``init``), ``train_seconds`` already spent. Returns the final state, the whole
     ``history`` and the timings: ``train_seconds`` (compile excluded) and ``host_seconds``
     (of those, the time the main thread spent on host work between calls, which overlaps
-    the next call). ``resume``: the command that continues the run, in messages. Raises
-    :class:`RunStopped` after a signal or on non-finite values,
-    having saved the last finite state.
+    the next call). Raises :class:`RunStopped` when ``options.stop()`` asks or on non-finite
+    values, having saved the last finite state.
     """
     seeds, batch_size = keys.shape[0], config.batch_size
-    total = config.num_updates * batch_size
     done = start = len(history["wall_seconds"]) if history else 0
     latest = np.full((seeds, 1), np.nan)  # each seed's latest finished-episode return
     if history:
@@ -629,53 +547,39 @@ def _loop(
     t0 = time.perf_counter()
     host = 0.0
     seconds = lambda: train_seconds + time.perf_counter() - t0
-    columns = (  # env steps per seed, steps/s (all seeds), the latest return
-        TextColumn("{task.completed:,.0f}/{task.total:,.0f} steps"),
-        TextColumn("{task.fields[sps]}"),
-        TextColumn("return {task.fields[ret]}"),
-    )
-    with Interrupts(console) as interrupts, progress_bar(console, "train", *columns) as progress:
-        task = progress.add_task("train", total=total, completed=done * batch_size, sps="",
-                                 ret="–")
-        chunks = chunked.iterate(keys, hp, state)
-        while True:
-            try:
-                new_state, metrics = next(chunks)
-                metrics = jax.device_get(metrics)  # waits for this chunk; the next one runs
-            except StopIteration:
-                break
-            except FloatingPointError as exc:  # --debug-nans: checkify found a NaN
-                saver.save(done, state, history, seconds())
-                saver.wait()
-                raise RunStopped(_nonfinite_stop(str(exc), saver, resume, found=True), 1) from None
-            t_host = time.perf_counter()
-            k, now = np.shape(metrics["episode_return"])[1], seconds()
-            writer.append(metrics, done + 1, now)
-            if np.any(metrics["nonfinite"]):  # keep the last finite state, not this one
-                saver.save(done, state, history, seconds())
-                saver.wait()
-                raise RunStopped(_nonfinite_stop(
-                    _nonfinite_message(np.asarray(metrics["nonfinite"]), done + 1),
-                    saver, resume), 1)
-            state, history, done = new_state, _extend(history, metrics, now), done + k
-            chunk_returns = np.asarray(metrics["episode_return"], np.float64)  # [seeds, k]
-            latest = forward_fill(np.concatenate([latest, chunk_returns], axis=1))[:, -1:]
-            mean_return = seed_mean_std(latest)[0][0]
-            elapsed = time.perf_counter() - t0
-            progress.update(
-                task,
-                completed=done * batch_size,
-                sps=f"{(done - start) * batch_size * seeds / elapsed:,.0f} steps/s",
-                ret="–" if np.isnan(mean_return) else f"{mean_return:.1f}",
-            )
-            if interrupts.signum or saver.due(done) or done == config.num_updates:
-                saver.save(done, state, history, seconds())
-            host += time.perf_counter() - t_host
-            if interrupts.signum and done < config.num_updates:
-                saver.wait()
-                raise interrupts.stopped(
-                    f"update {done} of {config.num_updates}",
-                    f"checkpoint {saver.store.directory / str(done)} and metrics.csv",
-                    resume)
-        saver.wait()  # the last checkpoint is on disk before the run counts as done
+    report = lambda sps: options.progress(RunProgress(
+        done, config.num_updates, done * batch_size, config.num_updates * batch_size, sps,
+        float(seed_mean_std(latest)[0][0])))
+    report(None)
+    chunks = chunked.iterate(keys, hp, state)
+    while True:
+        try:
+            new_state, metrics = next(chunks)
+            metrics = jax.device_get(metrics)  # waits for this chunk; the next one runs
+        except StopIteration:
+            break
+        except FloatingPointError as exc:  # debug_nans: checkify found a NaN
+            saver.save(done, state, history, seconds())
+            raise _nonfinite_stop(str(exc), saver, found=True) from None
+        t_host = time.perf_counter()
+        k, now = np.shape(metrics["episode_return"])[1], seconds()
+        for sink in options.sinks:
+            sink.append(metrics, done + 1, now)
+        if np.any(metrics["nonfinite"]):  # keep the last finite state, not this one
+            saver.save(done, state, history, seconds())
+            raise _nonfinite_stop(_nonfinite_message(np.asarray(metrics["nonfinite"]), done + 1),
+                                  saver)
+        state, history, done = new_state, _extend(history, metrics, now), done + k
+        chunk_returns = np.asarray(metrics["episode_return"], np.float64)  # [seeds, k]
+        latest = forward_fill(np.concatenate([latest, chunk_returns], axis=1))[:, -1:]
+        report((done - start) * batch_size * seeds / (time.perf_counter() - t0))
+        stopping = options.stop()
+        if stopping or saver.due(done) or done == config.num_updates:
+            saver.save(done, state, history, seconds())
+        host += time.perf_counter() - t_host
+        if stopping and done < config.num_updates:
+            saver.wait()
+            raise RunStopped(f"stopped after update {done} of {config.num_updates}", 1,
+                             reason="stopped", update=done, checkpoint=saver.latest())
+    saver.wait()  # the last checkpoint is on disk before the run counts as done
     return state, history, {"train_seconds": seconds(), "host_seconds": host}

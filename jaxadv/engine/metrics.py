@@ -8,7 +8,9 @@ updates at a time. Host-side only (NumPy, ``csv``); nothing here is traced.
 from __future__ import annotations
 
 import csv
+import itertools
 import pathlib
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -16,7 +18,7 @@ import numpy as np
 
 from jaxadv.stats import final_returns, seed_mean_std
 
-__all__ = ["METRIC_COLUMNS", "MetricsWriter", "platform_info", "summarize"]
+__all__ = ["METRIC_COLUMNS", "MetricsWriter", "history_calls", "platform_info", "summarize"]
 
 METRIC_COLUMNS = (
     "episode_return",
@@ -41,17 +43,29 @@ class MetricsWriter:
     others, sorted), and ``wall_seconds``: training seconds (compile excluded) when the
     chunk holding that update finished. ``episode_return`` and ``episode_length`` are
     ``nan`` for an update in which no episode ended. Rows are flushed after each chunk,
-    so an interrupted run keeps what it finished.
+    so an interrupted run keeps what it finished. The file is created (or emptied) at the
+    first rows: a run stopped before training leaves none. As a sink of
+    :func:`~jaxadv.engine.driver.drive` it writes a resumed run's restored rows first
+    (:meth:`resumed`).
     """
 
     def __init__(self, path: pathlib.Path, batch_size: int):
-        self._file = path.open("w", newline="")
-        self._writer = csv.writer(self._file)
+        self._path = path
+        self._file: Any = None
+        self._writer: Any = None
         self._batch_size = batch_size
         self._names: list[str] | None = None
 
+    def resumed(self, history: dict[str, np.ndarray]) -> None:
+        """Write the rows of a restored ``history``, one group per call that made them."""
+        for metrics, first_update, wall_seconds in history_calls(history):
+            self.append(metrics, first_update, wall_seconds)
+
     def append(self, metrics: dict[str, np.ndarray], first_update: int, wall_seconds: float) -> None:
         """Write rows for ``metrics[name]: [seeds, K]``, updates ``first_update .. first_update + K - 1``."""
+        if self._file is None:
+            self._file = self._path.open("w", newline="")
+            self._writer = csv.writer(self._file)
         if self._names is None:
             rest = sorted(set(metrics) - set(METRIC_COLUMNS) - {"env_steps"})
             self._names = [n for n in METRIC_COLUMNS if n in metrics] + rest
@@ -69,13 +83,27 @@ class MetricsWriter:
 
     def close(self) -> None:
         """Close the file."""
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
     def __enter__(self) -> MetricsWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def history_calls(history: dict[str, np.ndarray]) -> Iterator[tuple[dict[str, np.ndarray], int, float]]:
+    """A ``history`` (as :class:`RunResult` and checkpoints hold it) cut back into the calls
+    that made it: ``(metrics [seeds, k], first_update, wall_seconds)`` per call, what a sink's
+    ``append`` got."""
+    if not history:
+        return
+    wall = history["wall_seconds"]
+    metrics = {n: v for n, v in history.items() if n != "wall_seconds"}
+    cuts = [0, *(int(c) + 1 for c in np.flatnonzero(np.diff(wall) != 0)), len(wall)]
+    for i, j in itertools.pairwise(cuts):
+        yield {n: v[:, i:j] for n, v in metrics.items()}, i + 1, float(wall[i])
 
 
 def platform_info() -> dict[str, str]:
