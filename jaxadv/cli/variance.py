@@ -48,16 +48,26 @@ if TYPE_CHECKING:
 
 __all__ = ["VarianceArgs", "plot_variance", "variance_command"]
 
-_SEQUENCE_HELP = (
-    f"measure the sequence estimators ({', '.join(sequence_exact.REPORT_ESTIMATORS)} by "
-    "default; also " + ", ".join(name for name in sequence_exact.sequence_estimators()
-                                 if name not in sequence_exact.REPORT_ESTIMATORS)
-    + " with --estimators; reinforce is read as return) x loss reductions on a tiny token task "
-    "of this kind, against the exact gradient from enumerating every response (--num-digits, "
-    "--prompt-length, --response-length, ...; a random 1-layer transformer policy).")
-_ESTIMATORS_HELP = "; ".join(
-    f"{form} ({ESTIMATORS[form.partition(':')[0]].summary})" for form in variance.spec_forms()
-) + "; mcb is read as mc; add :unweighted to drop the γ^t state weighting."
+
+
+def _sequence_help() -> str:
+    """``--sequence``'s help, with the estimators of the live table."""
+    others = [name for name in sequence_exact.sequence_estimators()
+              if name not in sequence_exact.REPORT_ESTIMATORS]
+    return (f"measure the sequence estimators ({', '.join(sequence_exact.REPORT_ESTIMATORS)} by "
+            f"default; also {', '.join(others)} with --estimators; reinforce is read as return) "
+            "x loss reductions on a tiny token task of this kind, against the exact gradient "
+            "from enumerating every response (--num-digits, --prompt-length, --response-length, "
+            "...; a random 1-layer transformer policy).")
+
+
+def _estimators_help() -> str:
+    """``--estimators``' help: the spec forms of the live table's rows, with their summaries."""
+    forms = [f"{form} ({ESTIMATORS[form.partition(':')[0]].summary})"
+             for form in variance.spec_forms()]
+    return ("; ".join(forms) + "; mcb is read as mc; add :unweighted to drop the γ^t state "
+            "weighting.")
+
 _DEFAULT_ESTIMATORS = ("return", "mc", "td", "nstep:5", "gae:0.5", "gae:0.8", "gae:0.9", "gae:0.95",
                        "gae:0.99", "gae:0.95:unweighted")
 
@@ -82,7 +92,7 @@ class VarianceArgs:
     policy_scale: float = 1.0
     """random MDP: the policy's logits are N(0, policy_scale²) per state and action."""
     sequence: Annotated[Literal["reverse", "sort", "add"] | None,
-                        tyro.conf.arg(help=_SEQUENCE_HELP)] = None
+                        tyro.conf.arg(help=_sequence_help())] = None
     """measure the sequence estimators x loss reductions on a tiny token task of this kind, against the exact gradient from enumerating every response (--num-digits, --prompt-length, --response-length, ...; a random 1-layer transformer policy)."""
     num_digits: int = 2
     """--sequence: digit vocabulary (responses: digits + EOS)."""
@@ -118,7 +128,7 @@ class VarianceArgs:
     """with --env: a `jaxadv train` run directory; its latest checkpoint's first seed is the policy."""
     train_timesteps: int = 50_000
     """with --env and no --checkpoint: train default PPO for this many env steps first."""
-    estimators: Annotated[tuple[str, ...], tyro.conf.arg(help=_ESTIMATORS_HELP)] = _DEFAULT_ESTIMATORS
+    estimators: Annotated[tuple[str, ...], tyro.conf.arg(help=_estimators_help())] = _DEFAULT_ESTIMATORS
     """the estimators (their spec forms are listed from the estimator table)."""
     batch_sizes: tuple[int, ...] = (16, 64, 256)
     """trajectories per gradient estimate, N."""
