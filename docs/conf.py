@@ -78,7 +78,8 @@ api_groups = {  # the package's layers, bottom up (jaxadv/__init__.py)
     "The command line": [
         "jaxadv.cli", "jaxadv.cli.app", "jaxadv.cli.train", "jaxadv.cli.sweep",
         "jaxadv.cli.search", "jaxadv.cli.eval", "jaxadv.cli.sequence", "jaxadv.cli.variance",
-        "jaxadv.cli.check", "jaxadv.cli.runs", "jaxadv.cli.options", "jaxadv.cli.interrupts",
+        "jaxadv.cli.check", "jaxadv.cli.runs", "jaxadv.cli.sweep_args", "jaxadv.cli.options",
+        "jaxadv.cli.interrupts",
         "jaxadv.cli.report", "jaxadv.cli.outdir", "jaxadv.cli.tracking",
     ],
 }

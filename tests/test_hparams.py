@@ -23,7 +23,7 @@ import tyro
 import jaxadv
 from jaxadv import cli
 from jaxadv.cli import sequence as sequence_cli
-from jaxadv.cli import sweep as sweep_cli
+from jaxadv.cli import sweep_args
 from jaxadv.cli.report import jsonable
 from jaxadv.engine.train import HPARAM_SPECS, HParams
 from jaxadv.tuning import pbt
@@ -121,10 +121,10 @@ def test_help_shows_each_fields_doc_once(capsys):
 
 
 def test_every_hparams_field_has_a_grid_flag_with_its_range(capsys):
-    names = [f.name for f in dataclasses.fields(sweep_cli.Grid)]
+    names = [f.name for f in dataclasses.fields(sweep_args.Grid)]
     assert names[:len(HPARAM_SPECS)] == list(HPARAM_SPECS)  # crossed in HParams' order
     assert names[len(HPARAM_SPECS):] == ["num_envs", "num_steps", "estimator"]
-    assert typing.get_args(sweep_cli._HParamName) == tuple(HPARAM_SPECS)
+    assert typing.get_args(sweep_args._HParamName) == tuple(HPARAM_SPECS)
     assert cli.main(["sweep", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     for field in HPARAM_SPECS:
@@ -138,7 +138,7 @@ def test_each_grid_flag_parses_and_refuses_a_value_outside_its_range(field, no_c
                                                                      capsys):
     low, _, low_in, _ = DOCUMENTED[field]
     flag = "--grid." + field.replace("_", "-")
-    args = tyro.cli(sweep_cli.SweepArgs, args=[flag, "0.5", "0.75"])
+    args = tyro.cli(sweep_args.SweepArgs, args=[flag, "0.5", "0.75"])
     assert getattr(args.grid, field) == (0.5, 0.75)
     bad = str(low - 0.25 if low_in else low)
     good = str(getattr(HParams(), field))

@@ -133,3 +133,23 @@ def test_moved_modules_keep_their_old_paths():
 
     assert (make_train, TrainConfig, HParams) == (train.make_train, train.TrainConfig, train.HParams)
     assert jaxadv.gae is jaxadv.advantages.gae
+
+
+COMMANDS = ("train", "sweep", "eval", "sequence", "variance", "check")
+"""The ``jaxadv`` subcommands, one module of :mod:`jaxadv.cli` each."""
+
+
+def test_commands_import_shared_pieces_never_each_other():
+    """A command module imports no other command's module, and the pieces the commands share
+    (``jaxadv.cli.runs``, ``sweep_args``, ``search``, ``report``, ...) import no command: so a
+    command can change, or go, without touching another. ``jaxadv.cli.app`` dispatches."""
+    from jaxadv.cli.app import _commands
+
+    assert set(_commands()) == set(COMMANDS)  # every subcommand is one of these modules
+    graph = import_graph()
+    commands = {f"jaxadv.cli.{name}" for name in COMMANDS}
+    assert commands <= set(graph)
+    wrong = [f"{name} -> {dep}" for name, deps in graph.items()
+             if name.startswith("jaxadv.cli.") and name != "jaxadv.cli.app"
+             for dep in deps & commands if dep != name]
+    assert not wrong, wrong

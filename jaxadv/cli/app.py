@@ -59,15 +59,14 @@ def _commands() -> dict[str, tuple[type, Callable[[Any], Any]]]:
     host device per core."""
     from jaxadv.cli.check import CheckArgs, check_command
     from jaxadv.cli.eval import EvalArgs, eval_command
-    from jaxadv.cli.search import search_command
     from jaxadv.cli.sequence import SequenceArgs, sequence_command
-    from jaxadv.cli.sweep import SweepArgs
+    from jaxadv.cli.sweep import SweepArgs, sweep_command
     from jaxadv.cli.train import TrainArgs, train_command
     from jaxadv.cli.variance import VarianceArgs, variance_command
 
     return {
         "train": (TrainArgs, train_command),
-        "sweep": (SweepArgs, search_command),
+        "sweep": (SweepArgs, sweep_command),
         "variance": (VarianceArgs, variance_command),
         "sequence": (SequenceArgs, sequence_command),
         "eval": (EvalArgs, eval_command),
@@ -125,7 +124,7 @@ def _parse(argv: Sequence[str] | None) -> Any:
     """The checked arguments of the subcommand in ``argv``; raises :class:`_ParseError`."""
     from jaxadv.cli.runs import TrainArgs, resume_args
     from jaxadv.cli.sequence import SequenceArgs, sequence_resume_args
-    from jaxadv.cli.sweep import SweepArgs, sweep_resume_args
+    from jaxadv.cli.sweep_args import SweepArgs, sweep_resume_args
 
     _refuse_none_grid_values(argv)
     commands = _commands()

@@ -32,7 +32,7 @@ from rich.table import Table
 
 from jaxadv.cli.outdir import OutputLock, check_fresh, find_run, remove_run, replace_atomically
 from jaxadv.cli.report import write_json
-from jaxadv.cli.sweep import sweep_resume_args
+from jaxadv.cli.sweep_args import sweep_resume_args
 from jaxadv.engine.architectures import NETWORKS
 from jaxadv.engine.checkpoint import SweepChunks
 from jaxadv.engine.driver import RunStopped

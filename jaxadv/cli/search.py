@@ -8,7 +8,8 @@ trained, the point's settings, its fitness and whether it went on), ``summary.js
 rungs, the pick, the env steps spent and the compiles) and ``search.png`` (each point's
 fitness against the env steps it was trained for) under ``--out``; with ``--reeval.top K``
 the search's K best are trained again on fresh seeds (:mod:`jaxadv.tuning.selection`). Other
-searches (``grid``, and ``--samples`` random draws) are :func:`~jaxadv.cli.sweep.sweep_command`'s.
+searches (``grid``, and ``--samples`` random draws) are :func:`~jaxadv.cli.sweep.grid_command`'s;
+:func:`~jaxadv.cli.sweep.sweep_command` dispatches.
 """
 
 from __future__ import annotations
@@ -23,23 +24,13 @@ from rich.console import Console
 
 from jaxadv.cli.outdir import OutputLock, replace_atomically
 from jaxadv.cli.report import _figure, jsonable, plot_selection, save_panel, write_json
-from jaxadv.cli.sweep import SweepArgs, _prepare_out, sweep_command
+from jaxadv.cli.sweep_args import SweepArgs, prepare_sweep_out
 from jaxadv.engine.metrics import platform_info
 from jaxadv.tuning.halving import HalvingResult, Rung, successive_halving
 from jaxadv.tuning.pbt import PBTResult, population_based_training
 from jaxadv.tuning.selection import reevaluate, selection_report
 
-__all__ = ["halving_command", "pbt_command", "search_command"]
-
-
-def search_command(args: SweepArgs) -> dict[str, Any]:
-    """``jaxadv sweep``: :func:`halving_command` for ``--search halving``,
-    :func:`pbt_command` for ``--search pbt``, else :func:`~jaxadv.cli.sweep.sweep_command`."""
-    if args.search == "halving":
-        return halving_command(args)
-    if args.search == "pbt":
-        return pbt_command(args)
-    return sweep_command(args)
+__all__ = ["halving_command", "pbt_command"]
 
 
 def pbt_command(args: SweepArgs) -> dict[str, Any]:
@@ -47,7 +38,7 @@ def pbt_command(args: SweepArgs) -> dict[str, Any]:
     ``summary.json`` and ``pbt.png``; returns the summary."""
     with OutputLock(args.out):
         args.check()
-        _prepare_out(args, writer=True)
+        prepare_sweep_out(args, writer=True)
         config, out = args.config, args.out
         err, console = Console(stderr=True, quiet=args.quiet), Console(quiet=args.quiet)
         settings, interval = args.pbt_settings(), args.pbt_interval()
@@ -134,7 +125,7 @@ def halving_command(args: SweepArgs) -> dict[str, Any]:
     """Run successive halving for ``args``, write its outputs, return the summary."""
     with OutputLock(args.out):
         args.check()
-        _prepare_out(args, writer=True)
+        prepare_sweep_out(args, writer=True)
         return _halving(args)
 
 
