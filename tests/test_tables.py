@@ -125,6 +125,8 @@ def test_a_registered_row_is_offered_by_train_sweep_variance_and_sequence(monkey
     assert "dummy (a dummy row of the test)" in train
     assert "dummyalgo (a dummy algorithm of the test)" in train
     assert ",remax,dummy}" in train and ",icepop,dummyalgo}" in train  # the choices
+    assert "4 for ppo, dapo, gspo, cispo, sapo, gmpo, icepop, dummyalgo; 1 for a2c" in train
+    assert "row clips it (ppo, dapo, gspo, cispo, sapo, gmpo, icepop, dummyalgo)" in train
     assert ",dummy}" in _help("sweep", capsys)  # --grid.estimator's choices
     assert "dummy:LAMBDA (a dummy row of the test)" in _help("variance", capsys)
     sequence = _help("sequence", capsys)

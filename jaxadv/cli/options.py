@@ -20,7 +20,7 @@ from jaxadv.engine.architectures import NETWORKS
 from jaxadv.engine.estimators import ESTIMATORS
 from jaxadv.engine.train import TrainConfig
 
-__all__ = ["TrainOptions", "network_help", "table_help"]
+__all__ = ["TrainOptions", "network_help", "row_default_help", "table_help"]
 
 
 def table_help(table: dict[str, Any], what: str) -> str:
@@ -34,6 +34,23 @@ def network_help() -> str:
     defaults = [f"{name} for {row.default_for} observations" for name, row in NETWORKS.items()
                 if row.default_for]
     return f"{table_help(NETWORKS, 'network')[:-1]}; default: {', '.join(defaults)}."
+
+
+def row_default_help(what: str, field: str, values: dict[Any, str] | None = None) -> str:
+    """``--help`` of a setting whose default is the algorithm's: ``what``, then the
+    :data:`~jaxadv.engine.algorithms.ALGORITHMS` rows grouped by their ``field`` (each value
+    written as ``values`` says, else as it is), e.g. ``"...; default: 4 for ppo, dapo; 1 for
+    a2c."``."""
+    groups: dict[Any, list[str]] = {}
+    for name, row in ALGORITHMS.items():
+        groups.setdefault(getattr(row, field), []).append(name)
+    parts = [f"{(values or {}).get(v, v)} for {', '.join(names)}" for v, names in groups.items()]
+    return f"{what}; default: the algorithm's, {'; '.join(parts)}."
+
+
+def _clipping() -> str:
+    """The algorithms whose rows clip the value loss."""
+    return ", ".join(name for name, row in ALGORITHMS.items() if row.clip_value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,5 +69,16 @@ class TrainOptions(TrainConfig):
     # class: the choices and help of the table as it is then (rows added at run time count).
     network: Annotated[Literal[tuple(NETWORKS)] | None,  # type: ignore[valid-type]
                        tyro.conf.arg(help=network_help())] = None
+    update_epochs: Annotated[int | None, tyro.conf.arg(help=row_default_help(
+        "passes over each rollout", "update_epochs"))] = None
+    num_minibatches: Annotated[int | None, tyro.conf.arg(help=row_default_help(
+        "minibatches per epoch", "num_minibatches"))] = None
+    normalize_advantages: Annotated[bool | None, tyro.conf.arg(help=row_default_help(
+        "standardise advantages per minibatch (never by default with a sequence-level "
+        "estimator, which sets its own scale)", "normalize_advantages",
+        {True: "on", False: "off"}))] = None
+    clip_value_loss: Annotated[bool, tyro.conf.arg(help=(
+        "clip the value loss around the rollout's values by clip_eps, with the algorithms whose "
+        f"row clips it ({_clipping()})."))] = True
     env_kwargs: tyro.conf.Suppress[tuple[tuple[str, Any], ...]] = ()
 
