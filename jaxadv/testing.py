@@ -11,6 +11,16 @@ the critic-free sequence-level estimators (:data:`SEQUENCE_KINDS`). Both return 
 :class:`Report`: one :class:`CheckResult` row per check with its worst absolute error and,
 for a failure, the smallest failing input found, as small NumPy arrays.
 
+:func:`check_policy_loss` checks a policy loss (``kind`` in :data:`POLICY_LOSS_KINDS`:
+``"pg"``, ``"ppo"``, ``"dapo"``, ``"cispo"``, and the sequence-level ``"gspo"``) the same
+way: its value and gradient with respect to the log-probabilities against
+:func:`reference_policy_loss` (closed forms in NumPy) with and without padding, and, on
+policy, its exact expected gradient against ∇J on a tabular MDP and on an enumerable token
+task, every trajectory weighted by its exact probability (the exact tools are written here
+in NumPy: ``jaxadv.testing`` is a pure module and imports nothing of ``jaxadv.science``).
+A :class:`LossAdapter` (default :data:`LOSS_JAXADV`, :mod:`jaxadv.losses`' signatures; or
+:func:`loss_style`) says how the loss is called.
+
 An :class:`Adapter` says how the function's signature maps onto jaxadv's arrays. Ready-made
 ones: :data:`JAXADV` (jaxadv's own signatures, the default), :data:`RLAX` (rlax's
 per-sequence functions with a discount array and one value stream: no truncation input),
@@ -45,6 +55,8 @@ import numpy as np
 __all__ = [
     "JAXADV",
     "KINDS",
+    "LOSS_JAXADV",
+    "POLICY_LOSS_KINDS",
     "PUREJAXRL",
     "RLAX",
     "SEQUENCE_GROUPED",
@@ -54,14 +66,20 @@ __all__ = [
     "Case",
     "CheckResult",
     "Hyper",
+    "LossAdapter",
+    "LossHyper",
+    "PolicyLossArrays",
     "Report",
     "RolloutArrays",
     "SequenceAdapter",
     "check_advantages",
+    "check_policy_loss",
     "check_sequence_advantages",
     "done_only",
     "jaxadv_style",
+    "loss_style",
     "reference_advantages",
+    "reference_policy_loss",
     "reference_sequence_advantages",
     "rlax_style",
 ]
@@ -417,6 +435,8 @@ class CheckResult:
         rtol·|expected|``.
       reason: why the check failed or could not run (``None`` where it passed).
       case: the smallest failing input found (``None`` where it passed).
+      note: what the check measured, shown where it passed too (the exact-gradient checks
+        of :func:`check_policy_loss`: the cosine and relative error against ∇J).
     """
 
     name: str
@@ -426,6 +446,7 @@ class CheckResult:
     tolerance: str
     reason: str | None = None
     case: Case | None = None
+    note: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -460,7 +481,7 @@ class Report:
                  f"{'check':<{width}}  result  worst |err|  tolerance             detail"]
         for r in self.rows:
             err = "—" if np.isnan(r.worst_error) else f"{r.worst_error:.3g}"
-            detail = "" if r.passed else (r.reason or "")
+            detail = (r.note or "") if r.passed else (r.reason or "")
             if r.case is not None and r.case.expected is not None:
                 detail += f" (smallest failing input: shape {r.case.shape})"
             lines.append(f"{r.name:<{width}}  {'pass' if r.passed else 'FAIL':<6}  {err:>11}"
@@ -750,7 +771,7 @@ def _select(specs: list[_Spec], checks: Sequence[str] | None) -> list[tuple[int,
 def _as_adapter(adapter, default):
     if adapter is None:
         return default
-    if isinstance(adapter, (Adapter, SequenceAdapter)):
+    if isinstance(adapter, (Adapter, SequenceAdapter, LossAdapter)):
         return adapter
     if callable(adapter):
         return type(default)(getattr(adapter, "__name__", "custom"), adapter)
@@ -988,3 +1009,511 @@ def check_sequence_advantages(fn: Callable, kind: str, *,
 
 def _only(make, keys):
     return lambda rng: {k: v for k, v in make(rng).items() if k in keys}
+
+
+# ------------------------------------------------------------------ policy-loss checks
+
+POLICY_LOSS_KINDS = ("pg", "ppo", "dapo", "cispo", "gspo")
+"""The policy losses :func:`check_policy_loss` knows, as :mod:`jaxadv.losses` defines them:
+``"pg"`` (:func:`~jaxadv.losses.policy_gradient_loss`, −mean(A log π)), ``"ppo"``
+(:func:`~jaxadv.losses.ppo_clip_loss`, −mean(min(ρA, clip(ρ, 1−ε, 1+ε)A))), ``"dapo"``
+(:func:`~jaxadv.losses.dapo_clip_loss`, the same with ε_low ≠ ε_high), ``"cispo"``
+(:func:`~jaxadv.losses.cispo_loss`, −mean(sg(clip(ρ)) A log π)), all per token and reduced
+as ``reduction`` says, and the sequence-level ``"gspo"`` (:func:`~jaxadv.losses.gspo_loss`:
+one advantage per sequence, the clipped geometric-mean ratio, a mean over sequences)."""
+
+_SEQUENCE_LOSS_KINDS = ("gspo",)  # one advantage per sequence: advantages [B]
+_REDUCTIONS = ("token", "sequence", "constant")
+_LOSS_SWEEP = ((0.1, 0.15), (0.2, 0.28), (0.3, 0.3))  # (ε_low, ε_high) of the vmap check
+
+
+class PolicyLossArrays(NamedTuple):
+    """The arrays of one policy-loss call, time-major ``[T, B]``: ``log_probs`` (the input
+    the gradient is taken with respect to), ``old_log_probs`` (the rollout's), ``advantages``
+    (``[B]``, one per sequence, for ``"gspo"``) and ``mask`` (boolean, ``True`` = a real
+    token; padded entries may hold anything, ``nan`` included)."""
+
+    log_probs: Any
+    old_log_probs: Any
+    advantages: Any
+    mask: Any
+
+
+class LossHyper(NamedTuple):
+    """The settings passed to a loss adapter: ``clip_low`` (ε, ε_low), ``clip_high``
+    (ε_high; equal to ``clip_low`` for ``"ppo"``), traced under the ``jit`` and ``vmap``
+    checks, and the static ``reduction``."""
+
+    clip_low: Any
+    clip_high: Any
+    reduction: str
+
+
+def _reduction_weights(mask: np.ndarray, reduction: str) -> np.ndarray:
+    """Each token's weight in the masked mean ``reduction`` (:func:`jaxadv.losses.masked_mean`)."""
+    m = mask.astype(np.float64)
+    if reduction == "token":
+        return m / max(m.sum(), 1.0)
+    if reduction == "sequence":
+        lengths = m.sum(axis=0)
+        return m / np.maximum(lengths, 1.0) / max(int((lengths > 0).sum()), 1)
+    return m / max(m.size, 1)
+
+
+def reference_policy_loss(kind: str, log_probs, old_log_probs, advantages, mask=None, *,
+                          reduction: str = "token", clip_low: float = 0.2,
+                          clip_high: float | None = None) -> tuple[float, np.ndarray]:
+    """The NumPy float64 reference of the policy loss ``kind`` (one of
+    :data:`POLICY_LOSS_KINDS`) on time-major ``[T, B]`` arrays: ``(loss, ∂loss/∂log_probs)``,
+    the gradient written in closed form, not by differentiation.
+
+    With w the reduction's token weights (``"token"``: m/Σm; ``"sequence"``: m/(|y_b|·|S|),
+    S the sequences with a token; ``"constant"``: m/(T·B)) and ρ = exp(log π − log π_old):
+    ``pg``: −Σ w A log π, gradient −w A; ``ppo``/``dapo``: −Σ w min(ρA, clip(ρ)A), gradient
+    −w ρA where ρA is the smaller (0 where the clipped term is); ``cispo``: −Σ w clip(ρ) A
+    log π, gradient −w clip(ρ) A. ``gspo``: s_b = exp(mean over b's tokens of log ρ),
+    −(1/|S|) Σ_b min(s_b A_b, clip(s_b) A_b), gradient −s_b A_b m/(|y_b|·|S|) where s_b A_b
+    is the smaller. Padded entries (``mask`` false) are never read; all-masked input gives 0.
+    ``clip_high=None``: ``clip_low``.
+
+    >>> loss, grad = reference_policy_loss("pg", [[-1.0, -2.0]], None, [[1.0, 3.0]])
+    >>> float(loss), grad.tolist()
+    (3.5, [[-0.5, -1.5]])
+    """
+    if kind not in POLICY_LOSS_KINDS:
+        raise ValueError(f"`kind` must be one of {POLICY_LOSS_KINDS}, got {kind!r}")
+    m = np.ones(np.shape(log_probs), bool) if mask is None else np.asarray(mask) != 0
+    lp = np.where(m, np.asarray(log_probs, np.float64), 0.0)
+    old = lp if old_log_probs is None else np.where(m, np.asarray(old_log_probs, np.float64), 0.0)
+    low, high = 1.0 - clip_low, 1.0 + (clip_low if clip_high is None else clip_high)
+    if kind == "gspo":
+        a = np.asarray(advantages, np.float64)
+        lengths = m.sum(axis=0)
+        s = np.exp((lp - old).sum(axis=0) / np.maximum(lengths, 1))
+        real, count = lengths > 0, max(int((lengths > 0).sum()), 1)
+        clipped = np.clip(s, low, high)
+        loss = -np.sum(np.where(real, np.minimum(s * a, clipped * a), 0.0)) / count
+        per_sequence = real * (s * a <= clipped * a) * s * a / np.maximum(lengths, 1) / count
+        return float(loss), -per_sequence[None] * m
+    a = np.where(m, np.asarray(advantages, np.float64), 0.0)
+    w = _reduction_weights(m, reduction)
+    if kind == "pg":
+        return float(-np.sum(w * a * lp)), -w * a
+    ratio = np.exp(lp - old)
+    clipped = np.clip(ratio, low, high)
+    if kind == "cispo":
+        return float(-np.sum(w * clipped * a * lp)), -w * clipped * a
+    surrogate = np.minimum(ratio * a, clipped * a)
+    return float(-np.sum(w * surrogate)), -w * ratio * a * (ratio * a <= clipped * a)
+
+
+@dataclasses.dataclass(frozen=True)
+class LossAdapter:
+    """How a user's policy loss is called.
+
+    Attributes:
+      name: shown in the report's title.
+      call: ``call(fn, kind, arrays, hp) -> fn's output``: calls ``fn`` on the time-major
+        :class:`PolicyLossArrays` (JAX arrays) with the :class:`LossHyper` ``hp``. ``fn``'s
+        output is the scalar loss, or a tuple or list whose first element is (``(loss,
+        metrics)``). It runs under ``jax.grad``, ``jax.jit``, ``jax.vmap`` and ``lax.map``.
+    """
+
+    name: str
+    call: Callable[[Callable, str, PolicyLossArrays, LossHyper], Any]
+
+
+def loss_style(*, batch_major: bool = False, name: str = "jaxadv") -> LossAdapter:
+    """An adapter for losses with :mod:`jaxadv.losses`' signatures: ``fn(log_probs,
+    advantages, mask, *, reduction)`` for ``"pg"``; ``fn(log_probs, old_log_probs,
+    advantages, mask, *, clip_eps, reduction)`` for ``"ppo"``; ``clip_low=, clip_high=``
+    instead of ``clip_eps=`` for ``"dapo"`` and ``"cispo"``; ``fn(log_probs, old_log_probs,
+    advantages [B], mask, *, clip_low, clip_high)`` for ``"gspo"``. ``batch_major=True``:
+    ``fn`` takes ``[B, T]`` arrays.
+    """
+
+    def call(fn, kind, x: PolicyLossArrays, hp: LossHyper):
+        if batch_major:
+            swap = lambda a: jnp.swapaxes(a, -1, -2)
+            x = PolicyLossArrays(swap(x.log_probs), swap(x.old_log_probs),
+                                 x.advantages if kind in _SEQUENCE_LOSS_KINDS else swap(x.advantages),
+                                 swap(x.mask))
+        if kind == "pg":
+            return fn(x.log_probs, x.advantages, x.mask, reduction=hp.reduction)
+        kw: dict[str, Any] = {"clip_low": hp.clip_low, "clip_high": hp.clip_high}
+        if kind == "ppo":
+            kw = {"clip_eps": hp.clip_low}
+        if kind not in _SEQUENCE_LOSS_KINDS:
+            kw["reduction"] = hp.reduction
+        return fn(*x, **kw)
+
+    return LossAdapter(name, call)
+
+
+LOSS_JAXADV = loss_style()
+""":mod:`jaxadv.losses`' signatures (:func:`loss_style`), the default loss adapter: pass
+``jaxadv.losses.ppo_clip_loss`` with ``kind="ppo"``, ..."""
+
+
+def _loss_batch(T: int, B: int, *, sequence: bool, masked: float = 0.0, garbage: str = "none",
+                on_policy: bool = False, all_masked: bool = False, stack: int = 0):
+    """A random loss input ``[T, B]`` (``stack`` > 0: that many, stacked): log-probabilities
+    in [log 0.05, 0], log-ratios of scale 0.3 (0 ``on_policy``), normal advantages (``[B]``
+    where ``sequence``); ``masked``: the chance a token is padding, and the second column
+    empty; ``garbage``: what padding holds (``"finite"``: values of scale 10, ``"nan"``:
+    ``nan`` log-probs and ±``inf`` elsewhere)."""
+
+    def make(rng):
+        lead = (stack,) if stack else ()
+        shape = (*lead, T, B)
+        lp = np.log(rng.uniform(0.05, 1.0, shape))
+        old = lp if on_policy else lp - rng.normal(0.0, 0.3, shape)
+        adv = rng.normal(size=(*lead, B) if sequence else shape)
+        mask = rng.random(shape) >= masked
+        if masked and B > 1:
+            mask[..., 1] = False
+        mask &= not all_masked
+        if garbage != "none":
+            pad = ~mask
+            fill = (lambda v: rng.normal(0.0, 10.0, shape)) if garbage == "finite" else (
+                lambda v: np.full(shape, v))
+            lp, old = np.where(pad, fill(np.nan), lp), np.where(pad, fill(-np.inf), old)
+            if not sequence:
+                adv = np.where(pad, fill(np.inf), adv)
+        f32 = lambda a: np.asarray(a, np.float32)
+        return {"log_probs": f32(lp), "old_log_probs": f32(old), "advantages": f32(adv),
+                "mask": mask}
+
+    return make
+
+
+def _loss_specs(kind: str) -> list[_Spec]:
+    """Every random-input check of :func:`check_policy_loss`, in the report's order."""
+    seq, shape = kind in _SEQUENCE_LOSS_KINDS, f"[{_LT}, {_LB}]"
+    batch = lambda **kw: _loss_batch(_LT, _LB, sequence=seq, **kw)
+    return [
+        _Spec("reference", f"value and ∂loss/∂log_probs, random batch {shape}, no padding, "
+              "ratios spread around 1 (clipping active)", batch()),
+        _Spec("mask", f"a quarter of the tokens padded, one sequence empty {shape}; padding "
+              "holds values of scale 10", batch(masked=0.25, garbage="finite")),
+        _Spec("padding_nan", "as mask, padding holds nan and ±inf: the loss and gradient stay "
+              "finite and the same", batch(masked=0.25, garbage="nan")),
+        _Spec("all_masked", "every token padded: the loss and its gradient are exactly 0",
+              batch(all_masked=True, garbage="finite")),
+        _Spec("float32", "float32 inputs: the loss and gradient are float32",
+              batch(masked=0.25), want_dtype=np.float32),
+        _Spec("bfloat16", "bfloat16 inputs on-policy (reference on the rounded inputs, in "
+              "float64)", batch(on_policy=True, masked=0.25), dtype=jnp.bfloat16,
+              low_precision=True),
+        _Spec("jit", "under jax.jit, the clip range a traced argument", batch(masked=0.25),
+              mode="jit"),
+        _Spec("vmap", f"jax.vmap over 3 stacked batches and traced clip ranges {_LOSS_SWEEP}",
+              batch(masked=0.25, stack=3), mode="vmap"),
+    ]
+
+
+_LT, _LB = 8, 6  # the loss checks' [T, B]
+_TIME_KEYS = ("log_probs", "old_log_probs", "mask")
+
+
+def _loss_runner(fn, kind: str, adapter: LossAdapter, hp: LossHyper):
+    """``run_case(spec, arrays) -> (got, expected)`` for :func:`_check`: ``"loss"`` (with a
+    trailing axis of 1, so that a failing loss fails every column) and ``"grad"``."""
+
+    def loss_of(log_probs, rest, clip_low, clip_high):
+        out = adapter.call(fn, kind, PolicyLossArrays(log_probs, *rest),
+                           LossHyper(clip_low, clip_high, hp.reduction))
+        out = out[0] if isinstance(out, (tuple, list)) else out
+        if jnp.shape(out) != ():
+            raise _Unfit(f"could not run: the loss has shape {jnp.shape(out)}, not a scalar")
+        return out
+
+    once = jax.value_and_grad(loss_of)
+    plain = _with_fallback(jax.jit(once, static_argnums=(2, 3)), once)
+    traced, swept = jax.jit(once), jax.jit(jax.vmap(once))
+    sweep = np.float32(_LOSS_SWEEP)
+    if kind == "ppo":
+        sweep[:, 1] = sweep[:, 0]
+
+    def run_case(spec: _Spec, arrays):
+        lp, old, adv = (jnp.asarray(arrays[k], spec.dtype)
+                        for k in ("log_probs", "old_log_probs", "advantages"))
+        rest = (old, adv, jnp.asarray(arrays["mask"]))
+        ref = lambda i, lo, hi: reference_policy_loss(
+            kind, *(np.asarray(jnp.asarray(a[i], jnp.float32)) for a in (lp, old, adv)),
+            arrays["mask"][i], reduction=hp.reduction, clip_low=lo, clip_high=hi)
+        if spec.mode == "vmap":
+            loss, grad = swept(lp, rest, jnp.asarray(sweep[:, 0]), jnp.asarray(sweep[:, 1]))
+            refs = [ref(i, float(lo), float(hi)) for i, (lo, hi) in enumerate(sweep)]
+        else:
+            call = traced if spec.mode == "jit" else plain
+            loss, grad = call(lp, rest, hp.clip_low, hp.clip_high)
+            refs = [ref(slice(None), hp.clip_low, hp.clip_high)]
+        want = {"loss": np.reshape([r[0] for r in refs], (*loss.shape, 1)),
+                "grad": np.reshape(np.stack([r[1] for r in refs]), grad.shape)}
+        got = {"loss": loss[..., None], "grad": grad}
+        _check_dtype(spec, got)
+        return _to_numpy(got), want
+
+    return run_case
+
+
+def _shrink_loss(sequence: bool):
+    """The first sequence (batch column) that fails alone, cut to its shortest failing prefix
+    of tokens; else the whole input. Columns share one shape, so they compile once."""
+    time_keys = _TIME_KEYS if sequence else (*_TIME_KEYS, "advantages")
+
+    def attempt(run, candidate):
+        try:
+            result = run(candidate)
+        except Exception:  # a smaller input that crashes fails another way: keep looking
+            return None
+        return result if result[1].any() else None
+
+    def shrink(run, arrays, bad_columns):
+        B, T = arrays["mask"].shape[-1], arrays["mask"].shape[-2]
+        for j in range(B):
+            column = {k: a[..., j:j + 1] for k, a in arrays.items()}
+            if (found := attempt(run, column)) is None:
+                continue
+            for length in range(1, T):
+                prefix = {k: a[..., :length, :] if k in time_keys else a
+                          for k, a in column.items()}
+                if (shorter := attempt(run, prefix)) is not None:
+                    return prefix, shorter
+            return column, found
+        return arrays, run(arrays)
+
+    return shrink
+
+
+# ------------------------------------------ the exact on-policy gradient of a loss
+
+
+class _Paths(NamedTuple):
+    """Every trajectory of a tiny tabular task with a tabular softmax policy ``logits [S, A]``
+    (one row per state or token prefix): ``states``/``actions [N, T]``, ``env_prob [N]`` (the
+    environment's share of each trajectory's probability: the initial state and the
+    transitions), ``returns [N]`` (the summed rewards) and ``advantages [N, T]`` (the exact
+    per-step advantage where the task has one, else the return less J)."""
+
+    name: str
+    logits: np.ndarray
+    states: np.ndarray
+    actions: np.ndarray
+    env_prob: np.ndarray
+    returns: np.ndarray
+    advantages: np.ndarray | None
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _mdp_paths(rng, S: int = 3, A: int = 2, T: int = 3) -> _Paths:
+    """A random MDP (no termination, horizon ``T``, undiscounted) and every one of its
+    ``(S·A)^T`` trajectories; ``advantages`` are Q_t(s, a) − V_t(s) by backward induction."""
+    import itertools
+
+    P = rng.dirichlet(np.ones(S), size=(S, A))
+    r, mu, logits = rng.normal(size=(S, A)), rng.dirichlet(np.ones(S)), rng.normal(size=(S, A))
+    pi = _softmax(logits)
+    q, v = np.zeros((T, S, A)), np.zeros((T + 1, S))
+    for t in reversed(range(T)):
+        q[t] = r + P @ v[t + 1]
+        v[t] = (pi * q[t]).sum(axis=1)
+    steps = list(itertools.product(itertools.product(range(S), range(A)), repeat=T))
+    states = np.array([[s for s, _ in path] for path in steps])
+    actions = np.array([[a for _, a in path] for path in steps])
+    env_prob = mu[states[:, 0]] * np.prod(P[states[:, :-1], actions[:, :-1], states[:, 1:]],
+                                           axis=1)
+    t = np.arange(T)
+    advantages = q[t, states, actions] - v[t, states]
+    return _Paths(f"tabular MDP S={S}, A={A}, T={T} ({len(steps)} trajectories)", logits,
+                  states, actions, env_prob, r[states, actions].sum(axis=1), advantages)
+
+
+def _token_paths(rng, V: int = 3, T: int = 3) -> _Paths:
+    """A token task: responses of ``T`` tokens from ``V``, an autoregressive tabular policy
+    (one row of logits per prefix) and a random reward per response at its end."""
+    import itertools
+
+    offsets = np.cumsum([0] + [V**k for k in range(T)])  # prefix rows: by length, then code
+    responses = np.array(list(itertools.product(range(V), repeat=T)))
+    codes = np.zeros(len(responses), int)
+    states = np.zeros_like(responses)
+    for t in range(T):
+        states[:, t] = offsets[t] + codes
+        codes = codes * V + responses[:, t]
+    logits = rng.normal(size=(int(offsets[-1]), V))
+    return _Paths(f"token task V={V}, T={T} ({len(responses)} responses, reward at the end)",
+                  logits, states, responses, np.ones(len(responses)),
+                  rng.normal(size=len(responses)), None)
+
+
+def _objective(paths: _Paths, logits: np.ndarray) -> float:
+    """J(θ) = Σ_τ p_θ(τ) R(τ), summed over every trajectory."""
+    pi = _softmax(logits)
+    return float(np.sum(np.prod(pi[paths.states, paths.actions], axis=1) * paths.env_prob
+                        * paths.returns))
+
+
+def _exact_gradient_of_objective(paths: _Paths, h: float = 1e-6) -> np.ndarray:
+    """∇J by central differences of the exact J(θ) in float64 (errors near 1e-10), not by
+    the score-function identity the loss relies on."""
+    grad = np.zeros_like(paths.logits)
+    for index in np.ndindex(*grad.shape):
+        step = np.zeros_like(paths.logits)
+        step[index] = h
+        grad[index] = (_objective(paths, paths.logits + step)
+                       - _objective(paths, paths.logits - step)) / (2 * h)
+    return grad
+
+
+def _expected_loss_gradient(fn, kind: str, adapter: LossAdapter, hp: LossHyper,
+                            paths: _Paths) -> np.ndarray:
+    """E_τ[∇θ(−loss(τ))] on-policy, the loss of one trajectory ``[T, 1]`` (ρ = 1), exactly:
+    Σ_τ p(τ) Σ_t ∂(−loss)/∂log π_t · ∇θ log π(a_t|s_t), with ∇θ log π = e_a − π(·|s) on row s."""
+    pi = _softmax(paths.logits)
+    prob = np.prod(pi[paths.states, paths.actions], axis=1) * paths.env_prob
+    objective = _objective(paths, paths.logits)
+    lp = np.log(pi[paths.states, paths.actions]).astype(np.float32)  # [N, T]
+    if kind in _SEQUENCE_LOSS_KINDS:
+        adv = (paths.returns - objective)[:, None]  # [N, 1]
+    elif paths.advantages is not None:
+        adv = paths.advantages[..., None]  # [N, T, 1]
+    else:
+        adv = np.repeat((paths.returns - objective)[:, None, None], lp.shape[1], axis=1)
+    adv = adv.astype(np.float32)
+
+    def minus_loss_grad(x):
+        lp_n, adv_n = x[0][:, None], x[1]
+
+        def loss(lp_n):
+            old = jax.lax.stop_gradient(lp_n)  # the rollout's: equal in value, held constant
+            x = PolicyLossArrays(lp_n, old, adv_n, jnp.ones_like(lp_n, bool))
+            out = adapter.call(fn, kind, x, LossHyper(hp.clip_low, hp.clip_high, hp.reduction))
+            return -(out[0] if isinstance(out, (tuple, list)) else out)
+
+        return jax.grad(loss)(lp_n)[:, 0]
+
+    xs = (jnp.asarray(lp), jnp.asarray(adv))
+    try:
+        g = jax.jit(lambda xs: jax.lax.map(minus_loss_grad, xs))(xs)
+    except Exception:  # cannot be traced: one trajectory at a time, eagerly
+        g = jnp.stack([minus_loss_grad((xs[0][n], xs[1][n])) for n in range(len(lp))])
+    g = np.asarray(jnp.asarray(g, jnp.float32), np.float64) * prob[:, None]  # [N, T]
+    out = np.zeros_like(paths.logits)
+    for t in range(lp.shape[1]):
+        s, a = paths.states[:, t], paths.actions[:, t]
+        np.add.at(out, (s, a), g[:, t])
+        np.add.at(out, s, -g[:, t:t + 1] * pi[s])
+    return out
+
+
+def _exact_row(name: str, doc: str, fn, kind, adapter, hp, paths: _Paths,
+               tol: float) -> CheckResult:
+    """``T · E[∇(−loss)]`` against ∇J: the relative error is the row's worst error."""
+    T = paths.states.shape[1]
+    settings = {"task": paths.name, "advantages": "Q_t − V_t" if paths.advantages is not None
+                and kind not in _SEQUENCE_LOSS_KINDS else "R − J", "scale": f"1/T = 1/{T}"}
+    tolerance = f"rel ≤ {tol:g}"
+    truth = _exact_gradient_of_objective(paths)
+    try:
+        got = T * _expected_loss_gradient(fn, kind, adapter, hp, paths)
+    except Exception as e:
+        reason = str(e) if isinstance(e, _Unfit) else f"could not run: {_first_line(e)}"
+        return CheckResult(name, doc, False, float("nan"), tolerance, reason,
+                           Case({"logits": paths.logits}, settings, time_major=False))
+    norm = lambda a: float(np.sqrt(np.sum(a * a)))
+    rel = norm(got - truth) / norm(truth)
+    cos = float(np.sum(got * truth)) / max(norm(got) * norm(truth), 1e-300)
+    note = f"cosine {cos:.6f}, relative error {rel:.2g}"
+    if rel <= tol:
+        return CheckResult(name, doc, True, rel, tolerance, note=note)
+    reason = (f"T·E[∇(−loss)] is not ∇J: {note}, norm ratio {norm(got) / norm(truth):.3g}")
+    return CheckResult(name, doc, False, rel if np.isfinite(rel) else float("inf"), tolerance,
+                       reason, Case({"logits": paths.logits}, settings, {"∇J": truth},
+                                    {"∇J": got}, time_major=False))
+
+
+_EXACT_CHECKS = ("exact_mdp", "exact_tokens")
+
+
+def check_policy_loss(fn: Callable, kind: str, *, reduction: str = "token",
+                      adapter: LossAdapter | Callable | None = None, clip_eps: float = 0.2,
+                      clip_high: float | None = None, seed: int = 0, rtol: float = 1e-4,
+                      atol: float = 1e-6, bf16_rtol: float = 0.05, bf16_atol: float = 0.01,
+                      exact_tol: float = 1e-4, checks: Sequence[str] | None = None) -> Report:
+    """Check ``fn``, a policy loss of ``kind`` (one of :data:`POLICY_LOSS_KINDS`) reduced as
+    ``reduction`` says, against :func:`reference_policy_loss` and the exact policy gradient.
+
+    The checks (one :class:`CheckResult` each, in this order), each comparing the loss and
+    its gradient with respect to ``log_probs`` with the reference: ``reference`` (a random
+    batch [8, 6], no padding, ratios spread so that clipping is active), ``mask`` (a quarter
+    of the tokens padded and one sequence empty; padding holds large finite values),
+    ``padding_nan`` (padding holds ``nan`` and ±``inf``), ``all_masked`` (the loss and
+    gradient are 0), ``float32`` (they stay float32), ``bfloat16`` (on-policy bf16 inputs,
+    ``bf16_rtol``/``bf16_atol``), ``jit`` (the clip range traced) and ``vmap`` (3 stacked
+    batches, traced clip ranges). Then the on-policy exact-gradient checks: ``exact_mdp`` (a
+    random tabular MDP, 3 states, 2 actions, horizon 3, every one of its 216 trajectories)
+    and ``exact_tokens`` (27 responses of 3 tokens from 3, an autoregressive tabular policy,
+    a reward at the end). Each applies the loss to one trajectory ``[T, 1]`` at ρ = 1 with
+    exact advantages (Q_t − V_t on the MDP for per-token kinds; R − J otherwise, per token or
+    per sequence), weights ∇θ(−loss) by the trajectory's exact probability, and compares
+    ``T·E[∇θ(−loss)]`` with ∇J from differentiating J = Σ_τ p(τ) R(τ): the fixed length
+    makes every reduction scale the gradient by 1/T. The row's worst error is the relative
+    error ‖T·E[∇(−loss)] − ∇J‖/‖∇J‖ (passing under ``exact_tol``); its note also gives the
+    cosine.
+
+    Rows, failures and their smallest inputs (the first sequence that fails alone, cut to its
+    shortest failing prefix) work as in :func:`check_advantages`; ``adapter`` defaults to
+    :data:`LOSS_JAXADV`.
+
+    Args:
+      fn: the loss; ``adapter`` says how it is called.
+      kind: one of :data:`POLICY_LOSS_KINDS`.
+      reduction: ``"token"``, ``"sequence"`` or ``"constant"`` (not for ``"gspo"``, which
+        averages over sequences).
+      clip_eps: ε (``"ppo"``), ε_low (``"dapo"``, ``"cispo"``, ``"gspo"``; ``inf``: no bound).
+      clip_high: ε_high (default ``clip_eps``; not for ``"ppo"``).
+      seed: seeds the random inputs and tasks.
+      rtol, atol: float32 tolerance; ``bf16_rtol``, ``bf16_atol``: bfloat16's.
+      exact_tol: the exact checks' relative tolerance.
+      checks: names of the checks to run (default: all).
+    """
+    if kind not in POLICY_LOSS_KINDS:
+        raise ValueError(f"`kind` must be one of {POLICY_LOSS_KINDS}, got {kind!r}")
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"`reduction` must be one of {_REDUCTIONS}, got {reduction!r}")
+    if kind == "ppo" and clip_high not in (None, clip_eps):
+        raise ValueError("`clip_high`: ppo clips symmetrically (clip_eps); use kind 'dapo'")
+    adapter = _as_adapter(adapter, LOSS_JAXADV)
+    hp = LossHyper(clip_eps, clip_eps if clip_high is None else clip_high, reduction)
+    specs = _loss_specs(kind)
+    chosen = _select([*specs, *(_Spec(n, "", None) for n in _EXACT_CHECKS)], checks)
+    settings = {} if kind in _SEQUENCE_LOSS_KINDS else {"reduction": reduction}
+    if kind != "pg":
+        settings["clip"] = hp.clip_low if kind == "ppo" else (hp.clip_low, hp.clip_high)
+    run_case = _loss_runner(fn, kind, adapter, hp)
+    shrink = _shrink_loss(kind in _SEQUENCE_LOSS_KINDS)
+    rows = []
+    for i, spec in chosen:
+        if spec.name == "exact_mdp":
+            rows.append(_exact_row(spec.name, "on-policy E[∇(−loss)] on a tabular MDP = ∇J/T",
+                                   fn, kind, adapter, hp,
+                                   _mdp_paths(np.random.default_rng(seed * 1000 + i)), exact_tol))
+        elif spec.name == "exact_tokens":
+            rows.append(_exact_row(spec.name, "on-policy E[∇(−loss)] on a token task = ∇J/T",
+                                   fn, kind, adapter, hp,
+                                   _token_paths(np.random.default_rng(seed * 1000 + i)), exact_tol))
+        else:
+            tol = (bf16_rtol, bf16_atol) if spec.low_precision else (rtol, atol)
+            swept = {"clip": [list(map(float, p)) for p in _LOSS_SWEEP]} if (
+                spec.mode == "vmap" and kind != "pg") else {}
+            rows.append(_check(spec, run_case, shrink, {**settings, **swept},
+                               seed * 1000 + i, tol, time_major=True))
+    title = f"check_policy_loss({_name(fn)}, {kind!r}"
+    title += ")" if kind in _SEQUENCE_LOSS_KINDS else f", reduction={reduction!r})"
+    return Report(f"{title[:-1]}, adapter={adapter.name})", tuple(rows))
