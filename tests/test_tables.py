@@ -39,9 +39,11 @@ jaxadv.engine.architectures.NETWORKS; the scan reads the table when it exists)."
 
 TABLES = {"engine/algorithms.py", "engine/estimators.py", "engine/architectures.py"}
 """The tables themselves, whose rows are keyed by the names."""
-REFERENCES = {"testing.py"}
-"""Independent reference implementations (numpy), which must not read the tables they check:
-they dispatch on the estimator's name by design."""
+REFERENCES = {"testing.py", "cli/check.py"}
+"""The conformance kit: independent reference implementations (numpy), which must not read
+the tables they check, and its command line. They dispatch on the kit's own kinds
+(jaxadv.testing.KINDS, SEQUENCE_KINDS, POLICY_LOSS_KINDS), some of which are spelled as an
+estimator or algorithm is."""
 
 
 def _names() -> set[str]:
