@@ -1,11 +1,14 @@
-"""``jaxadv check MODULE:FUNCTION --kind gae``: run the conformance kit on anyone's estimator.
+"""``jaxadv check MODULE:FUNCTION --kind gae``: run the conformance kit on anyone's estimator
+or policy loss.
 
 Imports ``FUNCTION`` from ``MODULE`` (a module on ``sys.path`` or a ``.py`` file path), runs
-:func:`~jaxadv.testing.check_advantages` (``--kind`` one of :data:`~jaxadv.testing.KINDS`) or
+:func:`~jaxadv.testing.check_advantages` (``--kind`` one of :data:`~jaxadv.testing.KINDS`),
 :func:`~jaxadv.testing.check_sequence_advantages` (one of
-:data:`~jaxadv.testing.SEQUENCE_KINDS`) with the ``--adapter`` that says how its signature
-maps onto jaxadv's arrays, prints the report's table and returns exit status 0 when every
-check passed, 1 when one failed (:class:`CheckFailed`).
+:data:`~jaxadv.testing.SEQUENCE_KINDS`) or :func:`~jaxadv.testing.check_policy_loss` (one of
+:data:`~jaxadv.testing.POLICY_LOSS_KINDS`, with ``--reduction``, ``--clip-eps`` and
+``--clip-high``) with the ``--adapter`` that says how its signature maps onto jaxadv's
+arrays, prints the report's table and returns exit status 0 when every check passed, 1 when
+one failed (:class:`CheckFailed`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import tyro
 from jaxadv.testing import (
     JAXADV,
     KINDS,
+    LOSS_JAXADV,
+    POLICY_LOSS_KINDS,
     PUREJAXRL,
     RLAX,
     SEQUENCE_GROUPED,
@@ -29,29 +34,50 @@ from jaxadv.testing import (
     SEQUENCE_KINDS,
     Report,
     check_advantages,
+    check_policy_loss,
     check_sequence_advantages,
+    jaxadv_style,
+    loss_style,
 )
 
 __all__ = ["ADAPTERS", "CheckArgs", "CheckFailed", "check_command", "load_function"]
 
-ADAPTERS = {"jaxadv": (JAXADV, SEQUENCE_JAXADV), "rlax": (RLAX, None),
-            "purejaxrl": (PUREJAXRL, None), "grouped": (None, SEQUENCE_GROUPED)}
-"""``--adapter`` choices: the kit's adapter for a time-major and for a sequence-level kind
-(``None``: not for that family)."""
+ADAPTERS = {"jaxadv": (JAXADV, SEQUENCE_JAXADV, LOSS_JAXADV), "rlax": (RLAX, None, None),
+            "purejaxrl": (PUREJAXRL, None, None), "grouped": (None, SEQUENCE_GROUPED, None),
+            "batch-major": (jaxadv_style(batch_major=True, name="batch-major"), None,
+                            loss_style(batch_major=True, name="batch-major"))}
+"""``--adapter`` choices: the kit's adapter for a time-major kind, a sequence-level kind and
+a policy loss (``None``: not for that family)."""
+
+_REDUCTIONS = ("token", "sequence", "constant")
+
+
+def _family(kind: str) -> int:
+    """0: a time-major estimator, 1: a sequence-level one, 2: a policy loss."""
+    return 1 if kind in SEQUENCE_KINDS else 2 if kind in POLICY_LOSS_KINDS else 0
 
 
 @dataclasses.dataclass(frozen=True)
 class CheckArgs:
-    """Check an advantage estimator of yours against jaxadv's definitions (numpy loop
-    references, termination and truncation on the same, last and every step, T = 1, a
-    batch of one, bf16, jit and vmap over a traced γ/λ); exit status 1 if a check fails."""
+    """Check an advantage estimator or a policy loss of yours against jaxadv's definitions
+    (estimators: numpy loop references, termination and truncation on the same, last and
+    every step, T = 1, a batch of one, bf16, jit and vmap over a traced γ/λ; losses: numpy
+    references of the value and gradient with padding, nan padding, bf16, jit, vmap, and the
+    exact on-policy gradient against ∇J on a tabular MDP and a token task); exit status 1 if
+    a check fails."""
 
     target: Annotated[str, tyro.conf.Positional]
     """MODULE:FUNCTION, e.g. mypkg.returns:gae or path/to/file.py:gae."""
-    kind: Literal[(*KINDS, *SEQUENCE_KINDS)]  # type: ignore[valid-type]
-    """what the function claims to compute."""
+    kind: Literal[(*KINDS, *SEQUENCE_KINDS, *POLICY_LOSS_KINDS)]  # type: ignore[valid-type]
+    """what the function claims to compute: an estimator (returns ... lambda_returns), a sequence-level one (grpo ... remax) or a policy loss (pg, ppo, dapo, cispo, gspo)."""
     adapter: Literal[tuple(ADAPTERS)] = "jaxadv"  # type: ignore[valid-type]
-    """how its signature maps onto jaxadv's arrays: jaxadv (jaxadv's own signatures), rlax (per sequence, a discount array, no truncation input), purejaxrl (done = terminated or truncated, returns (advantages, targets)), grouped (group estimators over [groups, K] returns)."""
+    """how its signature maps onto jaxadv's arrays: jaxadv (jaxadv's own signatures), rlax (per sequence, a discount array, no truncation input), purejaxrl (done = terminated or truncated, returns (advantages, targets)), grouped (group estimators over [groups, K] returns), batch-major (jaxadv's signatures on [B, T] arrays; estimators and losses)."""
+    reduction: Literal[_REDUCTIONS] = "token"  # type: ignore[valid-type]
+    """policy losses but gspo: how the loss averages its tokens (token: over all tokens; sequence: per sequence, then over sequences; constant: divided by T·B)."""
+    clip_eps: float = 0.2
+    """policy losses: ε of ppo, ε_low of dapo, cispo and gspo (inf: no lower bound)."""
+    clip_high: float | None = None
+    """dapo, cispo, gspo: ε_high (default: clip-eps)."""
 
     def check(self) -> CheckArgs:
         """Refuse a target that is not MODULE:FUNCTION, does not import or names no function,
@@ -59,7 +85,9 @@ class CheckArgs:
         if self.target.count(":") != 1 or not all(self.target.split(":")):
             raise ValueError(f"`target` {self.target!r} must be MODULE:FUNCTION, e.g. "
                              "mypkg.returns:gae")
-        family = 1 if self.kind in SEQUENCE_KINDS else 0
+        family = _family(self.kind)
+        if self.kind == "ppo" and self.clip_high is not None:
+            raise ValueError("`clip_high`: ppo clips symmetrically (--clip-eps); use --kind dapo")
         if ADAPTERS[self.adapter][family] is None:
             fits = sorted(name for name, pair in ADAPTERS.items() if pair[family] is not None)
             raise ValueError(f"`adapter` {self.adapter!r} does not fit kind {self.kind!r}; "
@@ -103,10 +131,14 @@ def check_command(args: CheckArgs) -> Report:
     """Run the kit on ``args.target`` (checked by :meth:`CheckArgs.check`), print its table,
     return the report; raises :class:`CheckFailed` when a check failed."""
     fn = load_function(args.target)
-    sequence = args.kind in SEQUENCE_KINDS
-    adapter = ADAPTERS[args.adapter][1 if sequence else 0]
-    run = check_sequence_advantages if sequence else check_advantages
-    report = run(fn, args.kind, adapter=adapter)
+    family = _family(args.kind)
+    adapter = ADAPTERS[args.adapter][family]
+    if family == 2:
+        report = check_policy_loss(fn, args.kind, adapter=adapter, reduction=args.reduction,
+                                   clip_eps=args.clip_eps, clip_high=args.clip_high)
+    else:
+        run = check_sequence_advantages if family else check_advantages
+        report = run(fn, args.kind, adapter=adapter)
     print(report)
     if not report.passed:
         raise CheckFailed(report)
