@@ -1462,7 +1462,8 @@ def check_policy_loss(fn: Callable, kind: str, *, reduction: str = "token",
     a reward at the end). Each applies the loss to one trajectory ``[T, 1]`` at ρ = 1 with
     exact advantages (Q_t − V_t on the MDP for per-token kinds; R − J otherwise, per token or
     per sequence), weights ∇θ(−loss) by the trajectory's exact probability, and compares
-    ``T·E[∇θ(−loss)]`` with ∇J from differentiating J = Σ_τ p(τ) R(τ): the fixed length
+    ``T·E[∇θ(−loss)]`` with ∇J by central differences of J = Σ_τ p(τ) R(τ) in float64
+    (not by the score-function identity the loss relies on): the fixed length
     makes every reduction scale the gradient by 1/T. The row's worst error is the relative
     error ‖T·E[∇(−loss)] − ∇J‖/‖∇J‖ (passing under ``exact_tol``); its note also gives the
     cosine.
@@ -1510,7 +1511,7 @@ def check_policy_loss(fn: Callable, kind: str, *, reduction: str = "token",
                                    _token_paths(np.random.default_rng(seed * 1000 + i)), exact_tol))
         else:
             tol = (bf16_rtol, bf16_atol) if spec.low_precision else (rtol, atol)
-            swept = {"clip": [list(map(float, p)) for p in _LOSS_SWEEP]} if (
+            swept = {"clip": [p[0] if kind == "ppo" else p for p in _LOSS_SWEEP]} if (
                 spec.mode == "vmap" and kind != "pg") else {}
             rows.append(_check(spec, run_case, shrink, {**settings, **swept},
                                seed * 1000 + i, tol, time_major=True))
