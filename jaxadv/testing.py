@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -1314,8 +1315,6 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 def _mdp_paths(rng, S: int = 3, A: int = 2, T: int = 3) -> _Paths:
     """A random MDP (no termination, horizon ``T``, undiscounted) and every one of its
     ``(S·A)^T`` trajectories; ``advantages`` are Q_t(s, a) − V_t(s) by backward induction."""
-    import itertools
-
     P = rng.dirichlet(np.ones(S), size=(S, A))
     r, mu, logits = rng.normal(size=(S, A)), rng.dirichlet(np.ones(S)), rng.normal(size=(S, A))
     pi = _softmax(logits)
@@ -1337,8 +1336,6 @@ def _mdp_paths(rng, S: int = 3, A: int = 2, T: int = 3) -> _Paths:
 def _token_paths(rng, V: int = 3, T: int = 3) -> _Paths:
     """A token task: responses of ``T`` tokens from ``V``, an autoregressive tabular policy
     (one row of logits per prefix) and a random reward per response at its end."""
-    import itertools
-
     offsets = np.cumsum([0] + [V**k for k in range(T)])  # prefix rows: by length, then code
     responses = np.array(list(itertools.product(range(V), repeat=T)))
     codes = np.zeros(len(responses), int)
