@@ -76,8 +76,8 @@ class CheckArgs:
     """policy losses but gspo: how the loss averages its tokens (token: over all tokens; sequence: per sequence, then over sequences; constant: divided by T·B)."""
     clip_eps: float = 0.2
     """policy losses: ε of ppo, ε_low of dapo, cispo and gspo (inf: no lower bound)."""
-    clip_high: float | None = None
-    """dapo, cispo, gspo: ε_high (default: clip-eps)."""
+    clip_eps_high: Annotated[float | None, tyro.conf.arg(aliases=("--clip-high",))] = None
+    """dapo, cispo, gspo: ε_high (default: clip-eps); HParams' name, --clip-high also works."""
 
     def check(self) -> CheckArgs:
         """Refuse a target that is not MODULE:FUNCTION, does not import or names no function,
@@ -86,8 +86,8 @@ class CheckArgs:
             raise ValueError(f"`target` {self.target!r} must be MODULE:FUNCTION, e.g. "
                              "mypkg.returns:gae")
         family = _family(self.kind)
-        if self.kind == "ppo" and self.clip_high is not None:
-            raise ValueError("`clip_high`: ppo clips symmetrically (--clip-eps); use --kind dapo")
+        if self.kind == "ppo" and self.clip_eps_high is not None:
+            raise ValueError("`clip_eps_high`: ppo clips symmetrically (--clip-eps); use --kind dapo")
         if ADAPTERS[self.adapter][family] is None:
             fits = sorted(name for name, pair in ADAPTERS.items() if pair[family] is not None)
             raise ValueError(f"`adapter` {self.adapter!r} does not fit kind {self.kind!r}; "
@@ -135,7 +135,7 @@ def check_command(args: CheckArgs) -> Report:
     adapter = ADAPTERS[args.adapter][family]
     if family == 2:
         report = check_policy_loss(fn, args.kind, adapter=adapter, reduction=args.reduction,
-                                   clip_eps=args.clip_eps, clip_high=args.clip_high)
+                                   clip_eps=args.clip_eps, clip_high=args.clip_eps_high)
     else:
         run = check_sequence_advantages if family else check_advantages
         report = run(fn, args.kind, adapter=adapter)
