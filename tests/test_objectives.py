@@ -264,7 +264,7 @@ def test_vapo_estimator_decouples_the_policy_and_critic_lambdas(alpha):
     rewards, values, next_values = (rng.normal(size=(t_max, n)).astype(np.float32) for _ in range(3))
     x = EstimatorInput(reward=rewards, value=values, next_value=next_values, terminated=done,
                        truncated=np.zeros_like(done), mask=mask)
-    args = EstimatorArgs(gamma=0.9, lambda_=0.7, critic_lambda=1.0, length_alpha=alpha)
+    args = EstimatorArgs(gamma=0.9, gae_lambda=0.7, critic_lambda=1.0, length_alpha=alpha)
     advantages, targets = ESTIMATORS["vapo"].fn(jax.tree.map(jnp.asarray, x), args)
     policy_lambda = np.clip(1 - 1 / (alpha * lengths), 0, 1) if alpha else 0.7
     want = np_gae(rewards, values, next_values, done, 0.9, policy_lambda)

@@ -105,11 +105,11 @@ def test_no_module_compares_an_algorithm_estimator_or_network_name():
 
 def _dummy_fn(x: EstimatorInput, args: EstimatorArgs) -> tuple[jax.Array, jax.Array]:
     """``λ r + V' − V``: reads the spec's λ, the reward and both values."""
-    a = args.lambda_ * x.reward + x.next_value - x.value
+    a = args.gae_lambda * x.reward + x.next_value - x.value
     return a, a + x.value
 
 
-DUMMY = Estimator(_dummy_fn, "value", False, "a dummy row of the test", param="lambda_")
+DUMMY = Estimator(_dummy_fn, "value", False, "a dummy row of the test", param="gae_lambda")
 
 
 def _help(command: str, capsys) -> str:

@@ -48,9 +48,11 @@ def row_default_help(what: str, field: str, values: dict[Any, str] | None = None
     return f"{what}; default: the algorithm's, {'; '.join(parts)}."
 
 
-def _clipping() -> str:
-    """The algorithms whose rows clip the value loss."""
-    return ", ".join(name for name, row in ALGORITHMS.items() if row.clip_value)
+def _clipping_help() -> str:
+    """``--clip-value-loss``'s help, naming the algorithms whose rows clip the value loss."""
+    rows = ", ".join(name for name, row in ALGORITHMS.items() if row.clip_value)
+    return ("clip the value loss around the rollout's values by clip_eps, with the algorithms "
+            f"whose row clips it ({rows}).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,8 +79,6 @@ class TrainOptions(TrainConfig):
         "standardise advantages per minibatch (never by default with a sequence-level "
         "estimator, which sets its own scale)", "normalize_advantages",
         {True: "on", False: "off"}))] = None
-    clip_value_loss: Annotated[bool, tyro.conf.arg(help=(
-        "clip the value loss around the rollout's values by clip_eps, with the algorithms whose "
-        f"row clips it ({_clipping()})."))] = True
+    clip_value_loss: Annotated[bool, tyro.conf.arg(help=_clipping_help())] = True
     env_kwargs: tyro.conf.Suppress[tuple[tuple[str, Any], ...]] = ()
 

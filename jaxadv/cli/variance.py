@@ -355,7 +355,7 @@ def _lambda(label: str) -> float | None:
     if not est.weighted:
         return None
     row = ESTIMATORS[est.name]
-    return est.param if row.param == "lambda_" else row.gae_lambda
+    return est.param if row.param == "gae_lambda" else row.gae_lambda
 
 
 def best_lambda(rows: list[dict[str, Any]]) -> dict[str, Any]:

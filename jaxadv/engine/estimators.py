@@ -80,13 +80,13 @@ class EstimatorInput(NamedTuple):
 
 
 class EstimatorArgs(NamedTuple):
-    """An estimator's settings: ``gamma`` and ``lambda_`` may be traced (swept by ``vmap``);
+    """An estimator's settings: ``gamma`` and ``gae_lambda`` may be traced (swept by ``vmap``);
     ``n`` (``nstep``), ``group_size`` (``grpo``, ``drgrpo``, ``rloo``) are static ints and
     ``eps`` stabilises the std normalisations of ``grpo`` and ``rfpp``; ``critic_lambda``
     and ``length_alpha`` (traceable) are ``vapo``'s."""
 
     gamma: Any = 0.99
-    lambda_: Any = 0.95
+    gae_lambda: Any = 0.95
     n: int = 5
     group_size: int = 1
     eps: Any = 1e-6
@@ -113,11 +113,11 @@ class Estimator(NamedTuple):
       continuous: it allows continuous actions (a Q critic needs discrete ones).
       hparams: the :class:`~jaxadv.engine.train.HParams` fields it reads.
       param: the :class:`EstimatorArgs` field that a one-number spec ``name:x`` of the variance
-        tooling sets (``"lambda_"``: a number in [0, 1]; ``"n"``: an int >= 1), or ``None``.
+        tooling sets (``"gae_lambda"``: a number in [0, 1]; ``"n"``: an int >= 1), or ``None``.
       monte_carlo: the advantage is a sampled return (minus a baseline): it reads
         ``next_value`` only where the window cuts an episode.
       gae_lambda: the GAE λ whose advantages it equals (``td``: 0, ``mc``: 1), where the
-        variance tooling plots it on GAE's λ axis; rows whose ``param`` is ``"lambda_"`` sit at
+        variance tooling plots it on GAE's λ axis; rows whose ``param`` is ``"gae_lambda"`` sit at
         their spec's λ.
     """
 
@@ -130,7 +130,7 @@ class Estimator(NamedTuple):
     greedy_rollout: bool = False
     continuous: bool = True
     hparams: tuple[str, ...] = ("gamma",)
-    param: Literal["lambda_", "n"] | None = None
+    param: Literal["gae_lambda", "n"] | None = None
     monte_carlo: bool = False
     gae_lambda: float | None = None
 
@@ -143,21 +143,21 @@ def _baselined(a: jax.Array, x: EstimatorInput) -> tuple[jax.Array, jax.Array]:
 def gae_estimator(x: EstimatorInput, args: EstimatorArgs) -> tuple[jax.Array, jax.Array]:
     """GAE(λ) (:func:`jaxadv.advantages.gae`); targets are the λ-returns ``A + V``."""
     return _baselined(adv.gae(x.reward, x.value, x.next_value, x.terminated, x.truncated,
-                              gamma=args.gamma, lambda_=args.lambda_), x)
+                              gamma=args.gamma, lambda_=args.gae_lambda), x)
 
 
 def vapo(x: EstimatorInput, args: EstimatorArgs) -> tuple[jax.Array, jax.Array]:
     """VAPO's decoupled GAE (Yue et al. 2025, arXiv:2504.05118): the policy's advantages are
-    GAE(``lambda_``) — or, with ``length_alpha`` > 0, GAE with each column's length-adaptive
+    GAE(``gae_lambda``) — or, with ``length_alpha`` > 0, GAE with each column's length-adaptive
     λ = 1 − 1/(α·|y|) (:func:`jaxadv.advantages.length_adaptive_lambda`, |y| the steps of
     its first episode, ``mask``) — and the critic's targets are the GAE(``critic_lambda``)
     λ-returns (VAPO uses λ = 1: unbiased Monte Carlo targets for the value)."""
-    policy_lambda = args.lambda_
+    policy_lambda = args.gae_lambda
     if x.mask is not None:
         adaptive = adv.length_adaptive_lambda(jnp.sum(x.mask, axis=0), alpha=args.length_alpha)
         policy_lambda = jnp.where(args.length_alpha > 0,
                                   jnp.broadcast_to(adaptive[None], x.reward.shape),
-                                  jnp.broadcast_to(jnp.asarray(args.lambda_, jnp.float32), x.reward.shape))
+                                  jnp.broadcast_to(jnp.asarray(args.gae_lambda, jnp.float32), x.reward.shape))
     run = lambda lam: adv.gae(x.reward, x.value, x.next_value, x.terminated, x.truncated,
                               gamma=args.gamma, lambda_=lam)
     return run(policy_lambda), run(args.critic_lambda) + x.value
@@ -222,11 +222,11 @@ SEQUENCE_ESTIMATORS = adv.SEQUENCE_ESTIMATORS
 
 ESTIMATORS: dict[str, Estimator] = {
     "gae": Estimator(gae_estimator, "value", False, "GAE(lambda)",
-                     hparams=("gamma", "gae_lambda"), param="lambda_"),
+                     hparams=("gamma", "gae_lambda"), param="gae_lambda"),
     "vapo": Estimator(vapo, "value", False, "decoupled GAE: gae_lambda (or length-adaptive) "
                       "for the policy, critic_lambda for the critic's targets",
                       hparams=("gamma", "gae_lambda", "critic_lambda", "length_alpha"),
-                      param="lambda_"),
+                      param="gae_lambda"),
     "td": Estimator(td, "value", False, "one-step TD error", gae_lambda=0.0),
     "nstep": Estimator(nstep, "value", False, "n-step return minus V", param="n"),
     "mc": Estimator(mc, "value", False, "discounted return minus V (the return without a critic)",

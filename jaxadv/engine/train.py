@@ -949,7 +949,7 @@ def estimate(setup: Setup, traj: Transition, hp: HParams, mask: jax.Array | None
                        next_value=critic(traj.next_value), terminated=traj.terminated,
                        truncated=traj.truncated, q_value=traj.q_value, mask=mask,
                        greedy_returns=greedy_returns)
-    args = EstimatorArgs(gamma=hp.gamma, lambda_=hp.gae_lambda, n=setup.config.n_step,
+    args = EstimatorArgs(gamma=hp.gamma, gae_lambda=hp.gae_lambda, n=setup.config.n_step,
                          group_size=setup.config.group_size, critic_lambda=hp.critic_lambda,
                          length_alpha=hp.length_alpha)
     return setup.estimator.fn(x, args)

@@ -575,7 +575,7 @@ def _advantages(name, returns, values, mask, greedy, group_size, eps):
     next_v = jnp.concatenate([v[1:], jnp.zeros_like(v[:1])], axis=0)
     x = EstimatorInput(rewards, v, next_v, terminated, jnp.zeros_like(terminated), mask=mask.T,
                        greedy_returns=greedy if ESTIMATOR_TABLE[name].greedy_rollout else None)
-    args = EstimatorArgs(gamma=1.0, lambda_=1.0, group_size=group_size, eps=eps)
+    args = EstimatorArgs(gamma=1.0, gae_lambda=1.0, group_size=group_size, eps=eps)
     return ESTIMATOR_TABLE[name].fn(x, args)[0]
 
 

@@ -45,6 +45,7 @@ from jaxadv import advantages as adv
 from jaxadv.engine.devices import map_over_devices
 from jaxadv.engine.estimators import ESTIMATORS, EstimatorArgs, EstimatorInput
 from jaxadv.engine.rollout import Policy, first_episode_mask, make_policy, rollout
+from jaxadv.engine.train import HPARAM_SPECS
 from jaxadv.envs import make
 from jaxadv.science import exact
 from jaxadv.validate import positive_int
@@ -82,7 +83,7 @@ LEGACY_SPECS = {"mcb": "mc"}
 """Older spellings :func:`parse_estimator` still reads: ``mcb`` (return minus the critic)
 is ``mc``, as everywhere else in jaxadv."""
 _UNWEIGHTED = "unweighted"
-_PARAM_METAVARS = {"lambda_": "LAMBDA", "n": "N"}  # an EstimatorArgs field -> its spec's metavar
+_PARAM_METAVARS = {"gae_lambda": "LAMBDA", "n": "N"}  # an EstimatorArgs field -> its spec's metavar
 _DEPRECATED = {"Estimator": "EstimatorSpec", "LEGACY_NAMES": "LEGACY_SPECS"}
 
 
@@ -153,8 +154,9 @@ def _spec_param(text: str, field: str, value: str) -> float | int:
         lam = float(value)
     except ValueError:
         lam = math.nan
-    if not 0.0 <= lam <= 1.0:
-        raise ValueError(f"estimator {text!r}: λ must be a number in [0, 1], got {value!r}")
+    spec = HPARAM_SPECS[field]  # HParams' own definition of the field's range
+    if not (math.isfinite(lam) and spec.contains(lam)):
+        raise ValueError(f"estimator {text!r}: λ must be a number {spec.allowed}, got {value!r}")
     return lam
 
 
@@ -201,7 +203,7 @@ def estimator_advantages(
     if row.monte_carlo:
         next_value = jnp.zeros_like(next_value)
     x = EstimatorInput(reward, value, next_value, terminated, truncated)
-    settings: dict[str, Any] = {"lambda_": 1.0, "n": 1}
+    settings: dict[str, Any] = {"gae_lambda": 1.0, "n": 1}
     if row.param is not None:
         settings[row.param] = est.param
     return row.fn(x, EstimatorArgs(gamma=gamma, **settings))[0]
