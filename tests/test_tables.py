@@ -26,16 +26,13 @@ import pytest
 import jaxadv
 from jaxadv import cli
 from jaxadv.engine.algorithms import ALGORITHMS
+from jaxadv.engine.architectures import NETWORKS
 from jaxadv.engine.estimators import ESTIMATORS, Estimator, EstimatorArgs, EstimatorInput
 from jaxadv.engine.train import TrainConfig
 from jaxadv.science import exact, sequence_exact, variance
 
 ROOT = pathlib.Path(jaxadv.__file__).parent
 SMALL = {"num_envs": 4, "num_steps": 32, "total_timesteps": 4 * 32}
-
-NETWORK_NAMES = ("mlp", "cnn", "gru", "transformer")
-"""The network names where the network table is not importable (it is
-jaxadv.engine.architectures.NETWORKS; the scan reads the table when it exists)."""
 
 TABLES = {"engine/algorithms.py", "engine/estimators.py", "engine/architectures.py"}
 """The tables themselves, whose rows are keyed by the names."""
@@ -47,12 +44,7 @@ estimator or algorithm is."""
 
 
 def _names() -> set[str]:
-    try:
-        from jaxadv.engine.architectures import NETWORKS
-        networks = tuple(NETWORKS)
-    except ImportError:
-        networks = NETWORK_NAMES
-    return set(ALGORITHMS) | set(ESTIMATORS) | set(networks)
+    return set(ALGORITHMS) | set(ESTIMATORS) | set(NETWORKS)
 
 
 def _name_comparisons(source: str, names: set[str]) -> list[tuple[int, str]]:
