@@ -46,8 +46,9 @@ from jaxadv.envs.token import decode_tokens
 from jaxadv.losses import REDUCTIONS
 from jaxadv.validate import check_seed, field_changes, positive_int, refuse_changes
 
-__all__ = ["FLAG_ALIASES", "OBJECTIVE_PRESETS", "RESUME_MAY_CHANGE", "SequenceArgs", "generate", "plot_sequence",
-           "sequence_command", "sequence_resume_args", "stored_sequence_args"]
+__all__ = ["FLAG_ALIASES", "OBJECTIVE_PRESETS", "RESUME_MAY_CHANGE", "SEQUENCE_HPARAMS", "SequenceArgs",
+           "generate", "plot_sequence", "sequence_command", "sequence_resume_args",
+           "stored_sequence_args"]
 
 OBJECTIVE_PRESETS: dict[str, dict[str, Any]] = {
     "grpo": {"algo": "ppo", "estimator": "grpo"},
@@ -99,13 +100,38 @@ that ``jaxadv sequence`` also takes as a flag (``--lambda-policy`` = ``--gae-lam
 a ``sequence.json`` written with the friendlier names still resumes)."""
 
 
-def _also(field: str) -> Any:
-    """``tyro.conf.arg`` giving the field ``field`` its :data:`FLAG_ALIASES` flag too."""
-    return tyro.conf.arg(aliases=("--" + FLAG_ALIASES[field].replace("_", "-"),))
+SEQUENCE_HPARAMS: dict[str, Any] = {"lr": 1e-3, "gamma": 1.0, "gae_lambda": 1.0, "ent_coef": 0.0,
+                                    "critic_lambda": None, "length_alpha": None, "clip_eps": None,
+                                    "clip_eps_high": None}
+"""This command's own defaults of :class:`~jaxadv.engine.train.HParams` fields (every other
+field keeps HParams' default); ``None``: the ``--objective`` preset's value, else
+:data:`_DEFAULTS`'s. Each field's flag, range and doc are HParams' own
+(:data:`~jaxadv.engine.train.HPARAM_SPECS`)."""
+
+
+def _hparam_flag(name: str) -> tuple[str, Any, Any]:
+    """The ``(name, type, field)`` of HParams field ``name`` as a flag of this command: its
+    doc and range from HPARAM_SPECS, this command's default, its :data:`FLAG_ALIASES` name."""
+    spec = HPARAM_SPECS[name]
+    default = SEQUENCE_HPARAMS.get(name, getattr(HParams(), name))
+    help_text = f"{spec.doc.rstrip('.')} ({spec.allowed})"
+    if default is None:
+        help_text += f"; default: the --objective preset's, else {_DEFAULTS[name]}"
+    help_text += "."
+    aliases = ("--" + FLAG_ALIASES[name].replace("_", "-"),) if name in FLAG_ALIASES else None
+    kind = float if default is not None else float | None
+    return name, Annotated[kind, tyro.conf.arg(help=help_text, aliases=aliases)], dataclasses.field(
+        default=default)
+
+
+_SequenceHParams = dataclasses.make_dataclass(
+    "_SequenceHParams", [_hparam_flag(name) for name in HPARAM_SPECS], frozen=True,
+    namespace={"__module__": __name__, "__doc__": "One flag per HParams field, generated from "
+                                                  "its HPARAM_SPECS entry."})
 
 
 @dataclasses.dataclass(frozen=True)
-class SequenceArgs:
+class SequenceArgs(_SequenceHParams):  # type: ignore[misc,valid-type]
     """Train a transformer policy on a token-by-token task with sequence-level rewards;
     write config.json, metrics.csv, summary.json and reward.png under --out."""
 
@@ -155,24 +181,8 @@ class SequenceArgs:
     """transformer width."""
     heads: int = 4
     """attention heads."""
-    lr: float = 1e-3
-    """Adam learning rate."""
     temperature: float = 1.0
     """sampling temperature: the policy is softmax(logits / temperature), in rollouts and in the loss."""
-    gamma: float = 1.0
-    """discount (token-level gae, vapo)."""
-    gae_lambda: Annotated[float, _also("gae_lambda")] = 1.0
-    """GAE λ of the policy's advantages (token-level gae, vapo)."""
-    critic_lambda: Annotated[float | None, _also("critic_lambda")] = None
-    """vapo: GAE λ of the value head's targets; default: the objective's, else 1."""
-    length_alpha: float | None = None
-    """vapo: > 0 makes the policy's λ length-adaptive, 1 − 1/(α · response length); default: the objective's, else 0 (--gae-lambda)."""
-    ent_coef: float = 0.0
-    """entropy bonus weight."""
-    clip_eps: Annotated[float | None, _also("clip_eps")] = None
-    """clip range below 1 (ppo's ε; dapo, gspo, cispo, icepop: ε_low, 1 = no lower bound; gmpo: of the log-ratio); default: the objective's, else 0.2."""
-    clip_eps_high: Annotated[float | None, _also("clip_eps_high")] = None
-    """dapo, gspo, cispo, icepop: clip range above 1 (ε_high); gmpo: of the log-ratio; default: the objective's, else 0.28."""
     dynamic_sampling: bool | None = None
     """mask out the groups whose rewards are all equal (DAPO's dynamic sampling, in a fixed-shape batch; metrics.csv: informative_groups); default: the objective's, else off."""
     behaviour_temperature: float | None = None
@@ -191,20 +201,12 @@ class SequenceArgs:
     """correction seq_mis: the band [lo, hi] of the responses' ratios kept."""
     seq_aggregate: Literal["product", "geometric"] = "product"
     """seq_tis, seq_mis: the response's ratio is the product of its token ratios, or their geometric mean."""
-    icepop_alpha: float = 2.0
-    """icepop: the band [1/α, α] of the sampler mismatch kept (> 1)."""
-    sapo_tau_pos: float = 1.0
-    """sapo: the gate's temperature for positive advantages."""
-    sapo_tau_neg: float = 1.05
-    """sapo: the gate's temperature for the others."""
     value_warmup: int = 0
     """gae, vapo: VAPO's value pre-training — the first value_warmup updates train the value head alone."""
     overlong_buffer: int = 0
     """DAPO's soft overlong punishment: a response within this many digits of --response-length loses up to 1 (linearly); 0: none."""
     kl: Literal[KL_MODES] = "none"  # type: ignore[valid-type]
     """KL penalty against the initial policy: none, in the loss, or in the reward."""
-    kl_coef: float = 0.0
-    """its weight."""
     warm_start_steps: int = 0
     """supervised warm start first: Adam steps of teacher-forced cross-entropy on correct responses (0: none); the warm-started policy is the KL reference."""
     warm_start_prompts: int = 256
