@@ -231,13 +231,14 @@ class _Display:
                           reason=stop.reason, update=stop.update, checkpoint=stop.checkpoint)
 
 
-def _drive(args: TrainArgs, loggers: tuple[Any, ...]) -> RunResult:
-    """:func:`~jaxadv.engine.driver.drive` with the command line's sinks and display."""
+def _drive(args: TrainArgs, loggers: tuple[Any, ...], record: dict[str, Any]) -> RunResult:
+    """:func:`~jaxadv.engine.driver.drive` with the command line's sinks and display
+    (``record``: what ``config.json`` holds)."""
     display = _Display(args.quiet)
     resume = f"{args.resume_command} {shlex.quote(str(args.out))}"
     writer = MetricsWriter(args.out / "metrics.csv", args.config.batch_size)
     options = dataclasses.replace(
-        run_options(args), sinks=(writer, *loggers), progress=display.progress,
+        run_options(args, record), sinks=(writer, *loggers), progress=display.progress,
         log=display.err.print, warn=lambda message: print(message, file=sys.stderr),
         stop=display.stop)  # warnings even with --quiet
     try:
@@ -258,7 +259,7 @@ def drive_logged(args: TrainArgs, write: Callable[[RunResult], None]) -> RunResu
     loggers = tuple(make_loggers(args.log, args.out, args.config.batch_size,
                                  args.config.num_updates, record, args.wandb))
     try:
-        result = _drive(args, loggers)
+        result = _drive(args, loggers, record)
         if args.resume is not None and result.resumed_from == args.config.num_updates and (
                 args.out / "summary.json").is_file():  # it had finished: its outputs stay
             Console(stderr=True, quiet=args.quiet).print(
@@ -305,10 +306,10 @@ def write_config(args: TrainArgs) -> dict[str, Any]:
     return record
 
 
-def run_options(args: TrainArgs) -> RunOptions:
-    """The driver's :class:`~jaxadv.engine.driver.RunOptions` for ``args``: its seeds, calls,
-    checkpoints under ``--out/checkpoints`` and record; no sinks, display or stop."""
-    record = _record(args)
+def run_options(args: TrainArgs, record: dict[str, Any]) -> RunOptions:
+    """The driver's :class:`~jaxadv.engine.driver.RunOptions` for ``args`` and its
+    ``record`` (:func:`write_config`'s): seeds, calls, checkpoints under
+    ``--out/checkpoints``; no sinks, display or stop."""
     return RunOptions(seed=args.seed, seeds=args.seeds, chunk_updates=record["run"]["chunk_updates"],
                       checkpoints=args.out / "checkpoints", checkpoint_every=args.checkpoint_every,
                       keep_checkpoints=args.keep_checkpoints, resume=args.resume is not None,
