@@ -6,6 +6,12 @@ observations and rewards, and sequence runs with a transformer, groups, a KL pen
 warm start) from fixed keys and writes a SHA-256 of each run's final parameters, optimiser
 state and metrics. ``--check scratch/bitwise.json`` runs them again and fails on any
 difference. Fingerprints are exact, so compare on one machine with one jaxlib.
+
+The metrics of ``TrainConfig.telemetry`` (``TELEMETRY_METRICS``: gradient SNR, cosine,
+advantage statistics) are left out of the fingerprint: they observe an update without
+steering it, so a fingerprint recorded before they existed, or with them off, still holds,
+and what it guards is that adding or changing them moves no bit of the parameters, the
+optimiser state or the other metrics.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import jax
 import numpy as np
 
 from jaxadv.cli.sequence import SequenceArgs
-from jaxadv.engine.train import HParams, TrainConfig, make_train
+from jaxadv.engine.train import TELEMETRY_METRICS, HParams, TrainConfig, make_train
 
 SMALL = {"num_envs": 4, "num_steps": 32, "total_timesteps": 4 * 32 * 6, "hidden": (16, 16)}
 
@@ -53,8 +59,10 @@ CASES = {
 
 
 def fingerprint(config: TrainConfig, hp: HParams, seed: int = 0) -> str:
-    """SHA-256 over every leaf of the final state's params and optimiser state and the metrics."""
+    """SHA-256 over every leaf of the final state's params and optimiser state and the metrics
+    other than ``TELEMETRY_METRICS``."""
     state, metrics = jax.jit(make_train(config))(jax.random.key(seed), hp)
+    metrics = {name: value for name, value in metrics.items() if name not in TELEMETRY_METRICS}
     digest = hashlib.sha256()
     for leaf in jax.tree.leaves((state.params, state.opt_state, metrics)):
         digest.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())

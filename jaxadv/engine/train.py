@@ -89,14 +89,20 @@ __all__ = [
     "NETWORK_NAMES",
     "NONFINITE",
     "SEQUENCE_ESTIMATORS",
+    "TELEMETRY_METRICS",
     "Batch",
+    "GradientSums",
     "HParams",
     "Setup",
     "TrainConfig",
     "TrainState",
     "Trainer",
+    "accumulate_gradient",
+    "advantage_telemetry",
     "collect",
     "estimate",
+    "gradient_sums",
+    "gradient_telemetry",
     "greedy_evaluation",
     "informative_mask",
     "init",
@@ -284,6 +290,8 @@ class TrainConfig:
     """with --episodic and groups: DAPO's dynamic sampling in a fixed-shape program — the groups whose rewards are all equal (no signal) are masked out of the loss; metrics.csv's informative_groups is the fraction kept (the effective batch)."""
     micro_batch_size: int | None = None
     """samples per gradient micro-batch: each minibatch's gradient is summed over micro-batches of this many samples in a lax.scan, then one optimiser step (the same gradient up to float rounding; smaller working sets stay in cache). 0: the whole minibatch at once; default: 2048 on CPU where it divides a larger minibatch, else 0. Not with --episodic."""
+    telemetry: bool = True
+    """gradient-quality telemetry in the metrics (TELEMETRY_METRICS): from the first epoch's minibatch gradients, the update's gradient signal-to-noise ratio grad_snr (bias-corrected ‖E g‖² / tr Σ, from grad_signal and grad_noise) and the mean cosine grad_cosine of each minibatch gradient to their mean (NaN with one minibatch); the advantages' adv_mean and adv_std over the real steps; with a group estimator the fraction zero_adv_groups of groups whose advantages are all 0."""
 
     def __post_init__(self) -> None:
         check_choice("env", self.env, tuple(registered_names()))
@@ -312,6 +320,8 @@ class TrainConfig:
                                   for h in self.hidden):
             raise ValueError(f"`hidden` must be a non-empty tuple of positive ints, got {self.hidden!r}")
         check_choice("activation", self.activation, ("tanh", "relu"))
+        if not isinstance(self.telemetry, bool):
+            raise ValueError(f"`telemetry` must be True or False, got {self.telemetry!r}")
         object.__setattr__(self, "env_kwargs", _env_kwargs_pairs(self.env_kwargs))
         if self.network is None:  # the table's default for these observations
             object.__setattr__(self, "network", default_network(self.spec.image_shape is not None))
@@ -1032,6 +1042,109 @@ def minibatch_gradient(setup: Setup, loss: Callable, flat_params: jax.Array,
     return jax.tree.map(lambda x: x / parts, total)
 
 
+TELEMETRY_METRICS = ("grad_snr", "grad_cosine", "grad_signal", "grad_noise", "adv_mean",
+                     "adv_std", "zero_adv_groups")
+"""The metrics that ``TrainConfig.telemetry`` adds (:func:`gradient_telemetry`,
+:func:`advantage_telemetry`). They describe the update without steering it: the parameters,
+optimiser state and other metrics are the same with and without them (``benchmarks/bitwise.py``
+leaves them out of its fingerprints, so one fingerprint holds for both)."""
+
+
+class GradientSums(NamedTuple):
+    """Running sums over minibatch gradients ``g_1 … g_n`` (each ``[P]``), one gradient at a
+    time (:func:`accumulate_gradient`), so that no gradient is stored.
+
+    Attributes:
+      grad: ``Σ g_i`` ``[P]``.
+      unit: ``Σ g_i / ‖g_i‖`` ``[P]`` (a zero gradient adds 0).
+      sq_norm: ``Σ ‖g_i‖²`` ``[]``.
+    """
+
+    grad: jax.Array
+    unit: jax.Array
+    sq_norm: jax.Array
+
+
+def gradient_sums(size: int) -> GradientSums:
+    """:class:`GradientSums` of no gradient yet, for gradients of ``size`` entries."""
+    zeros = jnp.zeros((size,), jnp.float32)
+    return GradientSums(zeros, zeros, jnp.zeros((), jnp.float32))
+
+
+def accumulate_gradient(sums: GradientSums, grad: jax.Array, norm: jax.Array | None = None,
+                        keep: jax.Array | bool = True) -> GradientSums:
+    """``sums`` with one more gradient ``grad [P]`` (``norm``: its ``‖grad‖`` if known) where
+    ``keep`` (a traced bool: one fused select, no branch), else ``sums`` unchanged."""
+    norm = jnp.linalg.norm(grad) if norm is None else norm
+    more = GradientSums(sums.grad + grad, sums.unit + grad / jnp.where(norm > 0, norm, 1.0),
+                        sums.sq_norm + norm * norm)
+    return jax.tree.map(lambda new, old: jnp.where(keep, new, old), more, sums)
+
+
+def gradient_telemetry(sums: GradientSums, n: int) -> dict[str, jax.Array]:
+    """The signal-to-noise ratio and agreement of ``n`` (static) minibatch gradients
+    ``g_i [P]`` of one update (independent samples at the same parameters) from their
+    :class:`GradientSums`, ``[]`` each, with ``ḡ = Σ g_i / n``:
+
+    * ``grad_noise`` ``v = (Σ ‖g_i‖² − n ‖ḡ‖²) / (n − 1) = Σ ‖g_i − ḡ‖² / (n − 1)``:
+      ``tr Σ``, the variance of one minibatch gradient (unbiased). The difference of sums
+      (which keeps the scan's work to two fused vector additions per step) loses about
+      ``log10(1 + SNR)`` of float32's 7 digits: 2 at an SNR of 100;
+    * ``grad_signal`` ``‖ḡ‖² − v / n``: ``‖E g‖²`` without bias (``‖ḡ‖²`` alone
+      overstates it by ``tr Σ / n``; may be negative when the signal is lost in noise);
+    * ``grad_snr`` ``grad_signal / grad_noise``, the same bias-corrected ratio as
+      :func:`jaxadv.science.variance.gradient_statistics`' ``snr`` at this minibatch size.
+      The plain ``‖ḡ‖² / v`` would be ``SNR + 1/n`` on average: with 4 minibatches a
+      gradient of pure noise would read 0.25;
+    * ``grad_cosine`` ``mean_i cos(g_i, ḡ) = ⟨ḡ, Σ g_i/‖g_i‖⟩ / (n ‖ḡ‖)``.
+
+    With ``n < 2`` there is no spread to measure: all four are NaN (so with
+    ``num_minibatches = 1``).
+
+    Three gradients: ``ḡ = (2, 2/3)``, ``Σ ‖g_i − ḡ‖² = 14/3``, so ``v = 7/3`` and
+    ``‖ḡ‖² − v/3 = 40/9 − 7/9 = 11/3``:
+
+    >>> sums = gradient_sums(2)
+    >>> for g in ([1.0, 0.0], [3.0, 0.0], [2.0, 2.0]):
+    ...     sums = accumulate_gradient(sums, jnp.array(g))
+    >>> {k: round(float(v), 3) for k, v in gradient_telemetry(sums, 3).items()}
+    {'grad_snr': 1.571, 'grad_cosine': 0.931, 'grad_signal': 3.667, 'grad_noise': 2.333}
+    """
+    if n < 2:
+        nan = jnp.full((), jnp.nan, jnp.float32)
+        return dict.fromkeys(("grad_snr", "grad_cosine", "grad_signal", "grad_noise"), nan)
+    mean = sums.grad / n
+    mean_sq = jnp.vdot(mean, mean)
+    noise = (sums.sq_norm - n * mean_sq) / (n - 1)
+    signal = mean_sq - noise / n
+    norm = jnp.sqrt(mean_sq)
+    cosine = jnp.vdot(mean, sums.unit) / jnp.where(norm > 0, n * norm, jnp.inf)
+    return {"grad_snr": signal / noise, "grad_cosine": cosine, "grad_signal": signal,
+            "grad_noise": noise}
+
+
+def advantage_telemetry(setup: Setup, advantages: jax.Array, mask: jax.Array | None,
+                        episodes: jax.Array | None) -> dict[str, jax.Array]:
+    """``adv_mean`` and ``adv_std`` (the population standard deviation) of the
+    ``advantages [T, N]`` the loss sees, before any per-minibatch standardisation, over the
+    steps of ``mask [T, N]`` (every step where ``None``); and where the estimator's row is
+    group-based (``sequence_level`` or ``min_group_size`` ≥ 2) ``zero_adv_groups``: the
+    fraction of groups (``group_size`` adjacent columns) whose advantages are all exactly 0
+    on their ``episodes [T, N]`` steps (each column's first episode) — equal rewards within a
+    group give exact zeros, and such a group adds no policy gradient."""
+    weights = jnp.ones_like(advantages) if mask is None else mask.astype(advantages.dtype)
+    count = jnp.maximum(jnp.sum(weights), 1.0)
+    mean = jnp.sum(weights * advantages) / count
+    std = jnp.sqrt(jnp.sum(weights * (advantages - mean) ** 2) / count)
+    metrics = {"adv_mean": mean, "adv_std": std}
+    row = setup.estimator
+    if episodes is not None and (row.sequence_level or row.min_group_size >= 2):
+        zero = jnp.all((advantages == 0) | (episodes == 0), axis=0)  # [N]
+        groups = zero.reshape(-1, setup.config.group_size)  # [G, K]
+        metrics["zero_adv_groups"] = jnp.mean(jnp.all(groups, axis=1).astype(jnp.float32))
+    return metrics
+
+
 def optimise(setup: Setup, flat_params: jax.Array, opt_state: Any, unravel: Any, data: tuple,
              key: jax.Array, hp: HParams) -> tuple[jax.Array, Any, dict]:
     """``update_epochs`` passes of ``num_minibatches`` shuffled minibatches over ``data``
@@ -1039,7 +1152,13 @@ def optimise(setup: Setup, flat_params: jax.Array, opt_state: Any, unravel: Any,
     ...]`` split along the envs or sequences): one gradient step each on the raveled
     parameter vector ``flat_params``.
 
-    Returns the parameters, the optimiser state and per-step metrics ``[epochs, minibatches]``.
+    Returns the parameters, the optimiser state and per-step metrics ``[epochs, minibatches]``;
+    with ``telemetry`` also :func:`gradient_telemetry`'s ``[]`` scalars of the first epoch's
+    minibatch gradients (disjoint samples at nearly the same parameters; the later epochs
+    reuse the samples), summed in the scan's carry (:func:`accumulate_gradient`, kept only
+    where the epoch is the first). The scans are those without telemetry, so the
+    parameters, optimiser state and other metrics keep their bits (running the first epoch
+    outside the scan moved the last bit of some per-step metrics' means).
     """
     config = setup.config
     opt = optimizer(setup, hp)
@@ -1050,16 +1169,19 @@ def optimise(setup: Setup, flat_params: jax.Array, opt_state: Any, unravel: Any,
     size = data[1].shape[axis]  # the envs (or sequences), else the samples
     mb = size // config.num_minibatches
 
-    def minibatch(carry, batch):
-        params, opt_state = carry
+    def minibatch(carry, batch, first=None):
+        params, opt_state, sums = carry  # sums: None without telemetry
         (total, metrics), grads = minibatch_gradient(setup, loss, params, batch)
         updates, opt_state = opt.update(grads, opt_state, params)
         metrics["grad_norm"] = optax.tree.norm(grads)
+        if sums is not None:  # the first epoch's gradients only
+            sums = accumulate_gradient(sums, grads, metrics["grad_norm"], keep=first)
         params = params + updates
         metrics["nonfinite"] = _nonfinite_flags(total, metrics["grad_norm"], params)
-        return (params, opt_state), metrics
+        return (params, opt_state, sums), metrics
 
-    def epoch(carry, perm):
+    def epoch(carry, xs):
+        perm, first = xs
         shuffled = data
         if config.num_minibatches > 1:  # one gather per epoch, then contiguous slices
             shuffled = jax.tree.map(lambda x: jnp.take(x, perm, axis=axis), data)
@@ -1068,11 +1190,17 @@ def optimise(setup: Setup, flat_params: jax.Array, opt_state: Any, unravel: Any,
                 x.reshape(x.shape[0], config.num_minibatches, mb, *x.shape[2:]), 1, 0)
         else:
             split = lambda x: x.reshape(config.num_minibatches, mb, *x.shape[1:])
-        return jax.lax.scan(minibatch, carry, jax.tree.map(split, shuffled))
+        step = lambda carry, batch: minibatch(carry, batch, first)
+        return jax.lax.scan(step, carry, jax.tree.map(split, shuffled))
 
-    (flat_params, opt_state), metrics = jax.lax.scan(
-        epoch, (flat_params, opt_state), permutations(key, config.update_epochs, size)
-    )
+    perms = permutations(key, config.update_epochs, size)
+    gradients = config.telemetry and config.num_minibatches > 1
+    sums = gradient_sums(flat_params.size) if gradients else None
+    first = jnp.arange(config.update_epochs) == 0 if gradients else None
+    (flat_params, opt_state, sums), metrics = jax.lax.scan(
+        epoch, (flat_params, opt_state, sums), (perms, first))
+    if config.telemetry:
+        metrics.update(gradient_telemetry(sums, config.num_minibatches if gradients else 1))
     return flat_params, opt_state, metrics
 
 
@@ -1181,6 +1309,8 @@ def update(setup: Setup, state: TrainState, hp: HParams) -> tuple[TrainState, di
     metrics = jax.tree.map(jnp.mean, metrics)
     metrics["nonfinite"] = flags[jnp.argmax(flags > 0)]  # the first bad step's flags, or 0
     metrics.update(_rollout_metrics(setup, state, batch, targets))
+    if config.telemetry:
+        metrics.update(advantage_telemetry(setup, advantages, mask, batch.mask))
     if kept is not None:
         metrics["informative_groups"] = kept
     if batch.behaviour_log_prob is not None:
@@ -1281,7 +1411,8 @@ def make_train(config: TrainConfig):
     ``approx_kl``, ``clip_fraction``, ``explained_variance``, ``grad_norm``, and
     ``nonfinite`` (int32: 0 while the total loss, its gradient and the parameters after each
     optimiser step are all finite; else the bit flags of :data:`NONFINITE` at the update's
-    first step that was not).
+    first step that was not); with ``telemetry`` also :data:`TELEMETRY_METRICS`
+    (:func:`gradient_telemetry`, :func:`advantage_telemetry`).
 
     >>> import jax
     >>> config = TrainConfig(num_envs=2, num_steps=8, total_timesteps=32, hidden=(8,))
