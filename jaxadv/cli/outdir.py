@@ -47,7 +47,8 @@ _HELD: set[pathlib.Path] = set()  # the directories this process holds locked
 
 RUN_FILES = (
     "config.json", "sequence.json", "metrics.csv", "summary.json", "returns.png", "reward.png",
-    "checkpoints", "tb", "wandb", "chunks", "sweep.csv", "sweep.png", "eval", "eval.json",
+    "telemetry.png", "checkpoints", "tb", "wandb", "chunks", "sweep.csv", "sweep.png", "eval",
+    "eval.json",
 )
 """What jaxadv's commands write into ``--out``: :func:`remove_run` deletes these and nothing else."""
 

@@ -1,7 +1,7 @@
 """What runs leave behind.
 
-``jaxadv train``: ``config.json``, ``metrics.csv``, ``summary.json``, ``returns.png``;
-metrics arrive from the trainer as a dict of ``[seeds, updates]`` arrays, one chunk of
+``jaxadv train``: ``config.json``, ``metrics.csv``, ``summary.json``, ``returns.png`` (and
+``telemetry.png`` with ``--telemetry``); metrics arrive from the trainer as a dict of ``[seeds, updates]`` arrays, one chunk of
 updates at a time. ``jaxadv sweep``: ``sweep.csv``, ``summary.json``, ``sweep.png``,
 from a :class:`~jaxadv.engine.sweep.SweepResult`.
 
@@ -38,6 +38,7 @@ __all__ = [
     "plot_returns",
     "plot_selection",
     "plot_sweep",
+    "plot_telemetry",
     "progress_bar",
     "save_panel",
     "summarize_sweep",
@@ -98,6 +99,55 @@ def plot_returns(
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize="small")
+    with replace_atomically(path) as tmp:
+        fig.savefig(tmp, dpi=120)
+
+
+def plot_telemetry(path: pathlib.Path, env_steps: np.ndarray, history: dict[str, np.ndarray],
+                   title: str) -> None:
+    """Save the gradient-quality telemetry (``TrainConfig.telemetry``) vs env steps (PNG).
+
+    ``env_steps``: ``[updates]``; ``history``: ``[seeds, updates]`` arrays of ``adv_mean``,
+    ``adv_std`` and, where the run has them, ``grad_signal``, ``grad_noise``, ``grad_cosine``
+    and ``zero_adv_groups``. Each curve is the mean over seeds of each
+    seed's trailing mean over 2% of the updates; the gradient SNR is the ratio of the
+    trailing means of ``grad_signal`` and ``grad_noise`` (steadier than a mean of per-update
+    ratios), on a log scale where it is positive. Without the gradient metrics (one minibatch
+    per epoch) those panels say so.
+    """
+    updates = np.shape(history["adv_mean"])[1]
+    window = max(1, updates // 50)
+    smooth = lambda name: windowed_returns(np.asarray(history[name], np.float64),
+                                           np.ones(np.shape(history[name])), window)
+    steps = np.asarray(env_steps)
+    group = "zero_adv_groups" in history
+    fig, axes = _figure(4 if group else 3)
+    snr_ax, cos_ax, adv_ax = axes[:3]
+    if "grad_noise" in history:
+        snr = np.mean(smooth("grad_signal") / smooth("grad_noise"), axis=0)
+        snr_ax.plot(steps, np.where(snr > 0, snr, np.nan), lw=1.5)
+        snr_ax.set_yscale("log")
+        cos_ax.plot(steps, np.mean(smooth("grad_cosine"), axis=0), lw=1.5)
+    else:
+        for ax in (snr_ax, cos_ax):
+            ax.text(0.5, 0.5, "one minibatch per epoch:\nno spread to measure",
+                    ha="center", va="center", transform=ax.transAxes)
+    snr_ax.set_ylabel("gradient SNR  ‖E g‖² / tr Σ (per minibatch)")
+    cos_ax.set_ylabel("mean cos(minibatch gradient, their mean)")
+    mean, std = np.mean(smooth("adv_mean"), axis=0), np.mean(smooth("adv_std"), axis=0)
+    adv_ax.plot(steps, mean, lw=1.5, label="mean")
+    adv_ax.fill_between(steps, mean - std, mean + std, alpha=0.25, lw=0, label="± std")
+    adv_ax.set_ylabel("advantages (before normalisation)")
+    adv_ax.legend(loc="best", fontsize="small")
+    if group:
+        axes[3].plot(steps, np.mean(smooth("zero_adv_groups"), axis=0), lw=1.5)
+        axes[3].set_ylim(-0.02, 1.02)
+        axes[3].set_ylabel("fraction of groups with all advantages 0")
+    for ax in axes:
+        ax.set_xlabel("environment steps (per seed)")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{title} · mean of {np.shape(history['adv_mean'])[0]} seed(s), trailing "
+                 f"{window} update(s)")
     with replace_atomically(path) as tmp:
         fig.savefig(tmp, dpi=120)
 

@@ -31,7 +31,14 @@ from rich.progress import TextColumn
 from jaxadv.cli.interrupts import Interrupts
 from jaxadv.cli.options import TrainOptions
 from jaxadv.cli.outdir import OutputLock, check_fresh, remove_run
-from jaxadv.cli.report import jsonable, plot_returns, progress_bar, summary_table, write_json
+from jaxadv.cli.report import (
+    jsonable,
+    plot_returns,
+    plot_telemetry,
+    progress_bar,
+    summary_table,
+    write_json,
+)
 from jaxadv.cli.tracking import WandbSettings, check_loggers, make_loggers
 from jaxadv.engine.checkpoint import checkpoint_steps
 from jaxadv.engine.devices import seed_groups
@@ -134,8 +141,11 @@ def _stored_args(run_dir: pathlib.Path) -> TrainArgs:
     try:
         data = json.loads(path.read_text())
         run = data["run"]
+        # a run recorded before TrainConfig.telemetry existed ran without it, and its
+        # checkpoints' metrics have no telemetry to continue
+        config = {"telemetry": False, **data["train_config"]}
         return TrainArgs(
-            config=TrainOptions(**data["train_config"]), hparams=HParams(**data["hparams"]),
+            config=TrainOptions(**config), hparams=HParams(**data["hparams"]),
             seed=run["seed"], seeds=run["seeds"], out=run_dir, chunk_updates=run["chunk_updates"],
             resume=run_dir, checkpoint_every=run.get("checkpoint_every"),
             keep_checkpoints=run.get("keep_checkpoints", 2), seed_groups=run.get("seed_groups", 1),
@@ -319,13 +329,18 @@ def run_options(args: TrainArgs, record: dict[str, Any]) -> RunOptions:
 
 def write_run_outputs(result: RunResult, out: pathlib.Path, *, quiet: bool = False,
                       title: str | None = None) -> None:
-    """Write ``summary.json`` and ``returns.png`` of a finished run; print the summary table."""
+    """Write ``summary.json`` and ``returns.png`` of a finished run (and ``telemetry.png``
+    where its metrics hold ``TrainConfig.telemetry``'s); print the summary table."""
     config, summary = result.trainer.config, result.summary
     write_json(out / "summary.json", summary)
     steps = np.arange(1, config.num_updates + 1) * config.batch_size
+    title = title or f"{config.algo} · {config.env} · {summary['seeds']} seed(s)"
     plot_returns(out / "returns.png", steps, np.asarray(result.history["episode_return"], np.float64),
-                 np.asarray(result.history["episodes"]),
-                 title or f"{config.algo} · {config.env} · {summary['seeds']} seed(s)")
+                 np.asarray(result.history["episodes"]), title)
+    written = "config.json, metrics.csv, summary.json, returns.png"
+    if "adv_mean" in result.history:
+        plot_telemetry(out / "telemetry.png", steps, result.history, title)
+        written += ", telemetry.png"
     console = Console(quiet=quiet)
     console.print(summary_table(summary))
-    console.print(f"wrote config.json, metrics.csv, summary.json, returns.png, checkpoints/ to {out}/")
+    console.print(f"wrote {written}, checkpoints/ to {out}/")

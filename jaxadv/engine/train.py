@@ -91,7 +91,7 @@ __all__ = [
     "SEQUENCE_ESTIMATORS",
     "TELEMETRY_METRICS",
     "Batch",
-    "GradientSums",
+    "GradientMoments",
     "HParams",
     "Setup",
     "TrainConfig",
@@ -101,7 +101,7 @@ __all__ = [
     "advantage_telemetry",
     "collect",
     "estimate",
-    "gradient_sums",
+    "gradient_moments",
     "gradient_telemetry",
     "greedy_evaluation",
     "informative_mask",
@@ -291,7 +291,7 @@ class TrainConfig:
     micro_batch_size: int | None = None
     """samples per gradient micro-batch: each minibatch's gradient is summed over micro-batches of this many samples in a lax.scan, then one optimiser step (the same gradient up to float rounding; smaller working sets stay in cache). 0: the whole minibatch at once; default: 2048 on CPU where it divides a larger minibatch, else 0. Not with --episodic."""
     telemetry: bool = True
-    """gradient-quality telemetry in the metrics (TELEMETRY_METRICS): from the first epoch's minibatch gradients, the update's gradient signal-to-noise ratio grad_snr (bias-corrected ‖E g‖² / tr Σ, from grad_signal and grad_noise) and the mean cosine grad_cosine of each minibatch gradient to their mean (NaN with one minibatch); the advantages' adv_mean and adv_std over the real steps; with a group estimator the fraction zero_adv_groups of groups whose advantages are all 0."""
+    """gradient-quality telemetry in the metrics (TELEMETRY_METRICS): from the first epoch's minibatch gradients, the update's gradient signal-to-noise ratio grad_snr (bias-corrected ‖E g‖² / tr Σ, from grad_signal and grad_noise) and the mean cosine grad_cosine of each minibatch gradient to their mean (not with one minibatch per epoch); the advantages' adv_mean and adv_std over the real steps; with a group estimator the fraction zero_adv_groups of groups whose advantages are all 0."""
 
     def __post_init__(self) -> None:
         check_choice("env", self.env, tuple(registered_names()))
@@ -1044,52 +1044,59 @@ def minibatch_gradient(setup: Setup, loss: Callable, flat_params: jax.Array,
 
 TELEMETRY_METRICS = ("grad_snr", "grad_cosine", "grad_signal", "grad_noise", "adv_mean",
                      "adv_std", "zero_adv_groups")
-"""The metrics that ``TrainConfig.telemetry`` adds (:func:`gradient_telemetry`,
-:func:`advantage_telemetry`). They describe the update without steering it: the parameters,
+"""The metrics that ``TrainConfig.telemetry`` adds (:func:`gradient_telemetry`, with two
+minibatches or more per epoch; :func:`advantage_telemetry`, ``zero_adv_groups`` with a
+group estimator). They describe the update without steering it: the parameters,
 optimiser state and other metrics are the same with and without them (``benchmarks/bitwise.py``
 leaves them out of its fingerprints, so one fingerprint holds for both)."""
 
 
-class GradientSums(NamedTuple):
-    """Running sums over minibatch gradients ``g_1 … g_n`` (each ``[P]``), one gradient at a
+class GradientMoments(NamedTuple):
+    """Running moments of minibatch gradients ``g_1 … g_k`` (each ``[P]``), one gradient at a
     time (:func:`accumulate_gradient`), so that no gradient is stored.
 
     Attributes:
-      grad: ``Σ g_i`` ``[P]``.
+      count: ``k`` ``[]``.
+      mean: ``ḡ = Σ g_i / k`` ``[P]``.
+      m2: ``Σ ‖g_i − ḡ‖²`` ``[]``.
       unit: ``Σ g_i / ‖g_i‖`` ``[P]`` (a zero gradient adds 0).
-      sq_norm: ``Σ ‖g_i‖²`` ``[]``.
     """
 
-    grad: jax.Array
+    count: jax.Array
+    mean: jax.Array
+    m2: jax.Array
     unit: jax.Array
-    sq_norm: jax.Array
 
 
-def gradient_sums(size: int) -> GradientSums:
-    """:class:`GradientSums` of no gradient yet, for gradients of ``size`` entries."""
-    zeros = jnp.zeros((size,), jnp.float32)
-    return GradientSums(zeros, zeros, jnp.zeros((), jnp.float32))
+def gradient_moments(size: int) -> GradientMoments:
+    """:class:`GradientMoments` of no gradient yet, for gradients of ``size`` entries."""
+    zeros, zero = jnp.zeros((size,), jnp.float32), jnp.zeros((), jnp.float32)
+    return GradientMoments(zero, zeros, zero, zeros)
 
 
-def accumulate_gradient(sums: GradientSums, grad: jax.Array, norm: jax.Array | None = None,
-                        keep: jax.Array | bool = True) -> GradientSums:
-    """``sums`` with one more gradient ``grad [P]`` (``norm``: its ``‖grad‖`` if known) where
-    ``keep`` (a traced bool: one fused select, no branch), else ``sums`` unchanged."""
+def accumulate_gradient(moments: GradientMoments, grad: jax.Array, norm: jax.Array | None = None,
+                        keep: jax.Array | bool = True) -> GradientMoments:
+    """``moments`` with one more gradient ``grad [P]`` (``norm``: its ``‖grad‖`` if known) where
+    ``keep`` (a traced bool: a select, no branch), else ``moments`` unchanged. Welford's
+    update, ``k ← k + 1``, ``ḡ ← ḡ + δ/k``, ``m2 ← m2 + (k − 1)/k · ‖δ‖²`` with ``δ = g − ḡ``:
+    the spread is summed directly, not as a difference of two nearly equal sums (which would
+    lose about ``log10(1 + SNR)`` of float32's 7 digits)."""
     norm = jnp.linalg.norm(grad) if norm is None else norm
-    more = GradientSums(sums.grad + grad, sums.unit + grad / jnp.where(norm > 0, norm, 1.0),
-                        sums.sq_norm + norm * norm)
-    return jax.tree.map(lambda new, old: jnp.where(keep, new, old), more, sums)
+    count = moments.count + 1.0
+    delta = grad - moments.mean
+    more = GradientMoments(count, moments.mean + delta / count,
+                           moments.m2 + (count - 1.0) / count * jnp.vdot(delta, delta),
+                           moments.unit + grad / jnp.where(norm > 0, norm, 1.0))
+    return jax.tree.map(lambda new, old: jnp.where(keep, new, old), more, moments)
 
 
-def gradient_telemetry(sums: GradientSums, n: int) -> dict[str, jax.Array]:
-    """The signal-to-noise ratio and agreement of ``n`` (static) minibatch gradients
-    ``g_i [P]`` of one update (independent samples at the same parameters) from their
-    :class:`GradientSums`, ``[]`` each, with ``ḡ = Σ g_i / n``:
+def gradient_telemetry(moments: GradientMoments) -> dict[str, jax.Array]:
+    """The signal-to-noise ratio and agreement of the ``n = moments.count`` minibatch
+    gradients ``g_i [P]`` of one update (independent samples at the same parameters), ``[]``
+    each:
 
-    * ``grad_noise`` ``v = (Σ ‖g_i‖² − n ‖ḡ‖²) / (n − 1) = Σ ‖g_i − ḡ‖² / (n − 1)``:
-      ``tr Σ``, the variance of one minibatch gradient (unbiased). The difference of sums
-      (which keeps the scan's work to two fused vector additions per step) loses about
-      ``log10(1 + SNR)`` of float32's 7 digits: 2 at an SNR of 100;
+    * ``grad_noise`` ``v = Σ ‖g_i − ḡ‖² / (n − 1)``: ``tr Σ``, the variance of one minibatch
+      gradient (unbiased);
     * ``grad_signal`` ``‖ḡ‖² − v / n``: ``‖E g‖²`` without bias (``‖ḡ‖²`` alone
       overstates it by ``tr Σ / n``; may be negative when the signal is lost in noise);
     * ``grad_snr`` ``grad_signal / grad_noise``, the same bias-corrected ratio as
@@ -1098,29 +1105,28 @@ def gradient_telemetry(sums: GradientSums, n: int) -> dict[str, jax.Array]:
       gradient of pure noise would read 0.25;
     * ``grad_cosine`` ``mean_i cos(g_i, ḡ) = ⟨ḡ, Σ g_i/‖g_i‖⟩ / (n ‖ḡ‖)``.
 
-    With ``n < 2`` there is no spread to measure: all four are NaN (so with
-    ``num_minibatches = 1``).
+    With ``n < 2`` there is no spread to measure: all four are NaN (:func:`optimise` leaves
+    them out of a run with ``num_minibatches = 1``).
 
     Three gradients: ``ḡ = (2, 2/3)``, ``Σ ‖g_i − ḡ‖² = 14/3``, so ``v = 7/3`` and
     ``‖ḡ‖² − v/3 = 40/9 − 7/9 = 11/3``:
 
-    >>> sums = gradient_sums(2)
+    >>> moments = gradient_moments(2)
     >>> for g in ([1.0, 0.0], [3.0, 0.0], [2.0, 2.0]):
-    ...     sums = accumulate_gradient(sums, jnp.array(g))
-    >>> {k: round(float(v), 3) for k, v in gradient_telemetry(sums, 3).items()}
+    ...     moments = accumulate_gradient(moments, jnp.array(g))
+    >>> {k: round(float(v), 3) for k, v in gradient_telemetry(moments).items()}
     {'grad_snr': 1.571, 'grad_cosine': 0.931, 'grad_signal': 3.667, 'grad_noise': 2.333}
     """
-    if n < 2:
-        nan = jnp.full((), jnp.nan, jnp.float32)
-        return dict.fromkeys(("grad_snr", "grad_cosine", "grad_signal", "grad_noise"), nan)
-    mean = sums.grad / n
+    n, mean = moments.count, moments.mean
+    several = n > 1
+    noise = moments.m2 / jnp.where(several, n - 1.0, 1.0)
     mean_sq = jnp.vdot(mean, mean)
-    noise = (sums.sq_norm - n * mean_sq) / (n - 1)
-    signal = mean_sq - noise / n
+    signal = mean_sq - noise / jnp.maximum(n, 1.0)
     norm = jnp.sqrt(mean_sq)
-    cosine = jnp.vdot(mean, sums.unit) / jnp.where(norm > 0, n * norm, jnp.inf)
-    return {"grad_snr": signal / noise, "grad_cosine": cosine, "grad_signal": signal,
-            "grad_noise": noise}
+    cosine = jnp.vdot(mean, moments.unit) / jnp.where(norm > 0, n * norm, jnp.inf)
+    defined = lambda x: jnp.where(several, x, jnp.nan)
+    return {"grad_snr": defined(signal / noise), "grad_cosine": defined(cosine),
+            "grad_signal": defined(signal), "grad_noise": defined(noise)}
 
 
 def advantage_telemetry(setup: Setup, advantages: jax.Array, mask: jax.Array | None,
@@ -1153,10 +1159,11 @@ def optimise(setup: Setup, flat_params: jax.Array, opt_state: Any, unravel: Any,
     parameter vector ``flat_params``.
 
     Returns the parameters, the optimiser state and per-step metrics ``[epochs, minibatches]``;
-    with ``telemetry`` also :func:`gradient_telemetry`'s ``[]`` scalars of the first epoch's
+    with ``telemetry`` and ``num_minibatches`` ≥ 2 also :func:`gradient_telemetry`'s ``[]``
+    scalars of the first epoch's
     minibatch gradients (disjoint samples at nearly the same parameters; the later epochs
-    reuse the samples), summed in the scan's carry (:func:`accumulate_gradient`, kept only
-    where the epoch is the first). The scans are those without telemetry, so the
+    reuse the samples), accumulated in the scan's carry (:func:`accumulate_gradient`, kept
+    only where the epoch is the first). The scans are those without telemetry, so the
     parameters, optimiser state and other metrics keep their bits (running the first epoch
     outside the scan moved the last bit of some per-step metrics' means).
     """
@@ -1170,15 +1177,15 @@ def optimise(setup: Setup, flat_params: jax.Array, opt_state: Any, unravel: Any,
     mb = size // config.num_minibatches
 
     def minibatch(carry, batch, first=None):
-        params, opt_state, sums = carry  # sums: None without telemetry
+        params, opt_state, moments = carry  # moments: None without telemetry
         (total, metrics), grads = minibatch_gradient(setup, loss, params, batch)
         updates, opt_state = opt.update(grads, opt_state, params)
         metrics["grad_norm"] = optax.tree.norm(grads)
-        if sums is not None:  # the first epoch's gradients only
-            sums = accumulate_gradient(sums, grads, metrics["grad_norm"], keep=first)
+        if moments is not None:  # the first epoch's gradients only
+            moments = accumulate_gradient(moments, grads, metrics["grad_norm"], keep=first)
         params = params + updates
         metrics["nonfinite"] = _nonfinite_flags(total, metrics["grad_norm"], params)
-        return (params, opt_state, sums), metrics
+        return (params, opt_state, moments), metrics
 
     def epoch(carry, xs):
         perm, first = xs
@@ -1195,12 +1202,12 @@ def optimise(setup: Setup, flat_params: jax.Array, opt_state: Any, unravel: Any,
 
     perms = permutations(key, config.update_epochs, size)
     gradients = config.telemetry and config.num_minibatches > 1
-    sums = gradient_sums(flat_params.size) if gradients else None
+    moments = gradient_moments(flat_params.size) if gradients else None
     first = jnp.arange(config.update_epochs) == 0 if gradients else None
-    (flat_params, opt_state, sums), metrics = jax.lax.scan(
-        epoch, (flat_params, opt_state, sums), (perms, first))
-    if config.telemetry:
-        metrics.update(gradient_telemetry(sums, config.num_minibatches if gradients else 1))
+    (flat_params, opt_state, moments), metrics = jax.lax.scan(
+        epoch, (flat_params, opt_state, moments), (perms, first))
+    if gradients:
+        metrics.update(gradient_telemetry(moments))
     return flat_params, opt_state, metrics
 
 
