@@ -26,7 +26,7 @@ def test_train_writes_outputs(tmp_path, capsys):
     argv = ["train", *TINY, "--seeds", "2", "--seed", "3", "--chunk-updates", "4", "--out", str(out)]
     assert cli.main(argv) == 0
     assert {p.name for p in out.iterdir()} == {
-        "config.json", "metrics.csv", "summary.json", "returns.png", "checkpoints"
+        "config.json", "metrics.csv", "summary.json", "returns.png", "telemetry.png", "checkpoints"
     }
     # default: a checkpoint a minute apart (none in this run) and one at the end
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["16"]
