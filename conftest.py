@@ -1,9 +1,26 @@
-"""Suite-wide settings (no silent rank promotion, float32 by default) and shared fixtures."""
+"""Suite-wide settings (no silent rank promotion, float32 by default, one compile cache) and
+shared fixtures."""
 
 import contextlib
+import os
+import pathlib
+import shutil
+import tempfile
 
-import jax
-import pytest
+# One persistent compile cache for the whole run, shared by both xdist workers and every
+# subprocess a test starts (the workers and subprocesses inherit these variables): a program
+# that several tests compile alike (the CLI's runs, the fault-injection subprocesses, the same
+# small config in many files) is compiled once per run. The cache starts empty every run (a
+# fresh directory, removed at the end), so no run reuses another's programs, and no test
+# writes to the user's own ~/.cache. JAXADV_CACHE_DIR is the CLI's cache; JAX_* are JAX's own.
+if "PYTEST_XDIST_WORKER" not in os.environ and "JAXADV_TEST_CACHE" not in os.environ:
+    os.environ["JAXADV_TEST_CACHE"] = tempfile.mkdtemp(prefix="jaxadv-test-xla-")
+    os.environ["JAXADV_CACHE_DIR"] = os.environ["JAXADV_TEST_CACHE"]
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ["JAXADV_TEST_CACHE"]
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
+
+import jax  # noqa: E402  (after the cache variables, which JAX reads on import)
+import pytest  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
@@ -69,7 +86,7 @@ def no_compile(monkeypatch):
 
 # Seconds per file in a full two-worker run (2-core machine): the files that take longest
 # start first (with ``--no-loadscope-reorder``, which keeps this order instead of xdist's
-# "most tests first", that puts the one-test notebooks last), so that the last files to start
+# "most tests first", that puts files of a few long tests last), so that the last files to start
 # are short ones and neither worker waits long for the other at the end. Files not listed
 # follow in collection order.
 LONGEST_FIRST = {
@@ -78,14 +95,12 @@ LONGEST_FIRST = {
     "tests/test_objectives.py": 145,
     "tests/test_faults.py": 125,
     "tests/test_torsos_cli.py": 95,
+    "tests/test_notebooks.py": 75,
     "tests/test_objective_exact.py": 85,
-    "notebooks/sequence_rl.ipynb": 75,
     "tests/test_devices.py": 65,
     "tests/test_sequence_train.py": 60,
-    "notebooks/quickstart.ipynb": 60,
     "tests/test_checkpoint.py": 50,
     "tests/test_brax.py": 45,
-    "notebooks/estimator_variance.ipynb": 45,
     "tests/test_variance.py": 45,
     "tests/test_recurrent.py": 45,
     "tests/test_sweep.py": 40,
@@ -94,8 +109,14 @@ LONGEST_FIRST = {
     "tests/test_search.py": 35,
     "tests/test_variance_cli.py": 30,
     "tests/test_docs.py": 30,
-    "notebooks/sweeps.ipynb": 25,
 }
+
+
+def pytest_unconfigure(config):
+    """The run's compile cache goes with the run (the controller removes it, not a worker)."""
+    cache = os.environ.get("JAXADV_TEST_CACHE")
+    if cache and not hasattr(config, "workerinput"):
+        shutil.rmtree(pathlib.Path(cache), ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):
