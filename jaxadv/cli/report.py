@@ -127,6 +127,8 @@ def plot_telemetry(path: pathlib.Path, env_steps: np.ndarray, history: dict[str,
         snr = np.mean(smooth("grad_signal") / smooth("grad_noise"), axis=0)
         snr_ax.plot(steps, np.where(snr > 0, snr, np.nan), lw=1.5)
         snr_ax.set_yscale("log")
+        if np.any(snr <= 0):
+            snr_ax.set_title("gaps: the signal's estimate ≤ 0 (lost in noise)", fontsize="small")
         cos_ax.plot(steps, np.mean(smooth("grad_cosine"), axis=0), lw=1.5)
     else:
         for ax in (snr_ax, cos_ax):
@@ -146,8 +148,7 @@ def plot_telemetry(path: pathlib.Path, env_steps: np.ndarray, history: dict[str,
     for ax in axes:
         ax.set_xlabel("environment steps (per seed)")
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{title} · mean of {np.shape(history['adv_mean'])[0]} seed(s), trailing "
-                 f"{window} update(s)")
+    fig.suptitle(f"{title} · seed means of trailing means over {window} update(s)")
     with replace_atomically(path) as tmp:
         fig.savefig(tmp, dpi=120)
 

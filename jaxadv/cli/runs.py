@@ -7,7 +7,7 @@ giving it the command line's sinks: ``metrics.csv``, ``checkpoints/``, the ``--l
 loggers, a progress bar, messages on stderr, and SIGINT/SIGTERM as its ``stop()``
 (:class:`~jaxadv.cli.interrupts.Interrupts`: finish the call in flight, save, print the
 command that resumes and exit with 128 + the signal). :func:`write_run_outputs` writes
-``summary.json`` and ``returns.png``.
+``summary.json``, ``returns.png`` and ``telemetry.png``.
 """
 
 from __future__ import annotations
@@ -61,7 +61,8 @@ __all__ = ["TrainArgs", "drive_logged", "prepare_out", "resume_args", "run_optio
 @dataclasses.dataclass(frozen=True)
 class TrainArgs:
     """Train one configuration on --seeds seeds at once; write config.json, metrics.csv,
-    summary.json, returns.png and checkpoints/ under --out (--resume DIR continues a run)."""
+    summary.json, returns.png, telemetry.png and checkpoints/ under --out (--resume DIR
+    continues a run)."""
 
     config: Annotated[TrainOptions, tyro.conf.arg(name="")]
     hparams: Annotated[HParams, tyro.conf.arg(name="")]

@@ -3,9 +3,9 @@
 ``jaxadv train --env CartPole-v1 --algo ppo --seeds 16 --out runs/cartpole`` runs
 :func:`~jaxadv.engine.driver.drive` (compiled chunks of updates, progress between them,
 checkpoints under ``--out/checkpoints/``, Ctrl-C/SIGTERM save and exit, non-finite stops)
-and writes ``config.json``, ``metrics.csv``, ``summary.json`` and ``returns.png`` under
-``--out``. ``jaxadv train --resume runs/cartpole`` continues a run from its latest good
-checkpoint, bit for bit as if it had not stopped. The run's schema and machinery
+and writes ``config.json``, ``metrics.csv``, ``summary.json``, ``returns.png`` and
+``telemetry.png`` under ``--out``. ``jaxadv train --resume runs/cartpole`` continues a run
+from its latest good checkpoint, bit for bit as if it had not stopped. The run's schema and machinery
 (:class:`~jaxadv.cli.runs.TrainArgs`) are shared with ``jaxadv sequence``
 (:mod:`jaxadv.cli.runs`).
 """

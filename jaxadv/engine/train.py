@@ -291,7 +291,7 @@ class TrainConfig:
     micro_batch_size: int | None = None
     """samples per gradient micro-batch: each minibatch's gradient is summed over micro-batches of this many samples in a lax.scan, then one optimiser step (the same gradient up to float rounding; smaller working sets stay in cache). 0: the whole minibatch at once; default: 2048 on CPU where it divides a larger minibatch, else 0. Not with --episodic."""
     telemetry: bool = True
-    """gradient-quality telemetry in the metrics (TELEMETRY_METRICS): from the first epoch's minibatch gradients, the update's gradient signal-to-noise ratio grad_snr (bias-corrected ‖E g‖² / tr Σ, from grad_signal and grad_noise) and the mean cosine grad_cosine of each minibatch gradient to their mean (not with one minibatch per epoch); the advantages' adv_mean and adv_std over the real steps; with a group estimator the fraction zero_adv_groups of groups whose advantages are all 0."""
+    """gradient-quality telemetry in metrics.csv and telemetry.png: from the first epoch's minibatch gradients, the update's gradient signal-to-noise ratio grad_snr (bias-corrected ‖E g‖² / tr Σ, from grad_signal and grad_noise) and the mean cosine grad_cosine of each minibatch gradient to their mean (not with one minibatch per epoch); the advantages' adv_mean and adv_std over the real steps; with a group estimator the fraction zero_adv_groups of groups whose advantages are all 0. On by default: it costs under 1% of steps/s (docs/benchmarks.md)."""
 
     def __post_init__(self) -> None:
         check_choice("env", self.env, tuple(registered_names()))
