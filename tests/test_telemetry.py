@@ -16,7 +16,9 @@ import tyro
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from jaxadv import cli
+from jaxadv.cli.report import jsonable
 from jaxadv.cli.runs import TrainArgs, resume_args, write_config
+from jaxadv.cli.sequence import SequenceArgs, stored_sequence_args
 from jaxadv.engine.train import (
     TELEMETRY_METRICS,
     HParams,
@@ -240,5 +242,22 @@ def test_a_run_recorded_before_telemetry_resumes_without_it(tmp_path):
     del record["train_config"]["telemetry"]
     (tmp_path / "config.json").write_text(json.dumps(record))
     resumed = resume_args(tmp_path)
+    assert resumed.config.telemetry is False
+    assert resumed.config == args.config.replace(telemetry=False)
+
+
+def test_a_sequence_run_recorded_before_telemetry_resumes_without_it(tmp_path):
+    """``jaxadv sequence``: ``--no-telemetry`` reaches the TrainConfig, and a sequence.json
+    without the field (a run started before it existed) resumes with telemetry off."""
+    args = tyro.cli(SequenceArgs, args=["--out", str(tmp_path), "--no-telemetry"])
+    assert args.config.telemetry is False
+    args = tyro.cli(SequenceArgs, args=["--out", str(tmp_path)])
+    assert args.config.telemetry is True
+    record = {k: v for k, v in jsonable(args).items() if k not in ("resume", "overwrite")}
+    (tmp_path / "sequence.json").write_text(json.dumps(record))
+    assert stored_sequence_args(tmp_path).config.telemetry is True
+    del record["telemetry"]
+    (tmp_path / "sequence.json").write_text(json.dumps(record))
+    resumed = stored_sequence_args(tmp_path)
     assert resumed.config.telemetry is False
     assert resumed.config == args.config.replace(telemetry=False)

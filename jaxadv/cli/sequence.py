@@ -205,6 +205,8 @@ class SequenceArgs(_SequenceHParams):  # type: ignore[misc,valid-type]
     """gae, vapo: VAPO's value pre-training — the first value_warmup updates train the value head alone."""
     overlong_buffer: int = 0
     """DAPO's soft overlong punishment: a response within this many digits of --response-length loses up to 1 (linearly); 0: none."""
+    telemetry: bool = True
+    """gradient-quality metrics in metrics.csv and telemetry.png (as jaxadv train --telemetry): the minibatch gradients' SNR and cosine (with several minibatches), the advantages' mean and std, the share of all-zero-advantage groups."""
     kl: Literal[KL_MODES] = "none"  # type: ignore[valid-type]
     """KL penalty against the initial policy: none, in the loss, or in the reward."""
     warm_start_steps: int = 0
@@ -294,7 +296,7 @@ class SequenceArgs(_SequenceHParams):  # type: ignore[misc,valid-type]
             behaviour_temperature=self.behaviour_temperature, tis_cap=self.tis_cap,
             behaviour_precision=self.behaviour_precision, correction=self.correction,
             mis_range=self.mis_range, seq_cap=self.seq_cap, seq_range=self.seq_range,
-            seq_aggregate=self.seq_aggregate,
+            seq_aggregate=self.seq_aggregate, telemetry=self.telemetry,
         )
 
     @property
@@ -317,6 +319,9 @@ def stored_sequence_args(run_dir: pathlib.Path) -> SequenceArgs:
         data = json.loads(path.read_text())
         names = {alias: field for field, alias in FLAG_ALIASES.items()}  # an older record's
         data = {names.get(k, k): tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        # a run recorded before the telemetry field ran without it: its checkpoints' metrics
+        # have no telemetry to continue
+        data.setdefault("telemetry", False)
         data.update(out=pathlib.Path(run_dir), resume=pathlib.Path(run_dir), overwrite=False,
                     log=tuple(data["log"]), wandb=WandbSettings(**data["wandb"]))
         return SequenceArgs(**data)
