@@ -198,6 +198,7 @@ def test_a_signal_while_compiling_exits_at_once_and_leaves_nothing_in_the_way(
     assert f"{signal.Signals(signum).name}: stopped before training began" in err
     assert outdir.find_run(out) is None  # nothing to lose: a fresh start goes ahead
     outdir.OutputLock(out).check()  # and no lock holds it
+    assert not (out / outdir.LOCK_NAME).exists()  # nor is its file left behind
 
 
 def test_a_signal_after_the_last_update_still_writes_every_output(tmp_path, monkeypatch,

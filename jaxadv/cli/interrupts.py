@@ -14,6 +14,7 @@ from typing import ClassVar
 
 from rich.console import Console
 
+from jaxadv.cli.outdir import OutputLock
 from jaxadv.engine.driver import RunStopped
 
 __all__ = ["Interrupts"]
@@ -87,12 +88,14 @@ class Interrupts:
                     message = None if self.deferring or self._at_once is None else self._at_once()
                     if message is not None:
                         os.write(2, f"\n{message.format(signal=name)}\n".encode())
+                        OutputLock.unlink_held()
                         os._exit(128 + signum)
                     self.signum = signum
                     self.console.print(f"{name}: stopping after {self._stopping}; again to "
                                        "quit at once")
                 else:
                     os.write(2, f"\nquitting at once; {self._intact}\n".encode())
+                    OutputLock.unlink_held()
                     os._exit(128 + signum)
 
     def __exit__(self, *exc: object) -> None:

@@ -217,6 +217,15 @@ class OutputLock:
         _HELD.add(self.out.resolve())
         return self
 
+    @staticmethod
+    def unlink_held() -> None:
+        """Delete the lock files of every directory this process holds locked, for an exit
+        that skips :meth:`release` (``os._exit`` on a signal while compiling, or a second
+        one): the flocks drop with the process, and the files go with them."""
+        for out in list(_HELD):
+            with contextlib.suppress(OSError):
+                (out / LOCK_NAME).unlink()
+
     def release(self) -> None:
         """Delete the lock file and drop the lock (a process that dies drops it too, leaving
         the file, which the next :meth:`acquire` takes over)."""
