@@ -115,10 +115,23 @@ def test_unknown_brax_names_are_refused():
         make_brax("brax:ant:warp")
 
 
-def test_ppo_learns_inverted_pendulum():
-    config = TrainConfig(env=NAME, num_envs=32, num_steps=64, total_timesteps=32 * 64 * 50,
+def _pendulum_returns(updates: int) -> tuple[float, float]:
+    """PPO, 32 envs × 64 steps, normalised observations and rewards, lr 3e-4, γ 0.97, key 0: the
+    mean return of the first and of the last 5 updates (a random policy scores about 24)."""
+    config = TrainConfig(env=NAME, num_envs=32, num_steps=64, total_timesteps=32 * 64 * updates,
                          normalize_obs=True, scale_rewards=True)
     _, metrics = jax.jit(make_train(config))(jax.random.key(0), HParams(lr=3e-4, gamma=0.97))
     returns = np.asarray(metrics["episode_return"])
-    first, last = np.nanmean(returns[:5]), np.nanmean(returns[-5:])
+    return np.nanmean(returns[:5]), np.nanmean(returns[-5:])
+
+
+def test_ppo_learns_inverted_pendulum():
+    """25 updates: keys 0–7 (vmapped) ended at 127–277 (key 0: 240), from 23–27."""
+    first, last = _pendulum_returns(25)
+    assert first < 40 and last >= 100, (first, last)
+
+
+@pytest.mark.slow
+def test_ppo_learns_inverted_pendulum_at_50_updates():
+    first, last = _pendulum_returns(50)
     assert first < 60 and last >= 200, (first, last)

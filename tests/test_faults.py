@@ -27,8 +27,8 @@ RUN = [*TINY, "--total-timesteps", "256", "--chunk-updates", "4", "--checkpoint-
        "--keep-checkpoints", "3", "--quiet"]
 LONG = [*TINY, "--total-timesteps", "163840", "--chunk-updates", "8", "--checkpoint-every", "8",
         "--keep-checkpoints", "2", "--quiet", "--no-compile-cache"]  # compiles, then runs, for long
-MEDIUM = [*TINY, "--total-timesteps", "8192", "--chunk-updates", "8", "--checkpoint-every", "8",
-          "--keep-checkpoints", "2", "--quiet"]  # 512 updates
+MEDIUM = [*TINY, "--total-timesteps", "2048", "--chunk-updates", "8", "--checkpoint-every", "8",
+          "--keep-checkpoints", "2", "--quiet"]  # 128 updates
 SWEEP = [*TINY, "--total-timesteps", "256"]
 
 
@@ -144,7 +144,7 @@ def test_kill_9_leaves_no_lock_that_blocks_the_resume(tmp_path, env):
     assert resumed.returncode == 0, resumed.stderr
     assert "error" not in resumed.stderr and "Traceback" not in resumed.stderr
     rows = without_wall_seconds(out / "metrics.csv")
-    assert len(rows) == 1 + 2 * 512 and [r[1] for r in rows[-2:]] == ["512", "512"]
+    assert len(rows) == 1 + 2 * 128 and [r[1] for r in rows[-2:]] == ["128", "128"]
 
 
 # --- no silent overwrite ---
@@ -262,8 +262,8 @@ def test_a_read_only_directory_is_one_error_line_before_compiling(tmp_path, env,
 @pytest.mark.skipif(sys.platform != "linux", reason="tmpfs")
 def test_a_full_disk_is_one_error_line_with_the_resume_command(tmp_path, env, finished):
     run = tmp_path / "full" / "run"
-    if ROOT:  # a filesystem of 2 MiB: the first checkpoints fit, a later one does not
-        context = tmpfs(tmp_path / "full", "size=2m")
+    if ROOT:  # a filesystem of 1 MiB: the first checkpoints fit, a later one does not
+        context = tmpfs(tmp_path / "full", "size=1m")
         limit = None
     else:  # a file-size limit makes the writes fail instead (EFBIG)
         (tmp_path / "full").mkdir()
@@ -435,11 +435,16 @@ def test_duplicate_grid_values_are_warned_of(tmp_path, capsys):
 
 
 def test_brax_environments_print_nothing_on_import():
-    code = "from jaxadv.envs import make; make('brax:inverted_pendulum')"
+    """And gymnax comes without seaborn (jaxadv/envs/_gymnax.py), which its Pong renderer still
+    finds when it draws."""
+    code = ("import sys; from jaxadv.envs import make; make('brax:inverted_pendulum'); "
+            "print('seaborn' in sys.modules); "
+            "from gymnax.environments.misc import pong; print(len(pong.sns.color_palette()))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr
     assert "Failed to import" not in done.stdout + done.stderr
+    assert done.stdout.split() == ["False", "10"]
 
 
 def test_no_usable_checkpoint_is_one_line_without_background_tracebacks(tmp_path, env,

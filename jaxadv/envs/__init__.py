@@ -13,6 +13,7 @@
   (:mod:`jaxadv.envs.sequence`); :func:`token_env` and :func:`check_token_env` find one.
 """
 
+from jaxadv.envs import _gymnax  # noqa: F401  (first: imports gymnax, seaborn deferred)
 from jaxadv.envs.normalize import (
     RewardScaler,
     RunningMeanStd,
