@@ -99,7 +99,9 @@ html_theme_options = {
     "navigation_with_keys": False,
     "home_page_in_toc": True,
     # the left sidebar lists the pages, not each page's sections and objects (the right
-    # sidebar does): drawing those into every page's navigation was half the build
+    # sidebar does): drawing those into every page's navigation was half the build; only the
+    # current page's branch is expanded (31 -> 27 s of build on the 2-core machine)
     "max_navbar_depth": 2,
+    "collapse_navbar": True,
 }
 html_show_sourcelink = False
