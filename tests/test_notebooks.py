@@ -34,6 +34,8 @@ SMALLER = {
     },
     "estimator_variance.ipynb": {
         "lambdas = [0.0, 0.5, 0.8, 0.9, 0.95, 0.99, 1.0]": "lambdas = [0.0, 0.95, 1.0]",
+        "estimators=estimators, batch_sizes=[16, 64]": "estimators=estimators, batch_sizes=[64]",
+        "batch_sizes=[4, 16], num_batches=30": "batch_sizes=[16], num_batches=30",
         'critics=["exact", "noisy:0.3", "zero"], num_batches=150': 'critics=["exact", "noisy:0.3", "zero"], num_batches=8',
         'critics=["exact"], num_batches=150': 'critics=["exact"], num_batches=8',
         "total_timesteps=30_720": "total_timesteps=2_048",
