@@ -100,11 +100,12 @@ def test_quiet_prints_nothing(tmp_path, capsys):
 
 
 def test_chunked_equals_make_train_bitwise():
-    config = TrainConfig(num_envs=2, num_steps=8, total_timesteps=96, hidden=(8,))
+    # TINY's config (test_train_writes_outputs): its 4-update calls, from the compile cache
+    config = TrainConfig(num_envs=2, num_steps=8, total_timesteps=256, hidden=(8,))
     hp = HParams()
     keys = jax.random.split(jax.random.key(7), 2)
-    chunked = driver.compile_chunked(config, hp, keys, chunk_updates=4)
-    assert chunked.sizes == [4, 2]  # 6 updates: one full call and a shorter last one
+    chunked = driver.compile_chunked(config, hp, keys, chunk_updates=12)
+    assert chunked.sizes == [12, 4]  # 16 updates: one full call and a shorter last one
     states, metrics = zip(*chunked.iterate(keys, hp), strict=True)
     metrics = jax.tree.map(lambda *m: np.concatenate(m, axis=1), *metrics)
 

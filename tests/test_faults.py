@@ -7,18 +7,22 @@ import contextlib
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
 
+import jax
 import pytest
+from _sweep_resume_worker import stub_make_train
 
 from jaxadv import cli
 from jaxadv.cli import app, outdir
 from jaxadv.cli import train as train_cli
 from jaxadv.engine import devices
+from jaxadv.engine import sweep as sweep_engine
 
 pytestmark = pytest.mark.fast_compile  # mechanics, not learning (conftest.py)
 
@@ -33,16 +37,45 @@ SWEEP = [*TINY, "--total-timesteps", "256"]
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    """The subprocesses' environment: one compile cache for this module, unoptimised compiles."""
-    cache = tmp_path_factory.mktemp("xla-cache")
-    return {**os.environ, "JAXADV_CACHE_DIR": str(cache), "JAX_DISABLE_MOST_OPTIMIZATIONS": "1",
-            "PYTHONUNBUFFERED": "1"}
+def env():
+    """The subprocesses' environment: the suite's compile cache (conftest.py), unoptimised
+    compiles, and as many CPU devices as this process has (one, unless a test before gave it
+    more): a program trained in a subprocess and in this process is the same program, compiled
+    once."""
+    return {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1", "PYTHONUNBUFFERED": "1",
+            "JAX_NUM_CPU_DEVICES": str(jax.local_device_count())}
+
+
+def main(capsys, *args) -> tuple[int, str]:
+    """``jaxadv ARGS`` in this process (where the test is not about processes): the exit
+    status and stderr."""
+    capsys.readouterr()
+    status = cli.main(list(map(str, args)))
+    return status, capsys.readouterr().err
 
 
 def jaxadv(*args, env, timeout=300, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "jaxadv.cli", *map(str, args)], env=env,
                           capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def jaxadv_in_turn(*commands, env) -> list[tuple[int, str]]:
+    """The ``jaxadv`` ``commands`` one after the other in one new process (one start-up): each
+    one's exit status and stderr; what the process prints after the last (background threads
+    at its exit) goes with the last."""
+    marker = "=== jaxadv exited with"
+    code = ("import json, sys\nfrom jaxadv import cli\nfor argv in json.loads(sys.argv[1]):\n"
+            f"    status = cli.main(argv)\n    print('{marker}', status, file=sys.stderr, "
+            "flush=True)\nsys.exit(status)")
+    done = subprocess.run([sys.executable, "-c", code,
+                           json.dumps([[str(a) for a in c] for c in commands])],
+                          env=env, capture_output=True, text=True, timeout=300)
+    *parts, rest = re.split(rf"^{marker} (\d+)\n", done.stderr, flags=re.MULTILINE)
+    assert len(parts) == 2 * len(commands), done.stderr
+    results = [(int(status), err) for err, status in zip(parts[::2], parts[1::2])]
+    results[-1] = (results[-1][0], results[-1][1] + rest)
+    assert done.returncode == results[-1][0], done.stderr
+    return results
 
 
 def start(*args, env) -> subprocess.Popen:
@@ -80,10 +113,11 @@ def without_wall_seconds(path: pathlib.Path) -> list[list[str]]:
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory, env):
+def finished(tmp_path_factory):
+    """A finished RUN, trained in this process (its program is the one that the tests below
+    train in this process again: compiled once)."""
     out = tmp_path_factory.mktemp("finished") / "run"
-    done = jaxadv("train", *RUN, "--out", out, env=env)
-    assert done.returncode == 0, done.stderr
+    assert cli.main(["train", *RUN, "--out", str(out)]) == 0
     return out
 
 
@@ -109,19 +143,22 @@ ROOT = os.geteuid() == 0
 # --- the lock ---
 
 
-def test_a_second_writer_is_refused_while_the_first_runs_on(tmp_path, env):
+def test_a_second_writer_is_refused_while_the_first_runs_on(tmp_path, env, capsys):
     out = tmp_path / "run"
     first = start("train", *LONG, "--out", out, env=env)
     try:
         wait_for(lambda: (out / ".jaxadv.lock").exists(), first)
-        second = jaxadv("train", *LONG, "--lr", "1e-3", "--out", out, env=env)
+        # the second writer: this process (LONG but for --no-compile-cache, which would turn
+        # the cache off for the tests after it here)
+        cached = [a for a in LONG if a != "--no-compile-cache"]
+        status, second = main(capsys, "train", *cached, "--lr", "1e-3", "--out", out)
         assert first.poll() is None  # still running
         first.send_signal(signal.SIGINT)  # the first stops after its call in flight, saved
         _, err = first.communicate(timeout=120)
     finally:
         first.kill()
-    assert second.returncode == 2
-    assert_one_error(second.stderr, f"{out} is in use by process {first.pid} (started ")
+    assert status == 2
+    assert_one_error(second, f"{out} is in use by process {first.pid} (started ")
     assert first.returncode == 130 and "Traceback" not in err  # stopped compiling, or saved
     if (out / "metrics.csv").exists():  # it had started training: one run's rows, whole
         rows = without_wall_seconds(out / "metrics.csv")
@@ -131,7 +168,7 @@ def test_a_second_writer_is_refused_while_the_first_runs_on(tmp_path, env):
     assert not (out / ".jaxadv.lock").exists()  # released at exit
 
 
-def test_kill_9_leaves_no_lock_that_blocks_the_resume(tmp_path, env):
+def test_kill_9_leaves_no_lock_that_blocks_the_resume(tmp_path, env, capsys):
     out = tmp_path / "run"
     proc = start("train", *MEDIUM, "--out", out, env=env)
     try:
@@ -140,9 +177,9 @@ def test_kill_9_leaves_no_lock_that_blocks_the_resume(tmp_path, env):
         proc.kill()  # SIGKILL: no handler runs, the lock file stays behind
         proc.communicate()
     assert (out / ".jaxadv.lock").exists() and proc.returncode == -signal.SIGKILL
-    resumed = jaxadv("train", "--resume", out, env=env)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "error" not in resumed.stderr and "Traceback" not in resumed.stderr
+    status, err = main(capsys, "train", "--resume", out)  # another process: this one
+    assert status == 0, err
+    assert "error" not in err and "Traceback" not in err
     rows = without_wall_seconds(out / "metrics.csv")
     assert len(rows) == 1 + 2 * 128 and [r[1] for r in rows[-2:]] == ["128", "128"]
 
@@ -150,28 +187,28 @@ def test_kill_9_leaves_no_lock_that_blocks_the_resume(tmp_path, env):
 # --- no silent overwrite ---
 
 
-def test_a_fresh_run_never_replaces_a_finished_one(tmp_path, env, finished):
+def test_a_fresh_run_never_replaces_a_finished_one(tmp_path, finished, capsys):
     run = copy(finished, tmp_path)
     (run / "eval").mkdir()
     (run / "eval" / "eval.json").write_text("{}")
     before = snapshot(run)
     for command in (["train", *RUN], ["sweep", *SWEEP, "--grid.lr", "1e-3", "--quiet"]):
-        refused = jaxadv(*command, "--out", run, env=env)
-        assert refused.returncode == 2
-        assert_one_error(refused.stderr, f"{run} holds a finished train run", "--overwrite")
+        status, err = main(capsys, *command, "--out", run)
+        assert status == 2
+        assert_one_error(err, f"{run} holds a finished train run", "--overwrite")
         assert snapshot(run) == before
-    replaced = jaxadv("train", *RUN, "--out", run, "--overwrite", env=env)
-    assert replaced.returncode == 0, replaced.stderr
+    status, err = main(capsys, "train", *RUN, "--out", run, "--overwrite")
+    assert status == 0, err
     assert not (run / "eval").exists()  # the stale evaluation went with the run it judged
     assert without_wall_seconds(run / "metrics.csv") == without_wall_seconds(
         finished / "metrics.csv")
 
 
-def test_resuming_a_finished_run_changes_no_output(tmp_path, env, finished):
+def test_resuming_a_finished_run_changes_no_output(tmp_path, finished, capsys):
     run = copy(finished, tmp_path)
     before = snapshot(run)
-    resumed = jaxadv("train", "--resume", run, env=env)
-    assert resumed.returncode == 0 and "nothing to resume" in resumed.stderr
+    status, err = main(capsys, "train", "--resume", run)
+    assert status == 0 and "nothing to resume" in err
     after = snapshot(run)
     assert after.pop("config.json") and before.pop("config.json")  # it records the new path
     assert after == before  # summary.json, metrics.csv, returns.png and checkpoints
@@ -260,7 +297,7 @@ def test_a_read_only_directory_is_one_error_line_before_compiling(tmp_path, env,
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="tmpfs")
-def test_a_full_disk_is_one_error_line_with_the_resume_command(tmp_path, env, finished):
+def test_a_full_disk_is_one_error_line_with_the_resume_command(tmp_path, env, capsys):
     run = tmp_path / "full" / "run"
     if ROOT:  # a filesystem of 1 MiB: the first checkpoints fit, a later one does not
         context = tmpfs(tmp_path / "full", "size=1m")
@@ -268,7 +305,7 @@ def test_a_full_disk_is_one_error_line_with_the_resume_command(tmp_path, env, fi
     else:  # a file-size limit makes the writes fail instead (EFBIG)
         (tmp_path / "full").mkdir()
         context = contextlib.nullcontext()
-        limit = 50_000  # metrics.csv outgrows it
+        limit = 16_000  # metrics.csv outgrows it (after about 80 of the 128 updates)
     with context:
         kwargs = {}
         if limit is not None:
@@ -279,16 +316,19 @@ def test_a_full_disk_is_one_error_line_with_the_resume_command(tmp_path, env, fi
                 resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
             kwargs["preexec_fn"] = limited
-        done = jaxadv("train", *TINY, "--total-timesteps", "4096", "--chunk-updates", "4",
-                      "--checkpoint-every", "4", "--keep-checkpoints", "100", "--quiet",
+            # its compile-cache entries would be cut short too: not in the suite's cache
+            env = {**env, "JAXADV_CACHE_DIR": str(tmp_path / "xla-cache")}
+        # MEDIUM's program (compiled by the kill -9 test), checkpoints kept until none fits
+        done = jaxadv("train", *TINY, "--total-timesteps", "2048", "--chunk-updates", "8",
+                      "--checkpoint-every", "8", "--keep-checkpoints", "100", "--quiet",
                       "--out", run, env=env, **kwargs)
         assert done.returncode == 2
         line = assert_one_error(done.stderr, f"resume with: jaxadv train --resume {run}")
         if ROOT:
             assert "no space left on device while writing" in line and "free space" in line
         kept = copy(run, tmp_path, "kept")
-    resumed = jaxadv("train", "--resume", kept, "--keep-checkpoints", "3", env=env)
-    assert resumed.returncode == 0, resumed.stderr
+    status, err = main(capsys, "train", "--resume", kept, "--keep-checkpoints", "3")
+    assert status == 0, err
 
 
 def test_environment_errors_are_one_line(tmp_path, env, capsys, no_compile):
@@ -373,14 +413,16 @@ def test_eval_quiet_still_warns_of_a_damaged_checkpoint(tmp_path, finished, caps
 
 def test_sequence_runs_resume_as_sequence_runs(tmp_path, capsys):
     out = tmp_path / "seq"
+    # 2 updates in calls of 1 (the default): the program of test_eval.py's sequence run
     argv = ["sequence", "--num-digits", "3", "--prompt-length", "2", "--group-size", "2",
-            "--prompts-per-update", "4", "--total-samples", "64", "--chunk-updates", "4",
-            "--layers", "1", "--width", "16", "--heads", "2", "--samples-shown", "1",
-            "--checkpoint-every", "4", "--out", str(out)]
-    assert cli.main(argv) == 0
+            "--prompts-per-update", "4", "--total-samples", "16", "--layers", "1",
+            "--width", "16", "--heads", "2", "--checkpoint-every", "1", "--out", str(out)]
+    # no samples shown here (resume may change it): their programs are compiled once, below
+    assert cli.main([*argv, "--samples-shown", "0"]) == 0
     capsys.readouterr()
     whole = without_wall_seconds(out / "metrics.csv")
-    shutil.rmtree(out / "checkpoints" / "8")  # as if stopped after update 4 of 8
+    assert len(whole) == 1 + 2
+    shutil.rmtree(out / "checkpoints" / "2")  # as if stopped after update 1 of 2
     for name in ("summary.json", "reward.png", "returns.png"):
         (out / name).unlink()
     refused = cli.main(argv)  # a fresh start is pointed at the sequence resume
@@ -428,7 +470,9 @@ def test_misleading_messages_name_the_real_problem(tmp_path, finished, capsys, n
     assert "chunks" not in line
 
 
-def test_duplicate_grid_values_are_warned_of(tmp_path, capsys):
+def test_duplicate_grid_values_are_warned_of(tmp_path, capsys, monkeypatch):
+    # the stub trainer of test_sweep_resume.py: the sweep runs end to end, nothing compiles
+    monkeypatch.setattr(sweep_engine, "make_train", stub_make_train())
     assert cli.main(["sweep", *TINY, "--total-timesteps", "64", "--grid.lr", "1e-3", "1e-3",
                      "--quiet", "--out", str(tmp_path / "s")]) == 0
     assert "warning: --grid.lr lists 0.001 more than once" in capsys.readouterr().err
@@ -454,7 +498,7 @@ def test_no_usable_checkpoint_is_one_line_without_background_tracebacks(tmp_path
     for f in (run / "checkpoints").rglob("*"):
         if f.is_file() and f.stat().st_size > 100:
             f.write_bytes(b"garbled")
-    for command in (["train", "--resume", run], ["eval", run, "--out", tmp_path / "e"]):
-        done = jaxadv(*command, "--quiet", env=env)
-        assert done.returncode == 2
-        assert_one_error(done.stderr, "no usable checkpoint")
+    commands = (["train", "--resume", run], ["eval", run, "--out", tmp_path / "e"])
+    for status, err in jaxadv_in_turn(*([*c, "--quiet"] for c in commands), env=env):
+        assert status == 2
+        assert_one_error(err, "no usable checkpoint")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from jaxadv import cli
+from jaxadv.engine.sweep import expand_grid
 from jaxadv.engine.train import HParams, TrainConfig, make_train
 from jaxadv.tuning.halving import halving_loop, rung_budgets, successive_halving
 
@@ -47,18 +48,15 @@ def test_nan_fitness_ranks_last():
     assert rungs[0].kept == [2, 3]
 
 
-def test_a_run_that_goes_on_is_the_same_bits_as_training_it_in_one_go():
-    hp = HParams(lr=np.float32(3e-3))
-    result = successive_halving(TINY, {"lr": [3e-3]}, 2, key=jax.random.key(3), eta=2,
-                                min_updates=3)
-    assert [r.budget for r in result.rungs] == [3, 6, 12]
-    keys = jax.random.split(jax.random.key(3), 2)
-    _, metrics = jax.jit(jax.vmap(make_train(TINY), (0, None)))(keys, hp)
-    assert np.array_equal(result.returns[0], np.asarray(metrics["episode_return"]), equal_nan=True)
-    assert result.env_steps == 2 * 12 * TINY.batch_size
+GRID = {"lr": [1e-4, 1e-3, 1e-2, 3e-2]}
 
 
-def test_a_search_compiles_once_per_rung_and_once_to_start():
+@pytest.fixture(scope="module")
+def search():
+    """One search of 4 points × 2 seeds (rungs of 3, 6 and 12 updates: 4, 2 and 1 points),
+    and the backend compiles it made (after its eager start: the grid's points from the key)."""
+    key = jax.random.key(3)
+    expand_grid(GRID, key=jax.random.fold_in(key, 1))  # as an earlier search would have
     compiles = []
 
     def listener(name, seconds, **kwargs):
@@ -67,10 +65,30 @@ def test_a_search_compiles_once_per_rung_and_once_to_start():
 
     jax.monitoring.register_event_duration_secs_listener(listener)
     try:
-        result = successive_halving(TINY, {"lr": [1e-4, 1e-3, 1e-2, 3e-2]}, 2,
-                                    key=jax.random.key(0), eta=2, min_updates=3)
+        result = successive_halving(TINY, GRID, 2, key=key, eta=2, min_updates=3)
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
+    return result, compiles
+
+
+def test_a_run_that_goes_on_is_the_same_bits_as_training_it_in_one_go(search):
+    """Every point's returns, over the updates it reached (3, 6 or 12), are those of its
+    run trained in one go: a run that goes on continues from its own state."""
+    result, _ = search
+    assert [r.budget for r in result.rungs] == [3, 6, 12]
+    keys = jax.random.split(jax.random.key(3), 2)
+    train = jax.jit(jax.vmap(make_train(TINY), (0, None)))
+    reached = {p: rung.budget for rung in result.rungs for p in rung.points}
+    assert sorted(reached.values()) == [3, 3, 6, 12]
+    for p, lr in enumerate(GRID["lr"]):
+        _, metrics = train(keys, HParams(lr=np.float32(lr)))
+        want = np.asarray(metrics["episode_return"])[:, :reached[p]]
+        assert np.array_equal(result.returns[p], want, equal_nan=True), p
+    assert result.env_steps == 2 * (4 * 3 + 2 * 3 + 1 * 6) * TINY.batch_size
+
+
+def test_a_search_compiles_once_per_rung_and_once_to_start(search):
+    result, compiles = search
     assert len(result.rungs) == 3
     assert len(compiles) <= len(result.rungs) + 1 == result.compiles
 
@@ -79,14 +97,15 @@ def test_the_command_writes_the_search_and_refuses_what_it_cannot_search(tmp_pat
     out = tmp_path / "search"
     base = ["sweep", "--search", "halving", "--algo", "a2c", "--num-envs", "2", "--num-steps",
             "8", "--hidden", "8", "--total-timesteps", "192", "--seeds", "2"]
-    assert cli.main([*base, "--grid.lr", "1e-4", "1e-3", "1e-2", "--halving.eta", "3",
-                     "--halving.min-steps", "16", "--out", str(out)]) == 0
+    # the search of the fixture above, as a command (its programs, from the compile cache)
+    assert cli.main([*base, "--grid.lr", "1e-4", "1e-3", "1e-2", "3e-2", "--halving.eta", "2",
+                     "--halving.min-steps", "48", "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert [r["budget"] for r in summary["rungs"]] == [1, 3, 12]
-    assert [len(r["points"]) for r in summary["rungs"]] == [3, 1, 1]
+    assert [r["budget"] for r in summary["rungs"]] == [3, 6, 12]
+    assert [len(r["points"]) for r in summary["rungs"]] == [4, 2, 1]
     assert summary["best"]["index"] == summary["rungs"][-1]["points"][0]
     rows = (out / "search.csv").read_text().splitlines()
-    assert rows[0] == "rung,updates,env_steps,point,lr,fitness,kept" and len(rows) == 1 + 5
+    assert rows[0] == "rung,updates,env_steps,point,lr,fitness,kept" and len(rows) == 1 + 7
     assert (out / "search.png").read_bytes()[:4] == b"\x89PNG"
     capsys.readouterr()
     for flags, words in [

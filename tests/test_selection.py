@@ -62,9 +62,10 @@ def test_a_re_evaluated_point_is_that_point_trained_alone_on_the_fresh_seeds():
     chosen, fresh = reevaluate(TINY, HParams(), result, 2, 3, seed=7)
     assert chosen == top_points(result, 2)
     keys = jax.random.split(fresh_key(7), 3)
+    train = jax.jit(jax.vmap(make_train(TINY), (0, None)))
     for i, p in enumerate(chosen):
         hp = HParams(lr=result.points[p]["lr"])
-        _, metrics = jax.jit(jax.vmap(make_train(TINY), (0, None)))(keys, hp)
+        _, metrics = train(keys, hp)
         alone = run_sweep(TINY, {"lr": [result.points[p]["lr"]]}, 3, key=fresh_key(7))
         assert np.array_equal(fresh.returns[i], alone.returns[0], equal_nan=True)
         assert np.array_equal(fresh.returns[i], np.asarray(metrics["episode_return"]),
@@ -78,8 +79,9 @@ def test_a_re_evaluated_point_is_that_point_trained_alone_on_the_fresh_seeds():
 
 def test_the_sweep_command_reports_selection_and_fresh_returns(tmp_path, capsys):
     out = tmp_path / "sweep"
+    # TINY and the grid of the test above: its programs (3 points × 2 seeds, then 3 fresh seeds)
     argv = ["sweep", "--algo", "a2c", "--num-envs", "2", "--num-steps", "8", "--hidden", "8",
-            "--total-timesteps", "192", "--grid.lr", "1e-3", "1e-2", "--seeds", "2",
+            "--total-timesteps", "192", "--grid.lr", "1e-3", "3e-3", "1e-2", "--seeds", "2",
             "--reeval.top", "1", "--reeval.seeds", "3", "--out", str(out)]
     assert cli.main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())

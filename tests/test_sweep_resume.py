@@ -12,7 +12,6 @@ import json
 import pathlib
 import shutil
 import signal
-import subprocess
 import sys
 
 import numpy as np
@@ -132,7 +131,7 @@ def _copy(src, tmp_path):
 
 
 @pytest.mark.timeout(120)
-def test_sigint_then_resume_equals_an_uninterrupted_sweep(finished, tmp_path):
+def test_sigint_then_resume_equals_an_uninterrupted_sweep(finished, tmp_path, stub, capsys):
     out = tmp_path / "out"
     # 0.5 s per chunk, inside the compiled call: SIGINT lands while a chunk is in flight
     status, err = interrupt_when([*WORKER, "0.5", *SWEEP, "--out", str(out)],
@@ -146,10 +145,11 @@ def test_sigint_then_resume_equals_an_uninterrupted_sweep(finished, tmp_path):
     assert f"resume with: jaxadv sweep --resume {out}" in err
     assert not (out / "sweep.csv").exists()
 
-    done = subprocess.run([*WORKER, "0", "sweep", "--resume", str(out)],
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    k, log = len(saved), " ".join(done.stderr.split())  # rich wraps long lines
+    capsys.readouterr()
+    status = cli.main(["sweep", "--resume", str(out)])  # in this process, on the stub trainer
+    err = capsys.readouterr().err
+    assert status == 0, err
+    k, log = len(saved), " ".join(err.split())  # rich wraps long lines
     assert f"resuming {out}: {k} chunk(s) saved, {2 * k} of 12 runs" in log
     assert f"computed {6 - k} chunk(s), {12 - 2 * k} of 12 runs" in log  # only the missing ones
     assert len(_chunk_files(out)) == 6

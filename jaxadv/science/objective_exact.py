@@ -336,23 +336,25 @@ def _exact_row(g: np.ndarray, truth: np.ndarray) -> dict[str, float]:
 
 
 def _mean_token_kl(behaviour: Behaviour, params: Any, apply_all: ApplyAll, env: Any,
-                   prompts: Any) -> float:
-    """``E_b[Σ_t log π_b − log π_θ] / E_b[n]``: the per-token KL(π_b ‖ π_θ) on π_b's responses."""
+                   prompts: Any) -> jax.Array:
+    """``E_b[Σ_t log π_b − log π_θ] / E_b[n]``: the per-token KL(π_b ‖ π_θ) on π_b's responses
+    (a scalar array; traceable)."""
     x = _inputs(behaviour, env, prompts)
     theta = token_log_probs(params, apply_all, env, prompts)
     pi_b = jnp.exp(x.old_seq)
     kl = jnp.sum(pi_b * (x.old - theta).sum(-1), axis=-1).mean()
-    return float(kl / x.mean_tokens)
+    return kl / x.mean_tokens
 
 
 @functools.lru_cache(maxsize=8)
 def _compiled(apply_all: ApplyAll, apply_b: ApplyAll, env: Any, objectives: tuple[str, ...],
               precision: str, group_size: int, num_prompts: int, num_batches: int,
-              devices: int | None) -> tuple[Callable, Callable]:
-    """The jitted population gradients ``(θ, θ_b, prompts, temperature)`` and sampled
-    estimates ``(key, θ, θ_b, prompts, temperature)`` of :func:`objective_report`, the
-    temperature traced: one compile serves every behaviour setting of one ``precision``
-    (the settings of ``jaxadv variance --objectives`` call it once each)."""
+              devices: int | None) -> tuple[Callable, Callable, Callable]:
+    """The jitted population gradients ``(θ, θ_b, prompts, temperature)``, sampled
+    estimates ``(key, θ, θ_b, prompts, temperature)`` and per-token KL ``(θ, θ_b, prompts,
+    temperature)`` of :func:`objective_report`, the temperature traced: one compile serves
+    every behaviour setting of one ``precision`` (the settings of ``jaxadv variance
+    --objectives`` call it once each)."""
     behaviour = lambda bp, temperature: Behaviour("", bp, apply_b, temperature, precision)
     pop = jax.jit(lambda p, bp, prompts, temperature: population_gradients_and_masks(
         p, apply_all, env, prompts, behaviour(bp, temperature), objectives))
@@ -360,7 +362,9 @@ def _compiled(apply_all: ApplyAll, apply_b: ApplyAll, env: Any, objectives: tupl
         k, p, apply_all, env, prompts, behaviour(bp, temperature), objectives=objectives,
         group_size=group_size, num_prompts=num_prompts, num_batches=num_batches,
         devices=devices))
-    return pop, sample
+    kl = jax.jit(lambda p, bp, prompts, temperature: _mean_token_kl(
+        behaviour(bp, temperature), p, apply_all, env, prompts))
+    return pop, sample, kl
 
 
 def objective_report(key: jax.Array, params: Any, apply_all: ApplyAll, env: Any, prompts: Any,
@@ -382,14 +386,14 @@ def objective_report(key: jax.Array, params: Any, apply_all: ApplyAll, env: Any,
                        np.float64)
     rows = []
     for i, behaviour in enumerate(behaviours):
-        pop, sample = _compiled(apply_all, behaviour.apply_all, env, tuple(objectives),
+        pop, sample, token_kl = _compiled(apply_all, behaviour.apply_all, env, tuple(objectives),
                                 behaviour.precision, group_size, num_prompts, num_batches, devices)
         temperature = jnp.asarray(behaviour.temperature, jnp.float32)
         grads, clipped, masked = (np.asarray(a, np.float64) for a in pop(
             params, behaviour.params, prompts, temperature))
         estimates = np.asarray(sample(jax.random.fold_in(key, i), params, behaviour.params,
                                       prompts, temperature), np.float64)
-        kl = _mean_token_kl(behaviour, params, apply_all, env, prompts)
+        kl = float(token_kl(params, behaviour.params, prompts, temperature))
         for o, name in enumerate(objectives):
             exact = _exact_row(grads[o], truth)
             scale = float(np.linalg.norm(grads[o]) / np.linalg.norm(truth))  # > 0: signs kept
