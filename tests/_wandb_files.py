@@ -6,6 +6,7 @@ each with a CRC-32 of its type and data, a length and a type (full, first, middl
 import json
 import pathlib
 import struct
+import time
 import zlib
 from collections.abc import Iterator
 from typing import Any, NamedTuple
@@ -74,6 +75,23 @@ def read_run(path: pathlib.Path) -> OfflineRun:
     return OfflineRun(run.project, run.run_group, run.display_name, config, history, summary)
 
 
-def offline_runs(directory: pathlib.Path) -> list[OfflineRun]:
-    """Every offline run under ``directory`` (W&B's ``wandb/offline-run-*`` folders)."""
-    return [read_run(p) for p in sorted(directory.glob("wandb/offline-run-*/run-*.wandb"))]
+def _finished(path: pathlib.Path) -> bool:
+    """Whether the file holds its ``exit`` record (a record still being written: not yet)."""
+    try:
+        return any(r.WhichOneof("record_type") == "exit" for r in records(path))
+    except AssertionError:
+        return False
+
+
+def offline_runs(directory: pathlib.Path, within: float = 60.0) -> list[OfflineRun]:
+    """Every offline run under ``directory`` (W&B's ``wandb/offline-run-*`` folders), once each
+    file holds its ``exit`` record: W&B's own writer process (``wandb-core``, at the logger's
+    lowest CPU priority) may still be writing a run's last records after ``finish`` returned,
+    on a busy machine. Fails if a file has none after ``within`` seconds."""
+    paths = sorted(directory.glob("wandb/offline-run-*/run-*.wandb"))
+    deadline = time.monotonic() + within
+    for path in paths:
+        while not _finished(path):
+            assert time.monotonic() < deadline, f"{path} holds no exit record"
+            time.sleep(0.2)
+    return [read_run(p) for p in paths]
