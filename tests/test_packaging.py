@@ -78,3 +78,51 @@ def test_the_wheel_installed_in_a_fresh_environment_runs(dist, tmp_path):
     assert helped.returncode == 0, helped.stderr
     for command in ("train", "sweep", "variance", "sequence", "eval"):
         assert command in helped.stdout
+
+
+# Each optional extra, and a test that runs the feature it installs with the real package (no
+# stand-in): the extra is in ``dev``, so the fresh machine's ``make setup`` installs it, and
+# ``make test`` runs these tests there.
+EXTRAS_EXERCISED_BY = {
+    "render": "tests/test_eval.py::test_render_draws_each_step_and_records_the_episode",
+    "tensorboard": "tests/test_tracking.py::"
+                   "test_every_metric_of_metrics_csv_is_logged_to_tensorboard_per_seed_and_as_the_seed_mean",
+    "wandb": "tests/test_tracking.py::test_every_metric_of_metrics_csv_is_in_the_offline_wandb_run",
+    "brax": "tests/test_brax.py::test_ppo_learns_inverted_pendulum",
+}
+
+
+def _extras():
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+
+
+def test_every_extra_is_installed_by_setup_and_exercised_by_a_test():
+    """Every extra but ``dev`` is named by ``dev`` (``make setup`` installs ``.[dev]``), each of
+    its requirements is installed here at a version its specifier allows, and a named test that
+    exists uses it."""
+    import importlib.metadata
+    import re
+
+    from packaging.requirements import Requirement
+
+    extras = _extras()
+    optional = sorted(set(extras) - {"dev"})
+    assert optional == sorted(EXTRAS_EXERCISED_BY)
+    (own,) = [Requirement(r) for r in extras["dev"] if Requirement(r).name == "jaxadv"]
+    assert own.extras == set(optional)
+    for extra in optional:
+        for requirement in map(Requirement, extras[extra]):
+            version = importlib.metadata.version(requirement.name)
+            assert requirement.specifier.contains(version, prereleases=True), (extra, version)
+        path, name = EXTRAS_EXERCISED_BY[extra].split("::")
+        assert re.search(rf"^def {name}\(", (ROOT / path).read_text(), re.M), (extra, name)
+
+
+def test_the_core_imports_without_the_extras():
+    """The package and its commands import without loading an extra's package: an extra is
+    needed only by the feature that uses it."""
+    code = ("import sys, jaxadv, jaxadv.envs, jaxadv.cli.app, jaxadv.cli.eval; "
+            "print(*sorted(set(sys.modules) & {'pygame', 'tensorboard', 'wandb', 'brax'}))")
+    ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == "", ran.stdout
