@@ -326,6 +326,55 @@ def levers(T: int, sizes) -> None:
     print()
 
 
+def limits(T: int, N: int, rounds: int, bw_in_place: float, bw_fresh: float) -> None:
+    """What limits the two rows below target: ``n_step_advantages``' time against ``n`` at
+    the largest N (its carry holds n returns, each updated every step), and
+    ``lambda_returns`` at N = 1 over ``rounds`` interleaved rounds, also with its truncation
+    flag fixed inside the jitted function (four ``[T, 1]`` arguments, as rlax's, not five)."""
+    x = _inputs(T, N)
+    roof = roofline_seconds(_bytes(*x), x[0].nbytes, bw_in_place, bw_fresh)
+    ns = (1, 2, 3, 5, 8)
+    calls = {n: (jax.jit(functools.partial(jaxadv.n_step_advantages, gamma=GAMMA, n=n)), x)
+             for n in ns}
+    times = {n: statistics.median(t) for n, t in _interleaved(calls, seconds=8.0).items()}
+    slope, base = np.polyfit(ns, [times[n] for n in ns], 1)
+    print(f"n_step_advantages at N = {N} against n: ms (roofline ÷ time); least squares "
+          f"{base * 1e3:.2f} ms + {slope * 1e3:.2f} ms × n")
+    print()
+    print("| n | " + " | ".join(map(str, ns)) + " |")
+    print("|:---|" + "---:|" * len(ns))
+    print("| time | " + " | ".join(f"{times[n] * 1e3:.2f} ms ({roof / times[n]:.0%})"
+                                    for n in ns) + " |")
+    print()
+    x = _inputs(T, 1)
+    ours = functools.partial(jaxadv.lambda_returns, gamma=GAMMA, lambda_=LAMBDA)
+    calls = {"jaxadv, 5 arguments": (jax.jit(ours), x),
+             "jaxadv, truncation fixed inside: 4 arguments": (
+                 jax.jit(lambda r, v, nv, te: ours(r, v, nv, te, jnp.zeros_like(te))), x[:4]),
+             "rlax": (lambda_returns_rlax, x[:4])}
+    times = _interleaved(calls, seconds=60.0, min_rounds=rounds, max_rounds=rounds)
+    print(f"lambda_returns at N = 1, {rounds} interleaved rounds: median µs, and rlax ÷ it "
+          "(median of the per-round ratios, with the 95% interval of that median)")
+    print()
+    print("| function | µs | rlax ÷ it |")
+    print("|:---|---:|---:|")
+    for name in calls:
+        if name != "rlax":
+            ratios = np.sort([a / b for a, b in zip(times["rlax"], times[name])])
+            lo, hi = _median_interval(len(ratios))
+            print(f"| {name} | {statistics.median(times[name]) * 1e6:.2f} | "
+                  f"{np.median(ratios):.3f}× ({ratios[lo]:.3f}–{ratios[hi]:.3f}) |")
+    print(f"| rlax | {statistics.median(times['rlax']) * 1e6:.2f} | |")
+    print()
+
+
+def _median_interval(n: int) -> tuple[int, int]:
+    """Ranks (0-based) of the order statistics that bracket the median of ``n`` draws with
+    about 95% confidence (the binomial distribution's normal approximation)."""
+    half = 1.96 * np.sqrt(n) / 2
+    return max(int(np.floor(n / 2 - half)), 0), min(int(np.ceil(n / 2 + half)), n - 1)
+
+
 def _unrolled(fn, unroll: int, x):
     saved, adv_mod._UNROLL = adv_mod._UNROLL, unroll
     try:
@@ -382,6 +431,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--T", type=int, default=128)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 2048, 65536])
+    parser.add_argument("--limits-only", action="store_true",
+                        help="only the measurements of what limits n_step_advantages at the "
+                             "largest N and lambda_returns at N = 1")
+    parser.add_argument("--rounds", type=int, default=2000,
+                        help="interleaved rounds of the lambda_returns check at N = 1")
     parser.add_argument("--seconds", type=float, default=12.0,
                         help="about how long the interleaved rounds of one size run")
     args = parser.parse_args()
@@ -393,6 +447,9 @@ def main() -> None:
     print(f"# bandwidth of a jitted x + 1 on 256 MB, read + written, best of 8: "
           f"{bw_in_place / 1e9:.1f} GB/s in place (donated), {bw_fresh / 1e9:.2f} GB/s into a "
           f"fresh output")
+    if args.limits_only:
+        limits(T, max(args.sizes), args.rounds, bw_in_place, bw_fresh)
+        return
     results = {}
     for N in args.sizes:
         x = _inputs(T, N)
@@ -429,6 +486,7 @@ def main() -> None:
                   f"| {floor * 1e3:.3f} ms | {roof * 1e3:.3f} ms | {roof / ours:.0%} |")
     print()
 
+    limits(T, max(args.sizes), args.rounds, bw_in_place, bw_fresh)
     levers(T, args.sizes)
 
     gae = jax.jit(functools.partial(jaxadv.gae, gamma=GAMMA, lambda_=LAMBDA))
