@@ -70,7 +70,7 @@ api_groups = {  # the package's layers, bottom up (jaxadv/__init__.py)
         "jaxadv.engine.devices",
     ],
     "Search": ["jaxadv.tuning", "jaxadv.tuning.halving", "jaxadv.tuning.pbt",
-               "jaxadv.tuning.selection"],
+               "jaxadv.tuning.replay", "jaxadv.tuning.selection"],
     "Exact gradients and estimator studies": [
         "jaxadv.science", "jaxadv.science.exact", "jaxadv.science.variance",
         "jaxadv.science.sequence_exact", "jaxadv.science.objective_exact",

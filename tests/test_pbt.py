@@ -98,11 +98,17 @@ def test_bad_settings_are_refused():
 TINY = TrainConfig(algo="a2c", num_envs=2, num_steps=8, total_timesteps=2 * 8 * 12, hidden=(8,))
 
 
-def test_the_in_program_loop_follows_its_own_exploit_and_explore():
+@pytest.fixture(scope="module")
+def pbt_run():
+    """Four members of one seed each, lr explored by x0.8 / x1.25 only, every 3 updates."""
     from jaxadv.tuning.pbt import population_based_training
 
     settings = PBTSettings(ranges={"lr": (1e-4, 1e-1)}, quantile=0.5, resample=0.0)
-    result = population_based_training(TINY, settings, 4, 1, 3, key=jax.random.key(2))
+    return population_based_training(TINY, settings, 4, 1, 3, key=jax.random.key(2))
+
+
+def test_the_in_program_loop_follows_its_own_exploit_and_explore(pbt_run):
+    result = pbt_run
     intervals = TINY.num_updates // 3
     assert result.fitness.shape == result.parent.shape == (intervals, 4)
     assert result.parent[-1].tolist() == [0, 1, 2, 3]  # no exploit after the last interval
@@ -121,6 +127,32 @@ def test_the_in_program_loop_follows_its_own_exploit_and_explore():
                                         np.float32(lr[i, p] * np.float32(1.25)))
     assert len(result.lineage(0)) == intervals
     assert result.returns.shape == (4, TINY.num_updates)
+
+
+def test_a_replayed_schedule_is_the_lineages_and_an_uncopied_member_replays_bitwise(pbt_run):
+    """:func:`jaxadv.tuning.replay.replay` of each member's schedule on its own seed: the
+    values are the lineage's, interval by interval; a member that never copied trains the
+    same bits alone as it did in the population; fresh seeds give other runs."""
+    from jaxadv.tuning.replay import replay, schedule
+
+    result = pbt_run
+    lineages = [result.lineage(m) for m in range(4)]
+    schedules = [schedule(result.hparams, path) for path in lineages]
+    for path, sched in zip(lineages, schedules):
+        assert sched["lr"].tolist() == [result.hparams["lr"][i, m] for i, m in enumerate(path)]
+    own = jax.random.split(jax.random.key(2), 1)  # the population's seed (one per draw)
+    returns, episodes = replay(TINY, schedules, 3, own)
+    assert returns.shape == episodes.shape == (4, 1, TINY.num_updates)
+    alone = [m for m, path in enumerate(lineages) if path == [m] * len(path)]
+    copied = [m for m in range(4) if m not in alone]
+    assert alone and copied  # quantile 0.5 of 4: two members copy at every interval
+    for m in alone:
+        np.testing.assert_array_equal(returns[m, 0], result.returns[m])
+        np.testing.assert_array_equal(episodes[m, 0], result.episodes[m])
+    fresh, _ = replay(TINY, schedules[:1], 3, jax.random.split(jax.random.key(9), 2))
+    assert not np.array_equal(fresh[0, 0], fresh[0, 1])
+    with pytest.raises(ValueError, match="intervals"):
+        replay(TINY, [{"lr": np.ones(5)}], 3, own)
 
 
 def test_the_pbt_command_and_its_refusals(tmp_path, capsys):

@@ -167,6 +167,24 @@ def test_ppo_pendulum_learns():
     assert np.nanmean(metrics["episode_return"][:, :5]) < -900  # it did start from random
 
 
+def test_pbt_learns_cartpole_from_a_population_with_bad_learning_rates():
+    """Population-based training (:mod:`jaxadv.tuning.pbt`): 8 PPO members on CartPole, lr
+    drawn log-uniformly from [1e-5, 1e-1] (here 3e-5, 4e-5 and 8e-5 among them, too small to
+    learn in this budget), 4 envs × 128 steps, 96 updates, exploit/explore every 12. The
+    best member of the last interval ends at ≥ 475. Measured with keys 0–3: the best
+    member's final return 500 on each; the members' finals 475–500 (key 0), 481–500,
+    293–500 and 488–500. (At 192 updates, interval 24, keys 0–2: every member 446–500.)"""
+    from jaxadv.stats import final_returns as finals
+    from jaxadv.tuning.pbt import PBTSettings, population_based_training
+
+    config = TrainConfig(total_timesteps=4 * 128 * 96)
+    result = population_based_training(config, PBTSettings(ranges={"lr": (1e-5, 1e-1)}), 8, 1,
+                                       12, key=jax.random.key(0))
+    assert np.min(result.hparams["lr"][0]) < 1e-4 < np.max(result.hparams["lr"][0])
+    best = int(np.nanargmax(np.where(np.isfinite(result.fitness[-1]), result.fitness[-1], -np.inf)))
+    assert finals(result.returns, result.episodes)[best] >= 475
+
+
 @pytest.mark.slow
 def test_ppo_2048_envs_micro_batched_cartpole_reaches_475():
     """Thousands of envs: PPO, 2048 envs × 16 steps (32,768 transitions per update), 4 epochs
