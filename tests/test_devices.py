@@ -32,38 +32,70 @@ def test_grouped_seed_axis_is_each_group_vmapped_on_its_own():
     train = make_trainer(SMALL).train
     keys = jax.random.split(jax.random.key(0), 4)
     grouped = jax.jit(_seed_axis(train, 4, (0, None), groups=2))(keys, HParams())
-    halves = [jax.jit(jax.vmap(train, (0, None)))(keys[i:i + 2], HParams()) for i in (0, 2)]
+    vmapped = jax.jit(jax.vmap(train, (0, None)))  # one program for both halves
+    halves = [vmapped(keys[i:i + 2], HParams()) for i in (0, 2)]
     want = jax.tree.map(lambda a, b: np.concatenate([a, b]), *[
         jax.tree.map(np.asarray, (h[0].params, h[1])) for h in halves])
     got = jax.tree.map(np.asarray, (grouped[0].params, grouped[1]))
     jax.tree.map(np.testing.assert_array_equal, got, want)
 
 
-def _train(out, *flags):
-    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "2", "JAXADV_CACHE_DIR": str(out.parent / "xla")}
-    done = subprocess.run([sys.executable, "-m", "jaxadv.cli", "train", "--seeds", "4",
-                           "--num-envs", "2", "--num-steps", "16", "--total-timesteps", "160",
-                           "--hidden", "8", "--quiet", "--out", str(out), *flags],
-                          capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
+_FLAGS = ["train", "--seeds", "4", "--num-envs", "2", "--num-steps", "16", "--total-timesteps",
+          "160", "--hidden", "8", "--quiet"]
+
+
+def _rows(out):
     rows = [{k: v for k, v in row.items() if k != "wall_seconds"}
             for row in csv.DictReader((out / "metrics.csv").open())]
     return rows, json.loads((out / "summary.json").read_text())
 
 
-def test_two_devices_give_the_same_metrics_as_one(tmp_path):
+@pytest.fixture(scope="module")
+def two_devices(tmp_path_factory):
+    """One process with two CPU devices (``JAX_NUM_CPU_DEVICES=2``) for the two tests below:
+    the variance reports' checks (:data:`_SPREAD_BATCHES`), then ``jaxadv train`` twice
+    (``cli.main``, as the ``jaxadv`` command runs it), spread and ``--devices 1``. The suite's
+    compile cache is the CLI's too (conftest.py). Returns the output folder and the process."""
+    out = tmp_path_factory.mktemp("devices")
+    script = _SPREAD_BATCHES + _TRAIN_TWICE
+    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "2"}
+    done = subprocess.run([sys.executable, "-c", script, str(out), json.dumps(_FLAGS)],
+                          capture_output=True, text=True, timeout=600, env=env)
+    return out, done
+
+
+_TRAIN_TWICE = """
+import json, pathlib, sys, traceback
+from jaxadv import cli
+
+out, flags = pathlib.Path(sys.argv[1]), json.loads(sys.argv[2])
+try:
+    codes = [cli.main([*flags, "--out", str(out / "two")]),
+             cli.main([*flags, "--out", str(out / "one"), "--devices", "1"])]
+except BaseException:
+    traceback.print_exc()
+    codes = ["raised"]
+print("train", *codes)
+"""
+
+
+def test_two_devices_give_the_same_metrics_as_one(two_devices):
     """``jaxadv train --seeds 4`` spreads two groups of seeds over two CPU devices; with
     ``--devices 1`` the same groups run in turn on one: metrics.csv is identical."""
-    spread, spread_summary = _train(tmp_path / "two")
-    single, single_summary = _train(tmp_path / "one", "--devices", "1")
+    out, done = two_devices
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[-3:] == ["train", "0", "0"], done.stderr[-3000:]
+    spread, spread_summary = _rows(out / "two")
+    single, single_summary = _rows(out / "one")
     assert (spread_summary["devices"], spread_summary["seed_groups"]) == (2, 2)
     assert (single_summary["devices"], single_summary["seed_groups"]) == (1, 2)
     assert len(spread) == 4 * 5 and spread == single
-    config = json.loads((tmp_path / "two" / "config.json").read_text())
+    config = json.loads((out / "two" / "config.json").read_text())
     assert config["run"]["seed_groups"] == 2  # kept for a resumed run
 
 
 _SPREAD_BATCHES = """
+import traceback
 import jax, jax.numpy as jnp, numpy as np
 from jaxadv.science import exact
 from jaxadv.science import sequence_exact
@@ -96,19 +128,22 @@ stats = RunningMeanStd(jnp.full(4, 0.1), jnp.full(4, 0.5), jnp.array(3.0))
 env_rows = lambda d: variance.train_state_report(jax.random.key(0), trainer, state.params, gamma=0.99,
     obs_stats=stats, estimators=["td"], batch_sizes=[2], num_batches=4, reference_factor=2,
     horizon=20, devices=d)[0]
-for name, rows in (("mdp", mdp_rows), ("sequence", seq_rows), ("network", env_rows)):
-    one, two = rows(1), rows(2)
-    assert one == two, name
-    print(name, "same")
+try:
+    for name, rows in (("mdp", mdp_rows), ("sequence", seq_rows), ("network", env_rows)):
+        one, two = rows(1), rows(2)
+        assert one == two, name
+        print(name, "same")
+except Exception:
+    traceback.print_exc()
+    print("spread failed")
 """
 
 
-def test_estimate_batches_spread_over_two_devices_give_the_same_bits():
+def test_estimate_batches_spread_over_two_devices_give_the_same_bits(two_devices):
     """``jaxadv.engine.devices.map_over_devices``: the variance reports' independent batches on two
     CPU devices equal those run in turn on one, row for row (tabular MDP, exact sequence
     gradients, a network on CartPole with normalised observations)."""
-    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "2"}
-    done = subprocess.run([sys.executable, "-c", _SPREAD_BATCHES], capture_output=True, text=True,
-                          timeout=600, env=env)
+    _, done = two_devices
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.split() == ["mdp", "same", "sequence", "same", "network", "same"]
+    assert done.stdout.split()[:6] == ["mdp", "same", "sequence", "same", "network", "same"], (
+        done.stderr[-3000:])
