@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxadv.engine.train import HParams, TrainConfig, make_trainer
+from jaxadv.engine.train import HParams, TrainConfig, make_train, make_trainer
+from jaxadv.stats import final_returns
 from jaxadv.tuning.pbt import COPIED, PBTSettings, exploit_explore, rank
 
 pytestmark = pytest.mark.fast_compile  # mechanics (conftest.py)
@@ -162,12 +163,33 @@ def test_the_pbt_command_and_its_refusals(tmp_path, capsys):
             "--hidden", "8", "--total-timesteps", "192", "--seeds", "1", "--population", "4"]
     out = tmp_path / "pbt"
     assert cli.main([*base, "--grid.lr", "1e-4", "1e-1", "--pbt.interval", "4",
-                     "--out", str(out)]) == 0
+                     "--reeval.top", "2", "--reeval.seeds", "2", "--out", str(out)]) == 0
     rows = (out / "pbt.csv").read_text().splitlines()
     assert rows[0] == "interval,update,member,parent,fitness,lr,lr_next" and len(rows) == 1 + 3 * 4
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["best"]["lineage"]) == 3 and summary["members"] == 4
-    assert (out / "pbt.png").read_bytes()[:4] == b"\x89PNG"
+    for name in ("pbt.png", "selection.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    # the top two members, each its lineage's schedule replayed on two fresh seeds; a
+    # schedule without a change of lr is a run of that lr alone: make_train on the fresh keys
+    selection = summary["selection"]
+    assert selection[0]["index"] == summary["best"]["member"]
+    lr_in = {(int(r[0]), int(r[2])): float(r[5]) for r in (line.split(",") for line in rows[1:])}
+    assert selection[0]["point"]["schedule"]["lr"] == pytest.approx(
+        [lr_in[i, m] for i, m in enumerate(summary["best"]["lineage"])], rel=1e-6)
+    for row in selection:
+        m, lrs = row["index"], row["point"]["schedule"]["lr"]
+        assert row["point"]["member"] == m and len(lrs) == 3
+        assert len(row["selected"]["per_seed"]) == 1 and len(row["fresh"]["per_seed"]) == 2
+        assert row["optimism_gap"]["value"] == row["selected"]["iqm"] - row["fresh"]["iqm"]
+        if len(set(lrs)) == 1:
+            config = TrainConfig(algo="a2c", num_envs=2, num_steps=8, total_timesteps=192,
+                                 hidden=(8,))
+            keys = jax.random.split(jax.random.fold_in(jax.random.key(0), 2), 2)
+            _, metrics = jax.jit(jax.vmap(make_train(config), (0, None)))(
+                keys, HParams(lr=np.float32(lrs[0])))
+            alone = final_returns(np.asarray(metrics["episode_return"]), np.asarray(metrics["episodes"]))
+            np.testing.assert_array_equal(row["fresh"]["per_seed"], alone)
     capsys.readouterr()
     for flags, words in [
         (["--grid.num-envs", "2", "4"], "num_envs cannot change during a PBT run"),
@@ -175,7 +197,9 @@ def test_the_pbt_command_and_its_refusals(tmp_path, capsys):
         (["--grid.lr", "1e-4", "1e-1", "--pbt.quantile", "0.6"], "`pbt.quantile` must be in (0, 0.5]"),
         (["--grid.lr", "1e-4", "1e-1", "--pbt.interval", "5"], "divides the run's 12"),
         (["--grid.lr", "1e-4", "1e-1", "--pbt.interval", "0"], "`pbt.interval` = 0"),
-        (["--grid.lr", "1e-4", "1e-1", "--reeval.top", "1"], "not built yet"),
+        (["--grid.lr", "1e-4", "1e-1", "--reeval.top", "5"], "only 4 point(s)"),
+        (["--grid.lr", "1e-4", "1e-1", "--reeval.top", "1", "--reeval.seeds", "0"],
+         "at least one fresh seed"),
     ]:
         assert cli.main([*base, *flags, "--out", str(tmp_path / "x")]) == 2
         assert words in capsys.readouterr().err

@@ -28,6 +28,7 @@ from jaxadv.cli.sweep_args import SweepArgs, prepare_sweep_out
 from jaxadv.engine.metrics import platform_info
 from jaxadv.tuning.halving import HalvingResult, Rung, successive_halving
 from jaxadv.tuning.pbt import PBTResult, population_based_training
+from jaxadv.tuning.replay import reevaluate_members
 from jaxadv.tuning.selection import reevaluate, selection_report
 
 __all__ = ["halving_command", "pbt_command"]
@@ -35,7 +36,9 @@ __all__ = ["halving_command", "pbt_command"]
 
 def pbt_command(args: SweepArgs) -> dict[str, Any]:
     """Population-based training for ``args`` (one compiled program); writes ``pbt.csv``,
-    ``summary.json`` and ``pbt.png``; returns the summary."""
+    ``summary.json`` and ``pbt.png`` (and, with ``--reeval.top K``, the top K members'
+    schedules replayed on fresh seeds: ``selection`` and ``selection.png``); returns the
+    summary."""
     with OutputLock(args.out):
         args.check()
         prepare_sweep_out(args, writer=True)
@@ -48,21 +51,40 @@ def pbt_command(args: SweepArgs) -> dict[str, Any]:
         result = population_based_training(config, settings, args.population, args.seeds,
                                            interval, hparams=args.hparams,
                                            key=jax.random.key(args.seed))
-        summary = summarize_pbt(args, result, config.batch_size)
+        selection = None
+        if args.reeval.top:
+            seeds = args.reeval.seeds or args.seeds
+            err.print(f"replaying the top {args.reeval.top} member(s)' schedules on {seeds} "
+                      "fresh seed(s) …")
+            chosen, population, fresh = reevaluate_members(
+                config, result, args.reeval.top, seeds, seed=args.seed, hparams=args.hparams)
+            selection = selection_report(population, chosen, fresh)
+        summary = summarize_pbt(args, result, config.batch_size, selection)
         write_pbt_csv(out / "pbt.csv", result)
         write_json(out / "summary.json", summary)
         plot_pbt(out / "pbt.png", result, config.batch_size,
                  f"PBT · {config.algo} · {config.env} · {members} members")
+        if selection is not None:
+            plot_selection(out / "selection.png", selection,
+                           f"{config.algo} · {config.env}: PBT members vs their schedules "
+                           "on fresh seeds")
         best = summary["best"]
         console.print(f"best member {best['member']}: fitness {best['fitness']:.2f} in the last "
                       f"interval; its lineage's final {', '.join(best['hparams'])}")
-        console.print(f"wrote pbt.csv, summary.json, pbt.png to {out}/")
+        if selection is not None:
+            row = selection[0]
+            console.print(f"member {row['index']}'s schedule on fresh seeds: IQM "
+                          f"{row['fresh']['iqm']:.2f} (its own run: {row['selected']['iqm']:.2f})")
+        console.print(f"wrote pbt.csv, summary.json, pbt.png"
+                      f"{', selection.png' if selection else ''} to {out}/")
         return summary
 
 
-def summarize_pbt(args: SweepArgs, result: PBTResult, batch_size: int) -> dict[str, Any]:
+def summarize_pbt(args: SweepArgs, result: PBTResult, batch_size: int,
+                  selection: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """``summary.json`` of a PBT run: the best member of the last interval, its lineage and
-    hyperparameter schedule, the population's fitness per interval, the settings."""
+    hyperparameter schedule, the population's fitness per interval, the settings, and
+    ``selection`` (the top members' schedules replayed on fresh seeds) where there is one."""
     last = result.fitness[-1]
     member = int(np.nanargmax(np.where(np.isfinite(last), last, -np.inf)))
     path = result.lineage(member)
@@ -78,6 +100,7 @@ def summarize_pbt(args: SweepArgs, result: PBTResult, batch_size: int) -> dict[s
         "env_steps": int(result.returns.size * batch_size),
         "train_config": args.config, "hparams": args.hparams, "grid": args.grid.given(),
         "seed": args.seed, **platform_info(),
+        **({} if selection is None else {"selection": selection}),
     })
 
 
@@ -215,9 +238,9 @@ def plot_search(path: Any, result: HalvingResult, batch_size: int, title: str) -
         for p, fitness in zip(rung.points, rung.fitness):
             by_point.setdefault(p, []).append((rung.budget * batch_size, fitness))
     for p, line in by_point.items():
-        steps, fitness = zip(*line)
+        steps, fitnesses = zip(*line)
         pick = p == result.ranking[0]
-        ax.plot(steps, fitness, "o-", lw=2.5 if pick else 1, alpha=1 if pick else 0.5,
+        ax.plot(steps, fitnesses, "o-", lw=2.5 if pick else 1, alpha=1 if pick else 0.5,
                 label=f"pick: point {p}" if pick else None)
     ax.set_xscale("log")
     ax.set_xlabel("env steps per run")

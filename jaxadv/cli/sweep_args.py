@@ -106,7 +106,7 @@ class Reeval:
     selection step saw, and report both returns and the optimism gap between them."""
 
     top: int = 0
-    """re-evaluate the top K points (by the interquartile mean of their final returns over --seeds); 0: off."""
+    """re-evaluate the top K points (by the interquartile mean of their final returns over --seeds; --search pbt: the top K members of the last interval, each lineage's hyperparameter schedule replayed from scratch); 0: off."""
     seeds: int | None = None
     """fresh seeds per re-evaluated point; default: --seeds."""
 
@@ -199,15 +199,13 @@ class SweepArgs:
         ):
             raise ValueError("`samples` needs a float --grid.FIELD given as LOW HIGH to draw from")
         self.static_configs()  # every value checked, every static configuration built
-        _check_reeval(self.reeval, self.num_points())
+        _check_reeval(self.reeval, self.population * self.seeds if self.search == "pbt"
+                      else self.num_points())
         if self.search == "halving":
             self._check_halving()
         if self.search == "pbt":
             self.pbt_settings()
             self.pbt_interval()
-            if self.reeval.top:
-                raise ValueError("`reeval.top`: re-evaluating a PBT pick (replaying its "
-                                 "lineage's schedule) is not built yet")
         if self.resume is None:
             check_fresh(self.out, "sweep", overwrite=self.overwrite)
             return self

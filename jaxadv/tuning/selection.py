@@ -13,8 +13,8 @@ selection minus fresh, with its interval.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 import jax
 import numpy as np
@@ -23,7 +23,19 @@ from jaxadv.engine.sweep import SweepResult, run_sweep
 from jaxadv.engine.train import HParams, TrainConfig
 from jaxadv.stats import bootstrap_ci, iqm
 
-__all__ = ["fresh_key", "reevaluate", "selection_report", "top_points"]
+__all__ = ["Scored", "fresh_key", "reevaluate", "selection_report", "top_points"]
+
+
+class Scored(Protocol):
+    """What :func:`selection_report` reads: one configuration per point and its final
+    returns per seed, ``[P, S]`` (a :class:`~jaxadv.engine.sweep.SweepResult`, a
+    :class:`~jaxadv.tuning.halving.HalvingResult`, or :class:`~jaxadv.tuning.replay.Lineages`)."""
+
+    @property
+    def points(self) -> Sequence[Mapping[str, Any]]: ...
+
+    @property
+    def final_return(self) -> np.ndarray: ...
 
 
 def fresh_key(seed: int) -> jax.Array:
@@ -58,7 +70,7 @@ def _interval(low_high: tuple[float, float]) -> dict[str, float]:
     return {"low": low_high[0], "high": low_high[1]}
 
 
-def selection_report(result: SweepResult, chosen: list[int], fresh: SweepResult,
+def selection_report(result: Scored, chosen: list[int], fresh: Scored,
                      *, reps: int = 2000) -> list[dict[str, Any]]:
     """Per re-evaluated point, in ``chosen``'s order: ``point`` (its configuration),
     ``index`` (in ``result.points``), ``selected`` (interquartile mean, its bootstrap 95%
