@@ -44,10 +44,16 @@ static Python strings.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
 from jaxadv.validate import same_shape
+
+Array = jax.Array
+ArrayLike = Any  # an array or anything jnp.asarray takes (a scalar, a NumPy array, a tracer)
+Metrics = dict[str, Array]
 
 __all__ = [
     "cispo_loss",
@@ -110,7 +116,7 @@ def _fill_padding(x, mask, fill):
 # --------------------------------------------------------------------------- reductions
 
 
-def masked_mean(x, mask=None, *, reduction="token"):
+def masked_mean(x: ArrayLike, mask: ArrayLike | None = None, *, reduction: str = "token") -> Array:
     """Mean of ``x`` over its real (unmasked) entries, reduced as ``reduction`` says.
 
     token: Σ m·x / Σ m;  sequence: mean over non-empty sequences b of
@@ -162,7 +168,8 @@ def masked_mean(x, mask=None, *, reduction="token"):
 # --------------------------------------------------------------------------- policy losses
 
 
-def policy_gradient_loss(log_probs, advantages, mask=None, *, reduction="token"):
+def policy_gradient_loss(log_probs: ArrayLike, advantages: ArrayLike,
+                         mask: ArrayLike | None = None, *, reduction: str = "token") -> Array:
     """Vanilla policy-gradient (REINFORCE / A2C) loss: −mean(log π(aₜ|sₜ) · Aₜ).
 
     ∇θ loss = −mean(Aₜ ∇θ log π(aₜ|sₜ)), the score-function estimator of −∇θ J
@@ -191,7 +198,9 @@ def policy_gradient_loss(log_probs, advantages, mask=None, *, reduction="token")
     return masked_mean(-log_probs * advantages, mask, reduction=reduction)
 
 
-def ppo_clip_loss(log_probs, old_log_probs, advantages, mask=None, *, clip_eps, reduction="token"):
+def ppo_clip_loss(log_probs: ArrayLike, old_log_probs: ArrayLike, advantages: ArrayLike,
+                  mask: ArrayLike | None = None, *, clip_eps: ArrayLike,
+                  reduction: str = "token") -> tuple[Array, Metrics]:
     """PPO's clipped surrogate loss: −mean(min(ρₜAₜ, clip(ρₜ, 1−ε, 1+ε)Aₜ)).
 
     ρₜ = exp(log π(aₜ|sₜ) − log π_old(aₜ|sₜ)) (Schulman et al. 2017,
@@ -293,8 +302,9 @@ def _ratio_metrics(ratio, log_ratio, low, high, mask):
             "approx_kl": masked_mean((ratio - 1.0) - log_ratio, mask)}
 
 
-def dapo_clip_loss(log_probs, old_log_probs, advantages, mask=None, *, clip_low, clip_high,
-                   reduction="token"):
+def dapo_clip_loss(log_probs: ArrayLike, old_log_probs: ArrayLike, advantages: ArrayLike,
+                   mask: ArrayLike | None = None, *, clip_low: ArrayLike, clip_high: ArrayLike,
+                   reduction: str = "token") -> tuple[Array, Metrics]:
     """DAPO's decoupled ("clip-higher") surrogate: −mean(min(ρA, clip(ρ, 1−ε_low, 1+ε_high)A)).
 
     Yu et al. 2025 (arXiv:2503.14476), eq. 8: PPO's clipped objective with a wider upper
@@ -327,8 +337,9 @@ def dapo_clip_loss(log_probs, old_log_probs, advantages, mask=None, *, clip_low,
     return loss, _ratio_metrics(ratio, log_ratio, low, high, mask)
 
 
-def gspo_loss(log_probs, old_log_probs, advantages, mask=None, *, clip_low, clip_high,
-              token_level=False):
+def gspo_loss(log_probs: ArrayLike, old_log_probs: ArrayLike, advantages: ArrayLike,
+              mask: ArrayLike | None = None, *, clip_low: ArrayLike, clip_high: ArrayLike,
+              token_level: bool = False) -> tuple[Array, Metrics]:
     """GSPO's sequence-level clipped surrogate (Zheng et al. 2025, arXiv:2507.18071).
 
     The importance ratio of a whole response is the geometric mean of its token ratios,
@@ -383,8 +394,9 @@ def gspo_loss(log_probs, old_log_probs, advantages, mask=None, *, clip_low, clip
     return loss, metrics
 
 
-def cispo_loss(log_probs, old_log_probs, advantages, mask=None, *, clip_low, clip_high,
-               reduction="token"):
+def cispo_loss(log_probs: ArrayLike, old_log_probs: ArrayLike, advantages: ArrayLike,
+               mask: ArrayLike | None = None, *, clip_low: ArrayLike, clip_high: ArrayLike,
+               reduction: str = "token") -> tuple[Array, Metrics]:
     """CISPO (MiniMax-M1, arXiv:2506.13585): −mean(sg(clip(ρ, 1−ε_low, 1+ε_high)) · A · log π).
 
     The importance weight is clipped and held constant, and multiplies a REINFORCE term on
@@ -420,7 +432,9 @@ def cispo_loss(log_probs, old_log_probs, advantages, mask=None, *, clip_low, cli
 # --------------------------------------------------------------------------- critic
 
 
-def value_loss(values, targets, mask=None, *, old_values=None, clip_eps=None, reduction="token"):
+def value_loss(values: ArrayLike, targets: ArrayLike, mask: ArrayLike | None = None, *,
+               old_values: ArrayLike | None = None, clip_eps: ArrayLike | None = None,
+               reduction: str = "token") -> Array:
     """Squared-error critic loss ½·mean((vₜ − Gₜ)²), optionally PPO-clipped.
 
     Clipped form (OpenAI baselines ``ppo2``), with v_old the rollout's values:
@@ -472,7 +486,8 @@ def value_loss(values, targets, mask=None, *, old_values=None, clip_eps=None, re
 # --------------------------------------------------------------------------- regularisers
 
 
-def entropy_bonus(entropy, mask=None, *, reduction="token"):
+def entropy_bonus(entropy: ArrayLike, mask: ArrayLike | None = None, *,
+                  reduction: str = "token") -> Array:
     """Mean per-step policy entropy, mean(H[π(·|sₜ)]) — a bonus to maximise.
 
     The trainer's loss subtracts ``ent_coef × entropy_bonus(...)`` (Williams &
@@ -497,7 +512,8 @@ def entropy_bonus(entropy, mask=None, *, reduction="token"):
     return masked_mean(entropy, mask, reduction=reduction)
 
 
-def kl_penalty(log_probs, ref_log_probs, mask=None, *, estimator="k3", reduction="token"):
+def kl_penalty(log_probs: ArrayLike, ref_log_probs: ArrayLike, mask: ArrayLike | None = None, *,
+               estimator: str = "k3", reduction: str = "token") -> Array:
     """Monte Carlo estimate of KL(π‖π_ref) from actions sampled from π.
 
     With log rₜ = log π_ref(aₜ|sₜ) − log π(aₜ|sₜ), aₜ ~ π (Schulman,

@@ -7,6 +7,7 @@ that ended in each update (NaN where none did) beside ``episodes``, how many end
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -152,8 +153,9 @@ def iqm(values: np.ndarray) -> float:
     return float(np.mean(x[cut:x.size - cut]))
 
 
-def bootstrap_ci(*samples: np.ndarray, statistic=iqm, reps: int = 2000, seed: int = 0,
-                 combine=None) -> tuple[float, float]:
+def bootstrap_ci(*samples: np.ndarray, statistic: Callable[[np.ndarray], float] = iqm,
+                 reps: int = 2000, seed: int = 0,
+                 combine: Callable[..., float] | None = None) -> tuple[float, float]:
     """Percentile 95% interval of ``statistic`` by resampling each of ``samples`` (the finite
     entries, with replacement, each on its own: the strata of the stratified bootstrap of
     rliable, here one task per sample). With several samples, ``combine(*statistics)``

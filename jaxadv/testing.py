@@ -47,11 +47,12 @@ import dataclasses
 import functools
 import itertools
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar, cast
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = [
     "JAXADV",
@@ -205,8 +206,9 @@ def reference_advantages(kind: str, rollout: RolloutArrays, *, gamma: float, lam
     return {"advantages": targets - v, "targets": targets}
 
 
-def reference_sequence_advantages(kind: str, returns, *, group_size: int = 1,
-                                  greedy_returns=None, eps: float = 1e-6) -> np.ndarray:
+def reference_sequence_advantages(kind: str, returns: ArrayLike, *, group_size: int = 1,
+                                  greedy_returns: ArrayLike | None = None,
+                                  eps: float = 1e-6) -> np.ndarray:
     """The NumPy float64 reference of the sequence-level estimator ``kind`` on ``returns
     [N]`` (groups of ``group_size`` adjacent samples), as
     :func:`jaxadv.advantages.sequence_advantages` defines it:
@@ -516,7 +518,7 @@ class _Spec:
 
     name: str
     doc: str
-    make: Callable[[np.random.Generator], dict[str, np.ndarray]]
+    make: Callable[[np.random.Generator], dict[str, np.ndarray]] | None  # None: an exact check
     mode: str = "plain"  # "plain" (jit, settings static), "jit" (settings traced) or "vmap"
     dtype: Any = np.float32
     float_flags: bool = False
@@ -616,7 +618,8 @@ def _time_major_runner(fn, kind: str, adapter: Adapter, hp: Hyper):
         if spec.mode == "vmap":
             out = swept(x, jnp.asarray(_SWEEP_GAMMAS, jnp.float32),
                         jnp.asarray(_SWEEP_LAMBDAS, jnp.float32))
-            points = zip(np.float32(_SWEEP_GAMMAS).tolist(), np.float32(_SWEEP_LAMBDAS).tolist())
+            points = zip(np.asarray(_SWEEP_GAMMAS, np.float32).tolist(),
+                         np.asarray(_SWEEP_LAMBDAS, np.float32).tolist())
             refs = [reference_advantages(kind, x, gamma=g, lambda_=l, n=hp.n) for g, l in points]
             want = {k: np.stack([ref[k] for ref in refs]) for k in out}
         else:
@@ -672,7 +675,8 @@ def _check(spec: _Spec, run_case, shrink, settings: dict, seed: int, tol: tuple[
     """Run one check: make its input, compare with the reference, shrink a failure."""
     rtol, atol = tol
     tolerance = f"rtol={rtol:g}, atol={atol:g}"
-    arrays = spec.make(np.random.default_rng(seed))
+    make = cast(Callable[[np.random.Generator], dict[str, np.ndarray]], spec.make)  # not exact
+    arrays = make(np.random.default_rng(seed))
 
     def run(a):
         got, want = run_case(spec, a)
@@ -769,7 +773,10 @@ def _select(specs: list[_Spec], checks: Sequence[str] | None) -> list[tuple[int,
     return [(i, s) for i, s in enumerate(specs) if s.name in checks]
 
 
-def _as_adapter(adapter, default):
+_AnyAdapter = TypeVar("_AnyAdapter", "Adapter", "SequenceAdapter", "LossAdapter")
+
+
+def _as_adapter(adapter: _AnyAdapter | Callable | None, default: _AnyAdapter) -> _AnyAdapter:
     if adapter is None:
         return default
     if isinstance(adapter, (Adapter, SequenceAdapter, LossAdapter)):
@@ -942,7 +949,7 @@ def _sequence_runner(fn, kind: str, adapter: SequenceAdapter, eps):
         ref = lambda r, g, e: reference_sequence_advantages(kind, r, group_size=K, eps=e,
                                                             greedy_returns=g)
         if spec.mode == "vmap":
-            sweep = np.float32(_SWEEP_EPS)
+            sweep = np.asarray(_SWEEP_EPS, np.float32)
             out = swept((returns, greedy), jnp.asarray(sweep), K)
             want = np.stack([ref(returns[i], None if greedy is None else greedy[i], float(e))
                              for i, e in enumerate(sweep)])
@@ -1061,7 +1068,8 @@ def _reduction_weights(mask: np.ndarray, reduction: str) -> np.ndarray:
     return m / max(m.size, 1)
 
 
-def reference_policy_loss(kind: str, log_probs, old_log_probs, advantages, mask=None, *,
+def reference_policy_loss(kind: str, log_probs: ArrayLike, old_log_probs: ArrayLike,
+                          advantages: ArrayLike, mask: ArrayLike | None = None, *,
                           reduction: str = "token", clip_low: float = 0.2,
                           clip_high: float | None = None) -> tuple[float, np.ndarray]:
     """The NumPy float64 reference of the policy loss ``kind`` (one of
@@ -1232,7 +1240,7 @@ def _loss_runner(fn, kind: str, adapter: LossAdapter, hp: LossHyper):
     once = jax.value_and_grad(loss_of)
     plain = _with_fallback(jax.jit(once, static_argnums=(2, 3)), once)
     traced, swept = jax.jit(once), jax.jit(jax.vmap(once))
-    sweep = np.float32(_LOSS_SWEEP)
+    sweep = np.asarray(_LOSS_SWEEP, np.float32)
     if kind == "ppo":
         sweep[:, 1] = sweep[:, 0]
 
@@ -1240,9 +1248,10 @@ def _loss_runner(fn, kind: str, adapter: LossAdapter, hp: LossHyper):
         lp, old, adv = (jnp.asarray(arrays[k], spec.dtype)
                         for k in ("log_probs", "old_log_probs", "advantages"))
         rest = (old, adv, jnp.asarray(arrays["mask"]))
-        ref = lambda i, lo, hi: reference_policy_loss(
-            kind, *(np.asarray(jnp.asarray(a[i], jnp.float32)) for a in (lp, old, adv)),
-            arrays["mask"][i], reduction=hp.reduction, clip_low=lo, clip_high=hi)
+        def ref(i, lo, hi):
+            lp_i, old_i, adv_i = (np.asarray(jnp.asarray(a[i], jnp.float32)) for a in (lp, old, adv))
+            return reference_policy_loss(kind, lp_i, old_i, adv_i, arrays["mask"][i],
+                                         reduction=hp.reduction, clip_low=lo, clip_high=hi)
         if spec.mode == "vmap":
             loss, grad = swept(lp, rest, jnp.asarray(sweep[:, 0]), jnp.asarray(sweep[:, 1]))
             refs = [ref(i, float(lo), float(hi)) for i, (lo, hi) in enumerate(sweep)]
@@ -1327,8 +1336,8 @@ def _mdp_paths(rng, S: int = 3, A: int = 2, T: int = 3) -> _Paths:
     actions = np.array([[a for _, a in path] for path in steps])
     env_prob = mu[states[:, 0]] * np.prod(P[states[:, :-1], actions[:, :-1], states[:, 1:]],
                                            axis=1)
-    t = np.arange(T)
-    advantages = q[t, states, actions] - v[t, states]
+    steps_t = np.arange(T)
+    advantages = q[steps_t, states, actions] - v[steps_t, states]
     return _Paths(f"tabular MDP S={S}, A={A}, T={T} ({len(steps)} trajectories)", logits,
                   states, actions, env_prob, r[states, actions].sum(axis=1), advantages)
 
@@ -1491,7 +1500,7 @@ def check_policy_loss(fn: Callable, kind: str, *, reduction: str = "token",
     hp = LossHyper(clip_eps, clip_eps if clip_high is None else clip_high, reduction)
     specs = _loss_specs(kind)
     chosen = _select([*specs, *(_Spec(n, "", None) for n in _EXACT_CHECKS)], checks)
-    settings = {} if kind in _SEQUENCE_LOSS_KINDS else {"reduction": reduction}
+    settings: dict[str, Any] = {} if kind in _SEQUENCE_LOSS_KINDS else {"reduction": reduction}
     if kind != "pg":
         settings["clip"] = hp.clip_low if kind == "ppo" else (hp.clip_low, hp.clip_high)
     run_case = _loss_runner(fn, kind, adapter, hp)

@@ -270,7 +270,8 @@ def _check_platform() -> None:
     try:
         jax.devices()
     except Exception as exc:  # jaxlib raises RuntimeError, or a bare AssertionError
-        asked = os.environ.get("JAX_PLATFORMS") or jax.config.jax_platforms
+        # jax.config's flags are attributes made at run time, which its type does not declare
+        asked = os.environ.get("JAX_PLATFORMS") or jax.config.jax_platforms  # type: ignore[attr-defined]
         why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise _PlatformError(f"JAX cannot start the platform {asked!r} (JAX_PLATFORMS) on "
                              f"this machine: {why}") from None

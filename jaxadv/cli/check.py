@@ -32,7 +32,10 @@ from jaxadv.testing import (
     SEQUENCE_GROUPED,
     SEQUENCE_JAXADV,
     SEQUENCE_KINDS,
+    Adapter,
+    LossAdapter,
     Report,
+    SequenceAdapter,
     check_advantages,
     check_policy_loss,
     check_sequence_advantages,
@@ -42,7 +45,10 @@ from jaxadv.testing import (
 
 __all__ = ["ADAPTERS", "CheckArgs", "CheckFailed", "check_command", "load_function"]
 
-ADAPTERS = {"jaxadv": (JAXADV, SEQUENCE_JAXADV, LOSS_JAXADV), "rlax": (RLAX, None, None),
+_Adapters = tuple[Adapter | None, SequenceAdapter | None, LossAdapter | None]
+
+ADAPTERS: dict[str, _Adapters] = {
+            "jaxadv": (JAXADV, SEQUENCE_JAXADV, LOSS_JAXADV), "rlax": (RLAX, None, None),
             "purejaxrl": (PUREJAXRL, None, None), "grouped": (None, SEQUENCE_GROUPED, None),
             "batch-major": (jaxadv_style(batch_major=True, name="batch-major"), None,
                             loss_style(batch_major=True, name="batch-major"))}
@@ -68,7 +74,7 @@ class CheckArgs:
 
     target: Annotated[str, tyro.conf.Positional]
     """MODULE:FUNCTION, e.g. mypkg.returns:gae or path/to/file.py:gae."""
-    kind: Literal[(*KINDS, *SEQUENCE_KINDS, *POLICY_LOSS_KINDS)]  # type: ignore[valid-type]
+    kind: Literal[KINDS + SEQUENCE_KINDS + POLICY_LOSS_KINDS]  # type: ignore[valid-type]
     """what the function claims to compute: an estimator (returns ... lambda_returns), a sequence-level one (grpo ... remax) or a policy loss (pg, ppo, dapo, cispo, gspo)."""
     adapter: Literal[tuple(ADAPTERS)] = "jaxadv"  # type: ignore[valid-type]
     """how its signature maps onto jaxadv's arrays: jaxadv (jaxadv's own signatures), rlax (per sequence, a discount array, no truncation input), purejaxrl (done = terminated or truncated, returns (advantages, targets)), grouped (group estimators over [groups, K] returns), batch-major (jaxadv's signatures on [B, T] arrays; estimators and losses)."""
@@ -132,13 +138,14 @@ def check_command(args: CheckArgs) -> Report:
     return the report; raises :class:`CheckFailed` when a check failed."""
     fn = load_function(args.target)
     family = _family(args.kind)
-    adapter = ADAPTERS[args.adapter][family]
+    adapters = ADAPTERS[args.adapter]
     if family == 2:
-        report = check_policy_loss(fn, args.kind, adapter=adapter, reduction=args.reduction,
+        report = check_policy_loss(fn, args.kind, adapter=adapters[2], reduction=args.reduction,
                                    clip_eps=args.clip_eps, clip_high=args.clip_eps_high)
+    elif family:
+        report = check_sequence_advantages(fn, args.kind, adapter=adapters[1])
     else:
-        run = check_sequence_advantages if family else check_advantages
-        report = run(fn, args.kind, adapter=adapter)
+        report = check_advantages(fn, args.kind, adapter=adapters[0])
     print(report)
     if not report.passed:
         raise CheckFailed(report)

@@ -21,7 +21,7 @@ import math
 import os
 import pathlib
 import sys
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import jax
 import jax.numpy as jnp
@@ -149,7 +149,7 @@ def _evaluate_run(args: EvalArgs) -> dict[str, Any]:
         run = load_sweep_point(args.run_dir, args.point)
     if args.render is not None:
         check_render(run.config.env, args.render)
-        if run.config.env == "Gridworld-v0" and NETWORKS[run.config.network].recurrent:
+        if run.config.env == "Gridworld-v0" and NETWORKS[cast(str, run.config.network)].recurrent:
             raise ValueError("`render`: a recurrent policy's action in a cell depends on the "
                              "path that led there, so it has no one picture; evaluate it without "
                              "--render")
@@ -256,7 +256,7 @@ def render_episodes(setup: Setup, run: RunCheckpoint, args: EvalArgs, max_steps:
         count = _sequence_text(setup, seed0.params, key, args, greedy)
         return {"path": str(args.render), "frames": count, "lengths": []}
     if run.config.env == "Gridworld-v0":
-        return _gridworld_picture(setup, run, args.render, console)
+        return _gridworld_picture(setup, run, cast(pathlib.Path, args.render), console)
     os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")  # gymnasium draws with pygame,
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # off screen and without sound
     os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
@@ -275,7 +275,7 @@ def render_episodes(setup: Setup, run: RunCheckpoint, args: EvalArgs, max_steps:
         labels += [f"episode {i + 1} · step {t + 1} · return {np.sum(rewards[: t + 1]):.1f}"
                    for t in steps]
     vis = Visualizer(setup.env.unwrapped, setup.env_params, frames)
-    _save_animation(vis, labels, args.render, console)
+    _save_animation(vis, labels, cast(pathlib.Path, args.render), console)
     return {"path": str(args.render), "frames": len(frames), "lengths": lengths}
 
 
@@ -398,7 +398,8 @@ def _sequence_text(setup: Setup, params: Any, key: jax.Array, args: EvalArgs, gr
     episodes = jax.device_get(jax.jit(play)(key, params))
     lines = [f"{decode_tokens(setup.env, row)}\treward {float(r):.3f}"
              for row, r in zip(episodes.final_observation, episodes.returns)]
-    args.render.parent.mkdir(parents=True, exist_ok=True)
-    with replace_atomically(args.render) as tmp:
+    path = cast(pathlib.Path, args.render)  # --render is given
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with replace_atomically(path) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     return len(lines)

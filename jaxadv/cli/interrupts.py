@@ -10,7 +10,7 @@ import signal
 import socket
 import threading
 from collections.abc import Callable
-from typing import ClassVar
+from typing import ClassVar, cast
 
 from rich.console import Console
 
@@ -53,9 +53,10 @@ class Interrupts:
     def stopped(self, progress: str, saved: str, resume: str) -> RunStopped:
         """The :class:`RunStopped` for the signal received: ``"<SIGNAL>: stopped after
         <progress>; saved <saved>"`` and the command that resumes, status 128 + the signal."""
-        name = signal.Signals(self.signum).name
+        signum = cast(int, self.signum)  # a signal came
+        name = signal.Signals(signum).name
         return RunStopped(f"{name}: stopped after {progress}; saved {saved}\nresume with: {resume}",
-                          128 + self.signum, reason="stopped")
+                          128 + signum, reason="stopped")
 
     def __enter__(self) -> Interrupts:
         if threading.current_thread() is not threading.main_thread():

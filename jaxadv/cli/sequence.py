@@ -246,7 +246,7 @@ class SequenceArgs(_SequenceHParams):  # type: ignore[misc,valid-type]
         value = getattr(self, name)
         if value is not None:
             return value
-        return OBJECTIVE_PRESETS.get(self.objective, {}).get(name, _DEFAULTS[name])
+        return OBJECTIVE_PRESETS.get(self.objective or "", {}).get(name, _DEFAULTS[name])
 
     def check(self) -> SequenceArgs:
         """Refuse a bad value with a ``ValueError`` naming the field; compiles nothing. With
@@ -281,7 +281,7 @@ class SequenceArgs(_SequenceHParams):  # type: ignore[misc,valid-type]
         algo, estimator = self.setting("algo"), self.setting("estimator")
         epochs = ALGORITHMS[algo].update_epochs > 1  # a one-pass row takes none of the flags
         return TrainConfig(
-            env="Sequence-v0", env_kwargs=self.env_kwargs(), algo=algo, estimator=estimator,
+            env="Sequence-v0", env_kwargs=tuple(self.env_kwargs().items()), algo=algo, estimator=estimator,
             num_envs=num_envs, num_steps=env.response_length,
             total_timesteps=updates * num_envs * env.response_length,
             update_epochs=self.update_epochs if epochs else 1,
@@ -396,7 +396,9 @@ def _sequence(args: SequenceArgs) -> dict[str, Any]:
         for text in generate(trainer, params, key_show, args.samples_shown):
             console.print(f"  {text}")
     resume = args.resume
-    train_args = TrainArgs(config=config, hparams=hp, seed=args.seed, seeds=args.seeds, out=args.out,
+    # TrainArgs.config is a TrainOptions, the class tyro parses; any TrainConfig serves
+    train_args = TrainArgs(config=config,  # type: ignore[arg-type]
+                           hparams=hp, seed=args.seed, seeds=args.seeds, out=args.out,
                            chunk_updates=args.chunk_updates, quiet=args.quiet, log=args.log,
                            checkpoint_every=args.checkpoint_every,
                            wandb=args.wandb, overwrite=args.overwrite, resume=resume,

@@ -19,7 +19,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import jax
 from rich.console import Console
@@ -67,7 +67,7 @@ def _open_chunks(
     if args.resume is None:  # a finished sweep's chunks (check() refuses an unfinished one)
         store.start(args.settings(), jax.device_count())
         return store, {}
-    before = store.read()
+    before = cast(dict[str, Any], store.read())  # check() found the sweep's manifest
     cut = (before["settings"]["max_parallel"], before["devices"])
     if cut != (args.max_parallel, jax.device_count()):
         warn(f"warning: the saved chunks were cut for --max-parallel {cut[0]} on {cut[1]} "
@@ -172,8 +172,9 @@ def _sweep(args: SweepArgs, writer: bool) -> dict[str, Any]:
     def at_once() -> str | None:  # waiting for the last chunk would be waiting for the end
         if not in_flight["last"]:
             return None
+        saved = len(cast(dict[str, Any], store.manifest)["chunks"])
         return (f"{{signal}}: stopped during the sweep's last chunk; "
-                f"{len(store.manifest['chunks'])} chunk(s) saved in {store.directory} are "
+                f"{saved} chunk(s) saved in {store.directory} are "
                 f"intact\nresume with: jaxadv sweep --resume {shlex.quote(str(out))}")
 
     interrupts = Interrupts(err, stopping="the chunk in flight to save it",
@@ -205,7 +206,7 @@ def _sweep(args: SweepArgs, writer: bool) -> dict[str, Any]:
         except _SweepStopped:
             raise interrupts.stopped(
                 f"{progress['done']} of {runs} runs",
-                f"{len(store.manifest['chunks'])} chunk(s) in {store.directory}",
+                f"{len(cast(dict[str, Any], store.manifest)['chunks'])} chunk(s) in {store.directory}",
                 f"jaxadv sweep --resume {shlex.quote(str(out))}") from None
     if args.resume is not None and not computed and (out / "summary.json").is_file():
         err.print(f"{out} holds a finished sweep: nothing to resume, no output rewritten")

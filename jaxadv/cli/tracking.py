@@ -120,7 +120,7 @@ def update_values(metrics: dict[str, np.ndarray]) -> Iterator[list[tuple[str, fl
                      [f"{name}/seed{s}" for s in range(x.shape[0])],
                      np.where(finite, x, np.nan).T.tolist()))
     for i in range(len(rows[0][1]) if rows else 0):
-        values = []
+        values: list[tuple[str, Any]] = []
         append = values.append
         for tag, means, seed_tags, per_seed in rows:
             if means[i] == means[i]:  # not NaN: some seed has a value
@@ -216,7 +216,8 @@ def _serve(make: Any, calls: Any, results: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(AttributeError, OSError):
         os.setpriority(os.PRIO_PROCESS, 0, 19)
-    logger, failed = None, False
+    logger: Any = None
+    failed = False
     try:
         logger = make()
     except Exception as exc:  # reported to the parent by wait()/close()

@@ -18,7 +18,7 @@ import dataclasses
 import math
 import pathlib
 import time
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
 import jax
 import jax.numpy as jnp
@@ -159,7 +159,8 @@ class VarianceArgs:
         return self.estimators
 
     def sequence_env(self) -> SequenceTask:
-        return SequenceTask(self.sequence, num_digits=self.num_digits, prompt_length=self.prompt_length,
+        return SequenceTask(cast(str, self.sequence),  # sequence_env() is for --sequence
+                            num_digits=self.num_digits, prompt_length=self.prompt_length,
                             min_prompt_length=self.min_prompt_length, response_length=self.response_length,
                             reward=self.reward, length_penalty=self.length_penalty)
 
@@ -262,7 +263,8 @@ def _mdp(args: VarianceArgs) -> tuple[exact.TabularMDP, jax.Array]:
 def _trained(args: VarianceArgs, console: Console) -> tuple[Any, Any, Any, float, dict]:
     """``(trainer, params, obs_stats, gamma, about)`` of the policy to measure."""
     if args.checkpoint is None:
-        config, hp = TrainConfig(env=args.env, total_timesteps=args.train_timesteps), HParams()
+        env = cast(str, args.env)  # only the --env report trains a policy
+        config, hp = TrainConfig(env=env, total_timesteps=args.train_timesteps), HParams()
         trainer = make_trainer(config)
         console.print(f"training ppo on {args.env} for {config.num_updates * config.batch_size:,} steps …")
         state, metrics = jax.jit(trainer.train)(jax.random.key(args.seed), hp)

@@ -92,15 +92,17 @@ info)``: ``[T, B]`` (or flat ``[batch]``) arrays, ``mask`` optional, ``extra`` t
 scalars ``clip_fraction`` and ``approx_kl`` (PPO's k3 estimate of KL(π_old ‖ π))."""
 
 
-def clipped_ratio_loss(log_prob, old_log_prob, advantages, mask=None, *, clip_eps: Any,
+def clipped_ratio_loss(log_prob: jax.Array, old_log_prob: jax.Array, advantages: jax.Array,
+                       mask: jax.Array | None = None, *, clip_eps: Any,
                        reduction: str = "token") -> tuple[jax.Array, dict[str, jax.Array]]:
     """PPO's clipped surrogate (:func:`jaxadv.losses.ppo_clip_loss`)."""
     return losses.ppo_clip_loss(log_prob, old_log_prob, advantages, mask, clip_eps=clip_eps,
                                 reduction=reduction)
 
 
-def pg_policy_loss(log_prob, old_log_prob, advantages, mask=None, *, clip_eps: Any = None,
-                         reduction: str = "token") -> tuple[jax.Array, dict[str, jax.Array]]:
+def pg_policy_loss(log_prob: jax.Array, old_log_prob: jax.Array, advantages: jax.Array,
+                   mask: jax.Array | None = None, *, clip_eps: Any = None,
+                   reduction: str = "token") -> tuple[jax.Array, dict[str, jax.Array]]:
     """``−log π · A`` (:func:`jaxadv.losses.policy_gradient_loss`); ``clip_eps`` is unused.
     ``approx_kl`` is reported as PPO reports it, on the rollout's actions."""
     loss = losses.policy_gradient_loss(log_prob, advantages, mask, reduction=reduction)
@@ -109,7 +111,8 @@ def pg_policy_loss(log_prob, old_log_prob, advantages, mask=None, *, clip_eps: A
     return loss, {"clip_fraction": jnp.zeros(()), "approx_kl": approx_kl}
 
 
-def clip_higher_loss(log_prob, old_log_prob, advantages, mask=None, *, clip_eps: Any,
+def clip_higher_loss(log_prob: jax.Array, old_log_prob: jax.Array, advantages: jax.Array,
+                     mask: jax.Array | None = None, *, clip_eps: Any,
                      clip_eps_high: Any, reduction: str = "token") -> tuple[jax.Array, dict[str, jax.Array]]:
     """DAPO's decoupled clip (:func:`jaxadv.losses.dapo_clip_loss`), ε_low = ``clip_eps``."""
     return losses.dapo_clip_loss(log_prob, old_log_prob, advantages, mask, clip_low=clip_eps,
@@ -122,8 +125,9 @@ def _per_response(advantages, mask):
     return jnp.sum(weights * advantages, axis=0) / jnp.maximum(jnp.sum(weights, axis=0), 1.0)
 
 
-def gspo_policy_loss(log_prob, old_log_prob, advantages, mask=None, *, clip_eps: Any,
-              clip_eps_high: Any, reduction: str = "token") -> tuple[jax.Array, dict[str, jax.Array]]:
+def gspo_policy_loss(log_prob: jax.Array, old_log_prob: jax.Array, advantages: jax.Array,
+                     mask: jax.Array | None = None, *, clip_eps: Any,
+                     clip_eps_high: Any, reduction: str = "token") -> tuple[jax.Array, dict[str, jax.Array]]:
     """GSPO (:func:`jaxadv.losses.gspo_loss`) on ``[T, B]`` responses: each response's
     advantage is the mean of its tokens' (a sequence-level estimator puts the same value on
     every token); ``reduction`` is GSPO's own, a mean over responses."""
@@ -132,16 +136,18 @@ def gspo_policy_loss(log_prob, old_log_prob, advantages, mask=None, *, clip_eps:
                             clip_high=clip_eps_high)
 
 
-def cispo_policy_loss(log_prob, old_log_prob, advantages, mask=None, *, clip_eps: Any,
-               clip_eps_high: Any, reduction: str = "token") -> tuple[jax.Array, dict[str, jax.Array]]:
+def cispo_policy_loss(log_prob: jax.Array, old_log_prob: jax.Array, advantages: jax.Array,
+                      mask: jax.Array | None = None, *, clip_eps: Any,
+                      clip_eps_high: Any, reduction: str = "token") -> tuple[jax.Array, dict[str, jax.Array]]:
     """CISPO (:func:`jaxadv.losses.cispo_loss`), ε_low = ``clip_eps`` (1: no lower bound)."""
     return losses.cispo_loss(log_prob, old_log_prob, advantages, mask, clip_low=clip_eps,
                              clip_high=clip_eps_high, reduction=reduction)
 
 
-def sapo_policy_loss(log_prob, old_log_prob, advantages, mask=None, *, clip_eps: Any = None,
-              sapo_tau_pos: Any, sapo_tau_neg: Any,
-              reduction: str = "token") -> tuple[jax.Array, dict[str, jax.Array]]:
+def sapo_policy_loss(log_prob: jax.Array, old_log_prob: jax.Array, advantages: jax.Array,
+                     mask: jax.Array | None = None, *, clip_eps: Any = None,
+                     sapo_tau_pos: Any, sapo_tau_neg: Any,
+                     reduction: str = "token") -> tuple[jax.Array, dict[str, jax.Array]]:
     """SAPO (:func:`jaxadv.corrections.sapo_loss`): a sigmoid gate of temperatures
     ``sapo_tau_pos`` / ``sapo_tau_neg`` in place of the clip; ``clip_eps`` is unused. SAPO
     never drops a token: ``clip_fraction`` is 0 (the gate's mean weight is not reported)."""
@@ -151,8 +157,9 @@ def sapo_policy_loss(log_prob, old_log_prob, advantages, mask=None, *, clip_eps:
     return loss, {"clip_fraction": jnp.zeros(()), "approx_kl": info["approx_kl"]}
 
 
-def gmpo_policy_loss(log_prob, old_log_prob, advantages, mask=None, *, clip_eps: Any,
-              clip_eps_high: Any, reduction: str = "token") -> tuple[jax.Array, dict[str, jax.Array]]:
+def gmpo_policy_loss(log_prob: jax.Array, old_log_prob: jax.Array, advantages: jax.Array,
+                     mask: jax.Array | None = None, *, clip_eps: Any,
+                     clip_eps_high: Any, reduction: str = "token") -> tuple[jax.Array, dict[str, jax.Array]]:
     """GMPO (:func:`jaxadv.corrections.gmpo_loss`) on ``[T, B]`` responses, the log-ratio
     clipped to [−``clip_eps``, ``clip_eps_high``]: each response's advantage is the mean of its
     tokens' (as :func:`gspo_policy_loss`); ``reduction`` is GMPO's own, a mean over responses."""
@@ -160,9 +167,10 @@ def gmpo_policy_loss(log_prob, old_log_prob, advantages, mask=None, *, clip_eps:
                                  clip_low=clip_eps, clip_high=clip_eps_high)
 
 
-def icepop_policy_loss(log_prob, old_log_prob, advantages, mask=None, *, clip_eps: Any,
-                clip_eps_high: Any, icepop_alpha: Any, behaviour_log_prob: jax.Array | None = None,
-                reduction: str = "token") -> tuple[jax.Array, dict[str, jax.Array]]:
+def icepop_policy_loss(log_prob: jax.Array, old_log_prob: jax.Array, advantages: jax.Array,
+                       mask: jax.Array | None = None, *, clip_eps: Any,
+                       clip_eps_high: Any, icepop_alpha: Any, behaviour_log_prob: jax.Array | None = None,
+                       reduction: str = "token") -> tuple[jax.Array, dict[str, jax.Array]]:
     """IcePop (:func:`jaxadv.corrections.icepop_loss`): DAPO's clip-higher (ε_low =
     ``clip_eps``) with each token weighted by the mismatch k = π_old/π_b inside
     [1/``icepop_alpha``, ``icepop_alpha``] and dropped outside it. ``old_log_prob`` is the

@@ -25,7 +25,7 @@ adding a network is a builder and one row of :data:`NETWORKS`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -35,12 +35,12 @@ from jaxadv.engine.estimators import ESTIMATORS
 from jaxadv.envs import EnvSpec, make
 from jaxadv.envs.token import check_token_env, token_env
 from jaxadv.nets.networks import Network, make_network
-from jaxadv.nets.transformer import make_transformer
+from jaxadv.nets.transformer import TransformerNetwork, make_transformer
 
 __all__ = ["FEATURES", "NETWORKS", "NETWORK_NAMES", "Architecture", "Builder", "Feature",
            "check_network", "compatible", "default_network", "training_sequences"]
 
-Builder = Callable[..., Network]
+Builder = Callable[..., Network | TransformerNetwork]
 """``build(config, env, spec, *, use_critic, q_critic) -> Network``: the network of a
 :class:`~jaxadv.engine.train.TrainConfig` on the (wrapped) environment ``env`` with the
 :class:`~jaxadv.envs.EnvSpec` ``spec``; ``use_critic``: a critic is learned, ``q_critic``: it
@@ -137,7 +137,7 @@ def _actor_critic(image: bool = False, recurrent: bool = False) -> Builder:
     (``recurrent``)."""
 
     def build(config: Any, env: Any, spec: EnvSpec, *, use_critic: bool, q_critic: bool) -> Network:
-        size = spec.num_actions if spec.discrete else spec.action_dim
+        size = cast(int, spec.num_actions if spec.discrete else spec.action_dim)
         return make_network(size, discrete=spec.discrete, hidden=config.hidden,
                             activation=config.activation, shared_torso=config.shared_torso,
                             q_critic=q_critic, image_shape=spec.image_shape if image else None,
@@ -147,11 +147,12 @@ def _actor_critic(image: bool = False, recurrent: bool = False) -> Builder:
 
 
 def _transformer(config: Any, env: Any, spec: EnvSpec, *, use_critic: bool,
-                 q_critic: bool) -> Network:
+                 q_critic: bool) -> TransformerNetwork:
     """The causal transformer (:func:`~jaxadv.nets.transformer.make_transformer`) over the
     token environment ``env``'s ids; a value head where a critic is learned."""
     raw = check_token_env(env, name=config.env)
-    return make_transformer(raw.vocab_size, spec.obs_dim, spec.num_actions, pad=raw.tokens.pad,
+    num_actions = cast(int, spec.num_actions)  # a token env's actions are discrete
+    return make_transformer(raw.vocab_size, spec.obs_dim, num_actions, pad=raw.tokens.pad,
                             layers=config.layers, width=config.width, heads=config.heads,
                             value_head=use_critic)
 
@@ -277,6 +278,6 @@ def check_network(config: Any) -> None:
             f"{FEATURES[f].label} ({FEATURES[f].shown(config)})" for f in unsupported))
     faults += [f"needs {FEATURES[f].label}; {FEATURES[f].shown(config)}" for f in missing]
     allowed = compatible(config) or compatible(config, unsupported + missing)
-    allowed = ", ".join(repr(n) for n in allowed) or "none"
+    shown = ", ".join(repr(n) for n in allowed) or "none"
     raise ValueError(f"`network` = {config.network!r} {'; it '.join(faults)}; `network` "
-                     f"may be one of: {allowed}")
+                     f"may be one of: {shown}")

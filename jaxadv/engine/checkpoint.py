@@ -37,7 +37,7 @@ import shutil
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -482,26 +482,28 @@ class SweepChunks:
             parts.append(jax.tree.map(lambda x, cut=cut: x[cut], (*part[:3], part.final)))
             pos = min(stop, chunk_id.stop)
         joined = jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
-        return ChunkResult(*joined[:3], final=tuple(joined[3]))
+        return ChunkResult(joined[0], joined[1], joined[2], final=tuple(joined[3]))
 
     def save(self, chunk_id: ChunkId, result: ChunkResult) -> None:
         """Write one finished chunk, then the manifest that lists it (with ``write=False``:
         only list it in :attr:`manifest`)."""
         name = f"group{chunk_id.group}-runs{chunk_id.start}-{chunk_id.stop}.npz"
         buffer = io.BytesIO()
-        arrays = {k: np.asarray(v) for k, v in result._asdict().items() if k != "final"}
-        np.savez(buffer, **arrays, **{f"final_{i}": np.asarray(x) for i, x in enumerate(result.final)})
+        arrays: dict[str, Any] = {k: np.asarray(v) for k, v in result._asdict().items() if k != "final"}
+        arrays.update({f"final_{i}": np.asarray(x) for i, x in enumerate(result.final)})
+        np.savez(buffer, **arrays)
         data = buffer.getvalue()
         if self.write:
             _write_atomic(self.directory / name, data)
-        self.manifest["chunks"][name] = {**chunk_id._asdict(),
-                                         "sha256": hashlib.sha256(data).hexdigest()}
+        manifest = cast(dict[str, Any], self.manifest)  # after start() or resume()
+        manifest["chunks"][name] = {**chunk_id._asdict(),
+                                    "sha256": hashlib.sha256(data).hexdigest()}
         if self.write:
             self._write_manifest()
 
     def finish(self) -> None:
         """Mark the sweep complete (its outputs are written)."""
-        self.manifest["complete"] = True
+        cast(dict[str, Any], self.manifest)["complete"] = True  # after start() or resume()
         if self.write:
             self._write_manifest()
 

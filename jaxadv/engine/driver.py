@@ -35,7 +35,7 @@ import os
 import pathlib
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import jax
 import numpy as np
@@ -88,8 +88,9 @@ def enable_compile_cache(directory: pathlib.Path | None) -> None:
 
 def _cache_entries() -> int | None:
     """Files in the active persistent cache, or ``None`` when it is off."""
-    directory = jax.config.jax_compilation_cache_dir
-    if not jax.config.jax_enable_compilation_cache or not directory:
+    # jax.config's flags are attributes made at run time, which its type does not declare
+    directory = jax.config.jax_compilation_cache_dir  # type: ignore[attr-defined]
+    if not jax.config.jax_enable_compilation_cache or not directory:  # type: ignore[attr-defined]
         return None
     path = pathlib.Path(directory)
     return sum(1 for _ in path.iterdir()) if path.is_dir() else 0
@@ -235,7 +236,8 @@ def compile_chunked(
     sizes = chunk_sizes(config.num_updates - start, min(chunk_updates, config.num_updates))
     seed_axis = lambda fn, axes=(0, None): _seed_axis(fn, seeds, axes, groups, mesh)
     init = jax.jit(seed_axis(trainer.init), out_shardings=sharding)
-    run_fn = lambda state, hp, k: seed_axis(functools.partial(trainer.run, num_updates=k))(state, hp)
+    run_fn: Callable[..., Any] = lambda state, hp, k: seed_axis(
+        functools.partial(trainer.run, num_updates=k))(state, hp)
     evaluates = bool(config.eval_every) and not debug_nans  # (debug: chunk-relative cadence)
     if evaluates:  # the updates done before a call: one int for all seeds (see train.run)
         run_fn = lambda state, hp, done, k: seed_axis(
@@ -254,7 +256,8 @@ def compile_chunked(
         state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), state)
     compiled_init = init.lower(keys, hp).compile()
     done = (jax.ShapeDtypeStruct((), np.int32),) if evaluates else ()
-    compiled_run = {k: run.lower(state, hp, *done, k).compile() for k in sorted(set(sizes))}
+    compiled_run: dict[int, Callable] = {k: run.lower(state, hp, *done, k).compile()
+                                         for k in sorted(set(sizes))}
     seconds = time.perf_counter() - t0
     check_memory([compiled_init, *compiled_run.values()], used,
                  "--num-envs, --num-steps or --seeds (or spread the seeds over more devices)")
@@ -332,7 +335,7 @@ class _Saver:
             return time.perf_counter() - self._since >= CHECKPOINT_SECONDS
         return done - self.last >= self.every
 
-    def save(self, done: int, state: TrainState, history: dict[str, np.ndarray],
+    def save(self, done: int, state: TrainState | None, history: dict[str, np.ndarray],
              seconds: float) -> None:
         if self.store is not None and done > self.last:
             self.wait()
@@ -491,9 +494,11 @@ def drive(config: TrainConfig, hp: HParams, options: RunOptions = RunOptions()) 
             CheckpointStore(options.checkpoints, options.keep_checkpoints))
         state, history, seconds = None, {}, 0.0
         if options.resume:
+            store = cast(CheckpointStore, store)  # resume needs checkpoints (checked above)
             checkpoint = _restore(store, make_trainer(config), keys, hp, options.warn)
             state, history, seconds = checkpoint.state, checkpoint.history, checkpoint.train_seconds
-            options.log(f"resuming {options.checkpoints.parent} after update {checkpoint.step} "
+            resumed = cast(pathlib.Path, options.checkpoints)
+            options.log(f"resuming {resumed.parent} after update {checkpoint.step} "
                         f"of {config.num_updates}")
         start = len(history["wall_seconds"]) if history else 0
         options.log(f"compiling {config.algo} on {config.env}: {options.seeds} seed(s), "
@@ -521,7 +526,7 @@ def drive(config: TrainConfig, hp: HParams, options: RunOptions = RunOptions()) 
     summary.update(num_calls=len(chunk_sizes(config.num_updates, k)),
                    host_seconds=timing["host_seconds"], compile_cache=chunked.cache,
                    devices=chunked.devices, seed_groups=chunked.groups)
-    return RunResult(state, history, summary, chunked.trainer, resumed_from=start)
+    return RunResult(state, history, summary, cast(Trainer, chunked.trainer), resumed_from=start)
 
 
 def _loop(
@@ -582,4 +587,4 @@ def _loop(
             raise RunStopped(f"stopped after update {done} of {config.num_updates}", 1,
                              reason="stopped", update=done, checkpoint=saver.latest())
     saver.wait()  # the last checkpoint is on disk before the run counts as done
-    return state, history, {"train_seconds": seconds(), "host_seconds": host}
+    return cast(TrainState, state), history, {"train_seconds": seconds(), "host_seconds": host}

@@ -44,7 +44,7 @@ Adding an estimator is one function and one row of :data:`ESTIMATORS`; the train
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -194,7 +194,7 @@ def qv(x: EstimatorInput, args: EstimatorArgs) -> tuple[jax.Array, jax.Array]:
     """``Q(s_t, a_t) − V(s_t)`` with ``V = Σ_a π(a|s) Q(s, a)``, and expected-SARSA targets
     ``r + γ(1 − term) V(s_{t+1})`` for ``Q(s_t, a_t)``."""
     targets = x.reward + args.gamma * (1.0 - x.terminated.astype(x.reward.dtype)) * x.next_value
-    return x.q_value - x.value, targets
+    return cast(jax.Array, x.q_value) - x.value, targets  # the q critic's estimators get q_value
 
 
 def _sequence(advantages: Callable[..., jax.Array]
@@ -204,7 +204,8 @@ def _sequence(advantages: Callable[..., jax.Array]
     (its masked return), on each of its steps; no critic targets."""
 
     def fn(x: EstimatorInput, args: EstimatorArgs) -> tuple[jax.Array, jax.Array]:
-        a = advantages(jnp.sum(x.mask * x.reward, axis=0), group_size=args.group_size,
+        mask = cast(jax.Array, x.mask)  # the sequence-level estimators get one
+        a = advantages(jnp.sum(mask * x.reward, axis=0), group_size=args.group_size,
                        greedy_returns=x.greedy_returns, eps=args.eps)
         a = jnp.broadcast_to(a, x.reward.shape)
         return a, jnp.zeros_like(a)

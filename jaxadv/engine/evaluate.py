@@ -126,8 +126,8 @@ def load_run(run_dir: pathlib.Path, warn: Any = print) -> RunCheckpoint:
                          f"or `jaxadv sequence` run{hint}")
     try:
         record = json.loads(path.read_text())
-        fields = {k: tuple(v) if isinstance(v, list) else v
-                  for k, v in record["train_config"].items()}
+        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v
+                                  for k, v in record["train_config"].items()}
         config, hp = TrainConfig(**fields), HParams(**record["hparams"])
         seed, seeds = int(record["run"]["seed"]), int(record["run"]["seeds"])
     except (ValueError, KeyError, TypeError) as exc:

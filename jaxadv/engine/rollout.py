@@ -11,7 +11,7 @@ of the window is a truncation for the estimators (they bootstrap from the last
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -109,7 +109,8 @@ def make_policy(discrete: bool, size: int, low: Any = None, high: Any = None) ->
         entropy=lambda p: dist.gaussian_entropy(p[1]),
         to_env=(lambda a: a)
         if lo is None
-        else (lambda a: jnp.clip(a, jnp.broadcast_to(lo, a.shape), jnp.broadcast_to(hi, a.shape))),
+        else (lambda a: jnp.clip(a, jnp.broadcast_to(lo, a.shape),
+                                 jnp.broadcast_to(cast(jax.Array, hi), a.shape))),
     )
 
 
@@ -259,7 +260,8 @@ def rollout(
     return Rollout(env_state, obs, reward_scaler, traj, raw_obs, hidden)
 
 
-def group_resets(key: jax.Array, env: Any, env_params: Any, num_envs: int, group_size: int = 1):
+def group_resets(key: jax.Array, env: Any, env_params: Any, num_envs: int,
+                 group_size: int = 1) -> tuple[jax.Array, Any]:
     """``(obs [N, ...], env_state [N])``: fresh episodes for ``N = num_envs`` environments,
     identical within each of the ``N / group_size`` consecutive groups (one prompt, ``K``
     samples: the groups of GRPO and RLOO)."""

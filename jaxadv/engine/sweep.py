@@ -30,7 +30,7 @@ import numbers
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import numpy as np
@@ -112,7 +112,8 @@ def _check_value(field: str, value: Any) -> None:
     if field in _HPARAM_FIELDS:
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise ValueError(f"`{field}` = {value!r} is not allowed; give a real number")
-        HParams(**{field: value}).validate()
+        single: dict[str, Any] = {field: value}
+        HParams(**single).validate()
 
 
 def expand_grid(
@@ -168,12 +169,12 @@ def expand_grid(
         num_samples = 1
     key = jax.random.key(0) if key is None else key
     draws = {
-        field: dist.sample(k, num_samples)
+        field: dist.sample(k, cast(int, num_samples))
         for (field, dist), k in zip(dists.items(), jax.random.split(key, max(len(dists), 1)))
     }
     points = []
     for combo in itertools.product(*lists.values()):
-        for i in range(num_samples):
+        for i in range(cast(int, num_samples)):  # set above where there is no distribution
             point = dict(zip(lists, combo))
             point.update({f: float(d[i]) for f, d in draws.items()})
             points.append(point)
@@ -190,7 +191,7 @@ def _summaries(returns: np.ndarray, episodes: np.ndarray) -> tuple[np.ndarray, n
 
 
 def _stacked_hparams(points: list[dict[str, Any]], base: HParams) -> HParams:
-    values = {
+    values: dict[str, Any] = {
         f: np.asarray([p.get(f, getattr(base, f)) for p in points], np.float32)
         for f in _HPARAM_FIELDS
     }
@@ -453,7 +454,7 @@ def run_sweep(
         for chunk_id in plan.chunk_ids(group):
             part = saved.get(chunk_id)
             computed = part is None
-            if computed:
+            if part is None:
                 if on_start is not None:
                     on_start(chunk_id)
                 compiled, part = _compute_chunk(cfg, plan, chunk_id, sharding, compiled)
@@ -470,13 +471,15 @@ def run_sweep(
         rows = _rows_per_point(parts, len(idx), seeds)
         for p, (r, e, s) in zip(idx, zip(*rows), strict=True):
             returns[p], episodes[p], env_steps[p] = r, e, s
-    final, auc = zip(*(_summaries(r, e) for r, e in zip(returns, episodes, strict=True)))
+    filled = lambda rows: cast(list[np.ndarray], rows)  # every point's row is set now
+    final, auc = zip(*(_summaries(r, e)
+                       for r, e in zip(filled(returns), filled(episodes), strict=True)))
     return SweepResult(
         points=points,
         seeds=seeds,
-        returns=returns,
-        episodes=episodes,
-        env_steps=env_steps,
+        returns=filled(returns),
+        episodes=filled(episodes),
+        env_steps=filled(env_steps),
         final_return=np.stack(final),
         auc=np.stack(auc),
         compile_seconds=compile_s,

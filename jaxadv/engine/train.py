@@ -33,7 +33,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, TypeAlias, cast
 
 import flax
 import jax
@@ -76,7 +76,6 @@ from jaxadv.envs import (
     running_mean_std_update,
 )
 from jaxadv.envs.token import check_token_env, metric_keys, response_length
-from jaxadv.nets.networks import Network
 from jaxadv.nets.transformer import last_position
 from jaxadv.validate import attribute_docs, check_choice, hparam, hparam_specs, positive_int
 
@@ -142,7 +141,7 @@ NONFINITE = ("loss", "grad", "params")
 
 AlgoName = Literal[ALGOS]  # type: ignore[valid-type]
 NetworkName = Literal[NETWORK_NAMES]  # type: ignore[valid-type]
-EstimatorName = Literal[tuple(ESTIMATOR_TABLE)]  # type: ignore[valid-type]
+EstimatorName: TypeAlias = Literal[tuple(ESTIMATOR_TABLE)]  # type: ignore[valid-type]
 """An estimator's name: a key of :data:`jaxadv.engine.estimators.ESTIMATORS`, in table order.
 The sequence-level ones give one advantage per episode, broadcast to its steps; they need
 ``episodic=True``."""
@@ -153,7 +152,7 @@ KL_MODES = ("none", "loss", "reward")
 BEHAVIOUR_PRECISIONS = ("float32", "bfloat16")
 """The precision of the sampler's logits (``behaviour_precision``): the trainer's own, or
 rounded to bfloat16 as a lower-precision inference engine computes them."""
-CorrectionName = Literal[("none", *CORRECTIONS)]  # type: ignore[valid-type]
+CorrectionName: TypeAlias = Literal[tuple(["none", *CORRECTIONS])]  # type: ignore[valid-type]
 
 
 def _env_kwargs_pairs(kwargs: Any) -> tuple[tuple[str, Any], ...]:
@@ -336,7 +335,7 @@ class TrainConfig:
 
     def _check_combinations(self) -> None:
         """Fields that constrain each other."""
-        estimator = ESTIMATOR_TABLE[self.estimator]
+        estimator = ESTIMATOR_TABLE[cast(str, self.estimator)]
         if self.temperature != 1.0 and not self.spec.discrete:
             raise ValueError(f"`temperature` = {self.temperature} needs discrete actions; `env` = {self.env!r} is continuous")
         if self.width % self.heads:
@@ -373,12 +372,12 @@ class TrainConfig:
             raise ValueError(f"`estimator` = {self.estimator!r} compares samples within a group: "
                              f"`group_size` must be >= {estimator.min_group_size}, got "
                              f"{self.group_size}")
-        if self.episodic and self.num_envs % self.num_minibatches:
+        if self.episodic and self.num_envs % cast(int, self.num_minibatches):
             raise ValueError(
                 f"`num_minibatches` = {self.num_minibatches} must divide `num_envs` = "
                 f"{self.num_envs}: with --episodic a minibatch holds whole episodes"
             )
-        if self.batch_size % self.num_minibatches:
+        if self.batch_size % cast(int, self.num_minibatches):
             raise ValueError(
                 f"`num_minibatches` = {self.num_minibatches} must divide the batch "
                 f"num_envs * num_steps = {self.num_envs} * {self.num_steps} = {self.batch_size}"
@@ -412,20 +411,21 @@ class TrainConfig:
         ``seq_len`` and ``burn_in``."""
         positive_int("burn_in", self.burn_in, minimum=0)
         check_network(self)
-        row = NETWORKS[self.network]
+        row = NETWORKS[cast(str, self.network)]
         if row.tokens:
             self._check_token_env()
         if row.sequences is None:
             return
         if self.seq_len is None:
             object.__setattr__(self, "seq_len", self.num_steps)
-        positive_int("seq_len", self.seq_len)
-        if self.num_steps % self.seq_len or self.seq_len + self.burn_in > self.num_steps:
-            raise ValueError(f"`seq_len` = {self.seq_len} must divide `num_steps` = "
+        seq_len = cast(int, self.seq_len)
+        positive_int("seq_len", seq_len)
+        if self.num_steps % seq_len or seq_len + self.burn_in > self.num_steps:
+            raise ValueError(f"`seq_len` = {seq_len} must divide `num_steps` = "
                              f"{self.num_steps}, and `seq_len` + `burn_in` = "
-                             f"{self.seq_len + self.burn_in} must not exceed it")
-        sequences = self.num_envs * (self.num_steps // self.seq_len)
-        if sequences % self.num_minibatches:
+                             f"{seq_len + self.burn_in} must not exceed it")
+        sequences = self.num_envs * (self.num_steps // seq_len)
+        if sequences % cast(int, self.num_minibatches):
             raise ValueError(f"`num_minibatches` = {self.num_minibatches} must divide the "
                              f"{sequences} training sequences (num_envs * num_steps / seq_len): "
                              "a minibatch holds whole sequences")
@@ -517,7 +517,7 @@ class TrainConfig:
     @property
     def minibatch_size(self) -> int:
         """Samples per minibatch (without --episodic): batch_size // num_minibatches."""
-        return self.batch_size // self.num_minibatches
+        return self.batch_size // cast(int, self.num_minibatches)
 
     @property
     def batch_size(self) -> int:
@@ -638,7 +638,7 @@ def _nonfinite_flags(loss: jax.Array, grad_norm: jax.Array, params: jax.Array) -
     entry is not finite. One reduction beyond the norm the optimiser computes anyway.
     """
     bad = (~jnp.isfinite(loss), ~jnp.isfinite(grad_norm), jnp.isnan(jnp.sum(params * 0.0)))
-    return sum(b.astype(jnp.int32) << i for i, b in enumerate(bad))
+    return cast(jax.Array, sum(b.astype(jnp.int32) << i for i, b in enumerate(bad)))
 
 
 def permutations(key: jax.Array, num: int, size: int) -> jax.Array:
@@ -680,7 +680,7 @@ def _radix_order(keys: jax.Array, low: int) -> jax.Array:
     return order.astype(jnp.int32)
 
 
-def _tempered(network: Network, temperature: float) -> Network:
+def _tempered(network: Any, temperature: float) -> Any:
     """``network`` with its logits divided by ``temperature`` (``apply`` and any ``apply_all``;
     a recurrent network, whose ``unroll`` would not see it, is refused a temperature)."""
     scale = lambda out: (out[0] / temperature, out[1])
@@ -690,7 +690,7 @@ def _tempered(network: Network, temperature: float) -> Network:
     return network._replace(**changes)
 
 
-def _rounded(network: Network, temperature: float) -> Network:
+def _rounded(network: Any, temperature: float) -> Any:
     """``network`` seen through a lower-precision inference engine: its logits rounded to
     bfloat16 (round to nearest even), then divided by ``temperature`` in float32."""
     scale = lambda out: (out[0].astype(jnp.bfloat16).astype(out[0].dtype) / temperature, out[1])
@@ -700,14 +700,14 @@ def _rounded(network: Network, temperature: float) -> Network:
     return network._replace(**changes)
 
 
-def _sampler(setup: Setup) -> Network:
+def _sampler(setup: Setup) -> Any:
     """The network the rollouts sample from: the trained policy, or the behaviour policy of
     ``behaviour_temperature`` and ``behaviour_precision``."""
     config = setup.config
     if not config.off_policy:
         return setup.network
     if config.behaviour_precision == "float32":
-        return _tempered(setup.base_network, config.behaviour_temperature)
+        return _tempered(setup.base_network, cast(float, config.behaviour_temperature))
     temperature = (config.temperature if config.behaviour_temperature is None
                    else config.behaviour_temperature)
     return _rounded(setup.base_network, temperature)
@@ -751,8 +751,8 @@ class Setup:
     env: Any
     env_params: Any
     spec: EnvSpec
-    network: Network
-    base_network: Network
+    network: Any  # a Network, a TransformerNetwork (apply_all) or a row's own tuple like them
+    base_network: Any
     policy: Policy
     algorithm: Algorithm
     estimator: Estimator
@@ -779,10 +779,10 @@ def make_setup(config: TrainConfig) -> Setup:
     """Build the environment, network and policy ``config`` names, and look up its table rows."""
     env, env_params = make(config.env, **dict(config.env_kwargs))
     spec = env_spec(env, env_params)
-    estimator = ESTIMATOR_TABLE[config.estimator]
+    estimator = ESTIMATOR_TABLE[cast(str, config.estimator)]
     use_critic = config.baseline and estimator.critic != "none"
-    size = spec.num_actions if spec.discrete else spec.action_dim
-    row = NETWORKS[config.network]
+    size = cast(int, spec.num_actions if spec.discrete else spec.action_dim)
+    row = NETWORKS[cast(str, config.network)]
     network = row.build(config, env, spec, use_critic=use_critic, q_critic=estimator.critic == "q")
     teacher_forced = config.episodic and row.tokens  # whole episodes in one pass
     return Setup(
@@ -808,7 +808,7 @@ def micro_batch_size(config: TrainConfig, backend: str | None = None) -> int:
     (default: JAX's) when it divides a larger minibatch, else 0 (whole minibatches)."""
     if config.micro_batch_size is not None:
         return config.micro_batch_size
-    if (config.episodic or NETWORKS[config.network].time_major
+    if (config.episodic or NETWORKS[cast(str, config.network)].time_major
             or (backend or jax.default_backend()) != "cpu"):
         return 0
     mb = config.minibatch_size
@@ -819,7 +819,8 @@ def optimizer(setup: Setup, hp: HParams) -> optax.GradientTransformation:
     """Global-norm clipping, then Adam (its learning rate decayed linearly to 0 over all
     optimiser steps with ``anneal_lr``)."""
     config = setup.config
-    num_opt_steps = config.num_updates * config.update_epochs * config.num_minibatches
+    epochs, minibatches = cast(int, config.update_epochs), cast(int, config.num_minibatches)
+    num_opt_steps = config.num_updates * epochs * minibatches
     lr = optax.linear_schedule(hp.lr, 0.0, num_opt_steps) if config.anneal_lr else hp.lr
     return optax.chain(optax.clip_by_global_norm(hp.max_grad_norm), optax.adam(lr, eps=1e-5))
 
@@ -853,7 +854,8 @@ def init(setup: Setup, key: jax.Array, hp: HParams) -> TrainState:
     )
 
 
-def policy_outputs(setup: Setup, params: Any, traj: Transition, mask: jax.Array | None):
+def policy_outputs(setup: Setup, params: Any, traj: Transition,
+                   mask: jax.Array | None) -> tuple[Any, jax.Array]:
     """``(policy, critic)`` at every step of ``traj.obs [T, B, ...]``.
 
     A causal transformer on episodes (``setup.pad`` set) does it in one teacher-forced
@@ -867,7 +869,7 @@ def policy_outputs(setup: Setup, params: Any, traj: Transition, mask: jax.Array 
         return setup.network.unroll(params, obs, traj.hidden[0], traj.episode_done, start)
     if setup.pad is None:
         return setup.network.apply(params, obs)
-    last = jnp.maximum(jnp.sum(mask, axis=0).astype(jnp.int32) - 1, 0)  # [B]
+    last = jnp.maximum(jnp.sum(cast(jax.Array, mask), axis=0).astype(jnp.int32) - 1, 0)  # [B]
     final = jnp.take_along_axis(obs, last[None, :, None], axis=0)[0]  # [B, L]
     logits, values = setup.network.apply_all(params, final)  # [B, L, A], [B, L]
     pos = last_position(obs, setup.pad)  # [T, B]
@@ -921,7 +923,8 @@ def collect(setup: Setup, state: TrainState, hp: HParams, key: jax.Array,
         log_prob = setup.policy.log_prob(policy_outputs(setup, state.params, traj, mask)[0],
                                          traj.action)
         behaviour_log_prob = traj.log_prob
-        is_weight = correction_weights(config.correction, log_prob, behaviour_log_prob, mask,
+        names = cast(tuple[str, ...], config.correction)  # set by TrainConfig
+        is_weight = correction_weights(names, log_prob, behaviour_log_prob, mask,
                                        **_correction_settings(config))
         traj = traj._replace(log_prob=log_prob)
     ref_log_prob = None
@@ -1062,7 +1065,8 @@ class GradientMoments(NamedTuple):
       unit: ``Σ g_i / ‖g_i‖`` ``[P]`` (a zero gradient adds 0).
     """
 
-    count: jax.Array
+    # mypy takes a field named like tuple.count for an override of the method
+    count: jax.Array  # type: ignore[assignment]
     mean: jax.Array
     m2: jax.Array
     unit: jax.Array
@@ -1171,7 +1175,7 @@ def optimise(setup: Setup, flat_params: jax.Array, opt_state: Any, unravel: Any,
     opt = optimizer(setup, hp)
     loss = lambda flat, batch, normalize: loss_fn(setup, unravel(flat), batch, hp,
                                                   normalize=normalize)
-    time_major = config.episodic or NETWORKS[config.network].time_major
+    time_major = config.episodic or NETWORKS[cast(str, config.network)].time_major
     axis = 1 if time_major else 0
     size = data[1].shape[axis]  # the envs (or sequences), else the samples
     mb = size // config.num_minibatches
@@ -1200,14 +1204,14 @@ def optimise(setup: Setup, flat_params: jax.Array, opt_state: Any, unravel: Any,
         step = lambda carry, batch: minibatch(carry, batch, first)
         return jax.lax.scan(step, carry, jax.tree.map(split, shuffled))
 
-    perms = permutations(key, config.update_epochs, size)
-    gradients = config.telemetry and config.num_minibatches > 1
+    perms = permutations(key, cast(int, config.update_epochs), size)
+    gradients = config.telemetry and cast(int, config.num_minibatches) > 1
     moments = gradient_moments(flat_params.size) if gradients else None
     first = jnp.arange(config.update_epochs) == 0 if gradients else None
     (flat_params, opt_state, moments), metrics = jax.lax.scan(
         epoch, (flat_params, opt_state, moments), (perms, first))
     if gradients:
-        metrics.update(gradient_telemetry(moments))
+        metrics.update(gradient_telemetry(cast(GradientMoments, moments)))
     return flat_params, opt_state, metrics
 
 
@@ -1262,12 +1266,13 @@ def _correction_metrics(setup: Setup, batch: Batch, mask: jax.Array | None,
     if batch.is_weight is not None:
         name = "tis_weight" if config.correction == ("tis",) else "is_weight"
         metrics[name] = mean(batch.is_weight)
-    dropped = None
-    if {"token_mis", "seq_mis"} & set(config.correction):
-        dropped = batch.is_weight == 0
+    dropped: jax.Array | None = None
+    if {"token_mis", "seq_mis"} & set(cast(tuple[str, ...], config.correction)):
+        dropped = cast(jax.Array, batch.is_weight) == 0
     if setup.algorithm.behaviour_loss:
-        kept = correction_weights(("token_mis",), log_prob, batch.behaviour_log_prob,
-                                  mis_range=(1.0 / hp.icepop_alpha, hp.icepop_alpha)) > 0
+        kept = cast(jax.Array, correction_weights(
+            ("token_mis",), log_prob, cast(jax.Array, batch.behaviour_log_prob),
+            mis_range=(1.0 / hp.icepop_alpha, hp.icepop_alpha))) > 0
         dropped = ~kept if dropped is None else dropped | ~kept
     if dropped is not None:
         metrics["masked_fraction"] = mean(dropped.astype(log_prob.dtype))
@@ -1291,18 +1296,19 @@ def update(setup: Setup, state: TrainState, hp: HParams) -> tuple[TrainState, di
     advantages, targets = estimate(setup, batch.traj, hp, batch.mask, batch.greedy_returns)
     mask, kept = batch.mask, None
     if config.dynamic_sampling:
-        mask, kept = informative_mask(batch.traj.reward, mask, config.group_size)
+        mask, kept = informative_mask(batch.traj.reward, cast(jax.Array, mask), config.group_size)
     if batch.is_weight is not None:
         advantages = advantages * batch.is_weight
     if config.value_warmup:  # the critic learns alone first: no policy, entropy or KL term
         on = (state.update >= config.value_warmup).astype(advantages.dtype)
         advantages = advantages * on
-        hp = hp.replace(ent_coef=hp.ent_coef * on, kl_coef=hp.kl_coef * on)
+        # flax.struct.dataclass adds replace(), which flax's types do not declare
+        hp = hp.replace(ent_coef=hp.ent_coef * on, kl_coef=hp.kl_coef * on)  # type: ignore[attr-defined]
     extras = None  # a loss that corrects the mismatch itself reads the sampler's log-probs
     if setup.algorithm.behaviour_loss and batch.behaviour_log_prob is not None:
         extras = {"behaviour_log_prob": batch.behaviour_log_prob}
     data = (batch.traj._replace(extras=extras), advantages, targets, mask, batch.ref_log_prob)
-    sequences = NETWORKS[config.network].sequences
+    sequences = NETWORKS[cast(str, config.network)].sequences
     if sequences is not None:  # e.g. a GRU's: whole sequences, each from its stored state
         data = sequences(data, config)
     elif not config.episodic:  # steps are independent: one flat batch
@@ -1328,7 +1334,8 @@ def update(setup: Setup, state: TrainState, hp: HParams) -> tuple[TrainState, di
         env_state=batch.rollout.env_state,
         obs=batch.rollout.obs,
         obs_stats=obs_stats,
-        reward_scaler=batch.rollout.reward_scaler if config.scale_rewards else state.reward_scaler,
+        reward_scaler=(cast(RewardScaler, batch.rollout.reward_scaler) if config.scale_rewards
+                       else state.reward_scaler),
         key=key,
         update=state.update + 1,
         ref_params=state.ref_params,
@@ -1337,7 +1344,8 @@ def update(setup: Setup, state: TrainState, hp: HParams) -> tuple[TrainState, di
     return new_state, metrics
 
 
-def run(setup: Setup, state: TrainState, hp: HParams, num_updates: int, start: Any = 0):
+def run(setup: Setup, state: TrainState, hp: HParams, num_updates: int,
+        start: Any = 0) -> tuple[TrainState, dict[str, jax.Array]]:
     """``num_updates`` (static) updates from ``state`` as one ``lax.scan``; metrics gain a
     leading ``[num_updates]`` axis.
 
@@ -1382,7 +1390,7 @@ def greedy_evaluation(setup: Setup, state: TrainState) -> dict[str, jax.Array]:
     return {"eval_return": mean(episodes.returns), "eval_length": mean(episodes.lengths)}
 
 
-def train(setup: Setup, key: jax.Array, hp: HParams):
+def train(setup: Setup, key: jax.Array, hp: HParams) -> tuple[TrainState, dict[str, jax.Array]]:
     """The whole run: ``run(init(key, hp), hp, config.num_updates)``."""
     hp = hp.validate()
     return run(setup, init(setup, key, hp), hp, setup.config.num_updates)
@@ -1409,7 +1417,9 @@ def make_trainer(config: TrainConfig) -> Trainer:
                    env=setup.env, env_params=setup.env_params)
 
 
-def make_train(config: TrainConfig):
+def make_train(
+    config: TrainConfig,
+) -> Callable[[jax.Array, HParams], tuple[TrainState, dict[str, jax.Array]]]:
     """``train(key, hparams) -> (TrainState, metrics)``: the whole run as one pure function.
 
     ``metrics`` maps names to ``[num_updates]`` arrays: ``episode_return`` and

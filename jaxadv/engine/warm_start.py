@@ -29,7 +29,8 @@ def demonstrations(key: jax.Array, env: Any, env_params: Any, num: int) -> tuple
     ``env`` (wrapped or not) must be a token environment with ``demonstration()``
     (:func:`~jaxadv.envs.token.check_token_env`), else ``ValueError``.
     """
-    raw = check_token_env(env, demonstration=True)
+    # a gymnax environment: the TokenEnv protocol names only the token members
+    raw: Any = check_token_env(env, demonstration=True)
     _, states = jax.vmap(raw.reset, in_axes=(0, None))(jax.random.split(key, num), env_params)
     return jax.vmap(raw.demonstration)(states)
 

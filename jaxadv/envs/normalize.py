@@ -45,7 +45,8 @@ class RunningMeanStd(NamedTuple):
 
     mean: Array
     var: Array
-    count: Array
+    # mypy takes a field named like tuple.count for an override of the method
+    count: Array  # type: ignore[assignment]
 
 
 def running_mean_std_init(shape: tuple[int, ...] = ()) -> RunningMeanStd:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import gymnax
 import numpy as np
@@ -100,8 +100,8 @@ def make(name: str, *, flatten_obs: bool = True, **env_kwargs: Any) -> tuple[Any
     else:
         factory = _CUSTOM.get(name, lambda **kw: gymnax.make(name, **kw))
     env, env_params = factory(**env_kwargs)
-    env = EpisodeStatisticsWrapper(FloatObservationWrapper(env, flatten=flatten_obs))
-    return env, env_params
+    wrapped = EpisodeStatisticsWrapper(FloatObservationWrapper(env, flatten=flatten_obs))
+    return wrapped, env_params
 
 
 class EnvSpec(NamedTuple):
@@ -158,7 +158,7 @@ def env_spec(env: Any, env_params: Any = None) -> EnvSpec:
         env_params = env.default_params
     obs_space = env.observation_space(env_params)
     if isinstance(obs_space, spaces.Discrete):
-        obs_shape = (int(obs_space.n),)
+        obs_shape: tuple[int, ...] = (int(obs_space.n),)
     elif isinstance(obs_space, spaces.Box):
         obs_shape = tuple(int(d) for d in obs_space.shape)
     else:
@@ -168,7 +168,7 @@ def env_spec(env: Any, env_params: Any = None) -> EnvSpec:
         )
     obs_dim = int(np.prod(obs_shape))
     raw_space = getattr(env, "unwrapped", env).observation_space(env_params)
-    image_shape = (tuple(int(d) for d in raw_space.shape)
+    image_shape = (cast("tuple[int, int, int]", tuple(int(d) for d in raw_space.shape))
                    if isinstance(raw_space, spaces.Box) and len(raw_space.shape) == 3 else None)
 
     action_space = env.action_space(env_params)

@@ -46,9 +46,10 @@ class TabularState(environment.EnvState):
 class TabularParams(environment.EnvParams):
     """The MDP as arrays: ``transitions [S, A, S]``, ``rewards [S, A]``, ``initial [S]``."""
 
-    transitions: jax.Array = None
-    rewards: jax.Array = None
-    initial: jax.Array = None
+    # gymnax's EnvParams gives its fields defaults, so these need one; every instance sets all three
+    transitions: jax.Array = None  # type: ignore[assignment]
+    rewards: jax.Array = None  # type: ignore[assignment]
+    initial: jax.Array = None  # type: ignore[assignment]
 
 
 class TabularEnv(environment.Environment[TabularState, TabularParams]):

@@ -109,6 +109,7 @@ class FloatObservationWrapper(_Wrapper):
                 f"`flatten` must be True or False, got {flatten!r}"
             )
         self._flatten = flatten
+        self._num_categories: int | None
         space = env.observation_space(env.default_params)
         if isinstance(space, spaces.Discrete):
             self._num_categories = int(space.n)

@@ -21,7 +21,7 @@ per layer.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import flax.linen as nn
 import jax
@@ -193,6 +193,7 @@ def gru_state(w_i: jax.Array, b_i: jax.Array, w_h: jax.Array, b_hn: jax.Array, h
     beforehand (for a whole sequence at once)."""
     size = h.shape[-1]
     if gx is None:
+        x = cast(jax.Array, x)  # given where gx is not
         gx = x @ w_i + _bias(b_i, x.ndim)  # [*B, 3H]
     gh = h @ w_h  # [*B, 3H]
     r = jax.nn.sigmoid(gx[..., :size] + gh[..., :size])
@@ -373,6 +374,7 @@ def make_network(
     if recurrent and (image_shape is not None or shared_torso or not hidden):
         raise ValueError("a recurrent network has one dense torso and no convolution, and "
                          "needs at least one hidden width (the GRU's)")
+    module: nn.Module
     if recurrent:
         module = RecurrentActorCritic(num_outputs, discrete, tuple(hidden), activation, q_critic)
     else:
@@ -394,7 +396,8 @@ def make_network(
         return jax.tree.unflatten(treedef, values)
 
     if not recurrent:
-        return Network(init=init, apply=module.apply)
+        # flax types apply's result as maybe (out, state), which it is only with mutable=
+        return Network(init=init, apply=module.apply)  # type: ignore[arg-type]
 
     def apply(params: Params, obs: jax.Array):
         raise TypeError("a recurrent network's policy depends on its hidden state: use "

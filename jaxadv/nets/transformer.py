@@ -257,8 +257,9 @@ def make_transformer(
     )
     return TransformerNetwork(
         init=module.init,
-        apply=module.apply,
-        apply_all=lambda params, tokens: module.apply(
+        # flax types apply's result as maybe (out, state), which it is only with mutable=
+        apply=module.apply,  # type: ignore[arg-type]
+        apply_all=lambda params, tokens: module.apply(  # type: ignore[arg-type, return-value]
             params, tokens, method=TransformerPolicy.all_positions
         ),
     )

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -136,7 +136,7 @@ def spec_forms() -> tuple[str, ...]:
     :func:`measurable_estimators`: its name, with ``:LAMBDA`` or ``:N`` for a row whose
     ``param`` is ``λ`` or ``n`` (e.g. ``"gae:LAMBDA"``, ``"td"``)."""
     return tuple(name if ESTIMATORS[name].param is None
-                 else f"{name}:{_PARAM_METAVARS[ESTIMATORS[name].param]}"
+                 else f"{name}:{_PARAM_METAVARS[cast(str, ESTIMATORS[name].param)]}"
                  for name in measurable_estimators())
 
 
@@ -459,11 +459,12 @@ def critic_values(
     if name == "noisy":
         e = jax.random.normal(key, v.shape)
         rms = lambda u: jnp.sqrt(jnp.mean(u * u))
-        return v + arg * rms(v) * e / rms(e)
+        return v + cast(float, arg) * rms(v) * e / rms(e)
     env, env_params = make("Tabular-v0", mdp=mdp, max_steps=horizon)
     policy_fn, critic_fn = _tabular_fns()
     key_reset, key_roll = jax.random.split(key)
-    obs, state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(key_reset, arg), env_params)
+    num = cast(int, arg)  # fitted:K
+    obs, state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(key_reset, num), env_params)
     apply_fn = lambda p, x: (policy_fn(p, x), critic_fn(jnp.zeros_like(v), x))
     traj = rollout(key_roll, logits, state, obs, None, None, apply_fn=apply_fn,
                           policy=make_policy(True, logits.shape[1]), env=env,

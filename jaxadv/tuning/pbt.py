@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -27,8 +27,10 @@ import numpy as np
 from jaxadv.engine.sweep import LogUniform, Uniform, _stacked_hparams, expand_grid
 from jaxadv.engine.train import HPARAM_SPECS, HParams, TrainConfig, TrainState, make_trainer
 
-__all__ = ["COPIED", "VALID", "PBTResult", "PBTSettings", "exploit_explore",
+__all__ = ["COPIED", "VALID", "PBTResult", "PBTSettings", "exploit_explore", "policy_rows",
            "population_based_training", "rank"]
+
+_Pairs = tuple[tuple[str, tuple[float, float]], ...]  # PBTSettings.ranges after __post_init__
 
 COPIED = ("params", "opt_state", "obs_stats", "reward_scaler", "ref_params")
 """The :class:`~jaxadv.engine.train.TrainState` fields a member takes from its donor."""
@@ -61,7 +63,7 @@ class PBTSettings:
         if not 0.0 <= self.resample <= 1.0:
             raise ValueError(f"`pbt.resample` must be in [0, 1], got {self.resample!r}")
         names = {f.name for f in dataclasses.fields(HParams)}
-        for field, (low, high) in self.ranges:
+        for field, (low, high) in cast(_Pairs, self.ranges):
             if field not in names:
                 raise ValueError(f"`pbt`: {field!r} is not an HParams field")
             if not low < high:
@@ -107,7 +109,7 @@ def exploit_explore(key: jax.Array, fitness: jax.Array, state: TrainState, hp: H
     state = state._replace(**{f: jax.tree.map(take, getattr(state, f)) for f in COPIED
                               if getattr(state, f) is not None})
     changes: dict[str, Any] = {}
-    for i, (field, _) in enumerate(settings.ranges):
+    for i, (field, _) in enumerate(cast(_Pairs, settings.ranges)):
         value = getattr(hp, field)[parent]
         explored = _explore(jax.random.fold_in(k_explore, i), value, field, settings)
         changes[field] = jnp.where(copied, explored, getattr(hp, field))
@@ -141,6 +143,14 @@ class PBTResult:
         return path[::-1]
 
 
+def policy_rows(state: TrainState, rows: Any) -> tuple[np.ndarray, ...]:
+    """The leaves (``jax.tree.leaves``) of the final ``(params, obs_stats)`` of the runs
+    ``rows`` of a stacked ``state``, ``[len(rows), ...]`` each: a search's pick as
+    ``jaxadv eval DIR --point best`` restores it (the leaves a sweep's chunks keep)."""
+    rows = np.atleast_1d(np.asarray(rows))
+    return tuple(np.asarray(x)[rows] for x in jax.tree.leaves((state.params, state.obs_stats)))
+
+
 def _fitness(returns: jax.Array, episodes: jax.Array) -> jax.Array:
     """Mean return of the episodes that ended in an interval (``[M, k]`` each): NaN if none."""
     total = jnp.sum(jnp.where(episodes > 0, jnp.nan_to_num(returns) * episodes, 0.0), axis=1)
@@ -159,12 +169,12 @@ def population_based_training(config: TrainConfig, settings: PBTSettings, popula
                          f"{config.num_updates} updates")
     key = jax.random.key(0) if key is None else key
     grid = {f: (LogUniform if f in settings.log_uniform else Uniform)(lo, hi)
-            for f, (lo, hi) in settings.ranges}
+            for f, (lo, hi) in cast(_Pairs, settings.ranges)}
     points = expand_grid(grid, num_samples=population, key=jax.random.fold_in(key, 1))
     hp = _stacked_hparams([p for p in points for _ in range(seeds)],
                           (hparams or HParams()).validate())
     trainer, intervals = make_trainer(config), config.num_updates // interval
-    fields = [f for f, _ in settings.ranges]
+    fields = [f for f, _ in cast(_Pairs, settings.ranges)]
 
     @jax.jit
     def program(key, hp):
