@@ -126,27 +126,35 @@ _MASKING = ("token_mis", "seq_mis")
 class Behaviour(NamedTuple):
     """Who drew the samples: ``name`` (a label), ``params`` and ``apply_all`` of ``π_b``
     (``precision`` = ``"bfloat16"`` rounds its logits to bfloat16, then ``temperature``
-    divides them)."""
+    divides them; inside ``jax.jit`` ``precision`` may also be a boolean scalar array,
+    ``True`` for bfloat16)."""
 
     name: str
     params: Any
     apply_all: ApplyAll
     temperature: float = 1.0
-    precision: str = "float32"
+    precision: Any = "float32"
 
 
-def _sampler(apply_all: ApplyAll, temperature: Any, precision: str = "float32") -> ApplyAll:
-    """``apply_all`` of the sampler: logits rounded to ``precision``, then divided by
+def _sampler(apply_all: ApplyAll, temperature: Any, precision: Any = "float32") -> ApplyAll:
+    """``apply_all`` of the sampler: logits rounded to ``precision`` (``"float32"``,
+    ``"bfloat16"``, or a boolean scalar array: bfloat16 where ``True``), then divided by
     ``temperature`` (a number or a traced scalar); ``apply_all`` itself at 1, float32."""
-    if precision not in ("float32", "bfloat16"):
+    traced = not isinstance(precision, str)
+    if not traced and precision not in ("float32", "bfloat16"):
         raise ValueError(f"`precision` must be 'float32' or 'bfloat16', got {precision!r}")
-    if isinstance(temperature, int | float) and temperature == 1.0 and precision == "float32":
+    if isinstance(temperature, int | float) and temperature == 1.0 and (
+            not traced and precision == "float32"):
         return apply_all
 
     def apply(params, rows):
         logits, values = apply_all(params, rows)
-        if precision == "bfloat16":  # an inference engine's logits: rounded to nearest even
-            logits = logits.astype(jnp.bfloat16).astype(logits.dtype)
+        # an inference engine's logits: rounded to nearest even
+        rounded = lambda: logits.astype(jnp.bfloat16).astype(logits.dtype)
+        if traced:
+            logits = jnp.where(precision, rounded(), logits)
+        elif precision == "bfloat16":
+            logits = rounded()
         return logits / temperature, values
 
     return apply
@@ -347,23 +355,31 @@ def _mean_token_kl(behaviour: Behaviour, params: Any, apply_all: ApplyAll, env: 
 
 
 @functools.lru_cache(maxsize=8)
+def _exact_gradient_fn(apply_all: ApplyAll, env: Any) -> Callable:
+    """The jitted ``∇J`` ``(θ, prompts)`` of :func:`objective_report` (one compile for
+    every call with the same network and task)."""
+    return jax.jit(lambda p, prompts: exact_gradient(p, apply_all, env, prompts))
+
+
+@functools.lru_cache(maxsize=8)
 def _compiled(apply_all: ApplyAll, apply_b: ApplyAll, env: Any, objectives: tuple[str, ...],
-              precision: str, group_size: int, num_prompts: int, num_batches: int,
+              group_size: int, num_prompts: int, num_batches: int,
               devices: int | None) -> tuple[Callable, Callable, Callable]:
-    """The jitted population gradients ``(θ, θ_b, prompts, temperature)``, sampled
-    estimates ``(key, θ, θ_b, prompts, temperature)`` and per-token KL ``(θ, θ_b, prompts,
-    temperature)`` of :func:`objective_report`, the temperature traced: one compile serves
-    every behaviour setting of one ``precision`` (the settings of ``jaxadv variance
-    --objectives`` call it once each)."""
-    behaviour = lambda bp, temperature: Behaviour("", bp, apply_b, temperature, precision)
-    pop = jax.jit(lambda p, bp, prompts, temperature: population_gradients_and_masks(
-        p, apply_all, env, prompts, behaviour(bp, temperature), objectives))
-    sample = jax.jit(lambda k, p, bp, prompts, temperature: sample_objective_gradients(
-        k, p, apply_all, env, prompts, behaviour(bp, temperature), objectives=objectives,
+    """The jitted population gradients ``(θ, θ_b, prompts, temperature, bf16)``, sampled
+    estimates ``(key, θ, θ_b, prompts, temperature, bf16)`` and per-token KL ``(θ, θ_b,
+    prompts, temperature, bf16)`` of :func:`objective_report`, the temperature and the
+    sampler's precision traced (``bf16``: a boolean scalar): one compile serves every
+    behaviour setting (the five settings of ``jaxadv variance --objectives`` call it once
+    each)."""
+    behaviour = lambda bp, temperature, bf16: Behaviour("", bp, apply_b, temperature, bf16)
+    pop = jax.jit(lambda p, bp, prompts, temperature, bf16: population_gradients_and_masks(
+        p, apply_all, env, prompts, behaviour(bp, temperature, bf16), objectives))
+    sample = jax.jit(lambda k, p, bp, prompts, temperature, bf16: sample_objective_gradients(
+        k, p, apply_all, env, prompts, behaviour(bp, temperature, bf16), objectives=objectives,
         group_size=group_size, num_prompts=num_prompts, num_batches=num_batches,
         devices=devices))
-    kl = jax.jit(lambda p, bp, prompts, temperature: _mean_token_kl(
-        behaviour(bp, temperature), p, apply_all, env, prompts))
+    kl = jax.jit(lambda p, bp, prompts, temperature, bf16: _mean_token_kl(
+        behaviour(bp, temperature, bf16), p, apply_all, env, prompts))
     return pop, sample, kl
 
 
@@ -382,18 +398,20 @@ def objective_report(key: jax.Array, params: Any, apply_all: ApplyAll, env: Any,
     for name in objectives:
         if name not in OBJECTIVES:
             raise ValueError(f"`objectives`: {name!r} is not one of {', '.join(OBJECTIVES)}")
-    truth = np.asarray(jax.jit(lambda p: exact_gradient(p, apply_all, env, prompts))(params),
-                       np.float64)
+    for behaviour in behaviours:
+        _sampler(behaviour.apply_all, 1.0, behaviour.precision)  # refuses another precision
+    truth = np.asarray(_exact_gradient_fn(apply_all, env)(params, prompts), np.float64)
     rows = []
     for i, behaviour in enumerate(behaviours):
         pop, sample, token_kl = _compiled(apply_all, behaviour.apply_all, env, tuple(objectives),
-                                behaviour.precision, group_size, num_prompts, num_batches, devices)
-        temperature = jnp.asarray(behaviour.temperature, jnp.float32)
+                                          group_size, num_prompts, num_batches, devices)
+        setting = (prompts, jnp.asarray(behaviour.temperature, jnp.float32),
+                   jnp.asarray(behaviour.precision == "bfloat16"))
         grads, clipped, masked = (np.asarray(a, np.float64) for a in pop(
-            params, behaviour.params, prompts, temperature))
+            params, behaviour.params, *setting))
         estimates = np.asarray(sample(jax.random.fold_in(key, i), params, behaviour.params,
-                                      prompts, temperature), np.float64)
-        kl = float(token_kl(params, behaviour.params, prompts, temperature))
+                                      *setting), np.float64)
+        kl = float(token_kl(params, behaviour.params, *setting))
         for o, name in enumerate(objectives):
             exact = _exact_row(grads[o], truth)
             scale = float(np.linalg.norm(grads[o]) / np.linalg.norm(truth))  # > 0: signs kept
