@@ -67,7 +67,7 @@ api_groups = {  # the package's layers, bottom up (jaxadv/__init__.py)
         "jaxadv.engine.architectures", "jaxadv.engine.train", "jaxadv.engine.rollout",
         "jaxadv.engine.warm_start", "jaxadv.engine.driver", "jaxadv.engine.metrics",
         "jaxadv.engine.checkpoint", "jaxadv.engine.sweep", "jaxadv.engine.evaluate",
-        "jaxadv.engine.devices",
+        "jaxadv.engine.devices", "jaxadv.engine.policies",
     ],
     "Search": ["jaxadv.tuning", "jaxadv.tuning.halving", "jaxadv.tuning.pbt",
                "jaxadv.tuning.replay", "jaxadv.tuning.selection"],

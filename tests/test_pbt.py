@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxadv.engine.policies import load_policies
 from jaxadv.engine.train import HParams, TrainConfig, make_train, make_trainer
 from jaxadv.stats import final_returns
 from jaxadv.tuning.pbt import COPIED, PBTSettings, exploit_explore, rank
@@ -156,6 +157,9 @@ def test_a_replayed_schedule_is_the_lineages_and_an_uncopied_member_replays_bitw
         replay(TINY, [{"lr": np.ones(5)}], 3, own)
 
 
+TINY_192 = TrainConfig(algo="a2c", num_envs=2, num_steps=8, total_timesteps=192, hidden=(8,))
+
+
 def test_the_pbt_command_and_its_refusals(tmp_path, capsys):
     from jaxadv import cli
 
@@ -177,16 +181,27 @@ def test_the_pbt_command_and_its_refusals(tmp_path, capsys):
     lr_in = {(int(r[0]), int(r[2])): float(r[5]) for r in (line.split(",") for line in rows[1:])}
     assert selection[0]["point"]["schedule"]["lr"] == pytest.approx(
         [lr_in[i, m] for i, m in enumerate(summary["best"]["lineage"])], rel=1e-6)
+    # the best member's final policy (best.npz), which eval restores: for this seed its
+    # lineage never copied, so it is a run of its lr alone on its own seed (to float32
+    # rounding: the population is one program, which XLA fuses its own way)
+    best = summary["best"]
+    assert best["lineage"] == [best["member"]] * 3
+    state, _ = jax.jit(jax.vmap(make_train(TINY_192), (0, None)))(
+        jax.random.split(jax.random.key(0), 1), HParams(lr=np.float32(best["hparams"]["lr"])))
+    for a, b in zip(load_policies(out / "best.npz"),
+                    jax.tree.leaves((state.params, state.obs_stats)), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-8)
+    assert cli.main(["eval", str(out), "--point", "best", "--episodes", "2", "--quiet"]) == 0
+    record = json.loads((out / "eval" / "best" / "eval.json").read_text())
+    assert len(record["per_seed"]) == 1 and record["checkpoint"]["update"] == 12
     for row in selection:
         m, lrs = row["index"], row["point"]["schedule"]["lr"]
         assert row["point"]["member"] == m and len(lrs) == 3
         assert len(row["selected"]["per_seed"]) == 1 and len(row["fresh"]["per_seed"]) == 2
         assert row["optimism_gap"]["value"] == row["selected"]["iqm"] - row["fresh"]["iqm"]
         if len(set(lrs)) == 1:
-            config = TrainConfig(algo="a2c", num_envs=2, num_steps=8, total_timesteps=192,
-                                 hidden=(8,))
             keys = jax.random.split(jax.random.fold_in(jax.random.key(0), 2), 2)
-            _, metrics = jax.jit(jax.vmap(make_train(config), (0, None)))(
+            _, metrics = jax.jit(jax.vmap(make_train(TINY_192), (0, None)))(
                 keys, HParams(lr=np.float32(lrs[0])))
             alone = final_returns(np.asarray(metrics["episode_return"]), np.asarray(metrics["episodes"]))
             np.testing.assert_array_equal(row["fresh"]["per_seed"], alone)

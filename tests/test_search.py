@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from jaxadv import cli
+from jaxadv.engine.policies import load_policies
 from jaxadv.engine.sweep import expand_grid
 from jaxadv.engine.train import HParams, TrainConfig, make_train
 from jaxadv.tuning.halving import halving_loop, rung_budgets, successive_halving
@@ -107,7 +108,23 @@ def test_the_command_writes_the_search_and_refuses_what_it_cannot_search(tmp_pat
     rows = (out / "search.csv").read_text().splitlines()
     assert rows[0] == "rung,updates,env_steps,point,lr,fitness,kept" and len(rows) == 1 + 7
     assert (out / "search.png").read_bytes()[:4] == b"\x89PNG"
+    # the pick's final policies (best.npz) are its run trained in one go, and eval finds them
+    pick = summary["best"]["index"]
+    assert summary["rungs"][-1]["points"] == [pick]
+    state, _ = jax.jit(jax.vmap(make_train(TINY), (0, None)))(
+        jax.random.split(jax.random.key(0), 2), HParams(lr=np.float32(summary["best"]["point"]["lr"])))
+    saved = load_policies(out / "best.npz")
+    for a, b in zip(saved, jax.tree.leaves((state.params, state.obs_stats)), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert cli.main(["eval", str(out), "--point", "best", "--episodes", "2", "--quiet"]) == 0
+    record = json.loads((out / "eval" / "best" / "eval.json").read_text())
+    assert len(record["per_seed"]) == 2 and record["checkpoint"]["update"] == 12
     capsys.readouterr()
+    (out / "best.npz").unlink()
+    assert cli.main(["eval", str(out), "--point", "best", "--overwrite", "--quiet"]) == 2
+    assert "best.npz holds no saved policies" in capsys.readouterr().err
+    assert cli.main(["eval", str(tmp_path), "--point", "best", "--quiet"]) == 2
+    assert "holds no finished sweep's summary.json" in capsys.readouterr().err
     for flags, words in [
         (["--grid.num-envs", "2", "4"], "num_envs cannot be searched with --search halving"),
         (["--grid.lr", "1e-3", "--halving.eta", "1"], "`halving.eta` must be an integer >= 2"),

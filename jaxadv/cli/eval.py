@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 import os
 import pathlib
@@ -38,8 +39,9 @@ from jaxadv.engine.checkpoint import SweepChunks
 from jaxadv.engine.driver import RunStopped
 from jaxadv.engine.evaluate import RunCheckpoint, episode_states, evaluate, load_run
 from jaxadv.engine.metrics import platform_info
+from jaxadv.engine.policies import load_policies, restore_policies
 from jaxadv.engine.sweep import sweep_point
-from jaxadv.engine.train import Setup, init, make_setup
+from jaxadv.engine.train import HParams, Setup, TrainConfig, make_setup
 from jaxadv.envs import normalize_obs
 from jaxadv.stats import t_quantile_975
 from jaxadv.validate import check_positive, check_seed, positive_int
@@ -56,8 +58,8 @@ class EvalArgs:
 
     run_dir: Annotated[pathlib.Path, tyro.conf.Positional]
     """the run's (or the sweep's) --out directory."""
-    point: int | None = None
-    """DIR is a jaxadv sweep's: evaluate this point's final policies, one per seed (the point column of sweep.csv)."""
+    point: int | Literal["best"] | None = None
+    """DIR is a jaxadv sweep's: evaluate this point's final policies, one per seed (the point column of sweep.csv); best: the sweep's best point, a halving search's pick (its seeds) or a PBT search's best member (its final hyperparameters)."""
     episodes: int = 100
     """fresh evaluation episodes per seed."""
     policy: Literal["greedy", "sample"] = "greedy"
@@ -83,7 +85,8 @@ class EvalArgs:
         """Where ``eval.json`` goes: ``--out``, else ``DIR/eval`` (a point's: ``DIR/eval/point<P>``)."""
         if self.out is not None:
             return self.out
-        return self.run_dir / "eval" / ("" if self.point is None else f"point{self.point}")
+        where = "" if self.point is None else "best" if self.point == "best" else f"point{self.point}"
+        return self.run_dir / "eval" / where
 
     def check(self) -> EvalArgs:
         """Refuse a bad value with a ``ValueError`` naming the field; compiles nothing."""
@@ -91,7 +94,7 @@ class EvalArgs:
         positive_int("episodes", self.episodes)
         positive_int("render_episodes", self.render_episodes)
         check_positive(self, "max_steps", "frame_every")
-        if self.point is not None:
+        if self.point not in (None, "best"):
             positive_int("point", self.point, minimum=0)
         if not self.run_dir.is_dir():
             raise ValueError(f"`run_dir` {str(self.run_dir)!r} is not a directory")
@@ -145,6 +148,8 @@ def _evaluate_run(args: EvalArgs) -> dict[str, Any]:
     console = Console(stderr=True, quiet=args.quiet)
     if args.point is None:  # a damaged checkpoint's warning, even with --quiet
         run = load_run(args.run_dir, warn=lambda message: print(message, file=sys.stderr))
+    elif args.point == "best":
+        run = load_best(args.run_dir)
     else:
         run = load_sweep_point(args.run_dir, args.point)
     if args.render is not None:
@@ -210,19 +215,44 @@ def load_sweep_point(run_dir: pathlib.Path, point: int) -> RunCheckpoint:
     if not rows.final:
         raise ValueError(f"`run_dir`: the chunks of {run_dir} hold no parameters (saved by a "
                          "jaxadv that did not keep them); run the sweep again to evaluate it")
-    setup = make_setup(where.config)
     keys = jax.random.split(jax.random.key(stored.seed), stored.seeds)
-    state = jax.jit(jax.vmap(lambda k: init(setup, k, where.hparams)))(keys)
-    final = (state.params, state.obs_stats)
-    leaves = jax.tree.leaves(final)
-    if [np.shape(x) for x in rows.final] != [np.shape(x) for x in leaves]:
+    try:
+        state = restore_policies(where.config, where.hparams, keys, rows.final)
+    except ValueError:
         raise ValueError(f"`run_dir`: the saved parameters of point {point} do not fit its "
-                         "network")
-    params, obs_stats = jax.tree.unflatten(jax.tree.structure(final),
-                                           [jnp.asarray(x) for x in rows.final])
-    state = state._replace(params=params, obs_stats=obs_stats)
+                         "network") from None
     return RunCheckpoint(where.config, where.hparams, stored.seed, stored.seeds, state,
                          where.config.num_updates)
+
+
+def load_best(run_dir: pathlib.Path) -> RunCheckpoint:
+    """A sweep's pick as a :class:`RunCheckpoint` (``update``: the run's last), from its
+    ``summary.json``: a grid or random sweep's best point (:func:`load_sweep_point`); a
+    halving search's pick on its seeds, or a PBT search's best member with its final
+    hyperparameters, from the ``best.npz`` the search wrote
+    (:func:`~jaxadv.engine.policies.save_policies`)."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+        search, best = summary.get("search", "grid"), summary["best"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"`point`: {str(run_dir)!r} holds no finished sweep's summary.json "
+                         f"({type(exc).__name__}: {exc})") from None
+    if search == "grid":
+        return load_sweep_point(run_dir, int(best["index"]))
+    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v
+                              for k, v in summary["train_config"].items()}
+    config, seed, seeds = TrainConfig(**fields), int(summary["seed"]), int(summary["seeds"])
+    keys = jax.random.split(jax.random.key(seed), seeds)
+    if search == "pbt":  # member m is draw m // seeds on seed m % seeds
+        changes, keys = best["hparams"], keys[best["member"] % seeds][None]
+    else:
+        changes = best["point"]
+    hp = dataclasses.replace(HParams(**summary["hparams"]), **changes)
+    try:
+        state = restore_policies(config, hp, keys, load_policies(run_dir / "best.npz"))
+    except ValueError as exc:
+        raise ValueError(f"`run_dir`: {exc}") from None
+    return RunCheckpoint(config, hp, seed, len(keys), state, config.num_updates)
 
 
 def _table(record: dict[str, Any]) -> Table:

@@ -48,7 +48,7 @@ _HELD: set[pathlib.Path] = set()  # the directories this process holds locked
 RUN_FILES = (
     "config.json", "sequence.json", "metrics.csv", "summary.json", "returns.png", "reward.png",
     "telemetry.png", "checkpoints", "tb", "wandb", "chunks", "sweep.csv", "sweep.png", "eval",
-    "eval.json",
+    "eval.json", "search.csv", "search.png", "pbt.csv", "pbt.png", "selection.png", "best.npz",
 )
 """What jaxadv's commands write into ``--out``: :func:`remove_run` deletes these and nothing else."""
 

@@ -26,6 +26,7 @@ from jaxadv.cli.outdir import OutputLock, replace_atomically
 from jaxadv.cli.report import _figure, jsonable, plot_selection, save_panel, write_json
 from jaxadv.cli.sweep_args import SweepArgs, prepare_sweep_out
 from jaxadv.engine.metrics import platform_info
+from jaxadv.engine.policies import policy_leaves, save_policies
 from jaxadv.tuning.halving import HalvingResult, Rung, successive_halving
 from jaxadv.tuning.pbt import PBTResult, population_based_training
 from jaxadv.tuning.replay import reevaluate_members
@@ -61,6 +62,7 @@ def pbt_command(args: SweepArgs) -> dict[str, Any]:
             selection = selection_report(population, chosen, fresh)
         summary = summarize_pbt(args, result, config.batch_size, selection)
         write_pbt_csv(out / "pbt.csv", result)
+        save_policies(out / "best.npz", policy_leaves(result.state, summary["best"]["member"]))
         write_json(out / "summary.json", summary)
         plot_pbt(out / "pbt.png", result, config.batch_size,
                  f"PBT · {config.algo} · {config.env} · {members} members")
@@ -75,7 +77,7 @@ def pbt_command(args: SweepArgs) -> dict[str, Any]:
             row = selection[0]
             console.print(f"member {row['index']}'s schedule on fresh seeds: IQM "
                           f"{row['fresh']['iqm']:.2f} (its own run: {row['selected']['iqm']:.2f})")
-        console.print(f"wrote pbt.csv, summary.json, pbt.png"
+        console.print(f"wrote pbt.csv, best.npz, summary.json, pbt.png"
                       f"{', selection.png' if selection else ''} to {out}/")
         return summary
 
@@ -178,6 +180,9 @@ def _halving(args: SweepArgs) -> dict[str, Any]:
         selection = selection_report(result, chosen, fresh)
     summary = summarize_halving(args, result, selection)
     write_search_csv(out / "search.csv", result, config.batch_size)
+    pick = result.ranking[0]
+    save_policies(out / "best.npz", policy_leaves(
+        result.state, np.arange(pick * args.seeds, (pick + 1) * args.seeds)))
     write_json(out / "summary.json", summary)
     plot_search(out / "search.png", result, config.batch_size,
                 f"successive halving · {config.algo} · {config.env}")
@@ -189,7 +194,7 @@ def _halving(args: SweepArgs) -> dict[str, Any]:
                   f"{best['final_return_mean']:.2f} over {args.seeds} seed(s); "
                   f"{result.env_steps:,} env steps, {result.compiles} compile(s), "
                   f"{result.wall_seconds:.1f} s")
-    console.print(f"wrote search.csv, summary.json, search.png to {out}/")
+    console.print(f"wrote search.csv, best.npz, summary.json, search.png to {out}/")
     return summary
 
 

@@ -97,7 +97,9 @@ class HalvingResult:
     each point's ``returns`` and ``episodes`` ``[seeds, updates it trained]``,
     ``final_return [points, seeds]`` (at the budget each point reached), ``ranking`` (points
     by the last rung they reached, then fitness: the first is the search's pick),
-    ``env_steps`` (all runs together), ``compiles`` and ``wall_seconds``."""
+    ``env_steps`` (all runs together), ``compiles``, ``wall_seconds`` and the final
+    ``state`` of every run (run ``p * seeds + s``: point ``p``, seed ``s``; a point that
+    stopped at a rung keeps its state there)."""
 
     points: list[dict[str, Any]]
     seeds: int
@@ -109,6 +111,7 @@ class HalvingResult:
     env_steps: int
     compiles: int
     wall_seconds: float
+    state: Any = None
 
 
 def successive_halving(
@@ -182,4 +185,4 @@ def successive_halving(
     return HalvingResult(points, seeds, rungs, returns, episodes,
                          np.stack([final_returns(r, e) for r, e in zip(returns, episodes)]),
                          ranking, updates * seeds * config.batch_size, compiles[0],
-                         time.perf_counter() - start)
+                         time.perf_counter() - start, state)

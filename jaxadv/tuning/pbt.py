@@ -27,7 +27,7 @@ import numpy as np
 from jaxadv.engine.sweep import LogUniform, Uniform, _stacked_hparams, expand_grid
 from jaxadv.engine.train import HPARAM_SPECS, HParams, TrainConfig, TrainState, make_trainer
 
-__all__ = ["COPIED", "VALID", "PBTResult", "PBTSettings", "exploit_explore", "policy_rows",
+__all__ = ["COPIED", "VALID", "PBTResult", "PBTSettings", "exploit_explore",
            "population_based_training", "rank"]
 
 _Pairs = tuple[tuple[str, tuple[float, float]], ...]  # PBTSettings.ranges after __post_init__
@@ -141,14 +141,6 @@ class PBTResult:
         for i in range(self.fitness.shape[0] - 2, -1, -1):
             path.append(int(self.parent[i, path[-1]]))
         return path[::-1]
-
-
-def policy_rows(state: TrainState, rows: Any) -> tuple[np.ndarray, ...]:
-    """The leaves (``jax.tree.leaves``) of the final ``(params, obs_stats)`` of the runs
-    ``rows`` of a stacked ``state``, ``[len(rows), ...]`` each: a search's pick as
-    ``jaxadv eval DIR --point best`` restores it (the leaves a sweep's chunks keep)."""
-    rows = np.atleast_1d(np.asarray(rows))
-    return tuple(np.asarray(x)[rows] for x in jax.tree.leaves((state.params, state.obs_stats)))
 
 
 def _fitness(returns: jax.Array, episodes: jax.Array) -> jax.Array:
