@@ -67,8 +67,11 @@ class BraxEnv(environment.Environment):
             from brax import envs as brax_envs
 
             self._env = brax_envs.get_environment(name, backend=backend)
-            with jax.numpy_rank_promotion("allow"):  # observation_size runs a reset
-                self._obs_size = int(self._env.observation_size)
+            # the size of a reset's observation, traced without running it (Brax's
+            # observation_size runs a reset op by op: about 140 small compiles)
+            with jax.numpy_rank_promotion("allow"):
+                first = jax.eval_shape(self._env.reset, jax.ShapeDtypeStruct((2,), jnp.uint32))
+            self._obs_size = int(first.obs.shape[-1])
             self._action_size = int(self._env.action_size)
         self.brax_name, self.backend, self.episode_length = name, backend, episode_length
 
