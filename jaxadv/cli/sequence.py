@@ -347,7 +347,7 @@ def generate(trainer: Any, params: Any, key: jax.Array, num: int, *, greedy: boo
     config = trainer.config
 
     @jax.jit
-    def sample(key):
+    def sample(params, key):  # params an argument: one program before and after training
         key_reset, key_roll = jax.random.split(key)
         obs, state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(key_reset, num), env_params)
         traj = rollout(key_roll, params, state, obs, None, None, apply_fn=trainer.network.apply,
@@ -356,7 +356,7 @@ def generate(trainer: Any, params: Any, key: jax.Array, num: int, *, greedy: boo
         first = jnp.argmax(traj.episode_done, axis=0)  # each env's first episode end
         return traj.extras["final_observation"][first, jnp.arange(num)]
 
-    return [decode_tokens(env, row) for row in np.asarray(sample(key))]
+    return [decode_tokens(env, row) for row in np.asarray(sample(params, key))]
 
 
 def plot_sequence(path: pathlib.Path, samples: np.ndarray, reward: np.ndarray, exact: np.ndarray,
