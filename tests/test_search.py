@@ -88,6 +88,42 @@ def test_a_run_that_goes_on_is_the_same_bits_as_training_it_in_one_go(search):
     assert result.env_steps == 2 * (4 * 3 + 2 * 3 + 1 * 6) * TINY.batch_size
 
 
+def test_a_search_stopped_after_a_rung_resumes_to_the_same_bits(search):
+    """``on_saved`` after the first rung; a search resumed from it (``resume=``) trains
+    only the rungs left and ends as the uninterrupted search: the same rungs, fitness,
+    returns, ranking and final states, bit for bit."""
+    want, _ = search
+
+    class Stop(Exception):
+        pass
+
+    def stop(progress):
+        raise Stop(progress)
+
+    with pytest.raises(Stop) as stopped:
+        successive_halving(TINY, GRID, 2, key=jax.random.key(3), eta=2, min_updates=3,
+                           on_saved=stop)
+    progress = stopped.value.args[0]
+    assert [r.budget for r in progress.rungs] == [3] and sorted(progress.returns) == [0, 1, 2, 3]
+    got = successive_halving(TINY, GRID, 2, key=jax.random.key(3), eta=2, min_updates=3,
+                             resume=progress)
+    assert got.rungs[0] == progress.rungs[0] and len(got.rungs) == 3
+    assert [(r.points, r.kept) for r in got.rungs] == [(r.points, r.kept) for r in want.rungs]
+    for a, b in zip(got.rungs, want.rungs):
+        np.testing.assert_array_equal(a.fitness, b.fitness)  # NaN where no episode ended
+    assert got.ranking == want.ranking and got.env_steps == want.env_steps
+    assert got.compiles == 2  # the two rungs left; the initial states came with the progress
+    for a, b in zip(got.returns + got.episodes, want.returns + want.episodes, strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(jax.tree.leaves(got.state), jax.tree.leaves(want.state), strict=True):
+        a, b = (jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+                else x for x in (a, b))
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(ValueError, match="not the first of this search's"):
+        successive_halving(TINY, GRID, 2, key=jax.random.key(3), eta=3, min_updates=2,
+                           resume=progress)
+
+
 def test_a_search_compiles_once_per_rung_and_once_to_start(search):
     result, compiles = search
     assert len(result.rungs) == 3

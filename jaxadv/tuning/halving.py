@@ -31,7 +31,8 @@ from jaxadv.engine.sweep import LogUniform, Uniform, _stacked_hparams, expand_gr
 from jaxadv.engine.train import HParams, TrainConfig, make_trainer
 from jaxadv.stats import final_returns, seed_mean_std
 
-__all__ = ["HalvingResult", "Rung", "halving_loop", "rung_budgets", "successive_halving"]
+__all__ = ["HalvingProgress", "HalvingResult", "Rung", "halving_loop", "rung_budgets",
+           "successive_halving"]
 
 _HPARAM_FIELDS = tuple(f.name for f in dataclasses.fields(HParams))
 
@@ -70,13 +71,22 @@ class Rung:
 
 def halving_loop(num_points: int, budgets: Sequence[int], eta: int,
                  train: Callable[[list[int], int, int], np.ndarray],
-                 on_rung: Callable[[Rung], None] | None = None) -> list[Rung]:
+                 on_rung: Callable[[Rung], None] | None = None,
+                 done_rungs: Sequence[Rung] = ()) -> list[Rung]:
     """The successive-halving schedule: ``train(points, updates, budget)`` trains the listed
     points ``updates`` more updates (to ``budget`` in all) and returns their fitness; after
     each rung but the last, the best ``ceil(n / eta)`` go on (the first of equals; a NaN
-    fitness ranks last)."""
-    alive, done, rungs = list(range(num_points)), 0, []
+    fitness ranks last). ``done_rungs``: the first rungs, already trained (a resumed
+    search), which the loop goes on from."""
+    rungs = list(done_rungs)
+    if [r.budget for r in rungs] != list(budgets[:len(rungs)]):
+        raise ValueError(f"the rungs done ({[r.budget for r in rungs]} updates) are not the "
+                         f"first of this search's {list(budgets)}")
+    alive = sorted(rungs[-1].kept) if rungs else list(range(num_points))
+    done = rungs[-1].budget if rungs else 0
     for r, budget in enumerate(budgets):
+        if r < len(done_rungs):
+            continue
         t0 = time.perf_counter()
         fitness = np.asarray(train(alive, budget - done, budget), np.float64)
         order = sorted(range(len(alive)),
@@ -114,16 +124,56 @@ class HalvingResult:
     state: Any = None
 
 
+@dataclasses.dataclass
+class HalvingProgress:
+    """A search between two rungs, what a resumed search goes on from: the ``rungs`` done,
+    every run's ``state`` after the last of them (stacked as :class:`HalvingResult`'s), and
+    each point's per-update ``returns`` and ``episodes`` so far, ``{point: [seeds,
+    updates]}``."""
+
+    rungs: list[Rung]
+    state: Any
+    returns: dict[int, np.ndarray]
+    episodes: dict[int, np.ndarray]
+
+
+def _programs(trainer: Any, seeds: int, n: int) -> tuple[Callable, Callable[[int], Callable]]:
+    """The search's compiled calls: ``init(key, hp)``, every run's initial state (run
+    ``p * seeds + s``: point ``p``, seed ``s``), and ``rung(updates)(state, hp, rows)``, the
+    runs ``rows`` trained ``updates`` more, the others' states kept."""
+
+    @jax.jit
+    def init(key: jax.Array, hp: HParams):
+        keys = jax.random.key_data(jax.random.split(key, seeds))
+        keys = jax.random.wrap_key_data(jax.numpy.concatenate([keys] * n))
+        return jax.vmap(trainer.init)(keys, hp)
+
+    def rung(updates: int) -> Callable:
+        @jax.jit
+        def run(state, hp, rows):
+            pick = lambda x: x[rows]
+            new, metrics = jax.vmap(functools.partial(trainer.run, num_updates=updates))(
+                jax.tree.map(pick, state), jax.tree.map(pick, hp))
+            return jax.tree.map(lambda x, y: x.at[rows].set(y), state, new), metrics
+        return run
+
+    return init, rung
+
+
 def successive_halving(
     config: TrainConfig, grid: Mapping[str, Sequence | Uniform | LogUniform], seeds: int, *,
     hparams: HParams | None = None, key: jax.Array | None = None, eta: int = 3,
     min_updates: int | None = None, num_samples: int | None = None,
-    on_rung: Callable[[Rung], None] | None = None,
+    on_rung: Callable[[Rung], None] | None = None, resume: HalvingProgress | None = None,
+    on_saved: Callable[[HalvingProgress], None] | None = None,
 ) -> HalvingResult:
     """Successive halving over the traced ``HParams`` fields of ``grid`` (lists, or
     distributions with ``num_samples`` draws, as :func:`~jaxadv.engine.sweep.run_sweep`) with
     ``seeds`` seeds per point (``split(key, seeds)``: common random numbers across points).
-    ``min_updates``: the first rung's budget (default ``num_updates // eta²``, at least 1)."""
+    ``min_updates``: the first rung's budget (default ``num_updates // eta²``, at least 1).
+    After each rung, ``on_rung(rung)``, then ``on_saved(progress)`` with what a search
+    resumed from it (``resume=progress``, the other arguments the same) needs to end with
+    the same bits as one that never stopped."""
     static = sorted(set(grid) - set(_HPARAM_FIELDS))
     if static:
         raise ValueError(f"`grid`: successive halving continues each run from its own state, "
@@ -137,25 +187,12 @@ def successive_halving(
     trainer, base = make_trainer(config), (hparams or HParams()).validate()
     n, start = len(points), time.perf_counter()
     hp = _stacked_hparams([p for p in points for _ in range(seeds)], base)
-
-    @jax.jit
-    def init(key: jax.Array, hp: HParams):  # run p * seeds + s: point p, seed s
-        keys = jax.random.key_data(jax.random.split(key, seeds))
-        keys = jax.random.wrap_key_data(jax.numpy.concatenate([keys] * n))
-        return jax.vmap(trainer.init)(keys, hp)
-
-    def rung(updates: int) -> Callable:
-        @jax.jit
-        def run(state, hp, rows):  # the survivors' runs on, the others' states kept
-            pick = lambda x: x[rows]
-            new, metrics = jax.vmap(functools.partial(trainer.run, num_updates=updates))(
-                jax.tree.map(pick, state), jax.tree.map(pick, hp))
-            return jax.tree.map(lambda x, y: x.at[rows].set(y), state, new), metrics
-        return run
-
-    state = init(key, hp)
+    init, rung = _programs(trainer, seeds, n)
+    state = init(key, hp) if resume is None else resume.state
     history: dict[int, dict[str, list[np.ndarray]]] = {p: {"r": [], "e": []} for p in range(n)}
-    compiles = [1]
+    for p in [] if resume is None else resume.returns:
+        history[p] = {"r": [resume.returns[p]], "e": [resume.episodes[p]]}
+    compiles, done = [int(resume is None)], [] if resume is None else list(resume.rungs)
 
     def train(alive: list[int], updates: int, budget: int) -> np.ndarray:
         nonlocal state
@@ -168,21 +205,40 @@ def successive_halving(
         for i, p in enumerate(alive):
             history[p]["r"].append(r[i])
             history[p]["e"].append(e[i])
-            finals = final_returns(np.concatenate(history[p]["r"], 1),
-                                   np.concatenate(history[p]["e"], 1))
+            finals = final_returns(*_joined(history, p))
             fitness.append(seed_mean_std(finals[:, None])[0][0])
         return np.asarray(fitness)
 
-    rungs = halving_loop(n, budgets, eta, train, on_rung)
-    returns = [np.concatenate(history[p]["r"], 1) for p in range(n)]
-    episodes = [np.concatenate(history[p]["e"], 1) for p in range(n)]
+    def rung_done(finished: Rung) -> None:
+        done.append(finished)
+        if on_rung is not None:
+            on_rung(finished)
+        if on_saved is not None:
+            trained = [p for p in range(n) if history[p]["r"]]
+            on_saved(HalvingProgress(list(done), state,
+                                     {p: _joined(history, p)[0] for p in trained},
+                                     {p: _joined(history, p)[1] for p in trained}))
+
+    rungs = halving_loop(n, budgets, eta, train, rung_done, done_rungs=list(done))
+    return _result(points, seeds, rungs, [_joined(history, p) for p in range(n)],
+                   config.batch_size, compiles[0], time.perf_counter() - start, state)
+
+
+def _joined(history: dict[int, dict[str, list[np.ndarray]]], p: int) -> tuple[np.ndarray, np.ndarray]:
+    """Point ``p``'s returns and episodes so far, ``[seeds, updates]`` each."""
+    return np.concatenate(history[p]["r"], 1), np.concatenate(history[p]["e"], 1)
+
+
+def _result(points: list[dict[str, Any]], seeds: int, rungs: list[Rung],
+            trained: list[tuple[np.ndarray, np.ndarray]], batch_size: int, compiles: int,
+            seconds: float, state: Any) -> HalvingResult:
+    returns, episodes = [r for r, _ in trained], [e for _, e in trained]
     reached = {p: r for r, rung in enumerate(rungs) for p in rung.points}
     fitness = {p: f for rung in rungs for p, f in zip(rung.points, rung.fitness)}
-    ranking = sorted(range(n), key=lambda p: (-reached[p], not np.isfinite(fitness[p]),
-                                              -np.nan_to_num(fitness[p])))
+    ranking = sorted(range(len(points)), key=lambda p: (
+        -reached[p], not np.isfinite(fitness[p]), -np.nan_to_num(fitness[p])))
     updates = sum(len(rung.points) * (rung.budget - prev)
                   for rung, prev in zip(rungs, [0, *[r.budget for r in rungs[:-1]]]))
     return HalvingResult(points, seeds, rungs, returns, episodes,
-                         np.stack([final_returns(r, e) for r, e in zip(returns, episodes)]),
-                         ranking, updates * seeds * config.batch_size, compiles[0],
-                         time.perf_counter() - start, state)
+                         np.stack([final_returns(r, e) for r, e in trained]), ranking,
+                         updates * seeds * batch_size, compiles, seconds, state)
