@@ -282,7 +282,7 @@ def test_train_state_report_sees_observations_normalised_by_the_runs_statistics(
 
     trainer = make_trainer(TrainConfig(normalize_obs=True, hidden=(8,), num_envs=2, num_steps=8,
                                        total_timesteps=16))
-    params = trainer.init(jax.random.key(0), HParams()).params
+    params = jax.jit(trainer.init)(jax.random.key(0), HParams()).params
     stats = RunningMeanStd(mean=jnp.array([0.1, -0.2, 0.05, 0.3]), var=jnp.array([0.5, 2.0, 0.1, 1.5]),
                            count=jnp.array(10.0))
     common = dict(gamma=0.99, estimators=["mc", "td"], batch_sizes=[4], num_batches=4,
