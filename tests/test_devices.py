@@ -116,14 +116,14 @@ mdp_rows = lambda d: variance.mdp_report(jax.random.key(0), mdp, logits, estimat
 task = SequenceTask("reverse", num_digits=2, prompt_length=2, min_prompt_length=1)
 net = make_transformer(task.vocab_size, task.obs_length, task.num_actions, pad=task.tokens.pad,
                        layers=1, width=8, heads=2, value_head=False)
-params = net.init(jax.random.key(5), jnp.zeros(task.obs_length))
+params = jax.jit(net.init)(jax.random.key(5), jnp.zeros(task.obs_length))
 prompts = sequence_exact.make_prompts(jax.random.key(6), task, 4)
 seq_rows = lambda d: sequence_exact.sequence_report(jax.random.key(0), params, net.apply_all, task,
     prompts, estimators=("grpo",), reductions=("constant",), shapes=((2, 4),),
     num_batches=8, devices=d)[0]
 trainer = make_trainer(TrainConfig(normalize_obs=True, hidden=(8,), num_envs=2, num_steps=8,
                                    total_timesteps=16))
-state = trainer.init(jax.random.key(7), HParams())
+state = jax.jit(trainer.init)(jax.random.key(7), HParams())
 stats = RunningMeanStd(jnp.full(4, 0.1), jnp.full(4, 0.5), jnp.array(3.0))
 env_rows = lambda d: variance.train_state_report(jax.random.key(0), trainer, state.params, gamma=0.99,
     obs_stats=stats, estimators=["td"], batch_sizes=[2], num_batches=4, reference_factor=2,
