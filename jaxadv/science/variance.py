@@ -462,20 +462,26 @@ def critic_values(
         return v + cast(float, arg) * rms(v) * e / rms(e)
     env, env_params = make("Tabular-v0", mdp=mdp, max_steps=horizon)
     policy_fn, critic_fn = _tabular_fns()
-    key_reset, key_roll = jax.random.split(key)
     num = cast(int, arg)  # fitted:K
-    obs, state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(key_reset, num), env_params)
-    apply_fn = lambda p, x: (policy_fn(p, x), critic_fn(jnp.zeros_like(v), x))
-    traj = rollout(key_roll, logits, state, obs, None, None, apply_fn=apply_fn,
-                          policy=make_policy(True, logits.shape[1]), env=env,
-                          env_params=env_params, num_steps=horizon).traj
-    ret = adv.discounted_returns(traj.reward, jnp.zeros_like(traj.reward), traj.terminated,
-                                 traj.truncated, gamma=mdp.gamma)  # [T, K]
-    alive = first_episode_mask(traj.episode_done)
-    counts = jnp.einsum("tk,tks->s", alive, traj.obs)
-    sums = jnp.einsum("tk,tks->s", alive * ret, traj.obs)
-    overall = jnp.sum(sums) / jnp.maximum(jnp.sum(counts), 1.0)
-    return jnp.where(counts > 0, sums / jnp.maximum(counts, 1.0), overall)
+
+    @jax.jit  # one program (op by op it compiled about 40)
+    def fitted(logits, key, env_params):
+        key_reset, key_roll = jax.random.split(key)
+        reset = jax.vmap(env.reset, in_axes=(0, None))
+        obs, state = reset(jax.random.split(key_reset, num), env_params)
+        apply_fn = lambda p, x: (policy_fn(p, x), critic_fn(jnp.zeros(x.shape[-1]), x))
+        traj = rollout(key_roll, logits, state, obs, None, None, apply_fn=apply_fn,
+                       policy=make_policy(True, logits.shape[1]), env=env,
+                       env_params=env_params, num_steps=horizon).traj
+        ret = adv.discounted_returns(traj.reward, jnp.zeros_like(traj.reward), traj.terminated,
+                                     traj.truncated, gamma=mdp.gamma)  # [T, K]
+        alive = first_episode_mask(traj.episode_done)
+        counts = jnp.einsum("tk,tks->s", alive, traj.obs)
+        sums = jnp.einsum("tk,tks->s", alive * ret, traj.obs)
+        overall = jnp.sum(sums) / jnp.maximum(jnp.sum(counts), 1.0)
+        return jnp.where(counts > 0, sums / jnp.maximum(counts, 1.0), overall)
+
+    return fitted(logits, key, env_params)
 
 
 def mdp_report(
