@@ -4,6 +4,7 @@ compiles once per rung plus once to start, and the command's outputs and refusal
 
 import json
 import math
+import signal
 
 import jax
 import numpy as np
@@ -156,6 +157,43 @@ def test_the_command_writes_the_search_and_refuses_what_it_cannot_search(tmp_pat
     record = json.loads((out / "eval" / "best" / "eval.json").read_text())
     assert len(record["per_seed"]) == 2 and record["checkpoint"]["update"] == 12
     capsys.readouterr()
+
+    # stopped by a signal after its first rung (saved), then resumed: the same outputs
+    from jaxadv.cli import search as search_cli
+
+    class SignalledAtStart(search_cli.Interrupts):
+        def __enter__(self):
+            self.signum = signal.SIGINT
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    again = tmp_path / "again"
+    argv = [*base, "--grid.lr", "1e-4", "1e-3", "1e-2", "3e-2", "--halving.eta", "2",
+            "--halving.min-steps", "48", "--out", str(again)]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(search_cli, "Interrupts", SignalledAtStart)
+        assert cli.main(argv) == 130
+    err = " ".join(capsys.readouterr().err.split())
+    assert "stopped after rung 1 of 3" in err and f"jaxadv sweep --resume {again}" in err
+    assert not (again / "summary.json").exists()
+    assert cli.main(argv) == 2  # no fresh start into it
+    assert "unfinished sweep (1 rung(s) saved)" in capsys.readouterr().err
+    assert cli.main(["sweep", "--resume", str(again), "--halving.eta", "3"]) == 2
+    assert "`halving` = " in capsys.readouterr().err
+    assert cli.main(["sweep", "--resume", str(again)]) == 0
+    assert f"resuming {again}: 1 of 3 rung(s) saved" in " ".join(capsys.readouterr().err.split())
+    assert (again / "search.csv").read_text().splitlines() == rows
+    resumed = json.loads((again / "summary.json").read_text())
+    for key in ("best", "env_steps", "points"):
+        assert resumed[key] == summary[key], key
+    assert [(r["budget"], r["points"], r["kept"]) for r in resumed["rungs"]] == [
+        (r["budget"], r["points"], r["kept"]) for r in summary["rungs"]]
+    for a, b in zip(load_policies(again / "best.npz"), saved, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert resumed["compiles"] == 2  # the two rungs left
+
     (out / "best.npz").unlink()
     assert cli.main(["eval", str(out), "--point", "best", "--overwrite", "--quiet"]) == 2
     assert "best.npz holds no saved policies" in capsys.readouterr().err

@@ -48,7 +48,8 @@ _HELD: set[pathlib.Path] = set()  # the directories this process holds locked
 RUN_FILES = (
     "config.json", "sequence.json", "metrics.csv", "summary.json", "returns.png", "reward.png",
     "telemetry.png", "checkpoints", "tb", "wandb", "chunks", "sweep.csv", "sweep.png", "eval",
-    "eval.json", "search.csv", "search.png", "pbt.csv", "pbt.png", "selection.png", "best.npz",
+    "eval.json", "search", "search.csv", "search.png", "pbt.csv", "pbt.png", "selection.png",
+    "best.npz",
 )
 """What jaxadv's commands write into ``--out``: :func:`remove_run` deletes these and nothing else."""
 
@@ -74,6 +75,8 @@ def find_run(directory: pathlib.Path) -> RunFound | None:
     """The run that ``directory`` holds, or ``None`` when nothing in it could be lost.
 
     A sweep has ``chunks/manifest.json`` (finished when it says so) or ``sweep.csv``; a
+    search has ``search/`` (a halving search's saved rungs), ``search.csv`` or ``pbt.csv``,
+    and is finished once it wrote ``summary.json``; a
     train or sequence run (``sequence.json`` marks the latter) has ``summary.json`` when
     finished and checkpoints when it can be resumed; ``eval.json`` is an evaluation. A
     ``config.json`` alone (a run stopped while compiling) holds nothing to lose.
@@ -92,6 +95,10 @@ def find_run(directory: pathlib.Path) -> RunFound | None:
         return RunFound("sweep", complete or (directory / "sweep.csv").is_file(), progress)
     if (directory / "sweep.csv").is_file():
         return RunFound("sweep", True)
+    if any((directory / name).exists() for name in ("search", "search.csv", "pbt.csv")):
+        rungs = _checkpoint_steps(directory / "search")  # a halving search's saved rungs
+        return RunFound("sweep", (directory / "summary.json").is_file(),
+                        f"{rungs[-1] if rungs else 0} rung(s) saved")
     kind = "sequence" if (directory / "sequence.json").is_file() else "train"
     steps = _checkpoint_steps(directory / "checkpoints")
     total = None

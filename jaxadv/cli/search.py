@@ -16,18 +16,28 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import shlex
+import sys
 from typing import Any
 
 import jax
 import numpy as np
 from rich.console import Console
 
+from jaxadv.cli.interrupts import Interrupts
 from jaxadv.cli.outdir import OutputLock, replace_atomically
 from jaxadv.cli.report import _figure, jsonable, plot_selection, save_panel, write_json
 from jaxadv.cli.sweep_args import SweepArgs, prepare_sweep_out
+from jaxadv.engine.checkpoint import CheckpointStore
 from jaxadv.engine.metrics import platform_info
 from jaxadv.engine.policies import policy_leaves, save_policies
-from jaxadv.tuning.halving import HalvingResult, Rung, successive_halving
+from jaxadv.tuning.halving import (
+    HalvingProgress,
+    HalvingResult,
+    Rung,
+    rung_budgets,
+    successive_halving,
+)
 from jaxadv.tuning.pbt import PBTResult, population_based_training
 from jaxadv.tuning.replay import reevaluate_members
 from jaxadv.tuning.selection import reevaluate, selection_report
@@ -158,19 +168,81 @@ def _halving(args: SweepArgs) -> dict[str, Any]:
     config, hp, out = args.config, args.hparams, args.out
     err, console = Console(stderr=True, quiet=args.quiet), Console(quiet=args.quiet)
     min_updates = args.halving_min_updates()
+    budgets = rung_budgets(config.num_updates, args.halving.eta, min_updates)
     err.print(f"successive halving of {config.algo} on {config.env}: {args.num_points()} "
               f"point(s) × {args.seeds} seed(s), eta {args.halving.eta}, first rung "
               f"{min_updates} update(s) …")
+    store = _rung_store(args)
+    interrupts = Interrupts(err, stopping="the rung in flight to save it",
+                            intact="the rungs saved so far are intact")
 
     def on_rung(rung: Rung) -> None:
         best = max((f for f in rung.fitness if np.isfinite(f)), default=float("nan"))
         err.print(f"rung at {rung.budget} update(s): {len(rung.points)} point(s), best fitness "
                   f"{best:.2f}, {len(rung.kept)} go on ({rung.seconds:.1f} s)")
 
-    result = successive_halving(config, args.grid_spec(), args.seeds, hparams=hp,
-                                key=jax.random.key(args.seed), eta=args.halving.eta,
-                                min_updates=min_updates, num_samples=args.samples,
-                                on_rung=on_rung)
+    def on_saved(progress: HalvingProgress) -> None:
+        save_rungs(store, progress)
+        if interrupts.signum and len(progress.rungs) < len(budgets):
+            raise interrupts.stopped(
+                f"rung {len(progress.rungs)} of {len(budgets)}", f"the search in {store.directory}",
+                f"jaxadv sweep --resume {shlex.quote(str(out))}")
+
+    def resume(abstract: Any) -> HalvingProgress | None:
+        progress = None if args.resume is None else restore_rungs(store, abstract)
+        if progress is not None:
+            err.print(f"resuming {out}: {len(progress.rungs)} of {len(budgets)} rung(s) saved")
+        return progress
+
+    with interrupts:
+        result = successive_halving(config, args.grid_spec(), args.seeds, hparams=hp,
+                                    key=jax.random.key(args.seed), eta=args.halving.eta,
+                                    min_updates=min_updates, num_samples=args.samples,
+                                    on_rung=on_rung, resume=resume, on_saved=on_saved)
+    return _halving_outputs(args, result, err, console)
+
+
+def _rung_store(args: SweepArgs) -> CheckpointStore:
+    """``--out/search``: the search's settings (``settings.json``, what ``--resume`` reads)
+    and a checkpoint after each rung (:func:`save_rungs`)."""
+    directory = args.out / "search"
+    if args.resume is None:
+        directory.mkdir(parents=True, exist_ok=True)
+        write_json(directory / "settings.json", args.search_settings())
+    return CheckpointStore(directory)
+
+
+def save_rungs(store: CheckpointStore, progress: HalvingProgress) -> None:
+    """Checkpoint ``progress`` as step ``len(progress.rungs)``: every run's state, and in its
+    history each point's returns and episodes so far and each rung's fields."""
+    history: dict[str, np.ndarray] = {}
+    for p in progress.returns:
+        history[f"returns_{p}"], history[f"episodes_{p}"] = progress.returns[p], progress.episodes[p]
+    for r, rung in enumerate(progress.rungs):
+        for name, value in dataclasses.asdict(rung).items():
+            history[f"rung_{r}_{name}"] = np.asarray(value, np.float64 if name in (
+                "fitness", "seconds") else np.int64)
+    store.save(len(progress.rungs), progress.state, history, train_seconds=0.0, config={})
+
+
+def restore_rungs(store: CheckpointStore, abstract: Any) -> HalvingProgress | None:
+    """The progress of the latest intact checkpoint of :func:`save_rungs`; ``None`` if the
+    search saved none (it stopped during its first rung)."""
+    if not store.steps():
+        return None
+    checkpoint = store.restore(abstract, warn=lambda message: print(message, file=sys.stderr))
+    h = checkpoint.history
+    rungs = [Rung(int(h[f"rung_{r}_budget"]), h[f"rung_{r}_points"].tolist(),
+                  h[f"rung_{r}_fitness"].tolist(), h[f"rung_{r}_kept"].tolist(),
+                  float(h[f"rung_{r}_seconds"])) for r in range(checkpoint.step)]
+    points = [int(k.removeprefix("returns_")) for k in h if k.startswith("returns_")]
+    return HalvingProgress(rungs, checkpoint.state, {p: h[f"returns_{p}"] for p in points},
+                           {p: h[f"episodes_{p}"] for p in points})
+
+
+def _halving_outputs(args: SweepArgs, result: HalvingResult, err: Console,
+                     console: Console) -> dict[str, Any]:
+    config, hp, out = args.config, args.hparams, args.out
     selection = None
     if args.reeval.top:
         seeds = args.reeval.seeds or args.seeds

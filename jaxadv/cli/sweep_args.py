@@ -214,8 +214,9 @@ class SweepArgs:
                              "--overwrite would delete it")
         OutputLock(self.resume).check()
         stored = _stored_sweep_args(self.resume)
-        refuse_changes(_sweep_changes(stored, self), "sweep",
-                        self.resume / "chunks" / "manifest.json")
+        search = self.resume / "search" / "settings.json"
+        refuse_changes(_sweep_changes(stored, self), "sweep", search if search.is_file()
+                       else self.resume / "chunks" / "manifest.json")
         if self.out.resolve() != self.resume.resolve():
             raise ValueError(f"`out` = {str(self.out)!r}: --resume continues the sweep in its "
                              f"own directory {str(self.resume)!r}; leave --out out")
@@ -263,8 +264,6 @@ class SweepArgs:
             raise ValueError(f"`grid`: {', '.join(static)} cannot be searched with --search "
                              "halving: each run goes on from its own state in one compiled "
                              "program, so only HParams fields (traced) may differ between points")
-        if self.resume is not None:
-            raise ValueError("`resume`: a halving search cannot be resumed yet; run it again")
         if isinstance(self.halving.eta, bool) or self.halving.eta < 2:
             raise ValueError(f"`halving.eta` must be an integer >= 2, got {self.halving.eta!r}")
         if self.halving.min_steps is not None and not (
@@ -285,6 +284,13 @@ class SweepArgs:
             "log_uniform": self.log_uniform, "seed": self.seed, "seeds": self.seeds,
             "max_parallel": self.max_parallel,
         }))
+
+    def search_settings(self) -> dict[str, Any]:
+        """What a halving search records in ``search/settings.json``: :meth:`settings` and the
+        search's own (``search``, ``halving``, ``reeval``)."""
+        return {**self.settings(), **json.loads(json.dumps({
+            "search": self.search, "halving": dataclasses.asdict(self.halving),
+            "reeval": dataclasses.asdict(self.reeval)}))}
 
     def grid_spec(self) -> dict[str, list | Uniform | LogUniform]:
         """The ``grid`` of :func:`~jaxadv.engine.sweep.run_sweep`: lists, or with ``samples`` a
@@ -340,26 +346,33 @@ def grid_json(grid: dict[str, list | Uniform | LogUniform]) -> dict[str, Any]:
 
 
 def _stored_sweep_args(run_dir: pathlib.Path) -> SweepArgs:
-    """The :class:`SweepArgs` that ``run_dir/chunks/manifest.json`` records (``out``,
-    ``resume``: run_dir)."""
+    """The :class:`SweepArgs` that ``run_dir/chunks/manifest.json`` records, or a halving
+    search's ``run_dir/search/settings.json`` (``out``, ``resume``: run_dir)."""
     store = SweepChunks(run_dir / "chunks", write=False)
+    path, search = store.path, run_dir / "search" / "settings.json"
     try:
-        manifest = store.read()
-    except ValueError as exc:
+        if search.is_file():
+            path, s = search, json.loads(search.read_text())
+        else:
+            manifest = store.read()
+            if manifest is None:
+                raise ValueError(f"{store.path} not found; --resume takes the --out directory "
+                                 "of an earlier `jaxadv sweep`")
+            s = manifest["settings"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"`resume`: {exc}") from None
-    if manifest is None:
-        raise ValueError(f"`resume`: {store.path} not found; --resume takes the --out "
-                         "directory of an earlier `jaxadv sweep`")
     try:
-        s = manifest["settings"]
+        extra = {} if "search" not in s else {
+            "search": s["search"], "halving": Halving(**s["halving"]),
+            "reeval": Reeval(**s["reeval"])}
         return SweepArgs(
             config=TrainOptions(**s["train_config"]), hparams=HParams(**s["hparams"]),
             grid=Grid(**{field: tuple(values) for field, values in s["grid"].items()}),
             samples=s["samples"], log_uniform=tuple(s["log_uniform"]), seed=s["seed"],
             seeds=s["seeds"], max_parallel=s["max_parallel"], out=run_dir, resume=run_dir,
-        )
+            **extra)
     except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"`resume`: {store.path} does not describe a sweep ({exc})") from None
+        raise ValueError(f"`resume`: {path} does not describe a sweep ({exc})") from None
 
 
 def _sweep_changes(stored: SweepArgs, args: SweepArgs) -> Iterator[tuple[str, Any, Any]]:
@@ -367,7 +380,8 @@ def _sweep_changes(stored: SweepArgs, args: SweepArgs) -> Iterator[tuple[str, An
     yield from field_changes(stored.config, args.config)
     yield from field_changes(stored.hparams, args.hparams)
     yield from field_changes(stored.grid, args.grid, prefix="grid.")
-    yield from field_changes(stored, args, names=("samples", "log_uniform", "seed", "seeds"))
+    yield from field_changes(stored, args, names=("samples", "log_uniform", "seed", "seeds",
+                                                  "search", "halving"))
 
 
 def sweep_resume_args(run_dir: pathlib.Path, argv: Sequence[str] = ()) -> SweepArgs:

@@ -164,7 +164,8 @@ def successive_halving(
     config: TrainConfig, grid: Mapping[str, Sequence | Uniform | LogUniform], seeds: int, *,
     hparams: HParams | None = None, key: jax.Array | None = None, eta: int = 3,
     min_updates: int | None = None, num_samples: int | None = None,
-    on_rung: Callable[[Rung], None] | None = None, resume: HalvingProgress | None = None,
+    on_rung: Callable[[Rung], None] | None = None,
+    resume: HalvingProgress | Callable[[Any], HalvingProgress | None] | None = None,
     on_saved: Callable[[HalvingProgress], None] | None = None,
 ) -> HalvingResult:
     """Successive halving over the traced ``HParams`` fields of ``grid`` (lists, or
@@ -173,7 +174,9 @@ def successive_halving(
     ``min_updates``: the first rung's budget (default ``num_updates // eta²``, at least 1).
     After each rung, ``on_rung(rung)``, then ``on_saved(progress)`` with what a search
     resumed from it (``resume=progress``, the other arguments the same) needs to end with
-    the same bits as one that never stopped."""
+    the same bits as one that never stopped. ``resume`` may also be a function of the
+    abstract state (``jax.ShapeDtypeStruct`` leaves) that restores the progress, or gives
+    ``None`` to start afresh."""
     static = sorted(set(grid) - set(_HPARAM_FIELDS))
     if static:
         raise ValueError(f"`grid`: successive halving continues each run from its own state, "
@@ -188,10 +191,13 @@ def successive_halving(
     n, start = len(points), time.perf_counter()
     hp = _stacked_hparams([p for p in points for _ in range(seeds)], base)
     init, rung = _programs(trainer, seeds, n)
+    if callable(resume):
+        resume = resume(jax.eval_shape(init, key, hp))
     state = init(key, hp) if resume is None else resume.state
     history: dict[int, dict[str, list[np.ndarray]]] = {p: {"r": [], "e": []} for p in range(n)}
-    for p in [] if resume is None else resume.returns:
-        history[p] = {"r": [resume.returns[p]], "e": [resume.episodes[p]]}
+    if resume is not None:
+        for p in resume.returns:
+            history[p] = {"r": [resume.returns[p]], "e": [resume.episodes[p]]}
     compiles, done = [int(resume is None)], [] if resume is None else list(resume.rungs)
 
     def train(alive: list[int], updates: int, budget: int) -> np.ndarray:
