@@ -4,6 +4,7 @@ every other member is untouched; explored values stay in their valid ranges."""
 
 import dataclasses
 import json
+import signal
 
 import jax
 import jax.numpy as jnp
@@ -131,6 +132,36 @@ def test_the_in_program_loop_follows_its_own_exploit_and_explore(pbt_run):
     assert result.returns.shape == (4, TINY.num_updates)
 
 
+def test_a_run_stopped_between_calls_resumes_to_the_same_bits(pbt_run):
+    """In calls of one interval, ``on_saved`` after the second of four; the run resumed from
+    it (``resume=``) ends as the run in one call: the same fitness, parents, hyperparameters,
+    returns and final state, bit for bit."""
+    from jaxadv.tuning.pbt import population_based_training
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(progress):
+        if progress.intervals == 2:
+            raise Stop(progress)
+
+    settings = PBTSettings(ranges={"lr": (1e-4, 1e-1)}, quantile=0.5, resample=0.0)
+    run = lambda **kw: population_based_training(TINY, settings, 4, 1, 3, key=jax.random.key(2),
+                                                 per_call=1, **kw)
+    with pytest.raises(Stop) as stopped:
+        run(on_saved=stop_after_two)
+    progress = stopped.value.args[0]
+    assert progress.fitness.shape == (2, 4) and progress.returns.shape == (2, 4, 3)
+    got, want = run(resume=progress), pbt_run
+    for name in ("fitness", "parent", "returns", "episodes"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+    np.testing.assert_array_equal(got.hparams["lr"], want.hparams["lr"])
+    for a, b in zip(jax.tree.leaves(got.state), jax.tree.leaves(want.state), strict=True):
+        a, b = (jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+                else x for x in (a, b))
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_a_replayed_schedule_is_the_lineages_and_an_uncopied_member_replays_bitwise(pbt_run):
     """:func:`jaxadv.tuning.replay.replay` of each member's schedule on its own seed: the
     values are the lineage's, interval by interval; a member that never copied trains the
@@ -194,6 +225,35 @@ def test_the_pbt_command_and_its_refusals(tmp_path, capsys):
     assert cli.main(["eval", str(out), "--point", "best", "--episodes", "2", "--quiet"]) == 0
     record = json.loads((out / "eval" / "best" / "eval.json").read_text())
     assert len(record["per_seed"]) == 1 and record["checkpoint"]["update"] == 12
+    # stopped by a signal after its first call (one interval), then resumed: the same outputs
+    from jaxadv.cli import search as search_cli
+
+    class SignalledAtStart(search_cli.Interrupts):
+        def __enter__(self):
+            self.signum = signal.SIGINT
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    again = tmp_path / "again"
+    argv = [*base, "--grid.lr", "1e-4", "1e-1", "--pbt.interval", "4", "--reeval.top", "2",
+            "--reeval.seeds", "2", "--out", str(again)]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(search_cli, "Interrupts", SignalledAtStart)
+        assert cli.main(argv) == 130
+    assert "stopped after interval 1 of 3" in " ".join(capsys.readouterr().err.split())
+    assert cli.main(["sweep", "--resume", str(again), "--pbt.quantile", "0.5"]) == 2
+    assert "`pbt` = " in capsys.readouterr().err
+    assert cli.main(["sweep", "--resume", str(again)]) == 0
+    assert "1 of 3 interval(s) saved" in " ".join(capsys.readouterr().err.split())
+    assert (again / "pbt.csv").read_text().splitlines() == rows
+    resumed = json.loads((again / "summary.json").read_text())
+    for key in ("best", "fitness_mean", "selection", "env_steps"):
+        assert resumed[key] == summary[key], key
+    for a, b in zip(load_policies(again / "best.npz"), load_policies(out / "best.npz"), strict=True):
+        np.testing.assert_array_equal(a, b)
+
     for row in selection:
         m, lrs = row["index"], row["point"]["schedule"]["lr"]
         assert row["point"]["member"] == m and len(lrs) == 3

@@ -38,7 +38,7 @@ from jaxadv.tuning.halving import (
     rung_budgets,
     successive_halving,
 )
-from jaxadv.tuning.pbt import PBTResult, population_based_training
+from jaxadv.tuning.pbt import PBTProgress, PBTResult, PBTSettings, population_based_training
 from jaxadv.tuning.replay import reevaluate_members
 from jaxadv.tuning.selection import reevaluate, selection_report
 
@@ -46,7 +46,8 @@ __all__ = ["halving_command", "pbt_command"]
 
 
 def pbt_command(args: SweepArgs) -> dict[str, Any]:
-    """Population-based training for ``args`` (one compiled program); writes ``pbt.csv``,
+    """Population-based training for ``args`` (exploit and explore inside the compiled calls,
+    the population saved after each under ``--out/search``); writes ``pbt.csv``, ``best.npz``,
     ``summary.json`` and ``pbt.png`` (and, with ``--reeval.top K``, the top K members'
     schedules replayed on fresh seeds: ``selection`` and ``selection.png``); returns the
     summary."""
@@ -58,10 +59,9 @@ def pbt_command(args: SweepArgs) -> dict[str, Any]:
         settings, interval = args.pbt_settings(), args.pbt_interval()
         members = args.population * args.seeds
         err.print(f"population-based training of {config.algo} on {config.env}: {members} "
-                  f"members, exploit/explore every {interval} updates, one compiled program …")
-        result = population_based_training(config, settings, args.population, args.seeds,
-                                           interval, hparams=args.hparams,
-                                           key=jax.random.key(args.seed))
+                  f"members, exploit/explore every {interval} updates inside the compiled "
+                  f"calls of {args.pbt_save_every()} interval(s) each …")
+        result = _train_population(args, settings, interval, err)
         selection = None
         if args.reeval.top:
             seeds = args.reeval.seeds or args.seeds
@@ -90,6 +90,57 @@ def pbt_command(args: SweepArgs) -> dict[str, Any]:
         console.print(f"wrote pbt.csv, best.npz, summary.json, pbt.png"
                       f"{', selection.png' if selection else ''} to {out}/")
         return summary
+
+
+def _train_population(args: SweepArgs, settings: PBTSettings, interval: int,
+                      err: Console) -> PBTResult:
+    """The PBT run of ``args``, saved after each compiled call under ``--out/search``; a
+    signal stops it after the call in flight (:class:`~jaxadv.engine.driver.RunStopped`),
+    and ``--resume`` goes on from the last call saved."""
+    store, total = _search_store(args), args.config.num_updates // interval
+    interrupts = Interrupts(err, stopping="the call in flight to save the population",
+                            intact="the population saved last is intact")
+
+    def on_saved(progress: PBTProgress) -> None:
+        save_population(store, progress)
+        if interrupts.signum and progress.intervals < total:
+            raise interrupts.stopped(
+                f"interval {progress.intervals} of {total}", f"the population in {store.directory}",
+                f"jaxadv sweep --resume {shlex.quote(str(args.out))}")
+
+    def resume(abstract: Any) -> PBTProgress | None:
+        progress = None if args.resume is None else restore_population(store, abstract)
+        if progress is not None:
+            err.print(f"resuming {args.out}: {progress.intervals} of {total} interval(s) saved")
+        return progress
+
+    with interrupts:
+        return population_based_training(
+            args.config, settings, args.population, args.seeds, interval, hparams=args.hparams,
+            key=jax.random.key(args.seed), per_call=args.pbt_save_every(), resume=resume,
+            on_saved=on_saved)
+
+
+def save_population(store: CheckpointStore, progress: PBTProgress) -> None:
+    """Checkpoint ``progress`` as step ``progress.intervals``: the population's state,
+    hyperparameters and exploit key, and in its history the outputs so far."""
+    history = {"fitness": progress.fitness, "parent": progress.parent,
+               "returns": progress.returns, "episodes": progress.episodes,
+               **{f"hparam_{f}": v for f, v in progress.hparams.items()}}
+    store.save(progress.intervals, (progress.state, progress.hp, progress.key), history,
+               train_seconds=0.0, config={})
+
+
+def restore_population(store: CheckpointStore, abstract: Any) -> PBTProgress | None:
+    """The progress of the latest intact checkpoint of :func:`save_population`; ``None`` if
+    the run saved none (it stopped during its first call)."""
+    if not store.steps():
+        return None
+    checkpoint = store.restore(abstract, warn=lambda message: print(message, file=sys.stderr))
+    h, (state, hp, key) = checkpoint.history, checkpoint.state
+    return PBTProgress(checkpoint.step, state, hp, key, h["fitness"], h["parent"],
+                       {k.removeprefix("hparam_"): v for k, v in h.items()
+                        if k.startswith("hparam_")}, h["returns"], h["episodes"])
 
 
 def summarize_pbt(args: SweepArgs, result: PBTResult, batch_size: int,
@@ -172,7 +223,7 @@ def _halving(args: SweepArgs) -> dict[str, Any]:
     err.print(f"successive halving of {config.algo} on {config.env}: {args.num_points()} "
               f"point(s) × {args.seeds} seed(s), eta {args.halving.eta}, first rung "
               f"{min_updates} update(s) …")
-    store = _rung_store(args)
+    store = _search_store(args)
     interrupts = Interrupts(err, stopping="the rung in flight to save it",
                             intact="the rungs saved so far are intact")
 
@@ -202,9 +253,10 @@ def _halving(args: SweepArgs) -> dict[str, Any]:
     return _halving_outputs(args, result, err, console)
 
 
-def _rung_store(args: SweepArgs) -> CheckpointStore:
+def _search_store(args: SweepArgs) -> CheckpointStore:
     """``--out/search``: the search's settings (``settings.json``, what ``--resume`` reads)
-    and a checkpoint after each rung (:func:`save_rungs`)."""
+    and a checkpoint after each rung (:func:`save_rungs`) or PBT call
+    (:func:`save_population`)."""
     directory = args.out / "search"
     if args.resume is None:
         directory.mkdir(parents=True, exist_ok=True)

@@ -134,6 +134,8 @@ class PBT:
     """the fraction replaced each time (and the fraction copied from), in (0, 0.5]."""
     resample: float = 0.25
     """the probability that an explored field is drawn afresh from its LOW HIGH range instead of multiplied by 0.8 or 1.25."""
+    save_every: int | None = None
+    """intervals per compiled call, the population saved under --out/search after each (for --resume); default: a tenth of the run's intervals, at least 1."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,9 +233,9 @@ class SweepArgs:
     def pbt_settings(self) -> PBTSettings:
         """The :class:`~jaxadv.tuning.pbt.PBTSettings` of ``--search pbt``; ``ValueError`` for a
         static field, a field without LOW HIGH, or a bad quantile or resample."""
-        if self.resume is not None:
-            raise ValueError("`resume`: a PBT search cannot be resumed yet; run it again")
         positive_int("population", self.population, minimum=2)
+        if self.pbt.save_every is not None:
+            positive_int("pbt.save_every", self.pbt.save_every)
         ranges = {}
         for field, values in self.grid.given().items():
             if field not in _HPARAM_FIELDS:
@@ -286,11 +288,16 @@ class SweepArgs:
         }))
 
     def search_settings(self) -> dict[str, Any]:
-        """What a halving search records in ``search/settings.json``: :meth:`settings` and the
-        search's own (``search``, ``halving``, ``reeval``)."""
+        """What a halving or PBT search records in ``search/settings.json``: :meth:`settings`
+        and the searches' own (``search``, ``halving``, ``pbt``, ``population``, ``reeval``)."""
         return {**self.settings(), **json.loads(json.dumps({
             "search": self.search, "halving": dataclasses.asdict(self.halving),
+            "pbt": dataclasses.asdict(self.pbt), "population": self.population,
             "reeval": dataclasses.asdict(self.reeval)}))}
+
+    def pbt_save_every(self) -> int:
+        """``--pbt.save-every``: intervals per compiled call (default: a tenth of them)."""
+        return self.pbt.save_every or max(1, self.config.num_updates // self.pbt_interval() // 10)
 
     def grid_spec(self) -> dict[str, list | Uniform | LogUniform]:
         """The ``grid`` of :func:`~jaxadv.engine.sweep.run_sweep`: lists, or with ``samples`` a
@@ -363,8 +370,8 @@ def _stored_sweep_args(run_dir: pathlib.Path) -> SweepArgs:
         raise ValueError(f"`resume`: {exc}") from None
     try:
         extra = {} if "search" not in s else {
-            "search": s["search"], "halving": Halving(**s["halving"]),
-            "reeval": Reeval(**s["reeval"])}
+            "search": s["search"], "halving": Halving(**s["halving"]), "pbt": PBT(**s["pbt"]),
+            "population": s["population"], "reeval": Reeval(**s["reeval"])}
         return SweepArgs(
             config=TrainOptions(**s["train_config"]), hparams=HParams(**s["hparams"]),
             grid=Grid(**{field: tuple(values) for field, values in s["grid"].items()}),
@@ -381,7 +388,7 @@ def _sweep_changes(stored: SweepArgs, args: SweepArgs) -> Iterator[tuple[str, An
     yield from field_changes(stored.hparams, args.hparams)
     yield from field_changes(stored.grid, args.grid, prefix="grid.")
     yield from field_changes(stored, args, names=("samples", "log_uniform", "seed", "seeds",
-                                                  "search", "halving"))
+                                                  "search", "halving", "pbt", "population"))
 
 
 def sweep_resume_args(run_dir: pathlib.Path, argv: Sequence[str] = ()) -> SweepArgs:

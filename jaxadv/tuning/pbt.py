@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 import jax
@@ -27,7 +27,7 @@ import numpy as np
 from jaxadv.engine.sweep import LogUniform, Uniform, _stacked_hparams, expand_grid
 from jaxadv.engine.train import HPARAM_SPECS, HParams, TrainConfig, TrainState, make_trainer
 
-__all__ = ["COPIED", "VALID", "PBTResult", "PBTSettings", "exploit_explore",
+__all__ = ["COPIED", "VALID", "PBTProgress", "PBTResult", "PBTSettings", "exploit_explore",
            "population_based_training", "rank"]
 
 _Pairs = tuple[tuple[str, tuple[float, float]], ...]  # PBTSettings.ranges after __post_init__
@@ -150,12 +150,37 @@ def _fitness(returns: jax.Array, episodes: jax.Array) -> jax.Array:
     return jnp.where(count > 0, total / jnp.maximum(count, 1), jnp.nan)
 
 
+@dataclasses.dataclass
+class PBTProgress:
+    """A PBT run between two compiled calls, what a resumed run goes on from: the
+    ``intervals`` done, the population's ``state``, ``hp`` and exploit ``key`` after them,
+    and the per-interval outputs so far (``fitness``, ``parent``, ``hparams`` per searched
+    field, each ``[intervals, M]``; ``returns`` and ``episodes``, ``[intervals, M, interval]``)."""
+
+    intervals: int
+    state: Any
+    hp: HParams
+    key: jax.Array
+    fitness: np.ndarray
+    parent: np.ndarray
+    hparams: dict[str, np.ndarray]
+    returns: np.ndarray
+    episodes: np.ndarray
+
+
 def population_based_training(config: TrainConfig, settings: PBTSettings, population: int,
                               seeds: int, interval: int, *, hparams: HParams | None = None,
-                              key: jax.Array | None = None) -> PBTResult:
+                              key: jax.Array | None = None, per_call: int | None = None,
+                              resume: PBTProgress | Callable[[Any], PBTProgress | None] | None = None,
+                              on_saved: Callable[[PBTProgress], None] | None = None) -> PBTResult:
     """Train ``population`` draws from ``settings.ranges`` × ``seeds`` seeds as one
-    population in one compiled program: every ``interval`` updates, :func:`exploit_explore`
-    (not after the last interval). ``config.num_updates`` must be a multiple of ``interval``."""
+    population: every ``interval`` updates, :func:`exploit_explore` (not after the last
+    interval), inside the compiled program. ``config.num_updates`` must be a multiple of
+    ``interval``. The intervals run in compiled calls of ``per_call`` intervals each
+    (default: all in one); after each, ``on_saved(progress)`` with what a run resumed from
+    it (``resume=progress``, the other arguments the same) needs to end with the same bits
+    as one that never stopped. ``resume`` may also be a function of the abstract
+    ``(state, hp, key)`` that restores the progress, or gives ``None`` to start afresh."""
     if not 0 < interval <= config.num_updates or config.num_updates % interval:
         raise ValueError(f"`pbt.interval` = {interval} must divide the run's "
                          f"{config.num_updates} updates")
@@ -165,35 +190,57 @@ def population_based_training(config: TrainConfig, settings: PBTSettings, popula
     points = expand_grid(grid, num_samples=population, key=jax.random.fold_in(key, 1))
     hp = _stacked_hparams([p for p in points for _ in range(seeds)],
                           (hparams or HParams()).validate())
-    trainer, intervals = make_trainer(config), config.num_updates // interval
+    intervals = config.num_updates // interval
+    init, calls = _pbt_programs(make_trainer(config), settings, population, seeds, interval,
+                                intervals)
+    if callable(resume):
+        resume = resume(jax.eval_shape(init, key, hp))
+    carry = init(key, hp) if resume is None else (resume.state, resume.hp, resume.key)
+    done, outs = (0, []) if resume is None else (resume.intervals, [(
+        resume.fitness, resume.parent, resume.hparams, resume.returns, resume.episodes)])
+    while done < intervals:
+        count = min(per_call or intervals, intervals - done)
+        carry, out = calls(count)(carry, jnp.asarray(done))
+        outs.append(jax.tree.map(np.asarray, out))
+        done += count
+        if on_saved is not None:
+            on_saved(PBTProgress(done, *carry, *jax.tree.map(lambda *x: np.concatenate(x), *outs)))
+    fitness, parent, used, returns, episodes = jax.tree.map(lambda *x: np.concatenate(x), *outs)
+    flat = lambda x: np.moveaxis(x, 0, 1).reshape(x.shape[1], -1)
+    return PBTResult(points, seeds, interval, fitness, parent, used, carry[0], flat(returns),
+                     flat(episodes))
+
+
+def _pbt_programs(trainer: Any, settings: PBTSettings, population: int, seeds: int,
+                  interval: int, intervals: int) -> tuple[Callable, Callable[[int], Callable]]:
+    """PBT's compiled calls: ``init(key, hp)``, the population's ``(state, hp, exploit key)``
+    (member ``m`` on seed ``m % seeds``), and ``calls(count)(carry, first)``, intervals
+    ``first`` to ``first + count − 1`` trained, each followed by :func:`exploit_explore` but
+    the run's last, with their outputs stacked."""
     fields = [f for f, _ in cast(_Pairs, settings.ranges)]
+    run = jax.vmap(functools.partial(trainer.run, num_updates=interval))
 
     @jax.jit
-    def program(key, hp):
+    def init(key, hp):
         keys = jax.random.key_data(jax.random.split(key, seeds))
         keys = jax.random.wrap_key_data(jnp.concatenate([keys] * population))
-        state = jax.vmap(trainer.init)(keys, hp)
-        run = jax.vmap(functools.partial(trainer.run, num_updates=interval))
+        return jax.vmap(trainer.init)(keys, hp), hp, jax.random.fold_in(key, 3)
 
-        def step(carry, i):
-            state, hp, k = carry
-            state, metrics = run(state, hp)
-            fitness = _fitness(metrics["episode_return"], metrics["episodes"])
-            k, sub = jax.random.split(k)
-            last = i == intervals - 1
-            new_state, new_hp, parent = exploit_explore(sub, fitness, state, hp, settings)
-            keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(last, b, a), new, old)
-            out = (fitness, jnp.where(last, jnp.arange(parent.shape[0]), parent),
-                   {f: getattr(hp, f) for f in fields},
-                   metrics["episode_return"], metrics["episodes"])
-            return (keep(new_state, state), keep(new_hp, hp), k), out
+    def step(carry, i):
+        state, hp, k = carry
+        state, metrics = run(state, hp)
+        fitness = _fitness(metrics["episode_return"], metrics["episodes"])
+        k, sub = jax.random.split(k)
+        last = i == intervals - 1
+        new_state, new_hp, parent = exploit_explore(sub, fitness, state, hp, settings)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(last, b, a), new, old)
+        out = (fitness, jnp.where(last, jnp.arange(parent.shape[0]), parent),
+               {f: getattr(hp, f) for f in fields},
+               metrics["episode_return"], metrics["episodes"])
+        return (keep(new_state, state), keep(new_hp, hp), k), out
 
-        (state, _, _), outs = jax.lax.scan(step, (state, hp, jax.random.fold_in(key, 3)),
-                                           jnp.arange(intervals))
-        return state, outs
+    @functools.cache
+    def calls(count: int) -> Callable:
+        return jax.jit(lambda carry, first: jax.lax.scan(step, carry, first + jnp.arange(count)))
 
-    state, (fitness, parent, used, returns, episodes) = program(key, hp)
-    flat = lambda x: np.moveaxis(np.asarray(x), 0, 1).reshape(x.shape[1], -1)
-    return PBTResult(points, seeds, interval, np.asarray(fitness), np.asarray(parent),
-                     {f: np.asarray(v) for f, v in used.items()}, state,
-                     flat(returns), flat(episodes))
+    return init, calls
