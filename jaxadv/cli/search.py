@@ -29,6 +29,7 @@ from jaxadv.cli.outdir import OutputLock, replace_atomically
 from jaxadv.cli.report import _figure, jsonable, plot_selection, save_panel, write_json
 from jaxadv.cli.sweep_args import SweepArgs, prepare_sweep_out
 from jaxadv.engine.checkpoint import CheckpointStore
+from jaxadv.engine.devices import seed_groups
 from jaxadv.engine.metrics import platform_info
 from jaxadv.engine.policies import policy_leaves, save_policies
 from jaxadv.tuning.halving import (
@@ -114,11 +115,12 @@ def _train_population(args: SweepArgs, settings: PBTSettings, interval: int,
             err.print(f"resuming {args.out}: {progress.intervals} of {total} interval(s) saved")
         return progress
 
-    with interrupts:
+    with interrupts:  # members in equal groups, one device each where there are several
         return population_based_training(
             args.config, settings, args.population, args.seeds, interval, hparams=args.hparams,
             key=jax.random.key(args.seed), per_call=args.pbt_save_every(), resume=resume,
-            on_saved=on_saved)
+            on_saved=on_saved,
+            groups=seed_groups(args.population * args.seeds, jax.local_device_count()))
 
 
 def save_population(store: CheckpointStore, progress: PBTProgress) -> None:
@@ -155,6 +157,7 @@ def summarize_pbt(args: SweepArgs, result: PBTResult, batch_size: int,
     return jsonable({
         "search": "pbt", "env": args.config.env, "algo": args.config.algo,
         "population": args.population, "seeds": args.seeds, "members": len(last),
+        "seed_groups": seed_groups(len(last), jax.local_device_count()),
         "interval": result.interval, "quantile": args.pbt.quantile, "resample": args.pbt.resample,
         "best": {"member": member, "fitness": float(last[member]), "lineage": path,
                  "schedule": schedule,

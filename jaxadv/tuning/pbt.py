@@ -23,7 +23,10 @@ from typing import Any, cast
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
+from jaxadv.engine.devices import seed_groups
+from jaxadv.engine.driver import _seed_axis
 from jaxadv.engine.sweep import LogUniform, Uniform, _stacked_hparams, expand_grid
 from jaxadv.engine.train import HPARAM_SPECS, HParams, TrainConfig, TrainState, make_trainer
 
@@ -172,7 +175,8 @@ def population_based_training(config: TrainConfig, settings: PBTSettings, popula
                               seeds: int, interval: int, *, hparams: HParams | None = None,
                               key: jax.Array | None = None, per_call: int | None = None,
                               resume: PBTProgress | Callable[[Any], PBTProgress | None] | None = None,
-                              on_saved: Callable[[PBTProgress], None] | None = None) -> PBTResult:
+                              on_saved: Callable[[PBTProgress], None] | None = None,
+                              groups: int = 1, devices: int | None = None) -> PBTResult:
     """Train ``population`` draws from ``settings.ranges`` × ``seeds`` seeds as one
     population: every ``interval`` updates, :func:`exploit_explore` (not after the last
     interval), inside the compiled program. ``config.num_updates`` must be a multiple of
@@ -180,7 +184,12 @@ def population_based_training(config: TrainConfig, settings: PBTSettings, popula
     (default: all in one); after each, ``on_saved(progress)`` with what a run resumed from
     it (``resume=progress``, the other arguments the same) needs to end with the same bits
     as one that never stopped. ``resume`` may also be a function of the abstract
-    ``(state, hp, key)`` that restores the progress, or gives ``None`` to start afresh."""
+    ``(state, hp, key)`` that restores the progress, or gives ``None`` to start afresh.
+
+    ``groups``: the members train in this many equal blocks, each a ``vmap``, spread over up
+    to ``devices`` local devices (default: all; :func:`~jaxadv.engine.devices.seed_groups`),
+    as ``jaxadv train`` spreads its seeds; the ranking and the copies are collectives across
+    them. The same ``groups`` give the same bits on any number of devices."""
     if not 0 < interval <= config.num_updates or config.num_updates % interval:
         raise ValueError(f"`pbt.interval` = {interval} must divide the run's "
                          f"{config.num_updates} updates")
@@ -191,8 +200,14 @@ def population_based_training(config: TrainConfig, settings: PBTSettings, popula
     hp = _stacked_hparams([p for p in points for _ in range(seeds)],
                           (hparams or HParams()).validate())
     intervals = config.num_updates // interval
+    members = population * seeds
+    if groups < 1 or members % groups:
+        raise ValueError(f"`groups` = {groups} must divide the {members} members")
+    used = seed_groups(groups, devices or jax.local_device_count())
+    mesh = Mesh(np.array(jax.local_devices()[:used]), ("seeds",)) if used > 1 else None
+    spread = lambda fn: _seed_axis(fn, members, (0, 0), groups, mesh)
     init, calls = _pbt_programs(make_trainer(config), settings, population, seeds, interval,
-                                intervals)
+                                intervals, spread)
     if callable(resume):
         resume = resume(jax.eval_shape(init, key, hp))
     carry = init(key, hp) if resume is None else (resume.state, resume.hp, resume.key)
@@ -212,19 +227,21 @@ def population_based_training(config: TrainConfig, settings: PBTSettings, popula
 
 
 def _pbt_programs(trainer: Any, settings: PBTSettings, population: int, seeds: int,
-                  interval: int, intervals: int) -> tuple[Callable, Callable[[int], Callable]]:
+                  interval: int, intervals: int, spread: Callable[[Callable], Callable]
+                  ) -> tuple[Callable, Callable[[int], Callable]]:
     """PBT's compiled calls: ``init(key, hp)``, the population's ``(state, hp, exploit key)``
     (member ``m`` on seed ``m % seeds``), and ``calls(count)(carry, first)``, intervals
     ``first`` to ``first + count − 1`` trained, each followed by :func:`exploit_explore` but
-    the run's last, with their outputs stacked."""
+    the run's last, with their outputs stacked. ``spread(fn)`` maps ``fn`` over the
+    members' axis (a ``vmap``, or blocks of one spread over devices)."""
     fields = [f for f, _ in cast(_Pairs, settings.ranges)]
-    run = jax.vmap(functools.partial(trainer.run, num_updates=interval))
+    run = spread(functools.partial(trainer.run, num_updates=interval))
 
     @jax.jit
     def init(key, hp):
         keys = jax.random.key_data(jax.random.split(key, seeds))
         keys = jax.random.wrap_key_data(jnp.concatenate([keys] * population))
-        return jax.vmap(trainer.init)(keys, hp), hp, jax.random.fold_in(key, 3)
+        return spread(trainer.init)(keys, hp), hp, jax.random.fold_in(key, 3)
 
     def step(carry, i):
         state, hp, k = carry
