@@ -1,5 +1,6 @@
-"""Subprocess helpers shared by the interrupt tests."""
+"""Subprocess and signal helpers shared by the interrupt tests."""
 
+import contextlib
 import signal
 import subprocess
 import time
@@ -36,3 +37,26 @@ class ModulesLogger:
 
     def close(self):
         pass
+
+
+@contextlib.contextmanager
+def signalled_searches():
+    """While it is open, the searches' interrupts (``jaxadv.cli.search.Interrupts``) have seen
+    SIGINT from the start: a halving or PBT search stops after its first save, as after a
+    Ctrl-C during its first rung or call (the signal handling itself is the other commands'
+    tests')."""
+    import pytest
+
+    from jaxadv.cli import search
+
+    class SignalledAtStart(search.Interrupts):
+        def __enter__(self):
+            self.signum = signal.SIGINT
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(search, "Interrupts", SignalledAtStart)
+        yield

@@ -4,7 +4,6 @@ every other member is untouched; explored values stay in their valid ranges."""
 
 import dataclasses
 import json
-import signal
 
 import jax
 import jax.numpy as jnp
@@ -192,6 +191,8 @@ TINY_192 = TrainConfig(algo="a2c", num_envs=2, num_steps=8, total_timesteps=192,
 
 
 def test_the_pbt_command_and_its_refusals(tmp_path, capsys):
+    from _processes import signalled_searches
+
     from jaxadv import cli
 
     base = ["sweep", "--search", "pbt", "--algo", "a2c", "--num-envs", "2", "--num-steps", "8",
@@ -226,21 +227,10 @@ def test_the_pbt_command_and_its_refusals(tmp_path, capsys):
     record = json.loads((out / "eval" / "best" / "eval.json").read_text())
     assert len(record["per_seed"]) == 1 and record["checkpoint"]["update"] == 12
     # stopped by a signal after its first call (one interval), then resumed: the same outputs
-    from jaxadv.cli import search as search_cli
-
-    class SignalledAtStart(search_cli.Interrupts):
-        def __enter__(self):
-            self.signum = signal.SIGINT
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
     again = tmp_path / "again"
     argv = [*base, "--grid.lr", "1e-4", "1e-1", "--pbt.interval", "4", "--reeval.top", "2",
             "--reeval.seeds", "2", "--out", str(again)]
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(search_cli, "Interrupts", SignalledAtStart)
+    with signalled_searches():
         assert cli.main(argv) == 130
     assert "stopped after interval 1 of 3" in " ".join(capsys.readouterr().err.split())
     assert cli.main(["sweep", "--resume", str(again), "--pbt.quantile", "0.5"]) == 2

@@ -4,11 +4,11 @@ compiles once per rung plus once to start, and the command's outputs and refusal
 
 import json
 import math
-import signal
 
 import jax
 import numpy as np
 import pytest
+from _processes import signalled_searches
 
 from jaxadv import cli
 from jaxadv.engine.policies import load_policies
@@ -159,21 +159,10 @@ def test_the_command_writes_the_search_and_refuses_what_it_cannot_search(tmp_pat
     capsys.readouterr()
 
     # stopped by a signal after its first rung (saved), then resumed: the same outputs
-    from jaxadv.cli import search as search_cli
-
-    class SignalledAtStart(search_cli.Interrupts):
-        def __enter__(self):
-            self.signum = signal.SIGINT
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
     again = tmp_path / "again"
     argv = [*base, "--grid.lr", "1e-4", "1e-3", "1e-2", "3e-2", "--halving.eta", "2",
             "--halving.min-steps", "48", "--out", str(again)]
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(search_cli, "Interrupts", SignalledAtStart)
+    with signalled_searches():
         assert cli.main(argv) == 130
     err = " ".join(capsys.readouterr().err.split())
     assert "stopped after rung 1 of 3" in err and f"jaxadv sweep --resume {again}" in err

@@ -18,6 +18,7 @@ import csv
 import dataclasses
 import shlex
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -98,23 +99,9 @@ def _train_population(args: SweepArgs, settings: PBTSettings, interval: int,
     """The PBT run of ``args``, saved after each compiled call under ``--out/search``; a
     signal stops it after the call in flight (:class:`~jaxadv.engine.driver.RunStopped`),
     and ``--resume`` goes on from the last call saved."""
-    store, total = _search_store(args), args.config.num_updates // interval
-    interrupts = Interrupts(err, stopping="the call in flight to save the population",
-                            intact="the population saved last is intact")
-
-    def on_saved(progress: PBTProgress) -> None:
-        save_population(store, progress)
-        if interrupts.signum and progress.intervals < total:
-            raise interrupts.stopped(
-                f"interval {progress.intervals} of {total}", f"the population in {store.directory}",
-                f"jaxadv sweep --resume {shlex.quote(str(args.out))}")
-
-    def resume(abstract: Any) -> PBTProgress | None:
-        progress = None if args.resume is None else restore_population(store, abstract)
-        if progress is not None:
-            err.print(f"resuming {args.out}: {progress.intervals} of {total} interval(s) saved")
-        return progress
-
+    interrupts, on_saved, resume = _saved_search(
+        args, err, "interval", args.config.num_updates // interval, save_population,
+        restore_population, lambda progress: progress.intervals)
     with interrupts:  # members in equal groups, one device each where there are several
         return population_based_training(
             args.config, settings, args.population, args.seeds, interval, hparams=args.hparams,
@@ -219,34 +206,21 @@ def halving_command(args: SweepArgs) -> dict[str, Any]:
 
 
 def _halving(args: SweepArgs) -> dict[str, Any]:
-    config, hp, out = args.config, args.hparams, args.out
+    config, hp = args.config, args.hparams
     err, console = Console(stderr=True, quiet=args.quiet), Console(quiet=args.quiet)
     min_updates = args.halving_min_updates()
     budgets = rung_budgets(config.num_updates, args.halving.eta, min_updates)
     err.print(f"successive halving of {config.algo} on {config.env}: {args.num_points()} "
               f"point(s) × {args.seeds} seed(s), eta {args.halving.eta}, first rung "
               f"{min_updates} update(s) …")
-    store = _search_store(args)
-    interrupts = Interrupts(err, stopping="the rung in flight to save it",
-                            intact="the rungs saved so far are intact")
+    interrupts, on_saved, resume = _saved_search(
+        args, err, "rung", len(budgets), save_rungs, restore_rungs,
+        lambda progress: len(progress.rungs))
 
     def on_rung(rung: Rung) -> None:
         best = max((f for f in rung.fitness if np.isfinite(f)), default=float("nan"))
         err.print(f"rung at {rung.budget} update(s): {len(rung.points)} point(s), best fitness "
                   f"{best:.2f}, {len(rung.kept)} go on ({rung.seconds:.1f} s)")
-
-    def on_saved(progress: HalvingProgress) -> None:
-        save_rungs(store, progress)
-        if interrupts.signum and len(progress.rungs) < len(budgets):
-            raise interrupts.stopped(
-                f"rung {len(progress.rungs)} of {len(budgets)}", f"the search in {store.directory}",
-                f"jaxadv sweep --resume {shlex.quote(str(out))}")
-
-    def resume(abstract: Any) -> HalvingProgress | None:
-        progress = None if args.resume is None else restore_rungs(store, abstract)
-        if progress is not None:
-            err.print(f"resuming {out}: {len(progress.rungs)} of {len(budgets)} rung(s) saved")
-        return progress
 
     with interrupts:
         result = successive_halving(config, args.grid_spec(), args.seeds, hparams=hp,
@@ -254,6 +228,34 @@ def _halving(args: SweepArgs) -> dict[str, Any]:
                                     min_updates=min_updates, num_samples=args.samples,
                                     on_rung=on_rung, resume=resume, on_saved=on_saved)
     return _halving_outputs(args, result, err, console)
+
+
+def _saved_search(args: SweepArgs, err: Console, unit: str, total: int,
+                  save: Callable[[CheckpointStore, Any], None],
+                  restore: Callable[[CheckpointStore, Any], Any],
+                  done: Callable[[Any], int]) -> tuple[Interrupts, Callable, Callable]:
+    """A search saved under ``--out/search`` after each of its ``total`` rungs or calls
+    (``unit``): its interrupts, ``on_saved(progress)`` (``save`` it; after a signal, stop
+    with the resume command unless it was the last) and ``resume(abstract)`` (with
+    ``--resume``, ``restore`` the last saved; ``done(progress)`` counts what it holds)."""
+    store = _search_store(args)
+    interrupts = Interrupts(err, stopping=f"the {unit} in flight to save it",
+                            intact=f"the search saved after its last {unit} is intact")
+
+    def on_saved(progress: Any) -> None:
+        save(store, progress)
+        if interrupts.signum and done(progress) < total:
+            raise interrupts.stopped(
+                f"{unit} {done(progress)} of {total}", f"the search in {store.directory}",
+                f"jaxadv sweep --resume {shlex.quote(str(args.out))}")
+
+    def resume(abstract: Any) -> Any:
+        progress = None if args.resume is None else restore(store, abstract)
+        if progress is not None:
+            err.print(f"resuming {args.out}: {done(progress)} of {total} {unit}(s) saved")
+        return progress
+
+    return interrupts, on_saved, resume
 
 
 def _search_store(args: SweepArgs) -> CheckpointStore:
