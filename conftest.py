@@ -106,7 +106,9 @@ LONGEST_FIRST = {
     "tests/test_sweep.py": 40,
     "tests/test_advantages.py": 40,
     "tests/test_cnn.py": 35,
-    "tests/test_search.py": 35,
+    "tests/test_search.py": 60,
+    "tests/test_packaging.py": 50,
+    "tests/test_pbt.py": 45,
     "tests/test_variance_cli.py": 30,
     "tests/test_docs.py": 30,
 }
