@@ -6,10 +6,16 @@ search seeds, four searches over the learning rate in [1e-5, 1e-1] (log-uniform)
 
 - ``grid``: ``--points`` log-spaced rates, each on ``--seeds`` seeds, trained to the end;
 - ``random``: ``--points`` log-uniform draws, the same;
-- ``halving``: ``3 × --points`` draws on ``--seeds`` seeds, eta 3, first rung a ninth of
-  the run (:func:`~jaxadv.tuning.halving.successive_halving`);
-- ``pbt``: ``--points`` draws, one seed each, exploit and explore every tenth of the run
-  (:func:`~jaxadv.tuning.pbt.population_based_training`).
+- ``halving``: ``--points`` draws on ``--seeds`` seeds, eta 3, first rung a ninth of the
+  run (:func:`~jaxadv.tuning.halving.successive_halving`): three rungs of a ninth, a third
+  and all of the run, trained by all, a third and a ninth of the points, so about a third
+  of the grid's env steps;
+- ``pbt``: ``--points × --seeds / 3`` draws (at least 2), one seed each, exploit and
+  explore every tenth of the run (:func:`~jaxadv.tuning.pbt.population_based_training`):
+  a third of the grid's env steps.
+
+The issue's target is that halving or PBT reaches the grid's fresh-seed IQM with at most a
+third of its env steps.
 
 Each search's pick (the best point by the interquartile mean of its final returns; PBT's
 best member of the last interval, its schedule replayed from scratch) is trained again on
@@ -120,8 +126,8 @@ def searches(config, hp, args, seed) -> dict[str, Outcome]:
         "grid": _counting(lambda: _enumerated(config, hp, grid, s, f, seed)),
         "random": _counting(lambda: _enumerated(config, hp, {"lr": LogUniform(*LR)}, s, f,
                                                 seed, samples=n)),
-        "halving": _counting(lambda: _halving(config, hp, 3 * n, s, f, seed)),
-        "pbt": _counting(lambda: _pbt(config, hp, n, f, seed)),
+        "halving": _counting(lambda: _halving(config, hp, n, s, f, seed)),
+        "pbt": _counting(lambda: _pbt(config, hp, max(2, n * s // 3), f, seed)),
     }
 
 
