@@ -233,6 +233,8 @@ def test_the_pbt_command_and_its_refusals(tmp_path, capsys):
     with signalled_searches():
         assert cli.main(argv) == 130
     assert "stopped after interval 1 of 3" in " ".join(capsys.readouterr().err.split())
+    assert cli.main(argv) == 2  # no fresh start into it
+    assert "unfinished sweep (1 interval(s) saved)" in capsys.readouterr().err
     assert cli.main(["sweep", "--resume", str(again), "--pbt.quantile", "0.5"]) == 2
     assert "`pbt` = " in capsys.readouterr().err
     assert cli.main(["sweep", "--resume", str(again)]) == 0

@@ -96,9 +96,13 @@ def find_run(directory: pathlib.Path) -> RunFound | None:
     if (directory / "sweep.csv").is_file():
         return RunFound("sweep", True)
     if any((directory / name).exists() for name in ("search", "search.csv", "pbt.csv")):
-        rungs = _checkpoint_steps(directory / "search")  # a halving search's saved rungs
+        saved = _checkpoint_steps(directory / "search")  # rungs (halving) or intervals (PBT)
+        unit = "rung"
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            settings = json.loads((directory / "search" / "settings.json").read_text())
+            unit = "interval" if settings.get("search") == "pbt" else "rung"
         return RunFound("sweep", (directory / "summary.json").is_file(),
-                        f"{rungs[-1] if rungs else 0} rung(s) saved")
+                        f"{saved[-1] if saved else 0} {unit}(s) saved")
     kind = "sequence" if (directory / "sequence.json").is_file() else "train"
     steps = _checkpoint_steps(directory / "checkpoints")
     total = None

@@ -60,10 +60,11 @@ def pbt_command(args: SweepArgs) -> dict[str, Any]:
         err, console = Console(stderr=True, quiet=args.quiet), Console(quiet=args.quiet)
         settings, interval = args.pbt_settings(), args.pbt_interval()
         members = args.population * args.seeds
+        groups = seed_groups(members, jax.local_device_count())  # one per device, at most
         err.print(f"population-based training of {config.algo} on {config.env}: {members} "
                   f"members, exploit/explore every {interval} updates inside the compiled "
                   f"calls of {args.pbt_save_every()} interval(s) each …")
-        result = _train_population(args, settings, interval, err)
+        result = _train_population(args, settings, interval, groups, err)
         selection = None
         if args.reeval.top:
             seeds = args.reeval.seeds or args.seeds
@@ -72,7 +73,7 @@ def pbt_command(args: SweepArgs) -> dict[str, Any]:
             chosen, population, fresh = reevaluate_members(
                 config, result, args.reeval.top, seeds, seed=args.seed, hparams=args.hparams)
             selection = selection_report(population, chosen, fresh)
-        summary = summarize_pbt(args, result, config.batch_size, selection)
+        summary = summarize_pbt(args, result, config.batch_size, groups, selection)
         write_pbt_csv(out / "pbt.csv", result)
         save_policies(out / "best.npz", policy_leaves(result.state, summary["best"]["member"]))
         write_json(out / "summary.json", summary)
@@ -94,7 +95,7 @@ def pbt_command(args: SweepArgs) -> dict[str, Any]:
         return summary
 
 
-def _train_population(args: SweepArgs, settings: PBTSettings, interval: int,
+def _train_population(args: SweepArgs, settings: PBTSettings, interval: int, groups: int,
                       err: Console) -> PBTResult:
     """The PBT run of ``args``, saved after each compiled call under ``--out/search``; a
     signal stops it after the call in flight (:class:`~jaxadv.engine.driver.RunStopped`),
@@ -106,8 +107,7 @@ def _train_population(args: SweepArgs, settings: PBTSettings, interval: int,
         return population_based_training(
             args.config, settings, args.population, args.seeds, interval, hparams=args.hparams,
             key=jax.random.key(args.seed), per_call=args.pbt_save_every(), resume=resume,
-            on_saved=on_saved,
-            groups=seed_groups(args.population * args.seeds, jax.local_device_count()))
+            on_saved=on_saved, groups=groups)
 
 
 def save_population(store: CheckpointStore, progress: PBTProgress) -> None:
@@ -132,7 +132,7 @@ def restore_population(store: CheckpointStore, abstract: Any) -> PBTProgress | N
                         if k.startswith("hparam_")}, h["returns"], h["episodes"])
 
 
-def summarize_pbt(args: SweepArgs, result: PBTResult, batch_size: int,
+def summarize_pbt(args: SweepArgs, result: PBTResult, batch_size: int, groups: int,
                   selection: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """``summary.json`` of a PBT run: the best member of the last interval, its lineage and
     hyperparameter schedule, the population's fitness per interval, the settings, and
@@ -144,7 +144,7 @@ def summarize_pbt(args: SweepArgs, result: PBTResult, batch_size: int,
     return jsonable({
         "search": "pbt", "env": args.config.env, "algo": args.config.algo,
         "population": args.population, "seeds": args.seeds, "members": len(last),
-        "seed_groups": seed_groups(len(last), jax.local_device_count()),
+        "seed_groups": groups,
         "interval": result.interval, "quantile": args.pbt.quantile, "resample": args.pbt.resample,
         "best": {"member": member, "fitness": float(last[member]), "lineage": path,
                  "schedule": schedule,

@@ -203,8 +203,9 @@ def population_based_training(config: TrainConfig, settings: PBTSettings, popula
     members = population * seeds
     if groups < 1 or members % groups:
         raise ValueError(f"`groups` = {groups} must divide the {members} members")
-    used = seed_groups(groups, devices or jax.local_device_count())
-    mesh = Mesh(np.array(jax.local_devices()[:used]), ("seeds",)) if used > 1 else None
+    spread_over = seed_groups(groups, devices or jax.local_device_count())
+    mesh = (Mesh(np.array(jax.local_devices()[:spread_over]), ("seeds",)) if spread_over > 1
+            else None)
     spread = lambda fn: _seed_axis(fn, members, (0, 0), groups, mesh)
     init, calls = _pbt_programs(make_trainer(config), settings, population, seeds, interval,
                                 intervals, spread)
