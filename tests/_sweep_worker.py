@@ -9,7 +9,8 @@ the process joins a ``jax.distributed`` job on localhost over gloo CPU collectiv
 ``SPEC_JSON`` holds ``config`` (TrainConfig kwargs), ``grid`` (a distribution is
 ``{"LogUniform": [low, high]}`` or ``{"Uniform": [low, high]}``), ``seeds``, ``key``
 (an int for ``jax.random.key``) and optionally ``num_samples`` and ``max_parallel``.
-Writes ``OUT_DIR/result.npz`` and ``OUT_DIR/result.json``.
+Writes ``OUT_DIR/result.npz`` and ``OUT_DIR/result.json``. With a ``pbt`` entry instead
+(under ``jax.distributed``), population-based training: ``OUT_DIR/pbt.npz`` (:func:`save_pbt`).
 """
 
 from __future__ import annotations
@@ -52,6 +53,36 @@ def save_result(result, out_dir: pathlib.Path) -> None:
     (out_dir / "result.json").write_text(json.dumps(meta))
 
 
+def pbt_arrays(result) -> dict:
+    """A PBT result's fitness, parents, learning rates, returns, episode counts and final
+    state leaves (key data for PRNG keys), as numpy arrays by name."""
+    import jax
+    import numpy as np
+
+    leaves = [jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+              else x for x in jax.tree.leaves(result.state)]
+    return {"fitness": result.fitness, "parent": result.parent, "lr": result.hparams["lr"],
+            "returns": result.returns, "episodes": result.episodes,
+            **{f"state_{i}": np.asarray(x) for i, x in enumerate(leaves)}}
+
+
+def save_pbt(config, spec: dict, out_dir: pathlib.Path) -> None:
+    """``population_based_training`` of ``spec["pbt"]`` (population, seeds, interval,
+    groups, per_call, ranges, quantile) under ``jax.distributed``: ``OUT_DIR/pbt.npz``."""
+    import jax
+    import numpy as np
+
+    from jaxadv.tuning.pbt import PBTSettings, population_based_training
+
+    p = spec["pbt"]
+    settings = PBTSettings(ranges={k: tuple(v) for k, v in p["ranges"].items()},
+                           quantile=p["quantile"])
+    result = population_based_training(config, settings, p["population"], p["seeds"],
+                                       p["interval"], key=jax.random.key(spec["key"]),
+                                       per_call=p["per_call"], groups=p["groups"])
+    np.savez(out_dir / "pbt.npz", processes=jax.process_count(), **pbt_arrays(result))
+
+
 def main(argv: list[str]) -> None:
     spec = json.loads(argv[0])
     out_dir = pathlib.Path(argv[1])
@@ -69,6 +100,11 @@ def main(argv: list[str]) -> None:
     from jaxadv.engine.train import TrainConfig
 
     config = TrainConfig(**spec["config"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if "pbt" in spec:
+        save_pbt(config, spec, out_dir)
+        jax.distributed.shutdown()
+        return
     result = run_sweep(
         config,
         _decode_grid(spec["grid"]),

@@ -270,3 +270,7 @@ def test_the_pbt_command_and_its_refusals(tmp_path, capsys):
     ]:
         assert cli.main([*base, *flags, "--out", str(tmp_path / "x")]) == 2
         assert words in capsys.readouterr().err
+    with pytest.MonkeyPatch.context() as patch:  # as under jax.distributed with two processes
+        patch.setattr(jax, "process_count", lambda: 2)
+        assert cli.main([*base, "--grid.lr", "1e-4", "1e-1", "--out", str(tmp_path / "x")]) == 2
+    assert "`search` = 'pbt' runs in one process" in " ".join(capsys.readouterr().err.split())

@@ -133,6 +133,9 @@ def _wait(procs: list[subprocess.Popen], outs: list[pathlib.Path]) -> list[dict]
 
 
 def _load(out: pathlib.Path) -> dict:
+    if (out / "pbt.npz").exists():
+        with np.load(out / "pbt.npz") as z:
+            return dict(z)
     meta = json.loads((out / "result.json").read_text())
     with np.load(out / "result.npz") as z:
         n = len(meta["points"])
@@ -150,12 +153,16 @@ def workers(tmp_path_factory):
     spec = {"config": CONFIG, "grid": GRID, "seeds": SEEDS, "key": SEED}
     # The multi-host run is also chunked: 18 runs in chunks of 8 over 4 global devices.
     multihost_spec = {**spec, "max_parallel": MAX_PARALLEL}
-    port = _free_port()
+    port, pbt_port = _free_port(), _free_port()
     runs = {
         "sharded": ([_spawn(spec, root / "sharded", 4)], [root / "sharded"]),
         "multihost": (
             [_spawn(multihost_spec, root / f"process{i}", 2, i, 2, port) for i in range(2)],
             [root / f"process{i}" for i in range(2)],
+        ),
+        "pbt": (  # two processes of one device each, one block of PBT members on each
+            [_spawn(PBT_SPEC, root / f"pbt{i}", 1, i, 2, pbt_port) for i in range(2)],
+            [root / f"pbt{i}" for i in range(2)],
         ),
     }
     yield runs
@@ -283,6 +290,37 @@ def test_two_processes_equal_one(swept, workers):
     for got in results:  # every process holds the gathered results
         assert (got["devices"], got["processes"]) == (4, 2)
         _assert_same_results(got, swept[0])
+
+
+PBT_SPEC = {"config": {"algo": "a2c", "num_envs": 2, "num_steps": 8, "total_timesteps": 2 * 8 * 9,
+                       "hidden": [8]}, "key": 2,
+            "pbt": {"population": 4, "seeds": 1, "interval": 3, "groups": 2, "per_call": 2,
+                    "ranges": {"lr": [1e-4, 1e-1]}, "quantile": 0.5}}
+
+
+def test_pbt_over_two_processes_equals_one_process(workers):
+    """Population-based training under ``jax.distributed``: 4 members in 2 blocks, one block
+    on each of two processes (gloo collectives rank the members and copy the donors across
+    them), in two compiled calls. Each process gets the whole result, and it is the same
+    fitness, parents, learning rates, returns and final states, bit for bit, as one process
+    training both blocks in turn."""
+    from _sweep_worker import pbt_arrays
+
+    from jaxadv.tuning.pbt import PBTSettings, population_based_training
+
+    results = _wait(*workers["pbt"])
+    spec, p = PBT_SPEC, PBT_SPEC["pbt"]
+    config = TrainConfig(**{**spec["config"], "hidden": (8,)})
+    one = pbt_arrays(population_based_training(
+        config, PBTSettings(ranges={"lr": (1e-4, 1e-1)}, quantile=p["quantile"]),
+        p["population"], p["seeds"], p["interval"], key=jax.random.key(spec["key"]),
+        per_call=p["per_call"], groups=p["groups"]))
+    assert (one["parent"][:-1] != np.arange(4)).any()  # members copied across the blocks
+    for got in results:
+        assert int(got.pop("processes")) == 2
+        assert got.keys() == one.keys()
+        for name, want in one.items():
+            np.testing.assert_array_equal(got[name], want, err_msg=name)
 
 
 def test_static_fields_compile_per_group_and_equal_running_alone(grouped_and_chunked, alone):

@@ -19,6 +19,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import Annotated, Any, Literal
 
+import jax
 import tyro
 from rich.console import Console
 
@@ -203,6 +204,10 @@ class SweepArgs:
         self.static_configs()  # every value checked, every static configuration built
         _check_reeval(self.reeval, self.population * self.seeds if self.search == "pbt"
                       else self.num_points())
+        if self.search != "grid" and jax.process_count() > 1:
+            raise ValueError(f"`search` = {self.search!r} runs in one process; under "
+                             "jax.distributed call jaxadv.tuning.pbt.population_based_training "
+                             "from every process (it spreads the members over all of them)")
         if self.search == "halving":
             self._check_halving()
         if self.search == "pbt":

@@ -23,6 +23,7 @@ from typing import Any, cast
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from jaxadv.engine.devices import seed_groups
@@ -189,7 +190,10 @@ def population_based_training(config: TrainConfig, settings: PBTSettings, popula
     ``groups``: the members train in this many equal blocks, each a ``vmap``, spread over up
     to ``devices`` local devices (default: all; :func:`~jaxadv.engine.devices.seed_groups`),
     as ``jaxadv train`` spreads its seeds; the ranking and the copies are collectives across
-    them. The same ``groups`` give the same bits on any number of devices."""
+    them. Under ``jax.distributed`` the blocks spread over every process's devices (``groups``
+    a multiple of their number), every process calls this with the same arguments, and each
+    gets the whole result. The same ``groups`` give the same bits on any number of devices
+    and processes."""
     if not 0 < interval <= config.num_updates or config.num_updates % interval:
         raise ValueError(f"`pbt.interval` = {interval} must divide the run's "
                          f"{config.num_updates} updates")
@@ -203,10 +207,7 @@ def population_based_training(config: TrainConfig, settings: PBTSettings, popula
     members = population * seeds
     if groups < 1 or members % groups:
         raise ValueError(f"`groups` = {groups} must divide the {members} members")
-    spread_over = seed_groups(groups, devices or jax.local_device_count())
-    mesh = (Mesh(np.array(jax.local_devices()[:spread_over]), ("seeds",)) if spread_over > 1
-            else None)
-    spread = lambda fn: _seed_axis(fn, members, (0, 0), groups, mesh)
+    spread = lambda fn: _seed_axis(fn, members, (0, 0), groups, _mesh(groups, devices))
     init, calls = _pbt_programs(make_trainer(config), settings, population, seeds, interval,
                                 intervals, spread)
     if callable(resume):
@@ -217,14 +218,40 @@ def population_based_training(config: TrainConfig, settings: PBTSettings, popula
     while done < intervals:
         count = min(per_call or intervals, intervals - done)
         carry, out = calls(count)(carry, jnp.asarray(done))
-        outs.append(jax.tree.map(np.asarray, out))
+        outs.append(jax.tree.map(_host, out))
         done += count
         if on_saved is not None:
             on_saved(PBTProgress(done, *carry, *jax.tree.map(lambda *x: np.concatenate(x), *outs)))
     fitness, parent, used, returns, episodes = jax.tree.map(lambda *x: np.concatenate(x), *outs)
     flat = lambda x: np.moveaxis(x, 0, 1).reshape(x.shape[1], -1)
-    return PBTResult(points, seeds, interval, fitness, parent, used, carry[0], flat(returns),
+    state = carry[0] if jax.process_count() == 1 else jax.tree.map(_host, carry[0])
+    return PBTResult(points, seeds, interval, fitness, parent, used, state, flat(returns),
                      flat(episodes))
+
+
+def _mesh(groups: int, devices: int | None) -> Mesh | None:
+    """The 1-D mesh the ``groups`` blocks of members are spread over: up to ``devices``
+    local devices (default: all; :func:`~jaxadv.engine.devices.seed_groups`). Under
+    ``jax.distributed`` (several processes) it spans every process's devices, so
+    ``groups`` must be a multiple of :func:`jax.device_count`."""
+    if jax.process_count() > 1:
+        if devices is not None or groups % jax.device_count():
+            raise ValueError(f"`groups` = {groups} must be a multiple of the "
+                             f"{jax.device_count()} devices of the {jax.process_count()} "
+                             "processes (and `devices` unset): each process trains its share")
+        return Mesh(np.array(jax.devices()), ("seeds",))
+    spread_over = seed_groups(groups, devices or jax.local_device_count())
+    return Mesh(np.array(jax.local_devices()[:spread_over]), ("seeds",)) if spread_over > 1 else None
+
+
+def _host(x: jax.Array) -> Any:
+    """``x`` as one host array, gathered from every process under ``jax.distributed`` (a
+    PRNG key array stays a key array, on this process's default device)."""
+    if x.is_fully_addressable:
+        return np.asarray(x) if not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        return jax.random.wrap_key_data(_host(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def _pbt_programs(trainer: Any, settings: PBTSettings, population: int, seeds: int,
