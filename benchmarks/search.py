@@ -21,10 +21,15 @@ Each search's pick (the best point by the interquartile mean of its final return
 best member of the last interval, its schedule replayed from scratch) is trained again on
 ``--fresh`` seeds that no search saw (:func:`~jaxadv.tuning.selection.fresh_key`), and the
 table gives, per task and search, the mean over search seeds of that fresh-seed IQM (and its
-lowest and highest), the env steps the search spent, its wall seconds and XLA compiles.
+lowest and highest), the env steps the search spent, its wall seconds and XLA compiles, and
+the optimism gap of each search seed's pick (its IQM on the seeds that selected it minus the
+fresh-seed IQM, with a stratified-bootstrap 95% interval).
 Then PBT's cost: the same population trained with its exploit and explore steps and without
 (one interval), timed in interleaved rounds. ``search.png`` plots the fresh-seed IQM against
-the env steps spent, per task and search.
+the env steps spent, per task and search (hollow: the same pick's IQM on its selection
+seeds). Each outcome is appended to ``--results`` (JSON lines) as it finishes; a rerun with
+the same settings reads them back instead of measuring again, so an interrupted run goes on
+where it stopped.
 
 Run: ``.venv/bin/python benchmarks/search.py [--budget 1] [--search-seeds 3]`` (hours on the
 2-core machine at the full budget); ``--budget 0.1 --search-seeds 1`` checks that it runs.
@@ -35,6 +40,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import os
 import platform
 import statistics
 import time
@@ -49,11 +56,10 @@ import matplotlib.pyplot as plt
 
 from jaxadv.engine.sweep import LogUniform, run_sweep
 from jaxadv.engine.train import HParams, TrainConfig
-from jaxadv.stats import iqm
 from jaxadv.tuning.halving import successive_halving
 from jaxadv.tuning.pbt import PBTSettings, population_based_training
 from jaxadv.tuning.replay import reevaluate_members
-from jaxadv.tuning.selection import reevaluate
+from jaxadv.tuning.selection import reevaluate, selection_report
 
 TASKS = {  # the suite's learning tests (tests/test_train.py), at their full budgets
     "CartPole-v1": (TrainConfig(total_timesteps=500_000), HParams()),
@@ -72,37 +78,49 @@ class Outcome:
     env_steps: int
     seconds: float
     compiles: int
+    selected_iqm: float  # the pick's IQM on the seeds the search selected it on
+    gap: float  # selected minus fresh IQM (the optimism gap)
+    gap_low: float  # its stratified-bootstrap 95% interval
+    gap_high: float
 
 
-def _counting(fn: Callable[[], tuple[float, int]]) -> Outcome:
-    """Run ``fn`` (returning the fresh IQM and the env steps spent), counting XLA's compiles."""
+def _scored(report: list[dict], steps: int) -> tuple[dict, int]:
+    """The pick's row of :func:`~jaxadv.tuning.selection.selection_report` and the steps."""
+    return report[0], steps
+
+
+def _counting(fn: Callable[[], tuple[dict, int]]) -> Outcome:
+    """Run ``fn`` (returning the pick's selection report row and the env steps spent),
+    counting XLA's compiles."""
     compiles = []
     listener = lambda name, *a, **k: compiles.append(1) if name.endswith(
         "backend_compile_duration") else None
     jax.monitoring.register_event_duration_secs_listener(listener)
     try:
         start = time.perf_counter()
-        fresh, steps = fn()
+        row, steps = fn()
         seconds = time.perf_counter() - start
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
-    return Outcome(fresh, steps, seconds, len(compiles))
+    gap = row["optimism_gap"]
+    return Outcome(row["fresh"]["iqm"], steps, seconds, len(compiles), row["selected"]["iqm"],
+                   gap["value"], gap["ci95"]["low"], gap["ci95"]["high"])
 
 
-def _enumerated(config, hp, grid, seeds, fresh, seed, samples=None) -> tuple[float, int]:
+def _enumerated(config, hp, grid, seeds, fresh, seed, samples=None) -> tuple[dict, int]:
     key = jax.random.key(seed)
     result = run_sweep(config, grid, seeds, hparams=hp, key=key, num_samples=samples)
-    _, again = reevaluate(config, hp, result, 1, fresh, seed=seed)
+    chosen, again = reevaluate(config, hp, result, 1, fresh, seed=seed)
     steps = len(result.points) * seeds * config.num_updates * config.batch_size
-    return iqm(again.final_return[0]), steps
+    return _scored(selection_report(result, chosen, again), steps)
 
 
-def _halving(config, hp, points, seeds, fresh, seed) -> tuple[float, int]:
+def _halving(config, hp, points, seeds, fresh, seed) -> tuple[dict, int]:
     result = successive_halving(config, {"lr": LogUniform(*LR)}, seeds, hparams=hp,
                                 key=jax.random.key(seed), eta=3, num_samples=points,
                                 min_updates=max(1, config.num_updates // 9))
-    _, again = reevaluate(config, hp, result, 1, fresh, seed=seed, ranking=result.ranking)
-    return iqm(again.final_return[0]), result.env_steps
+    chosen, again = reevaluate(config, hp, result, 1, fresh, seed=seed, ranking=result.ranking)
+    return _scored(selection_report(result, chosen, again), result.env_steps)
 
 
 def _interval(updates: int) -> int:
@@ -110,25 +128,51 @@ def _interval(updates: int) -> int:
                key=lambda k: abs(k - updates / 10))
 
 
-def _pbt(config, hp, population, fresh, seed) -> tuple[float, int]:
+def _pbt(config, hp, population, fresh, seed) -> tuple[dict, int]:
     result = population_based_training(config, PBTSettings(ranges={"lr": LR}), population, 1,
                                        _interval(config.num_updates), hparams=hp,
                                        key=jax.random.key(seed))
-    _, _, again = reevaluate_members(config, result, 1, fresh, seed=seed, hparams=hp)
-    return iqm(again.final_return[0]), result.returns.size * config.batch_size
+    chosen, members, again = reevaluate_members(config, result, 1, fresh, seed=seed, hparams=hp)
+    return _scored(selection_report(members, chosen, again),
+                   result.returns.size * config.batch_size)
 
 
-def searches(config, hp, args, seed) -> dict[str, Outcome]:
-    """The four searches of one task with one search seed."""
+def searches(config, hp, args, seed) -> dict[str, Callable[[], Outcome]]:
+    """The four searches of one task with one search seed, each to be run when called."""
     n, s, f = args.points, args.seeds, args.fresh
     grid = {"lr": list(np.geomspace(*LR, n))}
     return {
-        "grid": _counting(lambda: _enumerated(config, hp, grid, s, f, seed)),
-        "random": _counting(lambda: _enumerated(config, hp, {"lr": LogUniform(*LR)}, s, f,
-                                                seed, samples=n)),
-        "halving": _counting(lambda: _halving(config, hp, n, s, f, seed)),
-        "pbt": _counting(lambda: _pbt(config, hp, max(2, n * s // 3), f, seed)),
+        "grid": lambda: _counting(lambda: _enumerated(config, hp, grid, s, f, seed)),
+        "random": lambda: _counting(lambda: _enumerated(config, hp, {"lr": LogUniform(*LR)}, s,
+                                                        f, seed, samples=n)),
+        "halving": lambda: _counting(lambda: _halving(config, hp, n, s, f, seed)),
+        "pbt": lambda: _counting(lambda: _pbt(config, hp, max(2, n * s // 3), f, seed)),
     }
+
+
+class Results:
+    """Outcomes kept in a JSON-lines file, one per (settings, task, search seed, search),
+    appended as each finishes, so that an interrupted run goes on where it stopped."""
+
+    def __init__(self, path: str, settings: dict):
+        self.path, self.settings = path, settings
+        self.done: dict[tuple, dict] = {}
+        if os.path.exists(path):
+            with open(path) as f:
+                for line in f:
+                    row = json.loads(line)
+                    if row.pop("settings") == settings:
+                        self.done[(row.pop("task"), row.pop("seed"), row.pop("search"))] = row
+
+    def get(self, *key, run: Callable[[], object]) -> dict:
+        if key not in self.done:
+            value = run()
+            row = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+            with open(self.path, "a") as f:
+                f.write(json.dumps({"settings": self.settings, "task": key[0], "seed": key[1],
+                                    "search": key[2], **row}) + "\n")
+            self.done[key] = row
+        return self.done[key]
 
 
 def _timed(fn: Callable[[], object]) -> float:
@@ -174,25 +218,51 @@ def main() -> None:
     parser.add_argument("--fresh", type=int, default=8, help="fresh seeds for the picks")
     parser.add_argument("--cost-rounds", type=int, default=5)
     parser.add_argument("--plot", default="search.png")
+    parser.add_argument("--results", default="search.jsonl",
+                        help="JSON lines of finished outcomes; a rerun with the same settings "
+                             "skips them (delete the file to measure again)")
     args = parser.parse_args()
     print(f"# jax {jax.__version__}, {jax.devices()[0].platform}, "
           f"{platform.processor() or platform.machine()}, {jax.local_device_count()} device(s); "
           f"budget ×{args.budget}, {args.search_seeds} search seed(s), {args.points} points")
+    saved = Results(args.results, {k: getattr(args, k) for k in
+                                   ("budget", "points", "seeds", "fresh", "cost_rounds")})
     rows: dict[str, dict[str, list[Outcome]]] = {}
     for task in args.tasks:
-        config, hp = TASKS[task]
-        config = dataclasses.replace(config, total_timesteps=int(config.total_timesteps * args.budget))
+        config, hp = _task(task, args.budget)
         rows[task] = {}
         for seed in range(args.search_seeds):
-            for name, outcome in searches(config, hp, args, seed).items():
+            for name, run in searches(config, hp, args, seed).items():
+                outcome = Outcome(**saved.get(task, seed, name, run=run))
                 rows[task].setdefault(name, []).append(outcome)
-                print(f"{task} seed {seed} {name}: fresh IQM {outcome.fresh_iqm:.1f}, "
+                print(f"{task} seed {seed} {name}: fresh IQM {outcome.fresh_iqm:.1f} "
+                      f"(selection {outcome.selected_iqm:.1f}, gap {_gap(outcome)}), "
                       f"{outcome.env_steps:,} env steps, {outcome.seconds:.0f} s, "
                       f"{outcome.compiles} compiles", flush=True)
+    _table(rows)
+    config, hp = _task(args.tasks[0], args.budget)
+    cost = saved.get(args.tasks[0], -1, "pbt_cost", run=lambda: dict(zip(
+        ("speed", "ratio"), pbt_cost(config, hp, args.points, args.cost_rounds))))
+    print(f"\nPBT on {args.tasks[0]}, {args.points} members: {cost['speed']:,.0f} env steps/s "
+          f"with exploit/explore every tenth of the run; steps/s with ÷ without (one "
+          f"interval), median of {args.cost_rounds} interleaved rounds: {cost['ratio']:.3f}")
+    _plot(rows, args.plot)
+
+
+def _task(task: str, budget: float) -> tuple[TrainConfig, HParams]:
+    config, hp = TASKS[task]
+    return dataclasses.replace(config, total_timesteps=int(config.total_timesteps * budget)), hp
+
+
+def _gap(o: Outcome) -> str:
+    return f"{o.gap:+.1f} [{o.gap_low:+.1f}, {o.gap_high:+.1f}]"
+
+
+def _table(rows: dict[str, dict[str, list[Outcome]]]) -> None:
     print()
     print("| task | search | fresh-seed IQM of the pick (mean; lowest–highest) | env steps "
-          "| ÷ grid's | wall s | compiles |")
-    print("|:---|:---|---:|---:|---:|---:|---:|")
+          "| ÷ grid's | wall s | compiles | optimism gap per search seed [95% interval] |")
+    print("|:---|:---|---:|---:|---:|---:|---:|:---|")
     for task, by_search in rows.items():
         grid_steps = by_search["grid"][0].env_steps
         for name, outcomes in by_search.items():
@@ -200,22 +270,19 @@ def main() -> None:
             print(f"| {task} | {name} | {np.mean(f):.1f}; {min(f):.1f}–{max(f):.1f} "
                   f"| {outcomes[0].env_steps:,} | {outcomes[0].env_steps / grid_steps:.2f} "
                   f"| {np.mean([o.seconds for o in outcomes]):.0f} "
-                  f"| {max(o.compiles for o in outcomes)} |")
-    config, hp = TASKS[args.tasks[0]]
-    config = dataclasses.replace(config, total_timesteps=int(config.total_timesteps * args.budget))
-    speed, ratio = pbt_cost(config, hp, args.points, args.cost_rounds)
-    print(f"\nPBT on {args.tasks[0]}, {args.points} members: {speed:,.0f} env steps/s with "
-          f"exploit/explore every tenth of the run; steps/s with ÷ without (one interval), "
-          f"median of {args.cost_rounds} interleaved rounds: {ratio:.3f}")
-    _plot(rows, args.plot)
+                  f"| {max(o.compiles for o in outcomes)} "
+                  f"| {'; '.join(_gap(o) for o in outcomes)} |")
 
 
 def _plot(rows: dict[str, dict[str, list[Outcome]]], path: str) -> None:
     fig, axes = plt.subplots(1, len(rows), figsize=(5 * len(rows), 4), squeeze=False)
     for ax, (task, by_search) in zip(axes[0], rows.items()):
         for name, outcomes in by_search.items():
-            ax.scatter([o.env_steps for o in outcomes], [o.fresh_iqm for o in outcomes],
-                       label=name)
+            dots = ax.scatter([o.env_steps for o in outcomes], [o.fresh_iqm for o in outcomes],
+                              label=f"{name}: fresh seeds")
+            ax.scatter([o.env_steps for o in outcomes], [o.selected_iqm for o in outcomes],
+                       facecolors="none", edgecolors=dots.get_facecolor(), marker="o",
+                       label=f"{name}: selection seeds")
         ax.set_xscale("log")
         ax.set_xlabel("env steps the search spent")
         ax.set_ylabel("fresh-seed IQM of its pick")
