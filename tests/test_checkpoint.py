@@ -23,7 +23,8 @@ from jaxadv.engine import driver
 from jaxadv.engine.checkpoint import CheckpointError, CheckpointStore, checkpoint_steps
 from jaxadv.engine.train import HParams, TrainConfig, make_train, make_trainer
 
-pytestmark = pytest.mark.fast_compile  # compares programs and checks mechanics (conftest.py)
+# compares programs and checks mechanics bit for bit (conftest.py)
+pytestmark = [pytest.mark.fast_compile, pytest.mark.product_emitters]
 
 TINY = ["--num-envs", "2", "--num-steps", "8", "--hidden", "8", "--seeds", "2"]
 

@@ -99,6 +99,7 @@ def test_quiet_prints_nothing(tmp_path, capsys):
     assert (tmp_path / "summary.json").exists()
 
 
+@pytest.mark.product_emitters  # two different programs, bit for bit (conftest.py)
 def test_chunked_equals_make_train_bitwise():
     # TINY's config (test_train_writes_outputs): its 4-update calls, from the compile cache
     config = TrainConfig(num_envs=2, num_steps=8, total_timesteps=256, hidden=(8,))

@@ -15,7 +15,8 @@ from jaxadv.engine.devices import seed_groups
 from jaxadv.engine.driver import _seed_axis
 from jaxadv.engine.train import HParams, TrainConfig, make_trainer
 
-pytestmark = pytest.mark.fast_compile  # compares programs and checks mechanics (conftest.py)
+# compares programs and checks mechanics bit for bit (conftest.py)
+pytestmark = [pytest.mark.fast_compile, pytest.mark.product_emitters]
 
 SMALL = TrainConfig(num_envs=2, num_steps=16, total_timesteps=2 * 16 * 3, hidden=(8,))
 

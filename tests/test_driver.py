@@ -31,6 +31,7 @@ class Sink:
         self.handlers.append(signal.getsignal(signal.SIGINT))
 
 
+@pytest.mark.product_emitters  # two different programs, bit for bit (conftest.py)
 def test_a_bare_drive_is_silent_and_writes_nothing(tmp_path, capfd, monkeypatch):
     monkeypatch.chdir(tmp_path)
     before = signal.getsignal(signal.SIGINT)

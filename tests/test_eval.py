@@ -71,6 +71,7 @@ EVERY = TrainConfig(num_envs=4, num_steps=32, total_timesteps=4 * 32 * 6, hidden
 
 
 @pytest.mark.fast_compile
+@pytest.mark.product_emitters  # two different programs, bit for bit (conftest.py)
 def test_eval_every_leaves_training_unchanged_and_evaluates_on_schedule():
     """--eval-every 2: the same parameters and metrics, bit for bit, as without; the greedy
     return at updates 2, 4, 6 equals the plain loop's mean over the same first states with

@@ -15,7 +15,8 @@ from jaxadv.engine.train import HParams, TrainConfig, make_train, make_trainer
 from jaxadv.stats import final_returns
 from jaxadv.tuning.pbt import COPIED, PBTSettings, exploit_explore, rank
 
-pytestmark = pytest.mark.fast_compile  # mechanics (conftest.py)
+# mechanics bit for bit (conftest.py)
+pytestmark = [pytest.mark.fast_compile, pytest.mark.product_emitters]
 
 CONFIG = TrainConfig(num_envs=2, num_steps=8, total_timesteps=64, hidden=(8,),
                      normalize_obs=True)

@@ -16,7 +16,8 @@ from jaxadv.engine.sweep import expand_grid
 from jaxadv.engine.train import HParams, TrainConfig, make_train
 from jaxadv.tuning.halving import halving_loop, rung_budgets, successive_halving
 
-pytestmark = pytest.mark.fast_compile  # compares programs (conftest.py)
+# compares programs bit for bit (conftest.py)
+pytestmark = [pytest.mark.fast_compile, pytest.mark.product_emitters]
 
 TINY = TrainConfig(algo="a2c", num_envs=2, num_steps=8, total_timesteps=2 * 8 * 12, hidden=(8,))
 

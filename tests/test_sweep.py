@@ -101,9 +101,12 @@ def _free_port() -> int:
 
 def _spawn(spec: dict, out: pathlib.Path, devices: int, *dist_args) -> subprocess.Popen:
     out.mkdir(parents=True)
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "pbt" in spec:  # compared bit for bit with a product_emitters test (conftest.py)
+        flags = flags.replace("--xla_cpu_use_fusion_emitters=false", "")
     env = dict(
         os.environ,
-        XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}",
+        XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count={devices}",
         JAX_PLATFORMS="cpu",
         PYTHONPATH=os.pathsep.join([str(PACKAGE_PARENT), os.environ.get("PYTHONPATH", "")]),
     )
@@ -298,6 +301,7 @@ PBT_SPEC = {"config": {"algo": "a2c", "num_envs": 2, "num_steps": 8, "total_time
                     "ranges": {"lr": [1e-4, 1e-1]}, "quantile": 0.5}}
 
 
+@pytest.mark.product_emitters  # two different programs, bit for bit (conftest.py)
 def test_pbt_over_two_processes_equals_one_process(workers):
     """Population-based training under ``jax.distributed``: 4 members in 2 blocks, one block
     on each of two processes (gloo collectives rank the members and copy the donors across

@@ -153,6 +153,7 @@ def test_in_training_snr_agrees_with_the_offline_variance_report():
     assert 4 * math.sqrt(2) * se < 1 / n  # the test can tell the unbiased SNR from the plain one
 
 
+@pytest.mark.product_emitters  # two different programs, bit for bit (conftest.py)
 def test_zero_adv_groups_and_the_same_bits_without_telemetry():
     """GRPO on a small gridworld (reward only at the goal: many groups of equal returns, whose
     advantages are exactly 0), 2 epochs × 2 minibatches: ``zero_adv_groups`` is 1 −
