@@ -205,9 +205,10 @@ class SweepArgs:
         _check_reeval(self.reeval, self.population * self.seeds if self.search == "pbt"
                       else self.num_points())
         if self.search != "grid" and jax.process_count() > 1:
-            raise ValueError(f"`search` = {self.search!r} runs in one process; under "
-                             "jax.distributed call jaxadv.tuning.pbt.population_based_training "
-                             "from every process (it spreads the members over all of them)")
+            raise ValueError(f"`search` = {self.search!r} runs in one process" + (
+                "; under jax.distributed call jaxadv.tuning.pbt.population_based_training "
+                "from every process (it spreads the members over all of them)"
+                if self.search == "pbt" else ""))
         if self.search == "halving":
             self._check_halving()
         if self.search == "pbt":
