@@ -132,6 +132,19 @@ def _fast_compile_test(request):
         yield
 
 
+@pytest.fixture(scope="session")
+def default_emitters():
+    """For a module fixture whose programs a ``product_emitters`` test compares: ``with
+    default_emitters(): ...`` compiles them with XLA's default emitters, only meanwhile."""
+
+    @contextlib.contextmanager
+    def context():
+        with pytest.MonkeyPatch.context() as patch, _emitters(False, patch):
+            yield
+
+    return context
+
+
 @pytest.fixture
 def no_compile(monkeypatch):
     """Make any ``jax.jit`` (and building a sweep's train function) fail the test: for checks

@@ -23,8 +23,8 @@ from jaxadv.engine import driver
 from jaxadv.engine.checkpoint import CheckpointError, CheckpointStore, checkpoint_steps
 from jaxadv.engine.train import HParams, TrainConfig, make_train, make_trainer
 
-# compares programs and checks mechanics bit for bit (conftest.py)
-pytestmark = [pytest.mark.fast_compile, pytest.mark.product_emitters]
+# checks mechanics; the tests marked product_emitters compare programs bit for bit (conftest.py)
+pytestmark = [pytest.mark.fast_compile]
 
 TINY = ["--num-envs", "2", "--num-steps", "8", "--hidden", "8", "--seeds", "2"]
 
@@ -51,15 +51,18 @@ def _rows(run_dir) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    """a2c, 16 updates in calls of 4, a checkpoint after each, the last 3 kept: 8, 12, 16."""
+def finished_run(tmp_path_factory, default_emitters):
+    """a2c, 16 updates in calls of 4, a checkpoint after each, the last 3 kept: 8, 12, 16
+    (default emitters: two tests compare it with other programs bit for bit)."""
     out = tmp_path_factory.mktemp("finished") / "run"
     argv = ["train", "--algo", "a2c", *TINY, "--total-timesteps", "256", "--chunk-updates", "4",
             "--checkpoint-every", "4", "--keep-checkpoints", "3", "--out", str(out), "--quiet"]
-    assert cli.main(argv) == 0
+    with default_emitters():
+        assert cli.main(argv) == 0
     return out
 
 
+@pytest.mark.product_emitters  # compares two programs bit for bit (conftest.py)
 def test_finished_run_checkpoints_state_and_history(finished_run):
     config = _config(256)
     assert checkpoint_steps(finished_run / "checkpoints") == [8, 12, 16]
@@ -79,6 +82,7 @@ def test_finished_run_checkpoints_state_and_history(finished_run):
     assert all(int(r["nonfinite"]) == 0 for r in _rows(finished_run))
 
 
+@pytest.mark.product_emitters  # compares two programs bit for bit (conftest.py)
 @pytest.mark.timeout(150)
 def test_sigint_then_resume_equals_an_uninterrupted_run_bitwise(tmp_path, capsys):
     out = tmp_path / "run"
@@ -170,6 +174,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_one_before(finished_run, tm
     jax.tree.map(np.testing.assert_array_equal, checkpoint.state.params, original.state.params)
 
 
+@pytest.mark.product_emitters  # compares two programs bit for bit (conftest.py)
 def test_resume_after_a_damaged_checkpoint_recomputes_it_bitwise(finished_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)

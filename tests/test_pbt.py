@@ -15,8 +15,8 @@ from jaxadv.engine.train import HParams, TrainConfig, make_train, make_trainer
 from jaxadv.stats import final_returns
 from jaxadv.tuning.pbt import COPIED, PBTSettings, exploit_explore, rank
 
-# mechanics bit for bit (conftest.py)
-pytestmark = [pytest.mark.fast_compile, pytest.mark.product_emitters]
+# mechanics; the tests marked product_emitters compare programs bit for bit (conftest.py)
+pytestmark = [pytest.mark.fast_compile]
 
 CONFIG = TrainConfig(num_envs=2, num_steps=8, total_timesteps=64, hidden=(8,),
                      normalize_obs=True)
@@ -102,12 +102,14 @@ TINY = TrainConfig(algo="a2c", num_envs=2, num_steps=8, total_timesteps=2 * 8 * 
 
 
 @pytest.fixture(scope="module")
-def pbt_run():
-    """Four members of one seed each, lr explored by x0.8 / x1.25 only, every 3 updates."""
+def pbt_run(default_emitters):
+    """Four members of one seed each, lr explored by x0.8 / x1.25 only, every 3 updates
+    (default emitters: two tests compare it with other programs bit for bit)."""
     from jaxadv.tuning.pbt import population_based_training
 
     settings = PBTSettings(ranges={"lr": (1e-4, 1e-1)}, quantile=0.5, resample=0.0)
-    return population_based_training(TINY, settings, 4, 1, 3, key=jax.random.key(2))
+    with default_emitters():
+        return population_based_training(TINY, settings, 4, 1, 3, key=jax.random.key(2))
 
 
 def test_the_in_program_loop_follows_its_own_exploit_and_explore(pbt_run):
@@ -132,6 +134,7 @@ def test_the_in_program_loop_follows_its_own_exploit_and_explore(pbt_run):
     assert result.returns.shape == (4, TINY.num_updates)
 
 
+@pytest.mark.product_emitters  # compares two programs bit for bit (conftest.py)
 def test_a_run_stopped_between_calls_resumes_to_the_same_bits(pbt_run):
     """In calls of one interval, ``on_saved`` after the second of four; the run resumed from
     it (``resume=``) ends as the run in one call: the same fitness, parents, hyperparameters,
@@ -162,6 +165,7 @@ def test_a_run_stopped_between_calls_resumes_to_the_same_bits(pbt_run):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.product_emitters  # compares two programs bit for bit (conftest.py)
 def test_a_replayed_schedule_is_the_lineages_and_an_uncopied_member_replays_bitwise(pbt_run):
     """:func:`jaxadv.tuning.replay.replay` of each member's schedule on its own seed: the
     values are the lineage's, interval by interval; a member that never copied trains the

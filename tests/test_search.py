@@ -16,8 +16,8 @@ from jaxadv.engine.sweep import expand_grid
 from jaxadv.engine.train import HParams, TrainConfig, make_train
 from jaxadv.tuning.halving import halving_loop, rung_budgets, successive_halving
 
-# compares programs bit for bit (conftest.py)
-pytestmark = [pytest.mark.fast_compile, pytest.mark.product_emitters]
+# mechanics; the test marked product_emitters compares programs bit for bit (conftest.py)
+pytestmark = [pytest.mark.fast_compile]
 
 TINY = TrainConfig(algo="a2c", num_envs=2, num_steps=8, total_timesteps=2 * 8 * 12, hidden=(8,))
 
@@ -132,6 +132,7 @@ def test_a_search_compiles_once_per_rung_and_once_to_start(search):
     assert len(compiles) <= len(result.rungs) + 1 == result.compiles
 
 
+@pytest.mark.product_emitters  # compares two programs bit for bit (conftest.py)
 def test_the_command_writes_the_search_and_refuses_what_it_cannot_search(tmp_path, capsys):
     out = tmp_path / "search"
     base = ["sweep", "--search", "halving", "--algo", "a2c", "--num-envs", "2", "--num-steps",
