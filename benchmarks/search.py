@@ -24,8 +24,11 @@ table gives, per task and search, the mean over search seeds of that fresh-seed 
 lowest and highest), the env steps the search spent, its wall seconds and XLA compiles, and
 the optimism gap of each search seed's pick (its IQM on the seeds that selected it minus the
 fresh-seed IQM, with a stratified-bootstrap 95% interval).
-Then PBT's cost: the same population trained with its exploit and explore steps and without
-(one interval), timed in interleaved rounds. ``search.png`` plots the fresh-seed IQM against
+Then PBT's cost (:func:`pbt_cost`; ``--search-seeds 0`` measures only it): the compiled
+call of the population's whole run, timed in shuffled rounds with exploit and explore
+every tenth of the run, with the same intervals but the exploit replaced by the identity
+(the loop alone), and as one interval (no exploit), by wall and CPU seconds, with bootstrap
+intervals; and one exploit-and-explore call timed alone. ``search.png`` plots the fresh-seed IQM against
 the env steps spent, per task and search (hollow: the same pick's IQM on its selection
 seeds). Each outcome is appended to ``--results`` (JSON lines) as it finishes; a rerun with
 the same settings reads them back instead of measuring again, so an interrupted run goes on
@@ -48,14 +51,17 @@ import time
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import matplotlib
 import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from jaxadv.engine.sweep import LogUniform, run_sweep
-from jaxadv.engine.train import HParams, TrainConfig
+from jaxadv.engine.driver import _seed_axis
+from jaxadv.engine.sweep import LogUniform, _stacked_hparams, expand_grid, run_sweep
+from jaxadv.engine.train import HParams, TrainConfig, make_trainer
+from jaxadv.tuning import pbt
 from jaxadv.tuning.halving import successive_halving
 from jaxadv.tuning.pbt import PBTSettings, population_based_training
 from jaxadv.tuning.replay import reevaluate_members
@@ -152,7 +158,8 @@ def searches(config, hp, args, seed) -> dict[str, Callable[[], Outcome]]:
 
 class Results:
     """Outcomes kept in a JSON-lines file, one per (settings, task, search seed, search),
-    appended as each finishes, so that an interrupted run goes on where it stopped."""
+    appended as each finishes, so that an interrupted run goes on where it stopped. A row
+    is read back when it was recorded with ``settings`` (and maybe more)."""
 
     def __init__(self, path: str, settings: dict):
         self.path, self.settings = path, settings
@@ -161,7 +168,8 @@ class Results:
             with open(path) as f:
                 for line in f:
                     row = json.loads(line)
-                    if row.pop("settings") == settings:
+                    kept = row.pop("settings")
+                    if all(kept.get(k) == v for k, v in settings.items()):
                         self.done[(row.pop("task"), row.pop("seed"), row.pop("search"))] = row
 
     def get(self, *key, run: Callable[[], object]) -> dict:
@@ -175,36 +183,88 @@ class Results:
         return self.done[key]
 
 
-def _timed(fn: Callable[[], object]) -> float:
-    """Wall seconds of ``fn()`` less the seconds XLA spent compiling in it."""
-    compiling = []
-    listener = lambda name, seconds, **k: compiling.append(seconds) if name.endswith(
-        "backend_compile_duration") else None
-    jax.monitoring.register_event_duration_secs_listener(listener)
+def _ratio_interval(a: list[float], b: list[float], draws: int = 2000) -> tuple[float, float, float]:
+    """The median over rounds of ``b[i] / a[i]`` (seconds of ``b`` ÷ seconds of ``a``: the
+    steps/s of ``a`` ÷ those of ``b``), with a bootstrap 95% interval over the rounds."""
+    ratios = np.asarray(b) / np.asarray(a)
+    picks = np.random.default_rng(0).integers(0, len(ratios), (draws, len(ratios)))
+    low, high = np.percentile(np.median(ratios[picks], axis=1), [2.5, 97.5])
+    return float(np.median(ratios)), float(low), float(high)
+
+
+def _seconds(fn: Callable[[], object]) -> tuple[float, float]:
+    """Wall and process-CPU seconds of ``fn()`` (a compiled call, blocked on its outputs)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    jax.block_until_ready(fn())
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def _pbt_calls(config, hp, population: int, interval: int, exploit: bool) -> Callable[[], object]:
+    """One compiled call of PBT's whole run (as :func:`population_based_training` makes it:
+    :func:`~jaxadv.tuning.pbt._pbt_programs`), from a fixed initial population; with
+    ``exploit`` off, :func:`~jaxadv.tuning.pbt.exploit_explore` is replaced by the identity
+    while it is traced (the same loop, no ranking or copies)."""
+    points = expand_grid({"lr": LogUniform(*LR)}, num_samples=population, key=jax.random.key(1))
+    hps = _stacked_hparams(points, hp.validate())
+    spread = lambda fn: _seed_axis(fn, population, (0, 0))
+    intervals = config.num_updates // interval
+    init, calls = pbt._pbt_programs(make_trainer(config), PBTSettings(ranges={"lr": LR}),
+                                    population, 1, interval, intervals, spread)
+    carry = init(jax.random.key(0), hps)
+    identity = lambda key, fitness, state, hp, settings: (
+        state, hp, jnp.arange(fitness.shape[0], dtype=jnp.int32))
+    real = pbt.exploit_explore
+    pbt.exploit_explore = real if exploit else identity
     try:
-        start = time.perf_counter()
-        fn()
-        return time.perf_counter() - start - sum(compiling)
+        program = jax.jit(calls(intervals)).lower(carry, jnp.asarray(0)).compile()
     finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
+        pbt.exploit_explore = real
+    return lambda: program(carry, jnp.asarray(0))
 
 
-def pbt_cost(config, hp, population: int, rounds: int) -> tuple[float, float]:
-    """Steps/s of the population with exploit/explore every tenth of the run (median over
-    rounds), and the median ratio of steps/s, with ÷ without (one interval, so no exploit),
-    over rounds that run both in a shuffled order; compile time left out of both."""
+def _exploit_seconds(config, hp, population: int, calls: int = 200) -> float:
+    """Median seconds of one compiled :func:`~jaxadv.tuning.pbt.exploit_explore` (rank,
+    copy, explore) on the population's trained state."""
+    points = expand_grid({"lr": LogUniform(*LR)}, num_samples=population, key=jax.random.key(1))
+    hps = _stacked_hparams(points, hp.validate())
+    trainer = make_trainer(config)
+    keys = jax.random.split(jax.random.key(0), population)
+    state = jax.jit(jax.vmap(trainer.init))(keys, hps)
+    fitness = jnp.asarray(np.random.default_rng(0).normal(size=population), jnp.float32)
+    step = jax.jit(lambda k, f, s, h: pbt.exploit_explore(k, f, s, h, PBTSettings(ranges={"lr": LR})))
+    jax.block_until_ready(step(jax.random.key(2), fitness, state, hps))
+    return statistics.median(_seconds(lambda: step(jax.random.key(2), fitness, state, hps))[0]
+                             for _ in range(calls))
+
+
+def pbt_cost(config, hp, population: int, rounds: int) -> dict:
+    """PBT's cost, compiled calls only (compiles, host transfers and the Python loop left
+    out): the population's whole run timed, in ``rounds`` rounds of shuffled order, as
+    ``with`` (exploit and explore every tenth of the run), ``loop`` (the same intervals,
+    :func:`~jaxadv.tuning.pbt.exploit_explore` replaced by the identity) and ``one`` (one
+    interval: no exploit). Returns ``with``'s env steps/s (median), for each pair the
+    median steps/s ratio with its bootstrap 95% interval, by wall and by CPU seconds, and
+    one exploit/explore call timed alone, as a share of ``with``'s run."""
     every = _interval(config.num_updates)
-    run = {name: (lambda k=k: population_based_training(
-        config, PBTSettings(ranges={"lr": LR}), population, 1, k, hparams=hp))
-        for name, k in (("with", every), ("without", config.num_updates))}
-    times: dict[str, list[float]] = {"with": [], "without": []}
+    runs = {"with": _pbt_calls(config, hp, population, every, True),
+            "loop": _pbt_calls(config, hp, population, every, False),
+            "one": _pbt_calls(config, hp, population, config.num_updates, True)}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
     order = np.random.default_rng(0)
     for _ in range(rounds):
-        for name in order.permutation(list(run)):
-            times[name].append(_timed(run[name]))
+        for name in order.permutation(list(runs)):
+            times[name].append(_seconds(runs[name]))
     steps = population * config.num_updates * config.batch_size
-    ratio = statistics.median(b / a for a, b in zip(times["with"], times["without"]))
-    return steps / statistics.median(times["with"]), ratio
+    wall = {name: [t[0] for t in ts] for name, ts in times.items()}
+    cpu = {name: [t[1] for t in ts] for name, ts in times.items()}
+    exploit = _exploit_seconds(config, hp, population)
+    return {"speed": steps / statistics.median(wall["with"]), "rounds": rounds,
+            "interval": every, "intervals": config.num_updates // every,
+            **{f"{a}/{b} {kind}": _ratio_interval(kind_times[a], kind_times[b])
+               for a, b in (("with", "one"), ("with", "loop"), ("loop", "one"))
+               for kind, kind_times in (("wall", wall), ("cpu", cpu))},
+            "exploit_seconds": exploit,
+            "exploit_share": exploit * (config.num_updates // every - 1) / statistics.median(wall["with"])}
 
 
 def main() -> None:
@@ -212,7 +272,8 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--budget", type=float, default=1.0,
                         help="fraction of each task's full budget (env steps per run)")
-    parser.add_argument("--search-seeds", type=int, default=3)
+    parser.add_argument("--search-seeds", type=int, default=3,
+                        help="0: only PBT's cost")
     parser.add_argument("--points", type=int, default=9)
     parser.add_argument("--seeds", type=int, default=2, help="seeds per point (grid, random, halving)")
     parser.add_argument("--fresh", type=int, default=8, help="fresh seeds for the picks")
@@ -225,10 +286,9 @@ def main() -> None:
     print(f"# jax {jax.__version__}, {jax.devices()[0].platform}, "
           f"{platform.processor() or platform.machine()}, {jax.local_device_count()} device(s); "
           f"budget ×{args.budget}, {args.search_seeds} search seed(s), {args.points} points")
-    saved = Results(args.results, {k: getattr(args, k) for k in
-                                   ("budget", "points", "seeds", "fresh", "cost_rounds")})
+    saved = Results(args.results, {k: getattr(args, k) for k in ("budget", "points", "seeds", "fresh")})
     rows: dict[str, dict[str, list[Outcome]]] = {}
-    for task in args.tasks:
+    for task in args.tasks if args.search_seeds else []:
         config, hp = _task(task, args.budget)
         rows[task] = {}
         for seed in range(args.search_seeds):
@@ -239,14 +299,24 @@ def main() -> None:
                       f"(selection {outcome.selected_iqm:.1f}, gap {_gap(outcome)}), "
                       f"{outcome.env_steps:,} env steps, {outcome.seconds:.0f} s, "
                       f"{outcome.compiles} compiles", flush=True)
-    _table(rows)
+    if rows:
+        _table(rows)
+        _plot(rows, args.plot)
     config, hp = _task(args.tasks[0], args.budget)
-    cost = saved.get(args.tasks[0], -1, "pbt_cost", run=lambda: dict(zip(
-        ("speed", "ratio"), pbt_cost(config, hp, args.points, args.cost_rounds))))
-    print(f"\nPBT on {args.tasks[0]}, {args.points} members: {cost['speed']:,.0f} env steps/s "
-          f"with exploit/explore every tenth of the run; steps/s with ÷ without (one "
-          f"interval), median of {args.cost_rounds} interleaved rounds: {cost['ratio']:.3f}")
-    _plot(rows, args.plot)
+    costs = Results(args.results, {k: getattr(args, k) for k in ("budget", "points", "cost_rounds")})
+    _print_cost(args, costs.get(args.tasks[0], -1, "pbt_cost_parts",
+                                run=lambda: pbt_cost(config, hp, args.points, args.cost_rounds)))
+
+
+def _print_cost(args, cost: dict) -> None:
+    interval = lambda r: f"{r[0]:.3f} [{r[1]:.3f}, {r[2]:.3f}]"
+    print(f"\nPBT's cost on {args.tasks[0]}, {args.points} members, {cost['intervals']} intervals "
+          f"of {cost['interval']} updates: {cost['speed']:,.0f} env steps/s with exploit/explore; "
+          f"steps/s ratios, median of {cost['rounds']} shuffled rounds [bootstrap 95%]:")
+    for pair in ("with/one", "with/loop", "loop/one"):
+        print(f"  {pair}: wall {interval(cost[pair + ' wall'])}, CPU {interval(cost[pair + ' cpu'])}")
+    print(f"  one exploit/explore alone: {cost['exploit_seconds'] * 1e3:.3f} ms, "
+          f"{cost['exploit_share']:.2e} of the run")
 
 
 def _task(task: str, budget: float) -> tuple[TrainConfig, HParams]:
