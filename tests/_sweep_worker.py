@@ -11,6 +11,8 @@ the process joins a ``jax.distributed`` job on localhost over gloo CPU collectiv
 (an int for ``jax.random.key``) and optionally ``num_samples`` and ``max_parallel``.
 Writes ``OUT_DIR/result.npz`` and ``OUT_DIR/result.json``. With a ``pbt`` entry instead
 (under ``jax.distributed``), population-based training: ``OUT_DIR/pbt.npz`` (:func:`save_pbt`).
+With a ``cli`` entry (a ``jaxadv sweep`` command line), that command as ``cli.main`` runs it
+(:func:`run_cli`).
 """
 
 from __future__ import annotations
@@ -83,6 +85,32 @@ def save_pbt(config, spec: dict, out_dir: pathlib.Path) -> None:
     np.savez(out_dir / "pbt.npz", processes=jax.process_count(), **pbt_arrays(result))
 
 
+def run_cli(argv: list[str], out_dir: pathlib.Path) -> None:
+    """``jaxadv`` with ``argv`` (a search into ``--out``, the last flag), then, after every
+    process has finished it, its last saved call and its outputs moved aside by process 0
+    into ``OUT_DIR/full`` and ``jaxadv sweep --resume`` on every process. The exit statuses
+    in ``OUT_DIR/status``."""
+    import shutil
+
+    import jax
+    from jax.experimental import multihost_utils
+
+    from jaxadv import cli
+    from jaxadv.engine.checkpoint import checkpoint_steps
+
+    out = pathlib.Path(argv[-1])
+    codes = [cli.main(argv)]
+    multihost_utils.sync_global_devices("finished")
+    if jax.process_index() == 0:
+        (out_dir / "full").mkdir()
+        for name in ("pbt.csv", "best.npz", "summary.json"):
+            shutil.move(out / name, out_dir / "full" / name)
+        shutil.rmtree(out / "search" / str(checkpoint_steps(out / "search")[-1]))
+    multihost_utils.sync_global_devices("moved aside")
+    codes.append(cli.main(["sweep", "--resume", str(out)]))
+    (out_dir / "status").write_text(" ".join(map(str, codes)))
+
+
 def main(argv: list[str]) -> None:
     spec = json.loads(argv[0])
     out_dir = pathlib.Path(argv[1])
@@ -96,11 +124,15 @@ def main(argv: list[str]) -> None:
             num_processes=num_processes,
             process_id=process_id,
         )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if "cli" in spec:
+        run_cli(spec["cli"], out_dir)
+        jax.distributed.shutdown()
+        return
     from jaxadv.engine.sweep import run_sweep
     from jaxadv.engine.train import TrainConfig
 
     config = TrainConfig(**spec["config"])
-    out_dir.mkdir(parents=True, exist_ok=True)
     if "pbt" in spec:
         save_pbt(config, spec, out_dir)
         jax.distributed.shutdown()

@@ -275,7 +275,12 @@ def test_the_pbt_command_and_its_refusals(tmp_path, capsys):
     ]:
         assert cli.main([*base, *flags, "--out", str(tmp_path / "x")]) == 2
         assert words in capsys.readouterr().err
-    with pytest.MonkeyPatch.context() as patch:  # as under jax.distributed with two processes
+    with pytest.MonkeyPatch.context() as patch:  # as under jax.distributed: 2 processes, 3 devices
         patch.setattr(jax, "process_count", lambda: 2)
+        patch.setattr(jax, "device_count", lambda: 3)
         assert cli.main([*base, "--grid.lr", "1e-4", "1e-1", "--out", str(tmp_path / "x")]) == 2
-    assert "`search` = 'pbt' runs in one process" in " ".join(capsys.readouterr().err.split())
+        assert ("`population` × `seeds` = 4 members: under jax.distributed give a multiple of "
+                "the 3 devices of the 2 processes") in " ".join(capsys.readouterr().err.split())
+        halving = [a if a != "pbt" else "halving" for a in base]
+        assert cli.main([*halving, "--grid.lr", "1e-4", "1e-1", "--out", str(tmp_path / "x")]) == 2
+    assert "`search` = 'halving' runs in one process" in " ".join(capsys.readouterr().err.split())

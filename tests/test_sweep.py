@@ -102,7 +102,7 @@ def _free_port() -> int:
 def _spawn(spec: dict, out: pathlib.Path, devices: int, *dist_args) -> subprocess.Popen:
     out.mkdir(parents=True)
     flags = os.environ.get("XLA_FLAGS", "")
-    if "pbt" in spec:  # compared bit for bit with a product_emitters test (conftest.py)
+    if "pbt" in spec or "cli" in spec:  # compared bit for bit in product_emitters tests (conftest.py)
         flags = flags.replace("--xla_cpu_use_fusion_emitters=false", "")
     env = dict(
         os.environ,
@@ -136,6 +136,8 @@ def _wait(procs: list[subprocess.Popen], outs: list[pathlib.Path]) -> list[dict]
 
 
 def _load(out: pathlib.Path) -> dict:
+    if (out / "status").exists():  # a command (run_cli): its statuses
+        return {"status": (out / "status").read_text()}
     if (out / "pbt.npz").exists():
         with np.load(out / "pbt.npz") as z:
             return dict(z)
@@ -156,7 +158,8 @@ def workers(tmp_path_factory):
     spec = {"config": CONFIG, "grid": GRID, "seeds": SEEDS, "key": SEED}
     # The multi-host run is also chunked: 18 runs in chunks of 8 over 4 global devices.
     multihost_spec = {**spec, "max_parallel": MAX_PARALLEL}
-    port, pbt_port = _free_port(), _free_port()
+    port, pbt_port, cli_port = _free_port(), _free_port(), _free_port()
+    pbt_cli = {"cli": [*PBT_FLAGS, "--out", str(root / "pbt_cli_out")]}
     runs = {
         "sharded": ([_spawn(spec, root / "sharded", 4)], [root / "sharded"]),
         "multihost": (
@@ -166,6 +169,10 @@ def workers(tmp_path_factory):
         "pbt": (  # two processes of one device each, one block of PBT members on each
             [_spawn(PBT_SPEC, root / f"pbt{i}", 1, i, 2, pbt_port) for i in range(2)],
             [root / f"pbt{i}" for i in range(2)],
+        ),
+        "pbt_cli": (  # the same search by `jaxadv sweep --search pbt`, then resumed
+            [_spawn(pbt_cli, root / f"pbt_cli{i}", 1, i, 2, cli_port) for i in range(2)],
+            [root / f"pbt_cli{i}" for i in range(2)],
         ),
     }
     yield runs
@@ -299,6 +306,10 @@ PBT_SPEC = {"config": {"algo": "a2c", "num_envs": 2, "num_steps": 8, "total_time
                        "hidden": [8]}, "key": 2,
             "pbt": {"population": 4, "seeds": 1, "interval": 3, "groups": 2, "per_call": 2,
                     "ranges": {"lr": [1e-4, 1e-1]}, "quantile": 0.5}}
+PBT_FLAGS = ["sweep", "--search", "pbt", "--algo", "a2c", "--num-envs", "2", "--num-steps", "8",
+             "--total-timesteps", "144", "--hidden", "8", "--population", "4", "--seeds", "1",
+             "--grid.lr", "1e-4", "1e-1", "--pbt.interval", "3", "--pbt.save-every", "1",
+             "--pbt.quantile", "0.5", "--seed", "2", "--quiet"]
 
 
 @pytest.mark.product_emitters  # two different programs, bit for bit (conftest.py)
@@ -325,6 +336,32 @@ def test_pbt_over_two_processes_equals_one_process(workers):
         assert got.keys() == one.keys()
         for name, want in one.items():
             np.testing.assert_array_equal(got[name], want, err_msg=name)
+
+
+@pytest.mark.product_emitters  # two different programs, bit for bit (conftest.py)
+def test_the_pbt_command_over_two_processes_resumes_and_equals_one_process(workers, tmp_path):
+    """``jaxadv sweep --search pbt`` on two processes of one device each (one block of
+    members on each, a checkpoint after every interval), then its last checkpoint and
+    outputs removed and ``--resume`` on both: the resumed ``pbt.csv``, ``best.npz`` and
+    ``summary.json`` are the finished run's, and its ``pbt.csv`` (fitness, parents, lr before
+    and after) is that of the library's search in this one process with the same 2 blocks."""
+    from jaxadv.cli import app
+    from jaxadv.cli.search import write_pbt_csv
+    from jaxadv.tuning.pbt import population_based_training
+
+    results = _wait(*workers["pbt_cli"])
+    assert [r["status"] for r in results] == ["0 0", "0 0"]
+    out, full = workers["pbt_cli"][1][0].parent / "pbt_cli_out", workers["pbt_cli"][1][0] / "full"
+    for name in ("pbt.csv", "best.npz"):
+        assert (out / name).read_bytes() == (full / name).read_bytes(), name
+    summary, resumed = (json.loads((d / "summary.json").read_text()) for d in (full, out))
+    assert summary["best"] == resumed["best"] and summary["seed_groups"] == 2
+    args = app._parse([*PBT_FLAGS, "--out", str(tmp_path / "unused")])
+    one = population_based_training(args.config, args.pbt_settings(), 4, 1, 3,
+                                    hparams=args.hparams, key=jax.random.key(2), groups=2)
+    assert (one.parent[:-1] != np.arange(4)).any()  # members copied across the blocks
+    write_pbt_csv(tmp_path / "one.csv", one)
+    assert (out / "pbt.csv").read_text() == (tmp_path / "one.csv").read_text()
 
 
 def test_static_fields_compile_per_group_and_equal_running_alone(grouped_and_chunked, alone):

@@ -14,6 +14,7 @@ searches (``grid``, and ``--samples`` random draws) are :func:`~jaxadv.cli.sweep
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import shlex
@@ -52,15 +53,20 @@ def pbt_command(args: SweepArgs) -> dict[str, Any]:
     the population saved after each under ``--out/search``); writes ``pbt.csv``, ``best.npz``,
     ``summary.json`` and ``pbt.png`` (and, with ``--reeval.top K``, the top K members'
     schedules replayed on fresh seeds: ``selection`` and ``selection.png``); returns the
-    summary."""
-    with OutputLock(args.out):
+    summary. Under ``jax.distributed`` every process runs it: one block of members per
+    device of all processes, and process 0 alone locks ``--out`` and writes there (a
+    filesystem they share), the checkpoints gathered from every process."""
+    writer = jax.process_index() == 0
+    with OutputLock(args.out) if writer else contextlib.nullcontext():
         args.check()
-        prepare_sweep_out(args, writer=True)
+        prepare_sweep_out(args, writer=writer)
         config, out = args.config, args.out
-        err, console = Console(stderr=True, quiet=args.quiet), Console(quiet=args.quiet)
+        quiet = args.quiet or not writer
+        err, console = Console(stderr=True, quiet=quiet), Console(quiet=quiet)
         settings, interval = args.pbt_settings(), args.pbt_interval()
         members = args.population * args.seeds
-        groups = seed_groups(members, jax.local_device_count())  # one per device, at most
+        groups = (seed_groups(members, jax.local_device_count()) if jax.process_count() == 1
+                  else jax.device_count())  # one block per device (at most, in one process)
         err.print(f"population-based training of {config.algo} on {config.env}: {members} "
                   f"members, exploit/explore every {interval} updates inside the compiled "
                   f"calls of {args.pbt_save_every()} interval(s) each …")
@@ -74,15 +80,8 @@ def pbt_command(args: SweepArgs) -> dict[str, Any]:
                 config, result, args.reeval.top, seeds, seed=args.seed, hparams=args.hparams)
             selection = selection_report(population, chosen, fresh)
         summary = summarize_pbt(args, result, config.batch_size, groups, selection)
-        write_pbt_csv(out / "pbt.csv", result)
-        save_policies(out / "best.npz", policy_leaves(result.state, summary["best"]["member"]))
-        write_json(out / "summary.json", summary)
-        plot_pbt(out / "pbt.png", result, config.batch_size,
-                 f"PBT · {config.algo} · {config.env} · {members} members")
-        if selection is not None:
-            plot_selection(out / "selection.png", selection,
-                           f"{config.algo} · {config.env}: PBT members vs their schedules "
-                           "on fresh seeds")
+        if writer:  # under jax.distributed, process 0 (every process has the whole result)
+            _write_pbt(args, result, summary, selection, members)
         best = summary["best"]
         console.print(f"best member {best['member']}: fitness {best['fitness']:.2f} in the last "
                       f"interval; its lineage's final {', '.join(best['hparams'])}")
@@ -93,6 +92,21 @@ def pbt_command(args: SweepArgs) -> dict[str, Any]:
         console.print(f"wrote pbt.csv, best.npz, summary.json, pbt.png"
                       f"{', selection.png' if selection else ''} to {out}/")
         return summary
+
+
+def _write_pbt(args: SweepArgs, result: PBTResult, summary: dict[str, Any],
+               selection: list[dict[str, Any]] | None, members: int) -> None:
+    """``pbt.csv``, ``best.npz``, ``summary.json``, ``pbt.png`` (and ``selection.png``)."""
+    config, out = args.config, args.out
+    write_pbt_csv(out / "pbt.csv", result)
+    save_policies(out / "best.npz", policy_leaves(result.state, summary["best"]["member"]))
+    write_json(out / "summary.json", summary)
+    plot_pbt(out / "pbt.png", result, config.batch_size,
+             f"PBT · {config.algo} · {config.env} · {members} members")
+    if selection is not None:
+        plot_selection(out / "selection.png", selection,
+                       f"{config.algo} · {config.env}: PBT members vs their schedules "
+                       "on fresh seeds")
 
 
 def _train_population(args: SweepArgs, settings: PBTSettings, interval: int, groups: int,
@@ -263,7 +277,7 @@ def _search_store(args: SweepArgs) -> CheckpointStore:
     and a checkpoint after each rung (:func:`save_rungs`) or PBT call
     (:func:`save_population`)."""
     directory = args.out / "search"
-    if args.resume is None:
+    if args.resume is None and jax.process_index() == 0:
         directory.mkdir(parents=True, exist_ok=True)
         write_json(directory / "settings.json", args.search_settings())
     return CheckpointStore(directory)

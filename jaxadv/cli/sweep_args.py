@@ -204,23 +204,28 @@ class SweepArgs:
         self.static_configs()  # every value checked, every static configuration built
         _check_reeval(self.reeval, self.population * self.seeds if self.search == "pbt"
                       else self.num_points())
-        if self.search != "grid" and jax.process_count() > 1:
-            raise ValueError(f"`search` = {self.search!r} runs in one process" + (
-                "; under jax.distributed call jaxadv.tuning.pbt.population_based_training "
-                "from every process (it spreads the members over all of them)"
-                if self.search == "pbt" else ""))
+        if self.search == "halving" and jax.process_count() > 1:
+            raise ValueError("`search` = 'halving' runs in one process")
+        members = self.population * self.seeds
+        if self.search == "pbt" and jax.process_count() > 1 and members % jax.device_count():
+            raise ValueError(f"`population` × `seeds` = {members} members: under jax.distributed "
+                             f"give a multiple of the {jax.device_count()} devices of the "
+                             f"{jax.process_count()} processes (one equal block on each)")
         if self.search == "halving":
             self._check_halving()
         if self.search == "pbt":
             self.pbt_settings()
             self.pbt_interval()
+        writer = jax.process_index() == 0  # under jax.distributed: the others write nothing
         if self.resume is None:
-            check_fresh(self.out, "sweep", overwrite=self.overwrite)
+            if writer:  # (and process 0 may already hold --out when another checks)
+                check_fresh(self.out, "sweep", overwrite=self.overwrite)
             return self
         if self.overwrite:
             raise ValueError("`overwrite`: --resume continues the sweep in its directory; "
                              "--overwrite would delete it")
-        OutputLock(self.resume).check()
+        if writer:
+            OutputLock(self.resume).check()
         stored = _stored_sweep_args(self.resume)
         search = self.resume / "search" / "settings.json"
         refuse_changes(_sweep_changes(stored, self), "sweep", search if search.is_file()

@@ -220,8 +220,9 @@ def population_based_training(config: TrainConfig, settings: PBTSettings, popula
         carry, out = calls(count)(carry, jnp.asarray(done))
         outs.append(jax.tree.map(_host, out))
         done += count
-        if on_saved is not None:
-            on_saved(PBTProgress(done, *carry, *jax.tree.map(lambda *x: np.concatenate(x), *outs)))
+        if on_saved is not None:  # on the host, gathered from every process if several
+            saved = carry if jax.process_count() == 1 else jax.tree.map(_host, carry)
+            on_saved(PBTProgress(done, *saved, *jax.tree.map(lambda *x: np.concatenate(x), *outs)))
     fitness, parent, used, returns, episodes = jax.tree.map(lambda *x: np.concatenate(x), *outs)
     flat = lambda x: np.moveaxis(x, 0, 1).reshape(x.shape[1], -1)
     state = carry[0] if jax.process_count() == 1 else jax.tree.map(_host, carry[0])
