@@ -2,8 +2,8 @@
 
 For each ``--sizes`` entry (``num_envs``) it compiles the same PPO run twice, telemetry on
 and off (CartPole-v1, 128 steps × ``num_envs``, 4 epochs × 4 minibatches, 64×64 tanh MLP,
-the trainer's defaults otherwise: ``jax.jit(make_train(config))``, one seed, compile
-excluded), for ``--total-timesteps`` steps or 2 updates, whichever is more. Then
+the trainer's defaults otherwise: ``jax.jit(make_train(config))``, one seed, or with
+``--seeds N`` that many in one ``jax.vmap``, compile excluded), for ``--total-timesteps`` steps or 2 updates, whichever is more. Then
 ``--rounds`` rounds time each program once, in a shuffled order per round, so that drifts in
 the machine's speed fall on both alike. It prints a markdown table, a row per size: the
 median steps/s of each; the median over the rounds of the ratio on ÷ off of steps/s, with
@@ -12,7 +12,7 @@ a 95% bootstrap interval of that median; the same for the process's CPU seconds 
 the cost, ``1 −`` the median ratio of steps/s. The two programs' parameters are the same
 bits (``benchmarks/bitwise.py``), which it checks once.
 
-Run: ``.venv/bin/python benchmarks/telemetry.py [--sizes 4 2048] [--rounds 100]``. A
+Run: ``.venv/bin/python benchmarks/telemetry.py [--sizes 4 2048] [--seeds 1] [--rounds 100]``. A
 benchmark, kept out of ``make test``.
 """
 
@@ -34,16 +34,23 @@ parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--sizes", type=int, nargs="+", default=[4, 2048])
 parser.add_argument("--total-timesteps", type=int, default=2**13)
 parser.add_argument("--rounds", type=int, default=100, help="timed runs of each program")
+parser.add_argument("--seeds", type=int, default=1, help="seeds per run, vmapped (1: no vmap)")
 
 
-def compiled(num_envs: int, total_timesteps: int, telemetry: bool):
-    """The compiled run (one seed) and its ``(key, hparams)`` arguments, after one warm-up call."""
+def compiled(num_envs: int, total_timesteps: int, telemetry: bool, seeds: int = 1):
+    """The compiled run (one seed, or ``seeds`` vmapped) and its ``(key, hparams)``
+    arguments, after one warm-up call; and the env steps of a call."""
     config = TrainConfig(num_envs=num_envs, num_steps=128, telemetry=telemetry,
                          total_timesteps=max(total_timesteps, 2 * num_envs * 128))
-    args = (jax.random.key(0), HParams())
-    program = jax.jit(make_train(config)).lower(*args).compile()
+    train = make_train(config)
+    if seeds > 1:
+        args = (jax.random.split(jax.random.key(0), seeds), HParams())
+        train = jax.vmap(train, (0, None))
+    else:
+        args = (jax.random.key(0), HParams())
+    program = jax.jit(train).lower(*args).compile()
     jax.block_until_ready(program(*args))
-    return program, args, config.num_updates * config.batch_size
+    return program, args, seeds * config.num_updates * config.batch_size
 
 
 def seconds(job) -> tuple[float, float]:
@@ -66,13 +73,13 @@ def median_interval(values: list[float], reps: int = 2000) -> tuple[float, float
 def main() -> int:
     args = parser.parse_args()
     print(f"jax {jax.__version__} on {jax.default_backend()} ({platform.machine()}); "
-          f"{args.rounds} interleaved rounds per size")
+          f"{args.rounds} interleaved rounds per size, {args.seeds} seed(s) per run")
     print("| num_envs | steps per run | off: steps/s | on: steps/s | steps/s on ÷ off (95% CI) "
           "| CPU s off ÷ on (95% CI) | cost |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     rng = random.Random(0)
     for size in args.sizes:
-        jobs = {on: compiled(size, args.total_timesteps, on) for on in (False, True)}
+        jobs = {on: compiled(size, args.total_timesteps, on, args.seeds) for on in (False, True)}
         same = jax.tree.map(np.array_equal, *(job[0](*job[1])[0].params for job in jobs.values()))
         if not all(jax.tree.leaves(same)):
             print(f"{size} envs: the parameters differ with telemetry on", file=sys.stderr)
