@@ -28,8 +28,8 @@ Then PBT's cost (:func:`pbt_cost`; ``--search-seeds 0`` measures only it): the c
 call of the population's whole run, timed in shuffled rounds with exploit and explore
 every tenth of the run, with the same intervals but the exploit replaced by the identity
 (the loop alone), and as one interval (no exploit), by wall and CPU seconds, with bootstrap
-intervals; and one exploit-and-explore call timed alone. ``search.png`` plots the fresh-seed IQM against
-the env steps spent, per task and search (hollow: the same pick's IQM on its selection
+intervals; and one exploit-and-explore call timed alone. ``search.png`` plots the
+fresh-seed IQM against the env steps spent, per task and search (hollow: the same pick's IQM on its selection
 seeds). Each outcome is appended to ``--results`` (JSON lines) as it finishes; a rerun with
 the same settings reads them back instead of measuring again, so an interrupted run goes on
 where it stopped.
@@ -199,24 +199,28 @@ def _seconds(fn: Callable[[], object]) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
+def _population(hp: HParams, population: int) -> HParams:
+    """``population`` log-uniform learning rates (a fixed draw), stacked on ``hp``."""
+    points = expand_grid({"lr": LogUniform(*LR)}, num_samples=population, key=jax.random.key(1))
+    return _stacked_hparams(points, hp.validate())
+
+
 def _pbt_calls(config, hp, population: int, interval: int, exploit: bool) -> Callable[[], object]:
     """One compiled call of PBT's whole run (as :func:`population_based_training` makes it:
     :func:`~jaxadv.tuning.pbt._pbt_programs`), from a fixed initial population; with
     ``exploit`` off, :func:`~jaxadv.tuning.pbt.exploit_explore` is replaced by the identity
     while it is traced (the same loop, no ranking or copies)."""
-    points = expand_grid({"lr": LogUniform(*LR)}, num_samples=population, key=jax.random.key(1))
-    hps = _stacked_hparams(points, hp.validate())
     spread = lambda fn: _seed_axis(fn, population, (0, 0))
     intervals = config.num_updates // interval
     init, calls = pbt._pbt_programs(make_trainer(config), PBTSettings(ranges={"lr": LR}),
                                     population, 1, interval, intervals, spread)
-    carry = init(jax.random.key(0), hps)
+    carry = init(jax.random.key(0), _population(hp, population))
     identity = lambda key, fitness, state, hp, settings: (
         state, hp, jnp.arange(fitness.shape[0], dtype=jnp.int32))
     real = pbt.exploit_explore
     pbt.exploit_explore = real if exploit else identity
     try:
-        program = jax.jit(calls(intervals)).lower(carry, jnp.asarray(0)).compile()
+        program = calls(intervals).lower(carry, jnp.asarray(0)).compile()
     finally:
         pbt.exploit_explore = real
     return lambda: program(carry, jnp.asarray(0))
@@ -225,8 +229,7 @@ def _pbt_calls(config, hp, population: int, interval: int, exploit: bool) -> Cal
 def _exploit_seconds(config, hp, population: int, calls: int = 200) -> float:
     """Median seconds of one compiled :func:`~jaxadv.tuning.pbt.exploit_explore` (rank,
     copy, explore) on the population's trained state."""
-    points = expand_grid({"lr": LogUniform(*LR)}, num_samples=population, key=jax.random.key(1))
-    hps = _stacked_hparams(points, hp.validate())
+    hps = _population(hp, population)
     trainer = make_trainer(config)
     keys = jax.random.split(jax.random.key(0), population)
     state = jax.jit(jax.vmap(trainer.init))(keys, hps)

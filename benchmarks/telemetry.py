@@ -3,7 +3,8 @@
 For each ``--sizes`` entry (``num_envs``) it compiles the same PPO run twice, telemetry on
 and off (CartPole-v1, 128 steps × ``num_envs``, 4 epochs × 4 minibatches, 64×64 tanh MLP,
 the trainer's defaults otherwise: ``jax.jit(make_train(config))``, one seed, or with
-``--seeds N`` that many in one ``jax.vmap``, compile excluded), for ``--total-timesteps`` steps or 2 updates, whichever is more. Then
+``--seeds N`` that many in one ``jax.vmap``, compile excluded), for ``--total-timesteps``
+steps or 2 updates, whichever is more. Then
 ``--rounds`` rounds time each program once, in a shuffled order per round, so that drifts in
 the machine's speed fall on both alike. It prints a markdown table, a row per size: the
 median steps/s of each; the median over the rounds of the ratio on ÷ off of steps/s, with
@@ -12,8 +13,8 @@ a 95% bootstrap interval of that median; the same for the process's CPU seconds 
 the cost, ``1 −`` the median ratio of steps/s. The two programs' parameters are the same
 bits (``benchmarks/bitwise.py``), which it checks once.
 
-Run: ``.venv/bin/python benchmarks/telemetry.py [--sizes 4 2048] [--seeds 1] [--rounds 100]``. A
-benchmark, kept out of ``make test``.
+Run: ``.venv/bin/python benchmarks/telemetry.py [--sizes 4 2048] [--seeds 1]
+[--rounds 100]``. A benchmark, kept out of ``make test``.
 """
 
 from __future__ import annotations
