@@ -12,7 +12,7 @@ the process joins a ``jax.distributed`` job on localhost over gloo CPU collectiv
 Writes ``OUT_DIR/result.npz`` and ``OUT_DIR/result.json``. With a ``pbt`` entry instead
 (under ``jax.distributed``), population-based training: ``OUT_DIR/pbt.npz`` (:func:`save_pbt`).
 With a ``cli`` entry (a ``jaxadv sweep`` command line), that command as ``cli.main`` runs it
-(:func:`run_cli`).
+(:func:`run_cli`), before the ``pbt`` entry's search when there is one.
 """
 
 from __future__ import annotations
@@ -125,16 +125,15 @@ def main(argv: list[str]) -> None:
             process_id=process_id,
         )
     out_dir.mkdir(parents=True, exist_ok=True)
-    if "cli" in spec:
-        run_cli(spec["cli"], out_dir)
-        jax.distributed.shutdown()
-        return
     from jaxadv.engine.sweep import run_sweep
     from jaxadv.engine.train import TrainConfig
 
     config = TrainConfig(**spec["config"])
-    if "pbt" in spec:
-        save_pbt(config, spec, out_dir)
+    if "cli" in spec or "pbt" in spec:
+        if "cli" in spec:
+            run_cli(spec["cli"], out_dir)
+        if "pbt" in spec:
+            save_pbt(config, spec, out_dir)
         jax.distributed.shutdown()
         return
     result = run_sweep(

@@ -136,11 +136,9 @@ def _wait(procs: list[subprocess.Popen], outs: list[pathlib.Path]) -> list[dict]
 
 
 def _load(out: pathlib.Path) -> dict:
-    if (out / "status").exists():  # a command (run_cli): its statuses
-        return {"status": (out / "status").read_text()}
-    if (out / "pbt.npz").exists():
+    if (out / "status").exists():  # a command (run_cli), then a PBT search
         with np.load(out / "pbt.npz") as z:
-            return dict(z)
+            return {"status": (out / "status").read_text(), **z}
     meta = json.loads((out / "result.json").read_text())
     with np.load(out / "result.npz") as z:
         n = len(meta["points"])
@@ -158,21 +156,18 @@ def workers(tmp_path_factory):
     spec = {"config": CONFIG, "grid": GRID, "seeds": SEEDS, "key": SEED}
     # The multi-host run is also chunked: 18 runs in chunks of 8 over 4 global devices.
     multihost_spec = {**spec, "max_parallel": MAX_PARALLEL}
-    port, pbt_port, cli_port = _free_port(), _free_port(), _free_port()
-    pbt_cli = {"cli": [*PBT_FLAGS, "--out", str(root / "pbt_cli_out")]}
+    port, pbt_port = _free_port(), _free_port()
+    pbt = {**PBT_SPEC, "cli": [*PBT_FLAGS, "--out", str(root / "pbt_out")]}
     runs = {
         "sharded": ([_spawn(spec, root / "sharded", 4)], [root / "sharded"]),
         "multihost": (
             [_spawn(multihost_spec, root / f"process{i}", 2, i, 2, port) for i in range(2)],
             [root / f"process{i}" for i in range(2)],
         ),
-        "pbt": (  # two processes of one device each, one block of PBT members on each
-            [_spawn(PBT_SPEC, root / f"pbt{i}", 1, i, 2, pbt_port) for i in range(2)],
+        "pbt": (  # two processes of one device each, one block of PBT members on each:
+            # `jaxadv sweep --search pbt` (then resumed), then the same search as a library call
+            [_spawn(pbt, root / f"pbt{i}", 1, i, 2, pbt_port) for i in range(2)],
             [root / f"pbt{i}" for i in range(2)],
-        ),
-        "pbt_cli": (  # the same search by `jaxadv sweep --search pbt`, then resumed
-            [_spawn(pbt_cli, root / f"pbt_cli{i}", 1, i, 2, cli_port) for i in range(2)],
-            [root / f"pbt_cli{i}" for i in range(2)],
         ),
     }
     yield runs
@@ -312,55 +307,55 @@ PBT_FLAGS = ["sweep", "--search", "pbt", "--algo", "a2c", "--num-envs", "2", "--
              "--pbt.quantile", "0.5", "--seed", "2", "--quiet"]
 
 
+@pytest.fixture(scope="module")
+def pbt_one(default_emitters):
+    """The search of :data:`PBT_FLAGS` as the library runs it in this one process, both
+    blocks in turn (in one compiled call), with XLA's default emitters (conftest.py)."""
+    from jaxadv.cli import app
+    from jaxadv.tuning.pbt import population_based_training
+
+    args = app._parse([*PBT_FLAGS, "--out", "unused"])
+    with default_emitters():
+        one = population_based_training(args.config, args.pbt_settings(), 4, 1, 3,
+                                        hparams=args.hparams, key=jax.random.key(2), groups=2)
+    assert (one.parent[:-1] != np.arange(4)).any()  # members copied across the blocks
+    return one
+
+
 @pytest.mark.product_emitters  # two different programs, bit for bit (conftest.py)
-def test_pbt_over_two_processes_equals_one_process(workers):
+def test_pbt_over_two_processes_equals_one_process(workers, pbt_one):
     """Population-based training under ``jax.distributed``: 4 members in 2 blocks, one block
     on each of two processes (gloo collectives rank the members and copy the donors across
-    them), in two compiled calls. Each process gets the whole result, and it is the same
-    fitness, parents, learning rates, returns and final states, bit for bit, as one process
-    training both blocks in turn."""
+    them), in two compiled calls (of 2 intervals, then 1). Each process gets the whole
+    result, and it is the same fitness, parents, learning rates, returns and final states,
+    bit for bit, as one process training both blocks in turn."""
     from _sweep_worker import pbt_arrays
 
-    from jaxadv.tuning.pbt import PBTSettings, population_based_training
-
-    results = _wait(*workers["pbt"])
-    spec, p = PBT_SPEC, PBT_SPEC["pbt"]
-    config = TrainConfig(**{**spec["config"], "hidden": (8,)})
-    one = pbt_arrays(population_based_training(
-        config, PBTSettings(ranges={"lr": (1e-4, 1e-1)}, quantile=p["quantile"]),
-        p["population"], p["seeds"], p["interval"], key=jax.random.key(spec["key"]),
-        per_call=p["per_call"], groups=p["groups"]))
-    assert (one["parent"][:-1] != np.arange(4)).any()  # members copied across the blocks
-    for got in results:
-        assert int(got.pop("processes")) == 2
+    one = pbt_arrays(pbt_one)
+    for got in _wait(*workers["pbt"]):
+        assert int(got.pop("processes")) == 2 and got.pop("status") == "0 0"
         assert got.keys() == one.keys()
         for name, want in one.items():
             np.testing.assert_array_equal(got[name], want, err_msg=name)
 
 
 @pytest.mark.product_emitters  # two different programs, bit for bit (conftest.py)
-def test_the_pbt_command_over_two_processes_resumes_and_equals_one_process(workers, tmp_path):
+def test_the_pbt_command_over_two_processes_resumes_and_equals_one_process(
+        workers, pbt_one, tmp_path):
     """``jaxadv sweep --search pbt`` on two processes of one device each (one block of
     members on each, a checkpoint after every interval), then its last checkpoint and
     outputs removed and ``--resume`` on both: the resumed ``pbt.csv``, ``best.npz`` and
     ``summary.json`` are the finished run's, and its ``pbt.csv`` (fitness, parents, lr before
     and after) is that of the library's search in this one process with the same 2 blocks."""
-    from jaxadv.cli import app
     from jaxadv.cli.search import write_pbt_csv
-    from jaxadv.tuning.pbt import population_based_training
 
-    results = _wait(*workers["pbt_cli"])
-    assert [r["status"] for r in results] == ["0 0", "0 0"]
-    out, full = workers["pbt_cli"][1][0].parent / "pbt_cli_out", workers["pbt_cli"][1][0] / "full"
+    assert [r["status"] for r in _wait(*workers["pbt"])] == ["0 0", "0 0"]
+    out, full = workers["pbt"][1][0].parent / "pbt_out", workers["pbt"][1][0] / "full"
     for name in ("pbt.csv", "best.npz"):
         assert (out / name).read_bytes() == (full / name).read_bytes(), name
     summary, resumed = (json.loads((d / "summary.json").read_text()) for d in (full, out))
     assert summary["best"] == resumed["best"] and summary["seed_groups"] == 2
-    args = app._parse([*PBT_FLAGS, "--out", str(tmp_path / "unused")])
-    one = population_based_training(args.config, args.pbt_settings(), 4, 1, 3,
-                                    hparams=args.hparams, key=jax.random.key(2), groups=2)
-    assert (one.parent[:-1] != np.arange(4)).any()  # members copied across the blocks
-    write_pbt_csv(tmp_path / "one.csv", one)
+    write_pbt_csv(tmp_path / "one.csv", pbt_one)
     assert (out / "pbt.csv").read_text() == (tmp_path / "one.csv").read_text()
 
 
