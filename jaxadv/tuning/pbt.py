@@ -215,17 +215,20 @@ def population_based_training(config: TrainConfig, settings: PBTSettings, popula
     carry = init(key, hp) if resume is None else (resume.state, resume.hp, resume.key)
     done, outs = (0, []) if resume is None else (resume.intervals, [(
         resume.fitness, resume.parent, resume.hparams, resume.returns, resume.episodes)])
+    # on the host, gathered from every process if several (once per carry)
+    gathered = lambda c: c if jax.process_count() == 1 else jax.tree.map(_host, c)
+    saved = None
     while done < intervals:
         count = min(per_call or intervals, intervals - done)
         carry, out = calls(count)(carry, jnp.asarray(done))
         outs.append(jax.tree.map(_host, out))
         done += count
-        if on_saved is not None:  # on the host, gathered from every process if several
-            saved = carry if jax.process_count() == 1 else jax.tree.map(_host, carry)
+        if on_saved is not None:
+            saved = gathered(carry)
             on_saved(PBTProgress(done, *saved, *jax.tree.map(lambda *x: np.concatenate(x), *outs)))
     fitness, parent, used, returns, episodes = jax.tree.map(lambda *x: np.concatenate(x), *outs)
     flat = lambda x: np.moveaxis(x, 0, 1).reshape(x.shape[1], -1)
-    state = carry[0] if jax.process_count() == 1 else jax.tree.map(_host, carry[0])
+    state = (saved if saved is not None else gathered(carry))[0]
     return PBTResult(points, seeds, interval, fitness, parent, used, state, flat(returns),
                      flat(episodes))
 
