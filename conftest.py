@@ -159,33 +159,39 @@ def no_compile(monkeypatch):
     monkeypatch.setattr(jaxadv.engine.sweep, "make_train", refuse)
 
 
-# Seconds per file in a full two-worker run (2-core machine): the files that take longest
+# Seconds per file in a full two-worker run (measured on a 2-core x86_64 Xeon with AVX512-BF16,
+# December 2026; a slower CPU scales them alike): the files that take longest
 # start first (with ``--no-loadscope-reorder``, which keeps this order instead of xdist's
 # "most tests first", that puts files of a few long tests last), so that the last files to start
 # are short ones and neither worker waits long for the other at the end. Files not listed
 # follow in collection order.
 LONGEST_FIRST = {
-    "tests/test_train.py": 330,
-    "tests/test_eval.py": 165,
-    "tests/test_objectives.py": 145,
-    "tests/test_faults.py": 125,
-    "tests/test_torsos_cli.py": 95,
-    "tests/test_notebooks.py": 75,
-    "tests/test_objective_exact.py": 85,
-    "tests/test_devices.py": 65,
-    "tests/test_sequence_train.py": 60,
-    "tests/test_checkpoint.py": 50,
-    "tests/test_brax.py": 45,
-    "tests/test_variance.py": 45,
-    "tests/test_recurrent.py": 45,
-    "tests/test_sweep.py": 40,
-    "tests/test_advantages.py": 40,
-    "tests/test_cnn.py": 35,
-    "tests/test_search.py": 60,
-    "tests/test_packaging.py": 50,
-    "tests/test_pbt.py": 45,
-    "tests/test_variance_cli.py": 30,
-    "tests/test_docs.py": 30,
+    "tests/test_train.py": 110,
+    "tests/test_objectives.py": 65,
+    "tests/test_eval.py": 65,
+    "tests/test_devices.py": 55,
+    "tests/test_sweep.py": 55,
+    "tests/test_faults.py": 50,
+    "tests/test_advantages.py": 50,
+    "tests/test_notebooks.py": 35,
+    "tests/test_pbt.py": 35,
+    "tests/test_search.py": 30,
+    "tests/test_sequence_train.py": 30,
+    "tests/test_objective_exact.py": 30,
+    "tests/test_torsos_cli.py": 30,
+    "tests/test_checkpoint.py": 30,
+    "tests/test_docs.py": 25,
+    "tests/test_variance.py": 25,
+    "tests/test_brax.py": 25,
+    "tests/test_recurrent.py": 20,
+    "tests/test_packaging.py": 15,
+    "tests/test_cnn.py": 15,
+    "tests/test_cli.py": 15,
+    "tests/test_transformer.py": 15,
+    "tests/test_sweep_resume.py": 15,
+    "tests/test_telemetry.py": 15,
+    "tests/test_driver.py": 15,
+    "tests/test_tracking.py": 15,
 }
 
 
