@@ -96,8 +96,10 @@ environments and networks, the engine, search and the exact tools, and the comma
 
 def _layer(module: str) -> tuple[int, str]:
     """``(floor, group)`` of a module: its subpackage's place in :data:`LAYERS` (a top-level
-    module is a pure function's: floor 0, its own group)."""
+    module is a pure function's: floor 0, its own group; ``jaxadv.__main__``, ``python -m
+    jaxadv``, is the command's)."""
     sub = module.split(".")[1] if module.count(".") >= 1 else ""
+    sub = "cli" if sub == "__main__" else sub
     for floor, names in enumerate(LAYERS):
         if sub in names.split():
             return floor, sub
@@ -118,6 +120,7 @@ def test_each_layer_imports_only_from_the_layers_below_it():
                 wrong.append(f"{name} -> {dep}")
     assert not wrong, wrong
     assert _layer("jaxadv.cli.train") == (4, "cli") and _layer("jaxadv.losses")[0] == 0
+    assert _layer("jaxadv.__main__") == (4, "cli")
 
 
 def test_moved_modules_keep_their_old_paths():

@@ -17,6 +17,7 @@ import ast
 import collections
 import importlib
 import pathlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +30,9 @@ from jaxadv.engine.algorithms import ALGORITHMS
 from jaxadv.engine.architectures import NETWORKS
 from jaxadv.engine.estimators import ESTIMATORS, Estimator, EstimatorArgs, EstimatorInput
 from jaxadv.engine.train import TrainConfig
-from jaxadv.science import exact, sequence_exact, variance
+from jaxadv.envs.sequence import SequenceTask
+from jaxadv.nets.transformer import make_transformer
+from jaxadv.science import exact, objective_exact, sequence_exact, variance
 
 ROOT = pathlib.Path(jaxadv.__file__).parent
 SMALL = {"num_envs": 4, "num_steps": 32, "total_timesteps": 4 * 32}
@@ -47,13 +50,31 @@ def _names() -> set[str]:
     return set(ALGORITHMS) | set(ESTIMATORS) | set(NETWORKS)
 
 
+def _name_constants(tree: ast.AST, names: set[str]) -> set[str]:
+    """The variables assigned a tuple, list or set of string constants with one of ``names``
+    among them (``_RESPONSE_MEAN = ("gspo", "gmpo")``)."""
+    found = set()
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Assign) and isinstance(node.value, (ast.Tuple, ast.List, ast.Set))
+                and any(isinstance(e, ast.Constant) and e.value in names for e in node.value.elts)):
+            found |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+    return found
+
+
 def _name_comparisons(source: str, names: set[str]) -> list[tuple[int, str]]:
     """``(line, code)`` of every comparison (``==``, ``!=``, ``in``, ``not in``, a ``match``
-    case) that has one of ``names`` as a string constant among its operands."""
+    case) that has one of ``names`` as a string constant among its operands, or tests
+    membership in a variable that holds such constants (:func:`_name_constants`)."""
     found = []
-    for node in ast.walk(ast.parse(source)):
+    tree = ast.parse(source)
+    constants = _name_constants(tree, names)
+    for node in ast.walk(tree):
         if isinstance(node, ast.Compare):
             operands = [node.left, *node.comparators]
+            if any(isinstance(op, (ast.In, ast.NotIn)) and isinstance(right, ast.Name)
+                   and right.id in constants for op, right in zip(node.ops, node.comparators)):
+                found.append((node.lineno, ast.unparse(node)[:100]))
+                continue
         elif isinstance(node, ast.match_case):
             operands = [node.pattern]
         else:
@@ -74,6 +95,8 @@ def _name_comparisons(source: str, names: set[str]) -> list[tuple[int, str]]:
     ('ok = kl_estimator == "k1"', False),  # not a table's name
     ('row = ESTIMATORS["remax"]', False),  # a lookup in the table, not a comparison
     ('ok = row.critic == "q"', False),  # a capability, not a name
+    ('_MEAN = ("gspo", "gmpo")\nok = algo in _MEAN', True),  # a name kept in a variable
+    ('DEFAULTS = ("gae", "td")\nrun(DEFAULTS)', False),  # names as defaults, not compared
 ])
 def test_the_scan_finds_a_comparison_on_a_name(snippet, found):
     assert bool(_name_comparisons(snippet, _names())) is found
@@ -118,11 +141,15 @@ def test_a_registered_row_is_offered_by_train_sweep_variance_and_sequence(monkey
     train = _help("train", capsys)
     assert "dummy (a dummy row of the test)" in train
     assert "dummyalgo (a dummy algorithm of the test)" in train
-    assert ",remax,dummy}" in train and ",icepop,dummyalgo}" in train  # the choices
-    assert "4 for ppo, dapo, gspo, cispo, sapo, gmpo, icepop, dummyalgo; 1 for a2c" in train
-    assert "row clips it (ppo, dapo, gspo, cispo, sapo, gmpo, icepop, dummyalgo)" in train
-    assert ",dummy}" in _help("sweep", capsys)  # --grid.estimator's choices
-    assert "dummy:LAMBDA (a dummy row of the test)" in _help("variance", capsys)
+    assert re.search(r"\{[^{}]*,dummy\}", train)  # the choices, the new row last
+    assert re.search(r"\{[^{}]*,dummyalgo\}", train)
+    assert re.search(r"4 for [^;]*\bdummyalgo\b[^;]*; 1 for a2c", train)  # ppo's epochs
+    assert re.search(r"row clips it \([^)]*\bdummyalgo\)", train)
+    assert re.search(r"\{[^{}]*,dummy\}", _help("sweep", capsys))  # --grid.estimator's
+    variance_help = _help("variance", capsys)
+    assert "dummy:LAMBDA (a dummy row of the test)" in variance_help
+    assert re.search(r"--objectives \[\{[^{}]*,dummyalgo\}", variance_help)
+    assert re.search(r"objectives: [^:;]*\bdummyalgo, their ratio", variance_help)
     sequence = _help("sequence", capsys)
     assert "dummy (a dummy row of the test)" in sequence
     assert "dummyalgo (a dummy algorithm of the test)" in sequence
@@ -191,6 +218,28 @@ def test_mdp_report_measures_a_registered_row_as_the_row_it_copies(monkeypatch):
     assert set(by_name) == {"gae:0.5", "dummy:0.5"}
     for key in ("bias", "variance", "mse", "cosine"):
         assert by_name["dummy:0.5"][key] == by_name["gae:0.5"][key]
+
+
+def test_the_exact_objectives_measure_a_registered_algorithm_as_the_row_it_copies(monkeypatch):
+    """A copy of gspo's row (a mean over responses, ``response_mean``) registered under a new
+    name is offered by :func:`objective_rows` at HParams' clip ranges, and its on-policy
+    population gradient is gspo's: every ratio is 1, so the clip ranges do not bind, and the
+    normalisation is read from the row, not from the name."""
+    monkeypatch.setitem(ALGORITHMS, "dummyalgo", ALGORITHMS["gspo"]._replace(summary="gspo again"))
+    rows = objective_exact.objective_rows()
+    assert list(rows)[:len(objective_exact.OBJECTIVES)] == list(objective_exact.OBJECTIVES)
+    assert rows["dummyalgo"] == objective_exact.ExactObjective("dummyalgo", 0.2, 0.28)
+    env = SequenceTask("reverse", num_digits=2, prompt_length=2, min_prompt_length=1)
+    net = make_transformer(env.vocab_size, env.obs_length, env.num_actions, pad=env.tokens.pad,
+                           layers=1, width=8, heads=2, value_head=False)
+    params = net.init(jax.random.key(3), jnp.zeros(env.obs_length))
+    prompts = sequence_exact.make_prompts(jax.random.key(4), env, 2)
+    on_policy = objective_exact.Behaviour("on-policy", params, net.apply_all)
+    grads, _ = objective_exact.population_gradients(params, net.apply_all, env, prompts, on_policy,
+                                                    objectives=["gspo", "dummyalgo", "ppo"])
+    grads = np.asarray(grads)
+    np.testing.assert_allclose(grads[1], grads[0], rtol=1e-6, atol=1e-9)
+    assert not np.allclose(grads[1], grads[2], rtol=1e-3)  # a token mean differs
 
 
 # --- one name, one meaning ---------------------------------------------------------------

@@ -40,7 +40,7 @@ from jaxadv.envs.sequence import SequenceTask
 from jaxadv.losses import REDUCTIONS
 from jaxadv.nets.transformer import make_transformer
 from jaxadv.science import exact, sequence_exact, variance
-from jaxadv.science.objective_exact import OBJECTIVES, Behaviour, ascend, objective_report
+from jaxadv.science.objective_exact import Behaviour, ascend, objective_report, objective_rows
 from jaxadv.validate import check_positive, positive_int
 
 if TYPE_CHECKING:
@@ -67,6 +67,22 @@ def _estimators_help() -> str:
              for form in variance.spec_forms()]
     return ("; ".join(forms) + "; mcb is read as mc; add :unweighted to drop the γ^t state "
             "weighting.")
+
+def _objectives_help() -> str:
+    """``--objectives``' help, with the rows of the live table (:func:`objective_rows`)."""
+    rows = objective_rows()
+    own = ", ".join(name for name, row in rows.items() if row.correction is None)
+    corrected = ", ".join(name for name, row in rows.items() if row.correction is not None)
+    return ("--sequence: compare these policy objectives and off-policy corrections instead "
+            f"(objectives: {own}, their ratio against the sampler; corrections, as the trainer "
+            "applies them with a behaviour policy, PPO's ratio against the trained network at "
+            f"the sampler's parameters: {corrected}): each one's exact expected gradient "
+            "on-policy, after --stale-steps updates (stale samples), with samples drawn at "
+            "--behaviour-temperature, from the policy's logits rounded to bfloat16 (a "
+            "lower-precision inference engine) and at --sampler-temperature, against the exact "
+            "gradient at the trained policy, and its sampled estimates' bias and variance at N = "
+            "the largest --batch-sizes (writes objectives.csv and objectives.png).")
+
 
 _DEFAULT_ESTIMATORS = ("return", "mc", "td", "nstep:5", "gae:0.5", "gae:0.8", "gae:0.9", "gae:0.95",
                        "gae:0.99", "gae:0.95:unweighted")
@@ -112,8 +128,8 @@ class VarianceArgs:
     """--sequence: samples per prompt K; each batch size N is N / K prompts x K samples."""
     reductions: tuple[Literal[REDUCTIONS], ...] = REDUCTIONS  # type: ignore[valid-type]
     """--sequence: loss aggregations to compare."""
-    objectives: tuple[Literal[tuple(OBJECTIVES)], ...] = ()  # type: ignore[valid-type]
-    """--sequence: compare these policy objectives and off-policy corrections instead (objectives: reinforce, ppo, dapo, gspo, cispo, sapo, gmpo, their ratio against the sampler; corrections, as the trainer applies them with a behaviour policy, PPO's ratio against the trained network at the sampler's parameters: tis, token_mis, seq_tis, seq_mis, icepop): each one's exact expected gradient on-policy, after --stale-steps updates (stale samples), with samples drawn at --behaviour-temperature, from the policy's logits rounded to bfloat16 (a lower-precision inference engine) and at --sampler-temperature, against the exact gradient at the trained policy, and its sampled estimates' bias and variance at N = the largest --batch-sizes (writes objectives.csv and objectives.png)."""
+    objectives: Annotated[tuple[Literal[tuple(objective_rows())], ...],  # type: ignore[valid-type]
+                          tyro.conf.arg(help=_objectives_help())] = ()
     stale_steps: int = 2
     """--objectives: the trained policy is the behaviour policy after this many normalised exact gradient-ascent steps (an idealised update epoch each)."""
     stale_step_size: float = 0.15

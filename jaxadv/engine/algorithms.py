@@ -201,6 +201,9 @@ class Algorithm(NamedTuple):
       behaviour_loss: the loss also takes the sampler's log-probabilities
         (``behaviour_log_prob=``) and corrects the train/inference mismatch of each token
         itself, so it takes no token-level correction (:data:`CORRECTIONS`).
+      response_mean: the loss is a mean over responses of each response's own mean over its
+        tokens (not a mean over tokens), as the exact objectives
+        (:mod:`jaxadv.science.objective_exact`) normalise it.
     """
 
     estimator: str
@@ -213,6 +216,7 @@ class Algorithm(NamedTuple):
     loss_hparams: tuple[str, ...] = ()
     episodic_only: bool = False
     behaviour_loss: bool = False
+    response_mean: bool = False
 
 
 ALGORITHMS: dict[str, Algorithm] = {
@@ -226,7 +230,8 @@ ALGORITHMS: dict[str, Algorithm] = {
                       loss_hparams=("clip_eps_high",)),
     "gspo": Algorithm("grpo", 4, 4, gspo_policy_loss, True, False,
                       "GSPO: per-response geometric-mean ratio, clipped (episodic)",
-                      loss_hparams=("clip_eps_high",), episodic_only=True),
+                      loss_hparams=("clip_eps_high",), episodic_only=True,
+                      response_mean=True),
     "cispo": Algorithm("gae", 4, 4, cispo_policy_loss, True, True,
                        "CISPO: clipped stop-gradient ratio times log-prob times A",
                        loss_hparams=("clip_eps_high",)),
@@ -235,7 +240,8 @@ ALGORITHMS: dict[str, Algorithm] = {
                       loss_hparams=("sapo_tau_pos", "sapo_tau_neg")),
     "gmpo": Algorithm("grpo", 4, 4, gmpo_policy_loss, True, False,
                       "GMPO: geometric mean of the token ratios, clipped in log space (episodic)",
-                      loss_hparams=("clip_eps_high",), episodic_only=True),
+                      loss_hparams=("clip_eps_high",), episodic_only=True,
+                      response_mean=True),
     "icepop": Algorithm("gae", 4, 4, icepop_policy_loss, True, True,
                         "IcePop: clip-higher, tokens whose sampler mismatch leaves "
                         "[1/icepop_alpha, icepop_alpha] dropped",

@@ -119,6 +119,9 @@ class Estimator(NamedTuple):
       gae_lambda: the GAE λ whose advantages it equals (``td``: 0, ``mc``: 1), where the
         variance tooling plots it on GAE's λ axis; rows whose ``param`` is ``"gae_lambda"`` sit at
         their spec's λ.
+      unbiased: on a sequence task with a loss of constant denominator, its expected gradient
+        is a known positive multiple of ∇J (:func:`jaxadv.science.sequence_exact.sequence_report`'s
+        ``unbiased_in_theory``).
     """
 
     fn: Callable[[EstimatorInput, EstimatorArgs], tuple[jax.Array, jax.Array]]
@@ -133,6 +136,7 @@ class Estimator(NamedTuple):
     param: Literal["gae_lambda", "n"] | None = None
     monte_carlo: bool = False
     gae_lambda: float | None = None
+    unbiased: bool = False
 
 
 def _baselined(a: jax.Array, x: EstimatorInput) -> tuple[jax.Array, jax.Array]:
@@ -223,7 +227,7 @@ SEQUENCE_ESTIMATORS = adv.SEQUENCE_ESTIMATORS
 
 ESTIMATORS: dict[str, Estimator] = {
     "gae": Estimator(gae_estimator, "value", False, "GAE(lambda)",
-                     hparams=("gamma", "gae_lambda"), param="gae_lambda"),
+                     hparams=("gamma", "gae_lambda"), param="gae_lambda", unbiased=True),
     "vapo": Estimator(vapo, "value", False, "decoupled GAE: gae_lambda (or length-adaptive) "
                       "for the policy, critic_lambda for the critic's targets",
                       hparams=("gamma", "gae_lambda", "critic_lambda", "length_alpha"),
@@ -233,7 +237,7 @@ ESTIMATORS: dict[str, Estimator] = {
     "mc": Estimator(mc, "value", False, "discounted return minus V (the return without a critic)",
                     baseline_optional=True, monte_carlo=True, gae_lambda=1.0),
     "return": Estimator(plain_return, "none", False, "discounted return, no baseline",
-                        monte_carlo=True),
+                        monte_carlo=True, unbiased=True),
     "qv": Estimator(qv, "q", False, "Q(s,a) minus the policy's mean Q, expected-SARSA critic",
                     continuous=False),
     "grpo": Estimator(_sequence(adv.grpo_advantages), "none", True,
@@ -241,16 +245,18 @@ ESTIMATORS: dict[str, Estimator] = {
                       min_group_size=2, hparams=()),
     "drgrpo": Estimator(_sequence(adv.drgrpo_advantages), "none", True,
                         "sequence-level: group mean baseline, no std (Dr. GRPO)",
-                        min_group_size=2, hparams=()),
+                        min_group_size=2, hparams=(), unbiased=True),
     "rloo": Estimator(_sequence(adv.rloo_advantages), "none", True,
                       "sequence-level: leave-one-out group baseline (RLOO)",
-                      min_group_size=2, hparams=()),
+                      min_group_size=2, hparams=(), unbiased=True),
     "batchmean": Estimator(_sequence(adv.batchmean_advantages), "none", True,
-                           "sequence-level: REINFORCE, batch-mean baseline", hparams=()),
+                           "sequence-level: REINFORCE, batch-mean baseline", hparams=(),
+                           unbiased=True),
     "rfpp": Estimator(_sequence(adv.rfpp_advantages), "none", True,
                       "sequence-level: REINFORCE++ global normalisation", hparams=()),
     "remax": Estimator(_sequence(adv.remax_advantages), "none", True,
                        "sequence-level: the greedy response's return as baseline (ReMax; "
-                       "one more, greedy rollout)", greedy_rollout=True, hparams=()),
+                       "one more, greedy rollout)", greedy_rollout=True, hparams=(),
+                       unbiased=True),
 }
 """Every estimator by name (see the module's table)."""

@@ -66,6 +66,7 @@ from jax.flatten_util import ravel_pytree
 from jaxadv.advantages import leave_one_out
 from jaxadv.engine.algorithms import ALGORITHMS, correction_weights
 from jaxadv.engine.devices import map_over_devices
+from jaxadv.engine.train import HParams
 from jaxadv.science.sequence_exact import (
     ApplyAll,
     enumerate_responses,
@@ -78,8 +79,8 @@ from jaxadv.science.variance import gradient_statistics
 from jaxadv.validate import positive_int
 
 __all__ = ["CORRECTION_SETTINGS", "LOSS_SETTINGS", "OBJECTIVES", "Behaviour", "ExactObjective",
-           "ascend", "objective_report", "population_gradients", "population_gradients_and_masks",
-           "sample_objective_gradients"]
+           "ascend", "objective_report", "objective_rows", "population_gradients",
+           "population_gradients_and_masks", "sample_objective_gradients"]
 
 
 class ExactObjective(NamedTuple):
@@ -111,7 +112,23 @@ OBJECTIVES: dict[str, ExactObjective] = {
 }
 """Each objective or correction and its settings, clip ranges as their papers set them
 (``reinforce``: the a2c row, no ratio; ``sapo``: no clip; ``gmpo``: bounds of the
-log-ratio)."""
+log-ratio). :func:`objective_rows` adds the algorithms that none of them names."""
+
+
+def objective_rows() -> dict[str, ExactObjective]:
+    """:data:`OBJECTIVES`, then one row for each row of the live
+    :data:`~jaxadv.engine.algorithms.ALGORITHMS` that no objective names (as its key or its
+    ``algo``), at :class:`~jaxadv.engine.train.HParams`' default clip ranges (a row with a
+    ``behaviour_loss`` is measured as the corrections are, against ``π_old``): an algorithm
+    added to the table is measured by :func:`objective_report` and offered by
+    ``jaxadv variance --objectives``."""
+    named = set(OBJECTIVES) | {row.algo for row in OBJECTIVES.values()}
+    defaults = HParams()
+    return {**OBJECTIVES, **{
+        name: ExactObjective(name, defaults.clip_eps, defaults.clip_eps_high,
+                             () if row.behaviour_loss else None)
+        for name, row in ALGORITHMS.items() if name not in named}}
+
 
 LOSS_SETTINGS: dict[str, float] = {"sapo_tau_pos": 1.0, "sapo_tau_neg": 1.05,
                                    "icepop_alpha": 2.0}
@@ -119,7 +136,6 @@ LOSS_SETTINGS: dict[str, float] = {"sapo_tau_pos": 1.0, "sapo_tau_neg": 1.05,
 CORRECTION_SETTINGS: dict[str, Any] = {"tis_cap": 2.0, "mis_range": (0.5, 2.0), "seq_cap": 2.0,
                                        "seq_range": (0.5, 2.0), "seq_aggregate": "product"}
 """The corrections' settings (:class:`~jaxadv.engine.train.TrainConfig`'s defaults)."""
-_RESPONSE_MEAN = ("gspo", "gmpo")  # rows whose loss is a mean over responses already
 _MASKING = ("token_mis", "seq_mis")
 
 
@@ -176,7 +192,7 @@ def _loss_fn(objective: str) -> Callable:
     at its settings: ``old`` the sampler's log-probs, ``old_train`` the trained network's at
     the behaviour's parameters; ``info`` holds ``clip_fraction`` and ``masked_fraction`` (the
     real tokens a correction drops)."""
-    entry = OBJECTIVES[objective]
+    entry = objective_rows()[objective]
     row = ALGORITHMS[entry.algo]
     values = {"clip_eps_high": entry.clip_eps_high, **LOSS_SETTINGS}
     extra = {name: values[name] for name in row.loss_hparams}
@@ -238,7 +254,7 @@ def _inputs(behaviour: Behaviour, env: Any, prompts: Any, env_params: Any = None
 
 
 def population_gradients(params: Any, apply_all: ApplyAll, env: Any, prompts: Any,
-                         behaviour: Behaviour, objectives: Sequence[str] = tuple(OBJECTIVES),
+                         behaviour: Behaviour, objectives: Sequence[str] | None = None,
                          env_params: Any = None) -> tuple[jax.Array, jax.Array]:
     """Each objective's population gradient ``g_o`` (module docstring), ``[O, D]`` flattened
     like ``ravel_pytree(params)``, and each one's clipped share of tokens (or responses, for
@@ -251,12 +267,14 @@ def population_gradients(params: Any, apply_all: ApplyAll, env: Any, prompts: An
 
 def population_gradients_and_masks(params: Any, apply_all: ApplyAll, env: Any, prompts: Any,
                                    behaviour: Behaviour,
-                                   objectives: Sequence[str] = tuple(OBJECTIVES),
+                                   objectives: Sequence[str] | None = None,
                                    env_params: Any = None,
                                    ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """:func:`population_gradients` and each objective's share of tokens under ``π_b`` that
     its correction drops (``masked_fraction``: MIS outside its band, IcePop's mismatch
     outside [1/α, α]) ``[O]``."""
+    rows = objective_rows()
+    objectives = tuple(rows) if objectives is None else objectives
     x = _inputs(behaviour, env, prompts, env_params)
     flat, unravel = ravel_pytree(params)
     n_p, m, r = x.old.shape
@@ -277,7 +295,7 @@ def population_gradients_and_masks(params: Any, apply_all: ApplyAll, env: Any, p
         def population(f, per_response=per_response, name=name):
             lp = token_log_probs(unravel(f), apply_all, env, prompts).reshape(-1, r)
             values, (fraction, drop) = jax.vmap(per_response)(lp, old, old_train, adv, mask)
-            if OBJECTIVES[name].algo in _RESPONSE_MEAN:  # a mean over each response's tokens
+            if ALGORITHMS[rows[name].algo].response_mean:  # each response's token mean
                 values = values / r
                 norm = jnp.asarray(n_p, jnp.float32)
             else:
@@ -294,7 +312,7 @@ def population_gradients_and_masks(params: Any, apply_all: ApplyAll, env: Any, p
 
 def sample_objective_gradients(key: jax.Array, params: Any, apply_all: ApplyAll, env: Any,
                                prompts: Any, behaviour: Behaviour, *,
-                               objectives: Sequence[str] = tuple(OBJECTIVES),
+                               objectives: Sequence[str] | None = None,
                                group_size: int = 4, num_prompts: int = 4, num_batches: int = 200,
                                env_params: Any = None, devices: int | None = None) -> jax.Array:
     """``[O, num_batches, D]`` sampled estimates ``ĝ = −Σ_{t,i} ∂loss/∂log π_θ(a_ti) ·
@@ -310,7 +328,7 @@ def sample_objective_gradients(key: jax.Array, params: Any, apply_all: ApplyAll,
     tables = sequence_tables(params, apply_all, env, prompts, env_params)
     theta = token_log_probs(params, apply_all, env, prompts)  # [Np, M, R]
     n_p = x.old.shape[0]
-    losses = [_loss_fn(name) for name in objectives]
+    losses = [_loss_fn(name) for name in (objective_rows() if objectives is None else objectives)]
 
     def one_batch(key):
         key_prompt, key_response = jax.random.split(key)
@@ -385,7 +403,7 @@ def _compiled(apply_all: ApplyAll, apply_b: ApplyAll, env: Any, objectives: tupl
 
 def objective_report(key: jax.Array, params: Any, apply_all: ApplyAll, env: Any, prompts: Any,
                      behaviours: Sequence[Behaviour], *,
-                     objectives: Sequence[str] = tuple(OBJECTIVES), group_size: int = 4,
+                     objectives: Sequence[str] | None = None, group_size: int = 4,
                      num_prompts: int = 4, num_batches: int = 200, confidence: float = 0.95,
                      devices: int | None = None) -> list[dict[str, Any]]:
     """One row per behaviour setting × objective (module docstring): ``setting``,
@@ -395,9 +413,11 @@ def objective_report(key: jax.Array, params: Any, apply_all: ApplyAll, env: Any,
     :func:`~jaxadv.science.variance.gradient_statistics` against ``∇J`` after dividing by
     ``‖g_o‖/‖∇J‖`` (``rel_bias``, ``variance``, ``mse``, ``cosine``, …), with
     ``batch_size = num_prompts × group_size``."""
+    table = objective_rows()
+    objectives = tuple(table) if objectives is None else objectives
     for name in objectives:
-        if name not in OBJECTIVES:
-            raise ValueError(f"`objectives`: {name!r} is not one of {', '.join(OBJECTIVES)}")
+        if name not in table:
+            raise ValueError(f"`objectives`: {name!r} is not one of {', '.join(table)}")
     for behaviour in behaviours:
         _sampler(behaviour.apply_all, 1.0, behaviour.precision)  # refuses another precision
     truth = np.asarray(_exact_gradient_fn(apply_all, env)(params, prompts), np.float64)

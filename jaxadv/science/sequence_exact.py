@@ -134,7 +134,6 @@ def sequence_estimators() -> tuple[str, ...]:
     order (rows added at run time included): all but a Q critic's. Those outside
     :data:`REPORT_ESTIMATORS` are compared with a target scale of 1."""
     return tuple(name for name, row in ESTIMATOR_TABLE.items() if row.critic != "q")
-_UNBIASED = ("return", "rloo", "remax", "gae", "batchmean", "drgrpo")  # with "constant"
 _MAX_RESPONSES = 200_000
 
 ApplyAll = Callable[[Any, jax.Array], tuple[jax.Array, jax.Array]]
@@ -705,9 +704,10 @@ def sequence_report(
     Returns:
       ``(rows, info)``: one dict per (shape, estimator, reduction) with ``estimator``,
       ``reduction``, ``prompts`` (G), ``group_size`` (K), ``batch_size`` (G·K), ``scale``,
-      ``target_scale``, ``unbiased_in_theory`` (the ``"constant"`` reduction with
-      ``return``, ``rloo``, ``remax``, ``gae``, ``batchmean`` or ``drgrpo``: the scaled
-      estimate is unbiased for ``∇J``), the statistics and the perpendicular ones; ``info``: ``objective`` (J), ``objectives`` (``[Np]`` list),
+      ``target_scale``, ``unbiased_in_theory`` (the ``"constant"`` reduction with an
+      estimator whose row declares ``unbiased``: ``return``, ``rloo``, ``remax``, ``gae``,
+      ``batchmean``, ``drgrpo``; the scaled estimate is unbiased for ``∇J``), the statistics
+      and the perpendicular ones; ``info``: ``objective`` (J), ``objectives`` (``[Np]`` list),
       ``gradient_norm``, ``mean_tokens`` (n̄), ``reward_std`` (σ), ``reward_stds``
       (``[Np]``), ``num_responses``, ``num_prompts``, ``num_params``, ``num_batches``.
     """
@@ -750,7 +750,7 @@ def sequence_report(
                     "estimator": name, "reduction": red, "prompts": g_count, "group_size": k,
                     "batch_size": g_count * k, "scale": scale,
                     "target_scale": target.get(name, 1.0),
-                    "unbiased_in_theory": red == "constant" and name in _UNBIASED,
+                    "unbiased_in_theory": red == "constant" and ESTIMATOR_TABLE[name].unbiased,
                     **gradient_statistics(x, g, confidence=confidence),
                     **_perp_statistics(x, g, confidence),
                 })
