@@ -236,9 +236,9 @@ class TrainConfig:
     network: NetworkName | None = None
     """the policy/critic network, a row of jaxadv.engine.architectures.NETWORKS (``--help`` lists them); default: the row that is the default for the env's observations (image or flat)."""
     seq_len: int | None = None
-    """--network gru: steps per training sequence; the update re-runs the GRU along whole sequences (num_steps / seq_len per env, each from the hidden state the rollout stored at its first step), and a minibatch holds whole sequences, split over envs. Default: num_steps."""
+    """a recurrent --network (gru): steps per training sequence; the update re-runs the GRU along whole sequences (num_steps / seq_len per env, each from the hidden state the rollout stored at its first step), and a minibatch holds whole sequences, split over envs. Default: num_steps."""
     burn_in: int = 0
-    """--network gru: steps before each training sequence that re-run the GRU from the state stored there to refresh the sequence's starting state, without loss or gradient (R2D2's burn-in); the window's first sequence has none."""
+    """a recurrent --network (gru): steps before each training sequence that re-run the GRU from the state stored there to refresh the sequence's starting state, without loss or gradient (R2D2's burn-in); the window's first sequence has none."""
     layers: int = 2
     """transformer: blocks."""
     width: int = 64
