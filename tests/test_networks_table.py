@@ -43,7 +43,7 @@ def _help(capsys) -> str:
 
 
 def test_the_names_are_the_tables_and_the_table_has_the_four_networks():
-    assert NETWORK_NAMES == tuple(NETWORKS)
+    assert tuple(NETWORKS) == NETWORK_NAMES
     assert {"mlp", "cnn", "gru", "transformer"} <= set(NETWORKS)
 
 
@@ -65,9 +65,9 @@ def test_a_row_without_continuous_actions_is_refused_for_pendulum(monkeypatch):
     message = str(err.value)
     assert message.startswith("`network` = 'dummy' does not support continuous actions")
     # mlp and gru take continuous actions; cnn needs images, transformer a token env
-    allowed = message.partition("`network` may be one of: ")[2]
-    assert {"'mlp'", "'gru'"} <= set(allowed.split(", "))
-    assert not {"'cnn'", "'transformer'", "'dummy'"} & set(allowed.split(", "))
+    allowed = message.partition("`network` may be one of: ")[2].split(", ")
+    assert allowed[:2] == ["'mlp'", "'gru'"]  # then only rows added to the package after them
+    assert not {"'cnn'", "'transformer'", "'dummy'"} & set(allowed)
 
 
 def test_the_cli_refuses_the_run_time_row_naming_the_field(monkeypatch, no_compile, capsys, tmp_path):

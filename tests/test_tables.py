@@ -141,11 +141,14 @@ def test_a_registered_row_is_offered_by_train_sweep_variance_and_sequence(monkey
     train = _help("train", capsys)
     assert "dummy (a dummy row of the test)" in train
     assert "dummyalgo (a dummy algorithm of the test)" in train
-    assert re.search(r"\{[^{}]*,dummy\}", train)  # the choices, the new row last
-    assert re.search(r"\{[^{}]*,dummyalgo\}", train)
-    assert re.search(r"4 for [^;]*\bdummyalgo\b[^;]*; 1 for a2c", train)  # ppo's epochs
-    assert re.search(r"row clips it \([^)]*\bdummyalgo\)", train)
-    assert re.search(r"\{[^{}]*,dummy\}", _help("sweep", capsys))  # --grid.estimator's
+    # the choices end with the new rows (after the table's last rows, whatever they are)
+    last_estimator, last_algo = list(ESTIMATORS)[-2], list(ALGORITHMS)[-2]
+    assert f",{last_estimator},dummy}}" in train and f",{last_algo},dummyalgo}}" in train
+    four = ", ".join(name for name, row in ALGORITHMS.items() if row.update_epochs == 4)
+    assert four.endswith(", dummyalgo") and f"4 for {four}; 1 for a2c" in train  # ppo's epochs
+    clipping = ", ".join(name for name, row in ALGORITHMS.items() if row.clip_value)
+    assert f"row clips it ({clipping})" in train and clipping.endswith(", dummyalgo")
+    assert f",{last_estimator},dummy}}" in _help("sweep", capsys)  # --grid.estimator's
     variance_help = _help("variance", capsys)
     assert "dummy:LAMBDA (a dummy row of the test)" in variance_help
     assert re.search(r"--objectives \[\{[^{}]*,dummyalgo\}", variance_help)

@@ -68,6 +68,7 @@ def _estimators_help() -> str:
     return ("; ".join(forms) + "; mcb is read as mc; add :unweighted to drop the γ^t state "
             "weighting.")
 
+
 def _objectives_help() -> str:
     """``--objectives``' help, with the rows of the live table (:func:`objective_rows`)."""
     rows = objective_rows()

@@ -130,6 +130,18 @@ def objective_rows() -> dict[str, ExactObjective]:
         for name, row in ALGORITHMS.items() if name not in named}}
 
 
+def _names(objectives: Sequence[str] | None) -> tuple[str, ...]:
+    """The objectives asked for, checked against :func:`objective_rows` (``None``: all of
+    them)."""
+    table = objective_rows()
+    if objectives is None:
+        return tuple(table)
+    for name in objectives:
+        if name not in table:
+            raise ValueError(f"`objectives`: {name!r} is not one of {', '.join(table)}")
+    return tuple(objectives)
+
+
 LOSS_SETTINGS: dict[str, float] = {"sapo_tau_pos": 1.0, "sapo_tau_neg": 1.05,
                                    "icepop_alpha": 2.0}
 """The other hyperparameters the losses take (:class:`~jaxadv.engine.train.HParams`' defaults)."""
@@ -273,8 +285,7 @@ def population_gradients_and_masks(params: Any, apply_all: ApplyAll, env: Any, p
     """:func:`population_gradients` and each objective's share of tokens under ``π_b`` that
     its correction drops (``masked_fraction``: MIS outside its band, IcePop's mismatch
     outside [1/α, α]) ``[O]``."""
-    rows = objective_rows()
-    objectives = tuple(rows) if objectives is None else objectives
+    rows, objectives = objective_rows(), _names(objectives)
     x = _inputs(behaviour, env, prompts, env_params)
     flat, unravel = ravel_pytree(params)
     n_p, m, r = x.old.shape
@@ -328,7 +339,7 @@ def sample_objective_gradients(key: jax.Array, params: Any, apply_all: ApplyAll,
     tables = sequence_tables(params, apply_all, env, prompts, env_params)
     theta = token_log_probs(params, apply_all, env, prompts)  # [Np, M, R]
     n_p = x.old.shape[0]
-    losses = [_loss_fn(name) for name in (objective_rows() if objectives is None else objectives)]
+    losses = [_loss_fn(name) for name in _names(objectives)]
 
     def one_batch(key):
         key_prompt, key_response = jax.random.split(key)
@@ -413,11 +424,7 @@ def objective_report(key: jax.Array, params: Any, apply_all: ApplyAll, env: Any,
     :func:`~jaxadv.science.variance.gradient_statistics` against ``∇J`` after dividing by
     ``‖g_o‖/‖∇J‖`` (``rel_bias``, ``variance``, ``mse``, ``cosine``, …), with
     ``batch_size = num_prompts × group_size``."""
-    table = objective_rows()
-    objectives = tuple(table) if objectives is None else objectives
-    for name in objectives:
-        if name not in table:
-            raise ValueError(f"`objectives`: {name!r} is not one of {', '.join(table)}")
+    objectives = _names(objectives)
     for behaviour in behaviours:
         _sampler(behaviour.apply_all, 1.0, behaviour.precision)  # refuses another precision
     truth = np.asarray(_exact_gradient_fn(apply_all, env)(params, prompts), np.float64)
